@@ -1,0 +1,269 @@
+"""The step catalog (DESIGN.md section 3, a contract).
+
+A catalog is loaded once and then only read, on the hot path too, so it is an immutable object
+with integer indices for every step: policies and feature code work on indices and bitmasks of
+accepted steps rather than on strings and sets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from features.errors import CatalogError
+
+STAGES: tuple[str, ...] = ("start", "deliver", "guide", "build", "convert")
+STAGE_INDEX: dict[str, int] = {s: i for i, s in enumerate(STAGES)}
+GOAL_STAGE = "convert"
+_KNOWN_FIELDS = frozenset({"id", "stage", "effort", "value", "requires"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One catalog step. ``extra`` keeps every field the contract does not name (e.g. ``title``)."""
+
+    id: str
+    stage: str
+    effort: float
+    value: float = 0.0
+    requires: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_goal(self) -> bool:
+        return self.stage == GOAL_STAGE
+
+    @property
+    def stage_index(self) -> int:
+        return STAGE_INDEX[self.stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            id=self.id,
+            stage=self.stage,
+            effort=self.effort,
+            value=self.value,
+            requires=list(self.requires),
+        )
+        return out
+
+
+class Catalog:
+    """An ordered, validated set of steps.
+
+    Steps are addressed by position (``index``) everywhere performance matters; a user's accepted
+    steps are a bitmask over those positions (``1 << index``).
+    """
+
+    def __init__(self, steps: Sequence[Step], *, source: str = "catalog") -> None:
+        self.source = source
+        self.steps: tuple[Step, ...] = tuple(steps)
+        _validate(self.steps, source)
+        self.ids: tuple[str, ...] = tuple(s.id for s in self.steps)
+        self.index: dict[str, int] = {s.id: i for i, s in enumerate(self.steps)}
+        self.n = len(self.steps)
+        self.efforts = [s.effort for s in self.steps]
+        self.values = [s.value for s in self.steps]
+        self.stage_indices = [s.stage_index for s in self.steps]
+        self.goal_mask = sum(1 << i for i, s in enumerate(self.steps) if s.is_goal)
+        self.requires_mask = [
+            sum(1 << self.index[r] for r in s.requires) for s in self.steps
+        ]
+        self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
+
+    # -- lookups ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __contains__(self, step_id: object) -> bool:
+        return step_id in self.index
+
+    def __getitem__(self, step_id: str) -> Step:
+        return self.steps[self.index[step_id]]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Catalog) and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(self.steps)
+
+    @property
+    def goals(self) -> tuple[Step, ...]:
+        return tuple(self.steps[i] for i in self.goal_indices)
+
+    # -- state helpers ---------------------------------------------------------------------
+    def mask_of(self, step_ids: Iterable[str]) -> int:
+        m = 0
+        for s in step_ids:
+            m |= 1 << self.index[s]
+        return m
+
+    def is_converted(self, accepted_mask: int) -> bool:
+        return bool(accepted_mask & self.goal_mask)
+
+    def eligible_indices(self, accepted_mask: int) -> list[int]:
+        """Steps not yet accepted whose requirements are all accepted; none once converted."""
+        if accepted_mask & self.goal_mask:
+            return []
+        return [
+            i
+            for i in range(self.n)
+            if not (accepted_mask >> i) & 1
+            and (self.requires_mask[i] & accepted_mask) == self.requires_mask[i]
+        ]
+
+    def eligible(self, accepted_mask: int) -> list[Step]:
+        return [self.steps[i] for i in self.eligible_indices(accepted_mask)]
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_list(self) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.steps]
+
+    @classmethod
+    def from_data(cls, data: Any, *, source: str = "catalog") -> Catalog:
+        """Build from parsed YAML/JSON: a list of steps or a mapping with key ``steps``."""
+        if isinstance(data, Mapping):
+            if "steps" not in data:
+                raise CatalogError("a mapping catalog needs a 'steps' key", source=source)
+            data = data["steps"]
+        if not isinstance(data, list):
+            raise CatalogError("expected a list of steps", source=source)
+        steps = [_parse_step(item, pos, source) for pos, item in enumerate(data, start=1)]
+        return cls(steps, source=source)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read a YAML or JSON catalog file (by extension; YAML is a superset of JSON otherwise)."""
+    p = Path(path)
+    source = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CatalogError("file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot read file ({exc})", source=source) from None
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # parser errors of both libraries, reported uniformly
+        raise CatalogError(f"not valid YAML/JSON ({type(exc).__name__}: {exc})", source=source) from None
+    return Catalog.from_data(data, source=source)
+
+
+def _parse_step(item: Any, pos: int, source: str) -> Step:
+    if not isinstance(item, Mapping):
+        raise CatalogError(f"step #{pos} is not a mapping", source=source)
+    raw_id = item.get("id")
+    if not isinstance(raw_id, str) or not raw_id.strip():
+        raise CatalogError(
+            f"step #{pos} needs a non-empty string id", source=source, field="id"
+        )
+    sid = raw_id
+    stage = item.get("stage")
+    if stage not in STAGE_INDEX:
+        raise CatalogError(
+            f"stage must be one of {', '.join(STAGES)}, got {stage!r}",
+            source=source,
+            step=sid,
+            field="stage",
+        )
+    effort = _number(item.get("effort"), sid, "effort", source)
+    if effort is None or not effort > 0:
+        raise CatalogError(
+            f"effort must be a number > 0, got {item.get('effort')!r}",
+            source=source,
+            step=sid,
+            field="effort",
+        )
+    value = _number(item.get("value", 0), sid, "value", source)
+    if value is None or value < 0:
+        raise CatalogError(
+            f"value must be a number >= 0, got {item.get('value')!r}",
+            source=source,
+            step=sid,
+            field="value",
+        )
+    requires = item.get("requires", []) or []
+    if isinstance(requires, str) or not isinstance(requires, list):
+        raise CatalogError(
+            f"requires must be a list of step ids, got {requires!r}",
+            source=source,
+            step=sid,
+            field="requires",
+        )
+    if not all(isinstance(r, str) for r in requires):
+        raise CatalogError(
+            "requires must contain step ids (strings)", source=source, step=sid, field="requires"
+        )
+    extra = {k: v for k, v in item.items() if k not in _KNOWN_FIELDS}
+    return Step(
+        id=sid,
+        stage=stage,
+        effort=effort,
+        value=value,
+        requires=tuple(requires),
+        extra=extra,
+    )
+
+
+def _number(raw: Any, sid: str, name: str, source: str) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    x = float(raw)
+    return x if math.isfinite(x) else None
+
+
+def _validate(steps: Sequence[Step], source: str) -> None:
+    if not steps:
+        raise CatalogError("the catalog has no steps", source=source)
+    seen: set[str] = set()
+    for s in steps:
+        if s.id in seen:
+            raise CatalogError("duplicate step id", source=source, step=s.id, field="id")
+        seen.add(s.id)
+    for s in steps:
+        for r in s.requires:
+            if r not in seen:
+                raise CatalogError(
+                    f"requires unknown step {r!r}", source=source, step=s.id, field="requires"
+                )
+            if r == s.id:
+                raise CatalogError("requires itself", source=source, step=s.id, field="requires")
+    _check_acyclic(steps, source)
+    if not any(s.is_goal for s in steps):
+        raise CatalogError(
+            "the catalog has no goal (a step with stage 'convert')", source=source, field="stage"
+        )
+
+
+def _check_acyclic(steps: Sequence[Step], source: str) -> None:
+    by_id = {s.id: s for s in steps}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(sid: str, path: list[str]) -> None:
+        state[sid] = 1
+        for r in by_id[sid].requires:
+            if state.get(r) == 1:
+                cycle = " -> ".join([*path[path.index(r) :], r]) if r in path else r
+                raise CatalogError(
+                    f"cyclic requires ({cycle})", source=source, step=sid, field="requires"
+                )
+            if state.get(r) is None:
+                visit(r, [*path, r])
+        state[sid] = 2
+
+    for s in steps:
+        if s.id not in state:
+            visit(s.id, [s.id])
