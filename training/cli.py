@@ -1,0 +1,321 @@
+"""The ``nextstep`` command line (DESIGN.md section 5, a contract).
+
+Every command imports its implementation lazily, so ``nextstep --help`` stays fast (MLflow,
+LightGBM and pandas cost seconds to import). Every deliberate error is an ``InputError``
+subclass and becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="nextstep",
+    help="Adaptive next-step recommender: simulate, train, evaluate, compare and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(fn: F) -> F:
+    """Turn nextstep's own errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from features.errors import NextstepError
+
+        try:
+            return fn(*args, **kwargs)
+        except NextstepError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+EventsOpt = Annotated[Path, typer.Option("--events", help="Event log (CSV or Parquet).")]
+CatalogOpt = Annotated[Path, typer.Option("--catalog", help="Step catalog (YAML or JSON).")]
+SkipOpt = Annotated[
+    bool, typer.Option("--skip-invalid", help="Drop and count invalid rows instead of failing.")
+]
+
+
+@app.command()
+@_friendly_errors
+def simulate(
+    world: Annotated[str, typer.Option(help="Built-in world name or a world YAML file.")],
+    users: Annotated[int, typer.Option(min=1, help="Number of simulated users.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data"),
+    exact: Annotated[bool, typer.Option(help="Also print the exact policy values.")] = False,
+) -> None:
+    """Write events.csv and catalog.yaml from the built-in funnel simulator."""
+    from training.simulate import simulate_command
+
+    simulate_command(world=world, users=users, seed=seed, out=out, exact=exact)
+
+
+@app.command()
+@_friendly_errors
+def validate(
+    events: EventsOpt,
+    catalog: CatalogOpt,
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Check a catalog and an event log against the contract and print a summary."""
+    from training.validate import validate_command
+
+    validate_command(events=events, catalog=catalog, skip_invalid=skip_invalid)
+
+
+@app.command()
+@_friendly_errors
+def train(
+    events: EventsOpt,
+    catalog: CatalogOpt,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "nextstep-train",
+    promote: Annotated[
+        bool, typer.Option(help="Move alias 'champion' to the new version if it passes the gate.")
+    ] = False,
+    dask: Annotated[
+        str | None, typer.Option(help="Train on Dask: 'local' or a scheduler address.")
+    ] = None,
+    skip_invalid: SkipOpt = False,
+    tolerance: Annotated[
+        float, typer.Option(help="Promotion gate: allowed holdout log-loss increase.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Build features, fit and evaluate the models, log to MLflow and register a version."""
+    from training.pipeline import train_command
+
+    train_command(
+        events=events,
+        catalog=catalog,
+        experiment=experiment,
+        promote=promote,
+        dask=dask,
+        skip_invalid=skip_invalid,
+        tolerance=tolerance,
+        seed=seed,
+    )
+
+
+@app.command()
+@_friendly_errors
+def predict(
+    events: EventsOpt,
+    catalog: CatalogOpt,
+    out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
+    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Readiness of every logged offer from that user's earlier rows only."""
+    from training.predict import predict_command
+
+    predict_command(
+        events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid
+    )
+
+
+@app.command()
+@_friendly_errors
+def recommend(
+    events: EventsOpt,
+    catalog: CatalogOpt,
+    out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
+    policy: Annotated[str, typer.Option(help="Policy name.")] = "planner",
+    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Batch decisions: for each user, the state after their history and the next step."""
+    from training.recommend import recommend_command
+
+    recommend_command(
+        events=events,
+        catalog=catalog,
+        out=out,
+        policy=policy,
+        model=model,
+        seed=seed,
+        skip_invalid=skip_invalid,
+    )
+
+
+@app.command()
+@_friendly_errors
+def ope(
+    input: Annotated[Path, typer.Option("--input", help="CSV or Parquet with per-row columns.")],
+    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples.")] = 200,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Off-policy estimates (IPW, SNIPW, DM, DR, SNDR) with bootstrap intervals, as JSON."""
+    from training.ope import ope_command
+
+    ope_command(input=input, n_boot=n_boot, seed=seed)
+
+
+@app.command()
+@_friendly_errors
+def compare(
+    events: EventsOpt,
+    catalog: CatalogOpt,
+    policies: Annotated[str, typer.Option(help="Comma-separated policy names.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    world: Annotated[
+        str | None, typer.Option(help="Also run exact simulated rollouts in this world.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Offline comparison of policies on a log, one MLflow run per policy."""
+    from training.compare import compare_command
+
+    compare_command(
+        events=events,
+        catalog=catalog,
+        policies=[p.strip() for p in policies.split(",") if p.strip()],
+        json_out=json_out,
+        world=world,
+        model=model,
+        n_boot=n_boot,
+        seed=seed,
+        skip_invalid=skip_invalid,
+    )
+
+
+@app.command()
+@_friendly_errors
+def report(
+    since: Annotated[str | None, typer.Option(help="Only decisions at or after this time.")] = None,
+    control: Annotated[str | None, typer.Option(help="Control arm (default: the first).")] = None,
+) -> None:
+    """Online experiment report from the service's decision log, logged to MLflow."""
+    from training.report import report_command
+
+    report_command(since=since, control=control)
+
+
+@app.command()
+@_friendly_errors
+def serve(
+    catalog: CatalogOpt,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """The HTTP service, using the registered model's champion."""
+    from service.run import serve_command
+
+    serve_command(catalog=catalog, host=host, port=port, workers=workers)
+
+
+@app.command()
+@_friendly_errors
+def rollout(
+    world: Annotated[str, typer.Option(help="Built-in world name or a world YAML file.")],
+    users: Annotated[int, typer.Option(min=1, help="Number of simulated users.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    base: Annotated[str | None, typer.Option(help="Base URL of a live service.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Run this policy in process instead.")] = None,
+    model: Annotated[str, typer.Option(help="Model URI (in-process policies).")] = (
+        "models:/nextstep@champion"
+    ),
+    api_key: Annotated[
+        str | None, typer.Option(envvar="NEXTSTEP_API_KEY", help="X-API-Key for --base.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP users.")] = 8,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Simulated users against a live service (or an in-process policy), scored against the optimum."""
+    from training.rollout import rollout_command
+
+    rollout_command(
+        world=world,
+        users=users,
+        seed=seed,
+        base=base,
+        policy=policy,
+        model=model,
+        api_key=api_key,
+        concurrency=concurrency,
+        json_out=json_out,
+    )
+
+
+@app.command()
+@_friendly_errors
+def promote(
+    version: Annotated[str, typer.Option(help="Model version to promote.")],
+    evidence: Annotated[
+        str | None, typer.Option(help="'ope' or 'online': require evidence it is not worse.")
+    ] = None,
+    margin: Annotated[float, typer.Option(help="Allowed loss (lower bound of difference).")] = 0.0,
+) -> None:
+    """Move alias 'champion' to a version when the evidence says it is not worse."""
+    from training.promote import promote_command
+
+    promote_command(version=version, evidence=evidence, margin=margin)
+
+
+@app.command()
+@_friendly_errors
+def export(
+    out: Annotated[Path, typer.Option(help="Output event log (CSV or Parquet).")],
+    since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
+) -> None:
+    """The service's decisions and outcomes as an event log (section 4 format)."""
+    from training.export import export_command
+
+    export_command(out=out, since=since)
+
+
+@app.command()
+@_friendly_errors
+def retrain(
+    catalog: CatalogOpt,
+    since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Promotion gate tolerance.")] = 0.0,
+) -> None:
+    """Export, train, gate and promote in one step."""
+    from training.retrain import retrain_command
+
+    retrain_command(catalog=catalog, since=since, tolerance=tolerance)
+
+
+@app.command()
+@_friendly_errors
+def demo(
+    world: Annotated[str, typer.Option(help="Built-in world for the demo data.")] = "ladder",
+    users: Annotated[int, typer.Option(min=100, help="Simulated users for the demo log.")] = 4000,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Simulate demo data if missing, train and promote if there is no champion, then serve."""
+    from training.demo import demo_command
+
+    demo_command(world=world, users=users, host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive only
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
