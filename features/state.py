@@ -1,0 +1,210 @@
+"""Point-in-time user state and the features built from it (DESIGN.md section 7).
+
+One definition, two implementations:
+
+* ``UserState.apply`` folds one user's history event by event. The service calls it per request
+  and the planner uses ``UserState.after`` to imagine an outcome.
+* ``features.offline.build_offline_features`` computes the same quantities for a whole log with
+  vectorised group-wise operations, for training.
+
+``tests/features/test_parity.py`` proves they agree row for row, so a model trained offline sees
+exactly the features the service will give it online. Every quantity here describes the user
+*before* an offer, so no row can see its own outcome or anything later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.catalog import Catalog
+
+ACCEPTED = "accepted"
+DECLINED = "declined"
+DROPPED = "dropped"
+HOUR = 3600.0
+
+STATE_FEATURES: tuple[str, ...] = (
+    "n_asks",
+    "n_accepts",
+    "n_declines",
+    "cons_accepts",
+    "cons_declines",
+    "max_effort",
+    "value_received",
+    "stage_reached",
+    "hours_since_first",
+    "hours_since_last",
+    "mean_gap_hours",
+    "last_gap_hours",
+)
+CANDIDATE_FEATURES: tuple[str, ...] = (
+    "effort",
+    "stage",
+    "value",
+    "is_goal",
+    "effort_gap",
+    "step_offers",
+    "step_declines",
+)
+
+
+@dataclass(slots=True)
+class UserState:
+    """What we know about one user just before an offer.
+
+    ``accepted_mask`` is a bitmask over catalog positions. Declines count ``declined`` and
+    ``dropped`` alike (both are a "no"). Times are epoch seconds; derived time features are hours.
+    """
+
+    accepted_mask: int = 0
+    n_asks: int = 0
+    n_accepts: int = 0
+    n_declines: int = 0
+    cons_accepts: int = 0
+    cons_declines: int = 0
+    max_effort: float = 0.0
+    value_received: float = 0.0
+    stage_reached: int = -1
+    first_ts: float = math.nan
+    last_ts: float = math.nan
+    prev_ts: float = math.nan
+    step_offers: dict[int, int] = field(default_factory=dict)
+    step_declines: dict[int, int] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    last_outcome: str | None = None
+
+    def converted(self, catalog: Catalog) -> bool:
+        return bool(self.accepted_mask & catalog.goal_mask)
+
+    def copy(self) -> UserState:
+        return UserState(
+            self.accepted_mask,
+            self.n_asks,
+            self.n_accepts,
+            self.n_declines,
+            self.cons_accepts,
+            self.cons_declines,
+            self.max_effort,
+            self.value_received,
+            self.stage_reached,
+            self.first_ts,
+            self.last_ts,
+            self.prev_ts,
+            dict(self.step_offers),
+            dict(self.step_declines),
+            dict(self.context),
+            self.last_outcome,
+        )
+
+    def apply(
+        self,
+        catalog: Catalog,
+        step: int,
+        outcome: str,
+        ts: float,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Fold one offer and its outcome into the state (in place)."""
+        if context:
+            for k, v in context.items():
+                if not _is_missing(v):
+                    self.context[k] = v
+        if math.isnan(self.first_ts):
+            self.first_ts = ts
+        self.prev_ts = self.last_ts
+        self.last_ts = ts
+        self.n_asks += 1
+        self.step_offers[step] = self.step_offers.get(step, 0) + 1
+        self.last_outcome = outcome
+        if outcome == ACCEPTED:
+            self.n_accepts += 1
+            self.cons_accepts += 1
+            self.cons_declines = 0
+            self.accepted_mask |= 1 << step
+            effort = catalog.efforts[step]
+            if effort > self.max_effort:
+                self.max_effort = effort
+            self.value_received += catalog.values[step]
+            stage = catalog.stage_indices[step]
+            if stage > self.stage_reached:
+                self.stage_reached = stage
+        else:
+            self.n_declines += 1
+            self.cons_declines += 1
+            self.cons_accepts = 0
+            self.step_declines[step] = self.step_declines.get(step, 0) + 1
+
+    def after(self, catalog: Catalog, step: int, outcome: str, ts: float) -> UserState:
+        """A copy with one more (imagined) outcome: the planner's look-ahead."""
+        nxt = self.copy()
+        nxt.apply(catalog, step, outcome, ts)
+        return nxt
+
+    def state_vector(self, now: float) -> list[float]:
+        """The STATE_FEATURES, in order, as seen at time ``now``."""
+        if self.n_asks == 0:
+            since_first = since_last = mean_gap = last_gap = math.nan
+        else:
+            since_first = (now - self.first_ts) / HOUR
+            since_last = (now - self.last_ts) / HOUR
+            mean_gap = (
+                (self.last_ts - self.first_ts) / HOUR / (self.n_asks - 1)
+                if self.n_asks > 1
+                else math.nan
+            )
+            last_gap = (self.last_ts - self.prev_ts) / HOUR if self.n_asks > 1 else math.nan
+        return [
+            float(self.n_asks),
+            float(self.n_accepts),
+            float(self.n_declines),
+            float(self.cons_accepts),
+            float(self.cons_declines),
+            self.max_effort,
+            self.value_received,
+            float(self.stage_reached),
+            since_first,
+            since_last,
+            mean_gap,
+            last_gap,
+        ]
+
+    def candidate_vector(self, catalog: Catalog, step: int) -> list[float]:
+        """The CANDIDATE_FEATURES of one step for this user."""
+        effort = catalog.efforts[step]
+        return [
+            effort,
+            float(catalog.stage_indices[step]),
+            catalog.values[step],
+            1.0 if (catalog.goal_mask >> step) & 1 else 0.0,
+            effort - self.max_effort,
+            float(self.step_offers.get(step, 0)),
+            float(self.step_declines.get(step, 0)),
+        ]
+
+
+def fold_history(
+    catalog: Catalog,
+    events: Iterable[tuple[str, str, float, Mapping[str, Any] | None]],
+) -> UserState:
+    """State after a user's history of ``(step_id, outcome, ts, context)``, oldest first.
+
+    Steps no longer in the catalog are skipped: a catalog may drop a step while the store still
+    remembers offers of it.
+    """
+    state = UserState()
+    index = catalog.index
+    for step_id, outcome, ts, ctx in events:
+        i = index.get(step_id)
+        if i is None:
+            if ctx:
+                state.context.update({k: v for k, v in ctx.items() if not _is_missing(v)})
+            continue
+        state.apply(catalog, i, outcome, ts, ctx)
+    return state
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

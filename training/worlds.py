@@ -1,0 +1,223 @@
+"""Built-in simulator worlds and the world file format.
+
+Each world is a catalog plus a population of hidden user types. They are built to differ in
+what matters, so that a policy tuned to one fails visibly in another:
+
+* ``ladder``   – mostly hesitant users who punish big asks: lowest-effort-first is the best
+                 fixed policy, but the eager minority leaves during a long ladder.
+* ``eager``    – mostly ready, impatient users: asking for the goal at once is the best fixed
+                 policy, yet the hesitant minority needs warming up.
+* ``two_goals`` – two goals (a cheap monthly plan and an annual plan that needs an account and
+                 a trial), prerequisites, and three types with different best paths.
+
+A world file (YAML) has the same shape as the dictionaries below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from features.catalog import Catalog
+from features.errors import InputError
+
+CHANNELS = ("email", "search", "social", "referral")
+DEVICES = ("mobile", "desktop")
+
+
+@dataclass(frozen=True)
+class UserType:
+    """Hidden behaviour of one kind of user. Logit terms add up to P(accept)."""
+
+    name: str
+    weight: float
+    base: float  # base logit of accepting
+    resistance: float  # logit lost per unit of effort above the largest effort given so far
+    momentum: float  # logit gained per consecutive accept (up to 3)
+    decline_penalty: float  # logit lost per consecutive decline (up to 3)
+    value_coef: float  # logit gained per unit of value received
+    drop: float  # logit of leaving after a decline ("dropped")
+    leave: float  # probability of leaving after an accept (natural attrition)
+    gap_hours: float  # mean hours between visits (how fast the user comes back)
+    channel: Mapping[str, float]
+    device: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class World:
+    """A catalog, a population of types and the rules every type shares."""
+
+    name: str
+    catalog: Catalog
+    types: tuple[UserType, ...]
+    max_asks: int = 8
+    drop_gap: float = 0.15  # drop logit per unit of effort gap of the declined ask
+    drop_declines: float = 0.4  # drop logit per earlier consecutive decline
+    logging_uniform: float = 0.7  # logging policy: uniform with this prob, else ladder
+    description: str = ""
+
+    @property
+    def weights(self) -> list[float]:
+        total = sum(t.weight for t in self.types)
+        return [t.weight / total for t in self.types]
+
+
+def _t(name: str, weight: float, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "weight": weight, **kw}
+
+
+BUILTIN: dict[str, dict[str, Any]] = {
+    "ladder": {
+        "description": "Hesitant majority: small steps first; an eager minority leaves early.",
+        "max_asks": 8,
+        "catalog": [
+            {"id": "read_intro", "stage": "start", "effort": 1, "value": 1, "title": "Read the intro"},
+            {"id": "watch_clip", "stage": "deliver", "effort": 2, "value": 2, "title": "Watch a clip"},
+            {"id": "take_quiz", "stage": "guide", "effort": 3, "value": 1, "title": "Take the quiz"},
+            {"id": "create_account", "stage": "build", "effort": 5, "value": 1, "title": "Create an account"},
+            {"id": "start_trial", "stage": "build", "effort": 7, "value": 2, "title": "Start a trial"},
+            {"id": "purchase", "stage": "convert", "effort": 10, "title": "Buy"},
+        ],
+        "types": [
+            _t("hesitant", 0.55, base=1.6, resistance=0.55, momentum=0.35, decline_penalty=0.6,
+               value_coef=0.15, drop=-1.0, leave=0.03, gap_hours=60.0,
+               channel={"email": 0.88, "search": 0.04, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.3, "desktop": 0.7}),
+            _t("eager", 0.25, base=1.2, resistance=0.12, momentum=0.2, decline_penalty=0.3,
+               value_coef=0.05, drop=-0.4, leave=0.35, gap_hours=4.0,
+               channel={"email": 0.04, "search": 0.88, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.5, "desktop": 0.5}),
+            _t("browser", 0.20, base=0.8, resistance=0.3, momentum=0.3, decline_penalty=0.5,
+               value_coef=0.2, drop=-0.8, leave=0.12, gap_hours=20.0,
+               channel={"email": 0.04, "search": 0.04, "social": 0.88, "referral": 0.04},
+               device={"mobile": 0.8, "desktop": 0.2}),
+        ],
+    },
+    "eager": {
+        "description": "Ready, impatient majority: ask for the goal early; a hesitant minority.",
+        "max_asks": 6,
+        "catalog": [
+            {"id": "open_tip", "stage": "start", "effort": 1, "value": 1},
+            {"id": "free_template", "stage": "deliver", "effort": 2, "value": 3},
+            {"id": "pick_goal", "stage": "guide", "effort": 3, "value": 1},
+            {"id": "invite_teammate", "stage": "build", "effort": 5, "value": 1},
+            {"id": "subscribe", "stage": "convert", "effort": 8},
+        ],
+        "types": [
+            _t("ready", 0.6, base=1.3, resistance=0.08, momentum=0.15, decline_penalty=0.3,
+               value_coef=0.05, drop=-0.6, leave=0.4, gap_hours=3.0,
+               channel={"email": 0.04, "search": 0.88, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.4, "desktop": 0.6}),
+            _t("hesitant", 0.25, base=1.5, resistance=0.5, momentum=0.35, decline_penalty=0.6,
+               value_coef=0.2, drop=-1.2, leave=0.04, gap_hours=50.0,
+               channel={"email": 0.88, "search": 0.04, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.3, "desktop": 0.7}),
+            _t("curious", 0.15, base=0.6, resistance=0.25, momentum=0.3, decline_penalty=0.4,
+               value_coef=0.25, drop=-0.6, leave=0.15, gap_hours=15.0,
+               channel={"email": 0.04, "search": 0.04, "social": 0.88, "referral": 0.04},
+               device={"mobile": 0.8, "desktop": 0.2}),
+        ],
+    },
+    "two_goals": {
+        "description": "Two goals and prerequisites: a cheap monthly plan or an annual plan.",
+        "max_asks": 8,
+        "catalog": [
+            {"id": "read_intro", "stage": "start", "effort": 1, "value": 1},
+            {"id": "watch_demo", "stage": "deliver", "effort": 2, "value": 2},
+            {"id": "pick_plan", "stage": "guide", "effort": 3, "value": 1},
+            {"id": "create_account", "stage": "build", "effort": 4, "value": 1},
+            {"id": "start_trial", "stage": "build", "effort": 6, "value": 3,
+             "requires": ["create_account"]},
+            {"id": "buy_monthly", "stage": "convert", "effort": 7, "requires": ["create_account"]},
+            {"id": "buy_annual", "stage": "convert", "effort": 9, "requires": ["start_trial"]},
+        ],
+        "types": [
+            _t("planner", 0.4, base=1.4, resistance=0.45, momentum=0.35, decline_penalty=0.6,
+               value_coef=0.15, drop=-1.0, leave=0.04, gap_hours=48.0,
+               channel={"email": 0.88, "search": 0.04, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.3, "desktop": 0.7}),
+            _t("impulsive", 0.35, base=1.4, resistance=0.1, momentum=0.15, decline_penalty=0.3,
+               value_coef=0.05, drop=-0.5, leave=0.3, gap_hours=3.0,
+               channel={"email": 0.04, "search": 0.04, "social": 0.04, "referral": 0.88},
+               device={"mobile": 0.7, "desktop": 0.3}),
+            _t("skeptic", 0.25, base=0.7, resistance=0.3, momentum=0.3, decline_penalty=0.5,
+               value_coef=0.3, drop=-0.7, leave=0.1, gap_hours=18.0,
+               channel={"email": 0.04, "search": 0.88, "social": 0.04, "referral": 0.04},
+               device={"mobile": 0.5, "desktop": 0.5}),
+        ],
+    },
+}
+
+
+def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world") -> World:
+    """Build and validate a world from its dictionary/YAML form."""
+    try:
+        catalog = Catalog.from_data(data["catalog"], source=source)
+        types = tuple(
+            UserType(
+                name=str(t["name"]),
+                weight=float(t["weight"]),
+                base=float(t["base"]),
+                resistance=float(t["resistance"]),
+                momentum=float(t["momentum"]),
+                decline_penalty=float(t["decline_penalty"]),
+                value_coef=float(t["value_coef"]),
+                drop=float(t["drop"]),
+                leave=float(t["leave"]),
+                gap_hours=float(t["gap_hours"]),
+                channel=_dist(t["channel"], CHANNELS, "channel", source),
+                device=_dist(t["device"], DEVICES, "device", source),
+            )
+            for t in data["types"]
+        )
+    except KeyError as exc:
+        raise InputError(f"missing key {exc.args[0]!r}", source=source) from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad value ({exc})", source=source) from None
+    if not types:
+        raise InputError("a world needs at least one user type", source=source)
+    for t in types:
+        if t.weight <= 0 or not 0 <= t.leave < 1 or t.gap_hours <= 0:
+            raise InputError(
+                "weight and gap_hours must be > 0 and leave in [0, 1)", source=source, field=t.name
+            )
+    return World(
+        name=name,
+        catalog=catalog,
+        types=types,
+        max_asks=int(data.get("max_asks", 8)),
+        drop_gap=float(data.get("drop_gap", 0.15)),
+        drop_declines=float(data.get("drop_declines", 0.4)),
+        logging_uniform=float(data.get("logging_uniform", 0.7)),
+        description=str(data.get("description", "")),
+    )
+
+
+def _dist(raw: Mapping[str, float], keys: tuple[str, ...], what: str, source: str) -> dict:
+    total = float(sum(raw.values()))
+    if total <= 0 or any(v < 0 for v in raw.values()):
+        raise InputError(f"{what} probabilities must be >= 0 and not all 0", source=source)
+    return {k: float(raw.get(k, 0.0)) / total for k in (*keys, *(k for k in raw if k not in keys))}
+
+
+def load_world(name_or_path: str) -> World:
+    """A built-in world by name, or a world YAML file."""
+    if name_or_path in BUILTIN:
+        return world_from_dict(BUILTIN[name_or_path], name=name_or_path)
+    p = Path(name_or_path)
+    if not p.exists():
+        raise InputError(
+            f"unknown world (built-in: {', '.join(BUILTIN)}; or a YAML file path)",
+            source=name_or_path,
+        )
+    import yaml
+
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise InputError(f"not valid YAML ({exc})", source=str(p)) from None
+    if not isinstance(data, Mapping):
+        raise InputError("a world file is a mapping", source=str(p))
+    return world_from_dict(data, name=p.stem, source=str(p))
