@@ -31,7 +31,8 @@ class Step:
     effort: float
     value: float = 0.0
     requires: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # not hashed: extra values may be unhashable (lists, dicts) and Catalog defines __hash__
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def is_goal(self) -> bool:
@@ -75,6 +76,13 @@ class Catalog:
             sum(1 << self.index[r] for r in s.requires) for s in self.steps
         ]
         self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
+        # Worth of reaching each goal: its ``value`` when goals carry values, else 1 (conversion).
+        goal_values = [self.values[i] for i in self.goal_indices]
+        use_values = any(v > 0 for v in goal_values)
+        self.goal_rewards = [
+            (self.values[i] if use_values else 1.0) if i in self.goal_indices else 0.0
+            for i in range(self.n)
+        ]
 
     # -- lookups ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -158,7 +166,9 @@ def load_catalog(path: str | Path) -> Catalog:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # parser errors of both libraries, reported uniformly
-        raise CatalogError(f"not valid YAML/JSON ({type(exc).__name__}: {exc})", source=source) from None
+        raise CatalogError(
+            f"not valid YAML/JSON ({type(exc).__name__}: {exc})", source=source
+        ) from None
     return Catalog.from_data(data, source=source)
 
 
@@ -172,7 +182,7 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
         )
     sid = raw_id
     stage = item.get("stage")
-    if stage not in STAGE_INDEX:
+    if not isinstance(stage, str) or stage not in STAGE_INDEX:
         raise CatalogError(
             f"stage must be one of {', '.join(STAGES)}, got {stage!r}",
             source=source,
@@ -195,8 +205,10 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
             step=sid,
             field="value",
         )
-    requires = item.get("requires", []) or []
-    if isinstance(requires, str) or not isinstance(requires, list):
+    requires = item.get("requires")
+    if requires is None:  # absent or empty (``requires:`` in YAML)
+        requires = []
+    if not isinstance(requires, list):
         raise CatalogError(
             f"requires must be a list of step ids, got {requires!r}",
             source=source,
@@ -221,7 +233,10 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
 def _number(raw: Any, sid: str, name: str, source: str) -> float | None:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return None
-    x = float(raw)
+    try:
+        x = float(raw)
+    except OverflowError:  # an int too large for a float
+        return None
     return x if math.isfinite(x) else None
 
 
@@ -249,21 +264,29 @@ def _validate(steps: Sequence[Step], source: str) -> None:
 
 
 def _check_acyclic(steps: Sequence[Step], source: str) -> None:
+    """Depth-first search with an explicit stack, so long requires chains cannot hit the
+    recursion limit."""
     by_id = {s.id: s for s in steps}
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
 
-    def visit(sid: str, path: list[str]) -> None:
-        state[sid] = 1
-        for r in by_id[sid].requires:
+    for root in steps:
+        if root.id in state:
+            continue
+        state[root.id] = 1
+        path = [root.id]
+        stack = [iter(root.requires)]
+        while stack:
+            r = next(stack[-1], None)
+            if r is None:
+                state[path.pop()] = 2
+                stack.pop()
+                continue
             if state.get(r) == 1:
-                cycle = " -> ".join([*path[path.index(r) :], r]) if r in path else r
+                cycle = " -> ".join([*path[path.index(r) :], r])
                 raise CatalogError(
-                    f"cyclic requires ({cycle})", source=source, step=sid, field="requires"
+                    f"cyclic requires ({cycle})", source=source, step=path[-1], field="requires"
                 )
-            if state.get(r) is None:
-                visit(r, [*path, r])
-        state[sid] = 2
-
-    for s in steps:
-        if s.id not in state:
-            visit(s.id, [s.id])
+            if r not in state:
+                state[r] = 1
+                path.append(r)
+                stack.append(iter(by_id[r].requires))

@@ -1,0 +1,183 @@
+"""A trained model bundle: readiness, drop and come-back models plus the feature layout.
+
+The bundle is what MLflow stores (as an artifact directory of a pyfunc model) and what the
+service loads once at start-up. ``ModelScorer`` is its hot-path face: it builds candidate feature
+rows with the online fold and calls the native LightGBM boosters directly (no pyfunc, no pandas).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.catalog import Catalog
+from features.errors import NextstepError
+from features.spec import FeatureSpec, candidate_matrix
+from features.state import UserState
+from models.readiness import ReadinessModel
+
+BUNDLE_FILE = "bundle.joblib"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+class ModelLoadError(NextstepError):
+    """A model bundle is missing, corrupt or incompatible with this code or catalog."""
+
+
+@dataclass
+class ModelBundle:
+    """Everything the planner needs from training. ``meta`` is JSON-able (metrics, data hash)."""
+
+    readiness: ReadinessModel
+    spec: FeatureSpec
+    drop: ReadinessModel | None = None
+    back: ReadinessModel | None = None
+    typical_gap_hours: float = 24.0
+    base_rates: Mapping[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        import joblib
+
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, p / BUNDLE_FILE, compress=3)
+        meta = {"format": FORMAT_VERSION, "features": self.spec.names, **self.meta}
+        (p / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        return p
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Load and sanity-check a bundle directory (or any directory containing one)."""
+    import joblib
+
+    root = Path(path)
+    found = root / BUNDLE_FILE if (root / BUNDLE_FILE).exists() else None
+    if found is None and root.is_dir():
+        found = next(iter(sorted(root.rglob(BUNDLE_FILE))), None)
+    if found is None:
+        raise ModelLoadError(f"no {BUNDLE_FILE} under {root}")
+    try:
+        bundle = joblib.load(found)
+    except Exception as exc:  # corrupt pickle, truncated file, incompatible classes
+        raise ModelLoadError(f"cannot load model bundle {found}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(bundle, ModelBundle) or not hasattr(bundle.readiness, "booster_"):
+        raise ModelLoadError(f"{found} is not a nextstep model bundle")
+    n_expected = len(bundle.spec.names)
+    if bundle.readiness.booster_.num_feature() != n_expected:
+        raise ModelLoadError(
+            f"model expects {bundle.readiness.booster_.num_feature()} features, "
+            f"this code builds {n_expected}"
+        )
+    return bundle
+
+
+def load_bundle_dir(path: str | Path, catalog: Catalog | None = None) -> tuple[ModelScorer, dict]:
+    """For the service: ``(scorer, meta)`` from a downloaded model directory."""
+    bundle = load_bundle(path)
+    scorer = ModelScorer(bundle, catalog)
+    if catalog is not None:  # a smoke prediction proves the model runs on this catalog
+        try:
+            scorer.p_accept(UserState(), list(range(catalog.n)), 0.0, {})
+        except Exception as exc:
+            raise ModelLoadError(f"model cannot score this catalog: {exc}") from None
+    return scorer, dict(bundle.meta)
+
+
+class ModelScorer:
+    """Hot-path scoring: feature rows from a ``UserState`` -> calibrated probabilities."""
+
+    def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None) -> None:
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.catalog = catalog
+
+    def matrix(
+        self,
+        state: UserState,
+        candidates: Sequence[int],
+        now: float,
+        context: Mapping[str, Any],
+        catalog: Catalog | None = None,
+    ) -> np.ndarray:
+        cat = catalog or self.catalog
+        assert cat is not None, "ModelScorer needs a catalog"
+        return candidate_matrix(self.spec, cat, state, candidates, now, context)
+
+    def p_accept(
+        self,
+        state: UserState,
+        candidates: Sequence[int],
+        now: float,
+        context: Mapping[str, Any],
+    ) -> np.ndarray:
+        return self.bundle.readiness.positive_proba(self.matrix(state, candidates, now, context))
+
+    def p_accept_rows(self, X: np.ndarray) -> np.ndarray:
+        return self.bundle.readiness.positive_proba(X)
+
+    def p_drop_rows(self, X: np.ndarray) -> np.ndarray:
+        if self.bundle.drop is None:
+            return np.full(len(X), self.bundle.base_rates.get("drop", 0.3))
+        return self.bundle.drop.positive_proba(X)
+
+    def p_back_rows(self, X: np.ndarray) -> np.ndarray:
+        if self.bundle.back is None:
+            return np.full(len(X), self.bundle.base_rates.get("back", 0.8))
+        return self.bundle.back.positive_proba(X)
+
+
+def fit_bundle(
+    X: np.ndarray,
+    accepted: np.ndarray,
+    dropped: np.ndarray,
+    came_back: np.ndarray,
+    is_goal: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    typical_gap_hours: float,
+    seed: int = 0,
+    n_jobs: int = 2,
+    params: Mapping[str, Any] | None = None,
+) -> ModelBundle:
+    """Fit the three outcome models on point-in-time feature rows.
+
+    * readiness: every offer, label = accepted;
+    * drop: declined or dropped offers, label = dropped;
+    * back: accepted non-goal offers, label = the user had a later event.
+    """
+    cats = tuple(spec.categorical_indices)
+    kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
+    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
+    no = ~accepted
+    drop = _fit_optional(X[no], dropped[no], kw)
+    acc_ng = accepted & ~is_goal.astype(bool)
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
+    base_rates = {
+        "accept": float(accepted.mean()),
+        "drop": float(dropped[no].mean()) if no.any() else 0.3,
+        "back": float(came_back[acc_ng].mean()) if acc_ng.any() else 0.8,
+    }
+    return ModelBundle(
+        readiness=readiness,
+        spec=spec,
+        drop=drop,
+        back=back,
+        typical_gap_hours=typical_gap_hours,
+        base_rates=base_rates,
+    )
+
+
+def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
+    y = y.astype(int)
+    if len(y) < 50 or y.min() == y.max():
+        return None
+    params = dict(kw)
+    params.setdefault("n_estimators", 150)
+    return ReadinessModel(**params).fit(X, y)

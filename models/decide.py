@@ -1,0 +1,177 @@
+"""The decision facade shared by the service, batch ``recommend`` and in-process rollouts.
+
+``Decider.decide`` turns a user's history (as the store returns it) and a request into one
+``DecisionResult``: state fold, eligibility, the policy's distribution, the draw and the numbers
+the response shows. Everything here is plain Python and numpy (no pandas, no model loading), so
+it is safe on the hot path. The RNG is derived from (seed, user, number of earlier asks), so the
+same request on the same history always gets the same decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from features.catalog import Catalog
+from features.errors import InputError
+from features.state import UserState, fold_history
+from models.policies import DecisionInput, PolicyConfig, choose
+
+HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
+
+
+class UnknownCandidateError(InputError):
+    """A request named candidate steps that are not in the catalog."""
+
+
+@dataclass
+class CandidateScore:
+    step: str
+    p_accept: float | None
+    score: float
+
+
+@dataclass
+class DecisionResult:
+    """What the API returns for one decision (``step`` None means: offer nothing, see reason)."""
+
+    step: str | None
+    stage: str | None
+    effort: float | None
+    p_accept: float | None
+    propensity: float | None
+    explored: bool
+    policy: str
+    model_version: str | None
+    candidates: list[CandidateScore] = field(default_factory=list)
+    reason: str | None = None
+    step_index: int | None = None
+
+
+class Decider:
+    """One policy on one (optional) model, over one catalog.
+
+    ``scorer`` is a ``models.bundle.ModelScorer`` or None; without a model a model-based policy
+    degrades to ``ladder`` and says so in ``policy`` (DESIGN.md section 9).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        config: PolicyConfig,
+        *,
+        scorer: Any | None = None,
+        model_version: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.catalog = catalog
+        self.scorer = scorer
+        self.model_version = model_version if scorer is not None else None
+        self.seed = seed
+        if scorer is None and config.name not in ("ladder", "big_ask", "random"):
+            config = PolicyConfig(name="ladder", exploration=config.exploration, value=config.value)
+        self.config = config
+        self.policy = config.build()
+        if scorer is not None and hasattr(self.policy, "bind"):
+            self.policy = self.policy.bind(scorer, catalog)
+        self.policy_name = config.name
+
+    def state_of(self, history: Iterable[HistoryRow]) -> UserState:
+        return fold_history(self.catalog, history)
+
+    def candidate_indices(self, requested: Sequence[str] | None) -> list[int] | None:
+        if requested is None:
+            return None
+        unknown = [s for s in requested if s not in self.catalog.index]
+        if unknown:
+            raise UnknownCandidateError(
+                f"unknown candidate step(s): {', '.join(map(repr, unknown[:5]))}",
+                column="candidates",
+            )
+        return [self.catalog.index[s] for s in requested]
+
+    def decide(
+        self,
+        user_id: str,
+        history: Iterable[HistoryRow] | UserState,
+        *,
+        now: float,
+        context: Mapping[str, Any] | None = None,
+        candidates: Sequence[str] | None = None,
+        allowed: Sequence[int] | None = None,
+    ) -> DecisionResult:
+        """Decide for one user. ``allowed`` lets guardrails remove steps before the policy."""
+        state = history if isinstance(history, UserState) else self.state_of(history)
+        requested = self.candidate_indices(candidates)
+        ctx = dict(context or {})
+        if state.converted(self.catalog):
+            return self._nothing("converted")
+        eligible = self.catalog.eligible_indices(state.accepted_mask)
+        if requested is not None:
+            wanted = set(requested)
+            eligible = [i for i in eligible if i in wanted]
+        if allowed is not None:
+            ok = set(allowed)
+            eligible = [i for i in eligible if i in ok]
+        if not eligible:
+            return self._nothing("no_eligible_step")
+        inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
+        rng = np.random.default_rng(_seed_for(self.seed, user_id, state.n_asks))
+        choice = choose(self.policy, inp, rng)
+        p = inp.p_accept()
+        cands = [
+            CandidateScore(
+                step=self.catalog.ids[i],
+                p_accept=None if p is None else round(float(p[k]), 6),
+                score=round(float(choice.output.scores[k]), 6),
+            )
+            for k, i in enumerate(eligible)
+        ]
+        step = self.catalog.steps[choice.step]
+        return DecisionResult(
+            step=step.id,
+            stage=step.stage,
+            effort=step.effort,
+            p_accept=None if p is None else round(float(p[choice.index]), 6),
+            propensity=round(choice.propensity, 12),
+            explored=choice.explored,
+            policy=self.policy_name,
+            model_version=self.model_version,
+            candidates=cands,
+            step_index=choice.step,
+        )
+
+    def readiness(
+        self, state: UserState, *, now: float, context: Mapping[str, Any] | None = None
+    ) -> dict[str, float | None]:
+        """Readiness of every eligible step (None without a model): for ``GET /v1/users``."""
+        eligible = self.catalog.eligible_indices(state.accepted_mask)
+        if not eligible:
+            return {}
+        if self.scorer is None:
+            return {self.catalog.ids[i]: None for i in eligible}
+        p = self.scorer.p_accept(state, eligible, now, dict(context or {}))
+        return {self.catalog.ids[i]: round(float(v), 6) for i, v in zip(eligible, p, strict=True)}
+
+    def _nothing(self, reason: str) -> DecisionResult:
+        return DecisionResult(
+            step=None,
+            stage=None,
+            effort=None,
+            p_accept=None,
+            propensity=None,
+            explored=False,
+            policy=self.policy_name,
+            model_version=self.model_version,
+            candidates=[],
+            reason=reason,
+        )
+
+
+def _seed_for(seed: int, user_id: str, n_asks: int) -> int:
+    h = hashlib.blake2b(f"{seed}\x1f{user_id}\x1f{n_asks}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little")

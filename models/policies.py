@@ -1,0 +1,263 @@
+"""Policies: every policy returns a probability for each candidate, so propensities are exact.
+
+A deterministic policy puts probability 1 on its choice; exploration wrappers mix in the others.
+The chosen step is drawn from that distribution with a seeded RNG, and the probability of the
+drawn step is the decision's ``propensity``: logs from any policy support off-policy evaluation.
+Policy configuration is a value (frozen dataclasses), looked up by name in ``POLICIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from features.catalog import Catalog
+from features.state import UserState
+from models.baselines import big_ask_choice, ladder_choice
+
+
+class Scorer(Protocol):
+    """What a policy may ask of a model: readiness and planning scores for candidates."""
+
+    def p_accept(
+        self, state: UserState, candidates: Sequence[int], now: float, context: Mapping[str, Any]
+    ) -> np.ndarray: ...
+
+
+@dataclass
+class DecisionInput:
+    """Everything a policy may look at for one decision."""
+
+    catalog: Catalog
+    state: UserState
+    candidates: list[int]  # eligible catalog positions, already filtered by the request
+    now: float
+    context: Mapping[str, Any] = field(default_factory=dict)
+    scorer: Any | None = None  # a models.scoring.ModelScorer, or None when there is no model
+    _p: np.ndarray | None = None
+
+    def p_accept(self) -> np.ndarray | None:
+        """Readiness of each candidate (computed once per decision, None without a model)."""
+        if self.scorer is None:
+            return None
+        if self._p is None:
+            self._p = self.scorer.p_accept(self.state, self.candidates, self.now, self.context)
+        return self._p
+
+
+@dataclass
+class PolicyOutput:
+    """A distribution over ``DecisionInput.candidates`` and a score per candidate."""
+
+    probs: np.ndarray
+    scores: np.ndarray
+    greedy: int  # index (into candidates) of the policy's own best choice
+
+
+class Policy(Protocol):
+    name: str
+    needs_model: bool
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput: ...
+
+
+def _one_hot(n: int, k: int) -> np.ndarray:
+    p = np.zeros(n)
+    p[k] = 1.0
+    return p
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Lowest-effort eligible step."""
+
+    name: str = "ladder"
+    needs_model: bool = False
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        c = inp.candidates
+        k = c.index(ladder_choice(inp.catalog, c))
+        scores = -np.asarray([inp.catalog.efforts[i] for i in c], dtype=float)
+        return PolicyOutput(_one_hot(len(c), k), scores, k)
+
+
+@dataclass(frozen=True)
+class BigAsk:
+    """Cheapest eligible goal, else the cheapest step toward one."""
+
+    name: str = "big_ask"
+    needs_model: bool = False
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        c = inp.candidates
+        k = c.index(big_ask_choice(inp.catalog, c))
+        scores = np.asarray(
+            [float((inp.catalog.goal_mask >> i) & 1) - inp.catalog.efforts[i] / 1e3 for i in c]
+        )
+        return PolicyOutput(_one_hot(len(c), k), scores, k)
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """Highest readiness now (ties: less effort). Falls back to ladder without a model."""
+
+    name: str = "greedy"
+    needs_model: bool = True
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        p = inp.p_accept()
+        if p is None:
+            return Ladder()(inp)
+        efforts = np.asarray([inp.catalog.efforts[i] for i in inp.candidates])
+        k = int(np.lexsort((efforts, -p))[0])
+        return PolicyOutput(_one_hot(len(p), k), p.copy(), k)
+
+
+@dataclass(frozen=True)
+class Random:
+    """Uniform over eligible steps."""
+
+    name: str = "random"
+    needs_model: bool = False
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        n = len(inp.candidates)
+        return PolicyOutput(np.full(n, 1.0 / n), np.zeros(n), 0)
+
+
+@dataclass(frozen=True)
+class EpsilonGreedy:
+    """With probability ``epsilon`` a uniformly random candidate, else the base policy's choice."""
+
+    base: Any
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError("epsilon must be in [0, 1]")
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def needs_model(self) -> bool:
+        return self.base.needs_model
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        out = self.base(inp)
+        n = len(out.probs)
+        probs = (1.0 - self.epsilon) * out.probs + self.epsilon / n
+        return PolicyOutput(probs, out.scores, out.greedy)
+
+
+@dataclass(frozen=True)
+class Softmax:
+    """Boltzmann exploration over the base policy's scores (``temperature`` > 0)."""
+
+    base: Any
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def needs_model(self) -> bool:
+        return self.base.needs_model
+
+    def __call__(self, inp: DecisionInput) -> PolicyOutput:
+        out = self.base(inp)
+        z = (out.scores - out.scores.max()) / self.temperature
+        e = np.exp(z)
+        return PolicyOutput(e / e.sum(), out.scores, out.greedy)
+
+
+def _planner_factory(**kw: Any) -> Any:
+    from models.planner import Planner
+
+    return Planner(**kw)
+
+
+POLICIES: dict[str, Callable[..., Any]] = {
+    "ladder": Ladder,
+    "big_ask": BigAsk,
+    "greedy": Greedy,
+    "random": Random,
+    "planner": _planner_factory,
+}
+EXPLORATION: dict[str, Callable[..., Any]] = {
+    "epsilon": lambda base, value: EpsilonGreedy(base, epsilon=value),
+    "softmax": lambda base, value: Softmax(base, temperature=value),
+}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A policy by name with optional exploration, e.g. ``planner`` with ``epsilon`` 0.05."""
+
+    name: str = "planner"
+    exploration: str | None = None  # "epsilon" | "softmax" | None
+    value: float = 0.0  # epsilon or temperature
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown policy {self.name!r} (known: {', '.join(POLICIES)})")
+        if self.exploration is not None and self.exploration not in EXPLORATION:
+            raise ValueError(f"unknown exploration {self.exploration!r} (epsilon or softmax)")
+
+    def build(self) -> Any:
+        policy = POLICIES[self.name](**dict(self.params))
+        if self.exploration:
+            policy = EXPLORATION[self.exploration](policy, self.value)
+        return policy
+
+    @classmethod
+    def parse(cls, text: str) -> PolicyConfig:
+        """``planner``, ``planner+epsilon=0.1`` or ``greedy+softmax=0.05``."""
+        name, _, expl = text.partition("+")
+        if not expl:
+            return cls(name=name.strip())
+        kind, _, val = expl.partition("=")
+        try:
+            value = float(val)
+        except ValueError:
+            raise ValueError(f"bad exploration value in {text!r}") from None
+        return cls(name=name.strip(), exploration=kind.strip(), value=value)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision: the drawn candidate and the exact probability it was drawn with."""
+
+    index: int  # into DecisionInput.candidates
+    step: int  # catalog position
+    propensity: float
+    explored: bool
+    output: PolicyOutput
+
+
+def choose(policy: Any, inp: DecisionInput, rng: np.random.Generator) -> Choice:
+    """Draw a step from the policy's distribution; deterministic policies draw without the RNG."""
+    out = policy(inp)
+    probs = out.probs
+    nz = np.flatnonzero(probs > 0)
+    if len(nz) == 1:
+        k = int(nz[0])
+    else:
+        k = int(rng.choice(len(probs), p=probs / probs.sum()))
+    return Choice(
+        index=k,
+        step=inp.candidates[k],
+        propensity=float(probs[k]),
+        explored=k != out.greedy,
+        output=out,
+    )

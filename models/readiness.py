@@ -1,0 +1,173 @@
+"""Readiness = P(accept | state, step, context), and the other outcome models.
+
+``ReadinessModel`` is a LightGBM classifier calibrated with isotonic regression on a held-out
+slice of its training data: the planner multiplies these probabilities along imagined paths, so
+they must be right in level, not only in order. It follows the scikit-learn estimator API so
+``clone``, pipelines and ``parametrize_with_checks`` work. ``LogisticBaseline`` is the honest
+yardstick on the same features. The same class also fits P(drop | decline) and
+P(comes back | accept): they are binary outcome models over the same feature rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+EPS = 1e-4
+
+
+class ReadinessModel(ClassifierMixin, BaseEstimator):
+    """Calibrated LightGBM binary classifier.
+
+    Parameters are stored untouched in ``__init__`` (scikit-learn convention); learned
+    attributes end in ``_``: ``booster_`` (the native LightGBM booster, called directly on the hot
+    path), ``calibrator_`` (isotonic map from raw to calibrated probability or None).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 40,
+        reg_lambda: float = 1.0,
+        categorical_features: tuple[int, ...] | None = None,
+        calibration_fraction: float = 0.2,
+        random_state: int = 0,
+        n_jobs: int = 2,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.reg_lambda = reg_lambda
+        self.categorical_features = categorical_features
+        self.calibration_fraction = calibration_fraction
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ReadinessModel:
+        import lightgbm as lgb
+
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
+        if type_of_target(y) not in ("binary",) and len(np.unique(y)) != 1:
+            raise ValueError(f"Only binary classification is supported, got {type_of_target(y)}")
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError("needs samples of both classes to fit a readiness model")
+        n = len(y_enc)
+        rng = np.random.default_rng(self.random_state)
+        use_cal = self.calibration_fraction > 0 and n >= 200
+        if use_cal:
+            perm = rng.permutation(n)
+            n_cal = int(n * self.calibration_fraction)
+            cal_idx, fit_idx = perm[:n_cal], perm[n_cal:]
+        else:
+            fit_idx, cal_idx = np.arange(n), np.arange(0)
+        params = {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": min(self.min_child_samples, max(1, len(fit_idx) // 10)),
+            "lambda_l2": self.reg_lambda,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.n_jobs,
+            "verbosity": -1,
+            "min_data_per_group": 20,
+            "cat_smooth": 10.0,
+        }
+        cats = [c for c in (self.categorical_features or ()) if c < X.shape[1]]
+        w = None if sample_weight is None else np.asarray(sample_weight)[fit_idx]
+        train = lgb.Dataset(
+            X[fit_idx],
+            label=y_enc[fit_idx],
+            weight=w,
+            categorical_feature=cats or "auto",
+            free_raw_data=True,
+            params={"verbosity": -1},
+        )
+        self.booster_ = lgb.train(params, train, num_boost_round=self.n_estimators)
+        self.calibrator_ = None
+        if use_cal:
+            raw = self.booster_.predict(X[cal_idx])
+            self.calibrator_ = IsotonicRegression(
+                y_min=EPS, y_max=1 - EPS, out_of_bounds="clip"
+            ).fit(raw, y_enc[cal_idx])
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        p = self.positive_proba(X)
+        return np.column_stack([1.0 - p, p])
+
+    def positive_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(positive) for an already-validated float matrix: the hot path (no checks)."""
+        raw = self.booster_.predict(X, num_threads=1)
+        if self.calibrator_ is not None:
+            raw = self.calibrator_.predict(raw)
+        return np.clip(raw, EPS, 1 - EPS)
+
+    def predict(self, X: Any) -> np.ndarray:
+        p = self.predict_proba(X)[:, 1]
+        return self.classes_[(p >= 0.5).astype(int)]
+
+    def feature_importance(self) -> np.ndarray:
+        check_is_fitted(self)
+        return self.booster_.feature_importance(importance_type="gain")
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature SHAP contributions (raw log-odds), last column the bias."""
+        check_is_fitted(self)
+        return self.booster_.predict(X, pred_contrib=True, num_threads=1)
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+
+class LogisticBaseline(ClassifierMixin, BaseEstimator):
+    """Median-imputed, standardised logistic regression on the same features."""
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, random_state: int = 0) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> LogisticBaseline:
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
+        self.classes_ = np.unique(y)
+        self.pipeline_ = make_pipeline(
+            SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+            StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state),
+        ).fit(X, y)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        return self.pipeline_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        return self.pipeline_.predict(X)
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
