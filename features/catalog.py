@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from features.errors import CatalogError
 
 STAGES: tuple[str, ...] = ("start", "deliver", "guide", "build", "convert")
@@ -76,6 +78,12 @@ class Catalog:
             sum(1 << self.index[r] for r in s.requires) for s in self.steps
         ]
         self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
+        self.arrays = {
+            "effort": np.asarray(self.efforts, dtype=np.float64),
+            "stage": np.asarray(self.stage_indices, dtype=np.float64),
+            "value": np.asarray(self.values, dtype=np.float64),
+            "is_goal": np.asarray([float(s.is_goal) for s in self.steps]),
+        }
         # Worth of reaching each goal: its ``value`` when goals carry values, else 1 (conversion).
         goal_values = [self.values[i] for i in self.goal_indices]
         use_values = any(v > 0 for v in goal_values)

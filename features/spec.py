@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from features.state import CANDIDATE_FEATURES, STATE_FEATURES, UserState
+from features.state import CANDIDATE_FEATURES, STATE_FEATURES, UserState, is_missing
 
 MAX_CATEGORIES = 64
 
@@ -97,13 +97,57 @@ def candidate_matrix(
     ``context`` is the request's context; fields it lacks fall back to the latest known value in
     the user's history, exactly as the offline builder forward-fills within a user.
     """
-    merged = dict(state.context)
-    if context:
-        merged.update({k: v for k, v in context.items() if v is not None})
-    head = state.state_vector(now)
-    tail = spec.encode_context(merged)
-    rows = [head + state.candidate_vector(catalog, s) + tail for s in candidates]
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(spec.names))
+    return candidate_block(spec, catalog, [(state, now)], [list(candidates)], context)
+
+
+def candidate_block(
+    spec: FeatureSpec,
+    catalog: Catalog,
+    nodes: Sequence[tuple[UserState, float]],
+    cands: Sequence[Sequence[int]],
+    context: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """Feature rows for many (state, time) nodes at once, each with its own candidates.
+
+    The planner scores whole levels of its look-ahead tree with one call: the state part is
+    computed once per node and repeated, the candidate part is gathered from catalog arrays.
+    """
+    counts = np.fromiter((len(c) for c in cands), dtype=np.int64, count=len(cands))
+    total = int(counts.sum())
+    n_state = len(STATE_FEATURES)
+    n_base = n_state + len(CANDIDATE_FEATURES)
+    X = np.empty((total, len(spec.names)), dtype=np.float64)
+    if total == 0:
+        return X
+    keep = [i for i, c in enumerate(cands) if len(c)]
+    kept_counts = counts[keep]
+    S = np.array([nodes[i][0].state_vector(nodes[i][1]) for i in keep], dtype=np.float64)
+    X[:, :n_state] = np.repeat(S, kept_counts, axis=0)
+    steps = np.fromiter((s for i in keep for s in cands[i]), dtype=np.int64, count=total)
+    arr = catalog.arrays
+    max_eff = np.repeat(np.array([nodes[i][0].max_effort for i in keep]), kept_counts)
+    eff = arr["effort"][steps]
+    X[:, n_state] = eff
+    X[:, n_state + 1] = arr["stage"][steps]
+    X[:, n_state + 2] = arr["value"][steps]
+    X[:, n_state + 3] = arr["is_goal"][steps]
+    X[:, n_state + 4] = eff - max_eff
+    X[:, n_state + 5] = [nodes[i][0].step_offers.get(s, 0) for i in keep for s in cands[i]]
+    X[:, n_state + 6] = [nodes[i][0].step_declines.get(s, 0) for i in keep for s in cands[i]]
+    if spec.context_columns:
+        cache: dict[int, list[float]] = {}
+        rows = []
+        for i in keep:
+            st = nodes[i][0]
+            enc = cache.get(id(st.context))
+            if enc is None:
+                merged = dict(st.context)
+                if context:
+                    merged.update({k: v for k, v in context.items() if not is_missing(v)})
+                enc = cache[id(st.context)] = spec.encode_context(merged)
+            rows.append(enc)
+        X[:, n_base:] = np.repeat(np.array(rows, dtype=np.float64), kept_counts, axis=0)
+    return X
 
 
 def _to_float(v: Any) -> float:

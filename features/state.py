@@ -79,7 +79,8 @@ class UserState:
     def converted(self, catalog: Catalog) -> bool:
         return bool(self.accepted_mask & catalog.goal_mask)
 
-    def copy(self) -> UserState:
+    def copy(self, *, share_context: bool = False) -> UserState:
+        """An independent copy; ``share_context`` reuses the context dict (read-only use)."""
         return UserState(
             self.accepted_mask,
             self.n_asks,
@@ -95,7 +96,7 @@ class UserState:
             self.prev_ts,
             dict(self.step_offers),
             dict(self.step_declines),
-            dict(self.context),
+            self.context if share_context else dict(self.context),
             self.last_outcome,
         )
 
@@ -110,7 +111,7 @@ class UserState:
         """Fold one offer and its outcome into the state (in place)."""
         if context:
             for k, v in context.items():
-                if not _is_missing(v):
+                if not is_missing(v):
                     self.context[k] = v
         if math.isnan(self.first_ts):
             self.first_ts = ts
@@ -139,7 +140,7 @@ class UserState:
 
     def after(self, catalog: Catalog, step: int, outcome: str, ts: float) -> UserState:
         """A copy with one more (imagined) outcome: the planner's look-ahead."""
-        nxt = self.copy()
+        nxt = self.copy(share_context=True)  # imagined outcomes carry no new context
         nxt.apply(catalog, step, outcome, ts)
         return nxt
 
@@ -200,11 +201,12 @@ def fold_history(
         i = index.get(step_id)
         if i is None:
             if ctx:
-                state.context.update({k: v for k, v in ctx.items() if not _is_missing(v)})
+                state.context.update({k: v for k, v in ctx.items() if not is_missing(v)})
             continue
         state.apply(catalog, i, outcome, ts, ctx)
     return state
 
 
-def _is_missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """None or NaN: a context value that says nothing (and must not erase a known one)."""
     return v is None or (isinstance(v, float) and math.isnan(v))
