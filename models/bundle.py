@@ -17,7 +17,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from features.errors import NextstepError
-from features.spec import FeatureSpec, candidate_matrix
+from features.spec import FeatureSpec, candidate_block, candidate_matrix
 from features.state import UserState
 from models.readiness import ReadinessModel
 
@@ -110,6 +110,18 @@ class ModelScorer:
         assert cat is not None, "ModelScorer needs a catalog"
         return candidate_matrix(self.spec, cat, state, candidates, now, context)
 
+    def block(
+        self,
+        nodes: Sequence[tuple[UserState, float]],
+        cands: Sequence[Sequence[int]],
+        context: Mapping[str, Any],
+        catalog: Catalog | None = None,
+    ) -> np.ndarray:
+        """Feature rows for many look-ahead nodes in one go (see ``candidate_block``)."""
+        cat = catalog or self.catalog
+        assert cat is not None, "ModelScorer needs a catalog"
+        return candidate_block(self.spec, cat, nodes, cands, context)
+
     def p_accept(
         self,
         state: UserState,
@@ -179,5 +191,5 @@ def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> Readin
     if len(y) < 50 or y.min() == y.max():
         return None
     params = dict(kw)
-    params.setdefault("n_estimators", 150)
+    params.setdefault("n_estimators", 80)
     return ReadinessModel(**params).fit(X, y)

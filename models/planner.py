@@ -38,16 +38,19 @@ class Planner:
     """
 
     depth: int = 1
-    tolerance: float = 0.01
+    tolerance: float = 0.02
+    relative_tolerance: float = 0.0
     chain: int = 6
     retry: float = 0.8
     scorer: Any = None
     catalog: Catalog | None = None
     name: str = "planner"
     needs_model: bool = True
+    cache_size: int = 50_000
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def bind(self, scorer: Any, catalog: Catalog) -> Planner:
-        return dataclasses.replace(self, scorer=scorer, catalog=catalog)
+        return dataclasses.replace(self, scorer=scorer, catalog=catalog, _cache={})
 
     def __call__(self, inp: DecisionInput) -> PolicyOutput:
         scorer = self.scorer or inp.scorer
@@ -57,7 +60,7 @@ class Planner:
         inp._p = p  # the root readiness is the decision's p_accept: no second model call
         best = float(q.max())
         efforts = np.asarray([inp.catalog.efforts[i] for i in inp.candidates])
-        near = np.flatnonzero(q >= best - self.tolerance)
+        near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
         k = int(near[np.lexsort((near, efforts[near]))[0]])
         return PolicyOutput(_one_hot(len(q), k), q, k)
 
@@ -71,9 +74,30 @@ class Planner:
         scorer: Any,
         catalog: Catalog,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Expected goal value of offering each candidate now, and its readiness."""
+        """Expected goal value of offering each candidate now, and its readiness.
+
+        Results are cached by everything the tree depends on (the root feature rows, accepted
+        steps, per-step counts and pace): many users stand at the same point, e.g. a first visit
+        from one channel, and the answer is then the same numbers, computed once.
+        """
         gap = self._gap_seconds(state, scorer)
+        root = scorer.block([(state, now)], [candidates], context, catalog)
+        key = (
+            root.tobytes(),
+            tuple(candidates),
+            state.accepted_mask,
+            tuple(sorted(state.step_offers.items())),
+            tuple(sorted(state.step_declines.items())),
+            gap,
+            id(scorer),
+        )
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
         q, p = self._expand([(state, now)], [candidates], self.depth, context, scorer, catalog, gap)
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        self._cache[key] = (q[0], p[0])
         return q[0], p[0]
 
     def _expand(
@@ -87,14 +111,9 @@ class Planner:
         gap: float,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Q of every candidate of every node, ``depth`` full levels deep, then chain leaves."""
-        rows = [
-            scorer.matrix(st, cs, t, context, catalog)
-            for (st, t), cs in zip(nodes, cands, strict=True)
-            if cs
-        ]
-        if not rows:
+        if not any(cands):
             return [np.zeros(0) for _ in nodes], [np.zeros(0) for _ in nodes]
-        X = np.vstack(rows)
+        X = scorer.block(nodes, cands, context, catalog)
         pa = scorer.p_accept_rows(X)
         pd = scorer.p_drop_rows(X)
         pb = scorer.p_back_rows(X)
@@ -149,7 +168,8 @@ class Planner:
         for _ in range(self.chain + 1):
             if not active:
                 break
-            blocks: list[np.ndarray] = []
+            chain_nodes: list[tuple[UserState, float]] = []
+            chain_cands: list[list[int]] = []
             meta: list[tuple[int, list[int], int | None]] = []
             for i in active:
                 elig = catalog.eligible_indices(states[i].accepted_mask)
@@ -157,12 +177,12 @@ class Planner:
                 rest = [s for s in elig if not (catalog.goal_mask >> s) & 1]
                 step = min(rest, key=lambda s: (catalog.efforts[s], s)) if rest else None
                 cs = goals + ([step] if step is not None else [])
-                if cs:
-                    blocks.append(scorer.matrix(states[i], cs, times[i], context, catalog))
+                chain_nodes.append((states[i], times[i]))
+                chain_cands.append(cs)
                 meta.append((i, goals, step))
-            if not blocks:
+            if not any(chain_cands):
                 break
-            X = np.vstack(blocks)
+            X = scorer.block(chain_nodes, chain_cands, context, catalog)
             pa = scorer.p_accept_rows(X)
             pb = scorer.p_back_rows(X)
             # one retry after a decline, a little less likely to succeed than the first ask
