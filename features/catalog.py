@@ -227,6 +227,16 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
         raise CatalogError(
             "requires must contain step ids (strings)", source=source, step=sid, field="requires"
         )
+    for name, minimum in (("cooldown", 0.0), ("max_asks", 1.0)):
+        if name in item:
+            x = _number(item[name], sid, name, source)
+            if x is None or x < minimum:
+                raise CatalogError(
+                    f"{name} must be a number >= {minimum:g}, got {item[name]!r}",
+                    source=source,
+                    step=sid,
+                    field=name,
+                )
     extra = {k: v for k, v in item.items() if k not in _KNOWN_FIELDS}
     return Step(
         id=sid,

@@ -75,6 +75,8 @@ class UserState:
     step_declines: dict[int, int] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     last_outcome: str | None = None
+    step_last_ts: dict[int, float] = field(default_factory=dict)  # for guardrail cooldowns
+    ask_times: list[float] = field(default_factory=list)  # for guardrail caps per period
 
     def converted(self, catalog: Catalog) -> bool:
         return bool(self.accepted_mask & catalog.goal_mask)
@@ -98,6 +100,8 @@ class UserState:
             dict(self.step_declines),
             self.context if share_context else dict(self.context),
             self.last_outcome,
+            dict(self.step_last_ts),
+            list(self.ask_times),
         )
 
     def apply(
@@ -120,6 +124,8 @@ class UserState:
         self.n_asks += 1
         self.step_offers[step] = self.step_offers.get(step, 0) + 1
         self.last_outcome = outcome
+        self.step_last_ts[step] = ts
+        self.ask_times.append(ts)
         if outcome == ACCEPTED:
             self.n_accepts += 1
             self.cons_accepts += 1

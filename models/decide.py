@@ -19,6 +19,7 @@ import numpy as np
 from features.catalog import Catalog
 from features.errors import InputError
 from features.state import UserState, fold_history
+from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.policies import DecisionInput, PolicyConfig, choose
 
 HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
@@ -50,6 +51,8 @@ class DecisionResult:
     candidates: list[CandidateScore] = field(default_factory=list)
     reason: str | None = None
     step_index: int | None = None
+    suppressed: list[dict[str, str]] = field(default_factory=list)
+    explanation: dict[str, Any] | None = None
 
 
 class Decider:
@@ -67,11 +70,14 @@ class Decider:
         scorer: Any | None = None,
         model_version: str | None = None,
         seed: int = 0,
+        guardrails: GuardrailSettings | None = None,
     ) -> None:
         self.catalog = catalog
         self.scorer = scorer
         self.model_version = model_version if scorer is not None else None
         self.seed = seed
+        self.guardrails = guardrails
+        self._guarded = guardrails is not None or has_step_rules(catalog)
         if scorer is None and config.name not in ("ladder", "big_ask", "random"):
             config = PolicyConfig(name="ladder", exploration=config.exploration, value=config.value)
         self.config = config
@@ -103,8 +109,9 @@ class Decider:
         context: Mapping[str, Any] | None = None,
         candidates: Sequence[str] | None = None,
         allowed: Sequence[int] | None = None,
+        explain: bool = False,
     ) -> DecisionResult:
-        """Decide for one user. ``allowed`` lets guardrails remove steps before the policy."""
+        """Decide for one user. Guardrails (and ``allowed``) remove steps before the policy."""
         state = history if isinstance(history, UserState) else self.state_of(history)
         requested = self.candidate_indices(candidates)
         ctx = dict(context or {})
@@ -119,6 +126,14 @@ class Decider:
             eligible = [i for i in eligible if i in ok]
         if not eligible:
             return self._nothing("no_eligible_step")
+        suppressed: list[dict[str, str]] = []
+        if self._guarded:
+            eligible, held = apply_guardrails(self.catalog, state, eligible, now, self.guardrails)
+            suppressed = [{"step": h.step, "rule": h.rule} for h in held]
+            if not eligible:
+                res = self._nothing("suppressed")
+                res.suppressed = suppressed
+                return res
         inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
         rng = np.random.default_rng(_seed_for(self.seed, user_id, state.n_asks))
         choice = choose(self.policy, inp, rng)
@@ -143,7 +158,32 @@ class Decider:
             model_version=self.model_version,
             candidates=cands,
             step_index=choice.step,
+            suppressed=suppressed,
+            explanation=self._explain(state, choice.step, now, ctx) if explain else None,
         )
+
+    def _explain(
+        self, state: UserState, step: int, now: float, context: Mapping[str, Any], top: int = 5
+    ) -> dict[str, Any] | None:
+        """Top feature contributions (log-odds, LightGBM SHAP) to the chosen step's readiness."""
+        if self.scorer is None:
+            return None
+        X = self.scorer.matrix(state, [step], now, context)
+        contrib = self.scorer.bundle.readiness.contributions(X)[0]
+        names = self.scorer.spec.names
+        order = np.argsort(-np.abs(contrib[:-1]))[:top]
+        return {
+            "step": self.catalog.ids[step],
+            "base_value": round(float(contrib[-1]), 6),
+            "contributions": [
+                {
+                    "feature": names[j],
+                    "value": None if np.isnan(X[0, j]) else round(float(X[0, j]), 6),
+                    "contribution": round(float(contrib[j]), 6),
+                }
+                for j in order
+            ],
+        }
 
     def readiness(
         self, state: UserState, *, now: float, context: Mapping[str, Any] | None = None

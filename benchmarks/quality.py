@@ -1,0 +1,103 @@
+"""Decision quality, end to end, per built-in world (issue: the planner against the optimum).
+
+For each world: simulate the exploring log of ``--train-users`` users, ``nextstep train
+--promote`` on it, start ``nextstep serve`` on a free port, then ``nextstep rollout --base`` with
+``--users`` new simulated users over HTTP. The table compares the served planner with the exact
+type-aware optimum, the type-blind reference and each fixed baseline. Results go to
+``benchmarks/quality.json``.
+
+    .venv/bin/python -m benchmarks.quality [--worlds ladder,eager,two_goals] [--users 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = str(ROOT / ".venv" / "bin" / "nextstep")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("server did not become ready")
+
+
+def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -> dict:
+    home = work / world
+    env = {**os.environ, "NEXTSTEP_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("NEXTSTEP_DATABASE_URL", None)
+    data = home / "data"
+    run = lambda *a: subprocess.run([NS, *a], env=env, check=True)  # noqa: E731
+    run("simulate", "--world", world, "--users", str(train_users), "--seed", str(seed), "--out", str(data))
+    run("train", "--events", str(data / "events.csv"), "--catalog", str(data / "catalog.yaml"), "--promote")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [NS, "serve", "--catalog", str(data / "catalog.yaml"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(base, proc)
+        out = home / "rollout.json"
+        run("rollout", "--world", world, "--base", base, "--users", str(users),
+            "--seed", str(seed + 1000), "--json", str(out))
+        return json.loads(out.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worlds", default="ladder,eager,two_goals")
+    ap.add_argument("--train-users", type=int, default=20_000)
+    ap.add_argument("--users", type=int, default=2_000)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "quality.json")
+    args = ap.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in args.worlds.split(","):
+            results[world] = run_world(world, args.train_users, args.users, args.seed, Path(tmp))
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\n{'world':10} {'planner':>16} {'optimum':>8} {'blind':>8} {'ladder':>8} "
+          f"{'big_ask':>8} {'random':>8} {'ratio':>6} {'+SE':>6} inv err")
+    for world, r in results.items():
+        res, ref = r["result"], r["reference"]
+        print(f"{world:10} {res['conversion']:.4f} ± {res['se']:.4f} {ref['optimum']:8.4f} "
+              f"{ref['type_blind']:8.4f} {ref['ladder']:8.4f} {ref['big_ask']:8.4f} "
+              f"{ref['random']:8.4f} {r['ratio_to_optimum']:6.3f} "
+              f"{r['margin_over_best_fixed_se']:6.1f} {res['invalid']:3d} {res['errors']:3d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
