@@ -39,7 +39,7 @@ format: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: install
+bench: install 
 	.venv/bin/python -m benchmarks.run
 
 clean:

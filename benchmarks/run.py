@@ -1,0 +1,389 @@
+"""``make bench``: every figure as a ratio against a baseline measured in the same run.
+
+Absolute numbers on a shared 2-core machine are noise; ratios against a baseline run right next
+to them are not. Sections (select with ``--only``):
+
+* ``service``  – next-step throughput and p50/p99 at 16 connections (wrk, users with histories,
+  real model and SQLite store) against a bare FastAPI app parsing the same body; p99 at 1 connection.
+* ``batch``    – ``next-step:batch`` decisions/s against single calls; ``recommend`` users/s.
+* ``features`` – point-in-time features for N events against a plain pandas per-user group-by.
+* ``train``    – fitting the bundle on 1M offers against one plain LightGBM fit.
+* ``ope``      – 1M rows x 200 bootstrap resamples (all estimators) against one naive resample loop.
+* ``startup``  – ``nextstep serve`` to ``/readyz`` 200 against the bare app; ``nextstep --help``
+  against ``python -c pass``.
+
+Results are printed as a table and written to ``benchmarks/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NS = str(BIN / "nextstep")
+RESULTS: dict[str, Any] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 180) -> float:
+    import httpx
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def _record(section: str, **values: Any) -> None:
+    RESULTS.setdefault(section, {}).update(values)
+    print(f"[{section}] " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+
+
+def _peak_rss_mib_of(code: str, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``code`` in a fresh interpreter: (wall seconds it reports, peak RSS MiB)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    seconds = float(out.stdout.strip().splitlines()[-1])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return seconds, rss
+
+
+# ------------------------------------------------------------------------------------------
+# Service
+
+
+class Env:
+    """A NEXTSTEP_HOME with a demo model, made once for the service sections."""
+
+    def __init__(self, users: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="nextstep-bench-"))
+        self.env = {**os.environ, "NEXTSTEP_HOME": str(self.dir / "home"), "NEXTSTEP_LOG_LEVEL": "warning"}
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.env.pop("NEXTSTEP_DATABASE_URL", None)
+        data = self.dir / "data"
+        subprocess.run([NS, "simulate", "--world", "ladder", "--users", str(users), "--seed", "3",
+                        "--out", str(data)], env=self.env, check=True, capture_output=True)
+        subprocess.run([NS, "train", "--events", str(data / "events.csv"), "--catalog",
+                        str(data / "catalog.yaml"), "--promote"], env=self.env, check=True,
+                       capture_output=True)
+        self.catalog = data / "catalog.yaml"
+        self.events = data / "events.csv"
+
+    def serve(self, port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [NS, "serve", "--catalog", str(self.catalog), "--port", str(port)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+
+def _wrk(url: str, connections: int, seconds: int, lua: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+LUA = """
+local users = %d
+local counter = 0
+request = function()
+  counter = counter + 1
+  local u = "bench-" .. (counter %% users)
+  local body = '{"user_id":"' .. u .. '","context":{"channel":"email","device":"mobile"}}'
+  return wrk.format("POST", "/v1/next-step", {["Content-Type"]="application/json"}, body)
+end
+"""
+
+
+def bench_service(env: Env, seconds: int) -> None:
+    import httpx
+
+    if shutil.which("wrk") is None:
+        _record("service", skipped="wrk is not installed (apt-get install -y wrk)")
+        return
+    users = 500
+    lua = env.dir / "next_step.lua"
+    lua.write_text(LUA % users)
+    port = _free_port()
+    proc = env.serve(port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{base}/readyz", proc)
+        with httpx.Client(base_url=base) as c:  # users with histories: two answered offers each
+            for i in range(users):
+                for outcome in ("accepted", "declined"):
+                    d = c.post("/v1/next-step", json={"user_id": f"bench-{i}",
+                                                       "context": {"channel": "email"}}).json()
+                    if d["step"] is not None:
+                        c.post("/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": outcome})
+        ours16 = _wrk(f"{base}/", 16, seconds, lua)
+        ours1 = _wrk(f"{base}/", 1, max(3, seconds // 2), lua)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    port = _free_port()
+    bare = subprocess.Popen(
+        [str(BIN / "uvicorn"), "benchmarks.bare_app:create_app", "--factory", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/readyz", bare)
+        bare16 = _wrk(f"http://127.0.0.1:{port}/", 16, seconds, lua)
+        bare1 = _wrk(f"http://127.0.0.1:{port}/", 1, max(3, seconds // 2), lua)
+    finally:
+        bare.terminate()
+        bare.wait(30)
+    _record(
+        "service",
+        rps_16=round(ours16["rps"]), bare_rps_16=round(bare16["rps"]),
+        ratio_to_bare=round(ours16["rps"] / bare16["rps"], 3),
+        p50_ms_16=ours16["p50_ms"], p99_ms_16=ours16["p99_ms"],
+        p50_ms_1=ours1["p50_ms"], p99_ms_1=ours1["p99_ms"],
+        bare_p99_ms_1=bare1["p99_ms"], non_2xx=ours16["non_2xx"] + ours1["non_2xx"],
+    )
+
+
+def bench_batch(env: Env) -> None:
+    import httpx
+
+    port = _free_port()
+    proc = env.serve(port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{base}/readyz", proc)
+        with httpx.Client(base_url=base, timeout=120) as c:
+            reqs = [{"user_id": f"batch-{i}", "context": {"channel": "search"}} for i in range(1000)]
+            c.post("/v1/next-step:batch", json={"requests": reqs[:10]})
+            t0 = time.perf_counter()
+            rounds = 3
+            for r in range(rounds):
+                batch = [{**q, "user_id": f"{q['user_id']}-{r}"} for q in reqs]
+                assert c.post("/v1/next-step:batch", json={"requests": batch}).status_code == 200
+            batch_rate = rounds * 1000 / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for q in reqs[:300]:
+                c.post("/v1/next-step", json={**q, "user_id": q["user_id"] + "-single"})
+            single_rate = 300 / (time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    code = (
+        "import time, pandas as pd\n"
+        "from pathlib import Path\n"
+        "from training.recommend import recommend_command\n"
+        f"t=time.perf_counter(); df=recommend_command(Path({str(env.events)!r}), Path({str(env.catalog)!r}), "
+        f"Path({str(env.dir / 'rec.csv')!r})); el=time.perf_counter()-t\n"
+        "n=len(df); t=time.perf_counter(); ev=pd.read_csv("
+        f"{str(env.events)!r}); ev.groupby('user_id').tail(1); base=time.perf_counter()-t\n"
+        "print(n); print(base); print(el)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env.env, cwd=ROOT).stdout.split()
+    n, base_s, el = int(out[-3]), float(out[-2]), float(out[-1])
+    _record("batch", batch_decisions_per_s=round(batch_rate), single_calls_per_s=round(single_rate),
+            batch_ratio_to_single=round(batch_rate / single_rate, 2),
+            recommend_users=n, recommend_users_per_s=round(n / el),
+            recommend_ratio_to_pandas_read_and_groupby=round(base_s / el, 3))
+
+
+# ------------------------------------------------------------------------------------------
+# Offline
+
+SYNTH = """
+import numpy as np, pandas as pd
+def synth(n, users, seed=0):
+    rng = np.random.default_rng(seed)
+    steps = np.array(["read_intro","watch_clip","take_quiz","create_account","start_trial"])
+    return pd.DataFrame({
+        "row": np.arange(1, n + 1),
+        "user_id": pd.Series(rng.integers(0, users, n)).astype(str).radd("u"),
+        "ts": 1.7e9 + rng.integers(0, 90 * 86400, n).astype(float),
+        "step": steps[rng.integers(0, len(steps), n)],
+        "outcome": np.array(["accepted","declined","dropped"])[rng.choice(3, n, p=[.5,.4,.1])],
+        "channel": np.array(["email","search","social"])[rng.integers(0, 3, n)],
+    })
+"""
+
+
+def bench_features(n: int) -> None:
+    catalog = ROOT / "benchmarks" / ".work" / "bench_catalog.yaml"
+    catalog.parent.mkdir(parents=True, exist_ok=True)
+    from training.worlds import load_world
+    import yaml
+
+    catalog.write_text(yaml.safe_dump({"steps": load_world("ladder").catalog.to_list()}))
+    common = SYNTH + f"df = synth({n}, {max(1, n // 8)})\nimport time\n"
+    ours = common + (
+        "from features.catalog import load_catalog\nfrom features.spec import FeatureSpec\n"
+        "from features.offline import build_offline_features\n"
+        f"cat = load_catalog({str(catalog)!r}); spec = FeatureSpec.from_frame(df, ['channel'])\n"
+        "t = time.perf_counter(); f = build_offline_features(df, cat, spec)\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    base = common + (
+        "t = time.perf_counter()\n"
+        "g = df.groupby('user_id')\n"
+        "out = pd.DataFrame({'asks': g.size(), 'accepts': (df['outcome'] == 'accepted').groupby(df['user_id']).sum()})\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t_base, _ = _peak_rss_mib_of(base, env)
+    rss_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    t_ours, rss = _peak_rss_mib_of(ours, env)
+    _record("features", events=n, seconds=round(t_ours, 2), rows_per_s=round(n / t_ours),
+            pandas_groupby_seconds=round(t_base, 2), ratio_to_groupby=round(t_ours / t_base, 2),
+            peak_rss_mib=round(max(rss, rss_before)))
+
+
+def bench_train(n: int) -> None:
+    code = SYNTH + (
+        "import time, numpy as np, lightgbm as lgb\n"
+        "from features.spec import FeatureSpec\nfrom features.offline import build_offline_features\n"
+        "from models.bundle import fit_bundle\nfrom training.worlds import load_world\n"
+        f"df = synth({n}, {n // 4}); cat = load_world('ladder').catalog\n"
+        "spec = FeatureSpec.from_frame(df, ['channel']); f = build_offline_features(df, cat, spec)\n"
+        "rng = np.random.default_rng(1)\n"
+        "logit = 1.0 - 0.3 * f.X[:, 12] + 0.4 * f.X[:, 3] - 0.5 * f.X[:, 4]\n"
+        "y = rng.random(len(df)) < 1 / (1 + np.exp(-logit))\n"
+        "t = time.perf_counter(); lgb.train({'objective': 'binary', 'verbosity': -1, 'num_threads': 2},"
+        " lgb.Dataset(f.X, label=y), num_boost_round=150); base = time.perf_counter() - t\n"
+        "isg = ((cat.goal_mask >> f.step_index) & 1).astype(bool)\n"
+        "t = time.perf_counter(); fit_bundle(f.X, y, f.dropped, f.came_back, isg, spec, typical_gap_hours=24.0)\n"
+        "print(base); print(time.perf_counter() - t)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.split()
+    base, ours = float(out[-2]), float(out[-1])
+    _record("train", offers=n, bundle_seconds=round(ours, 1), plain_lgbm_seconds=round(base, 1),
+            ratio_to_plain_lgbm=round(ours / base, 2))
+
+
+def bench_ope(n: int, n_boot: int) -> None:
+    import numpy as np
+
+    from training.ope import LoggedData, estimate_all
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.1, 1.0, n)
+    data = LoggedData(reward=(rng.random(n) < 0.4).astype(float), propensity=p,
+                      target_propensity=rng.uniform(0, 1, n), q_hat=rng.random(n),
+                      q_target=rng.random(n))
+    t0 = time.perf_counter()
+    estimate_all(data, n_boot=n_boot, seed=1)
+    ours = time.perf_counter() - t0
+    w = data.target_propensity / data.propensity
+    wr = w * data.reward
+    t0 = time.perf_counter()
+    for _ in range(10):  # naive: fancy-index a full resample, IPW only
+        idx = rng.integers(0, n, n)
+        float(wr[idx].mean())
+    naive = (time.perf_counter() - t0) / 10 * n_boot
+    _record("ope", rows=n, resamples=n_boot, seconds=round(ours, 2),
+            naive_ipw_only_seconds=round(naive, 2), ratio_to_naive=round(ours / naive, 3))
+
+
+def bench_startup(env: Env) -> None:
+    port = _free_port()
+    t0 = time.perf_counter()
+    proc = env.serve(port)
+    try:
+        ready = _wait(f"http://127.0.0.1:{port}/readyz", proc)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    port = _free_port()
+    bare = subprocess.Popen(
+        [str(BIN / "uvicorn"), "benchmarks.bare_app:create_app", "--factory", "--port", str(port),
+         "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bare_ready = _wait(f"http://127.0.0.1:{port}/readyz", bare)
+    finally:
+        bare.terminate()
+        bare.wait(30)
+
+    def timed(cmd: list[str], reps: int = 3) -> float:
+        best = 1e9
+        for _ in range(reps):
+            t = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    help_s = timed([NS, "--help"])
+    py_s = timed([sys.executable, "-c", "pass"])
+    del t0
+    _record("startup", serve_to_ready_s=round(ready, 2), bare_app_ready_s=round(bare_ready, 2),
+            ratio_to_bare=round(ready / bare_ready, 2), help_s=round(help_s, 3),
+            python_noop_s=round(py_s, 3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="nextstep benchmarks (ratios against same-run baselines)")
+    ap.add_argument("--only", default="service,batch,features,train,ope,startup")
+    ap.add_argument("--events", type=int, default=10_000_000, help="events for the features section")
+    ap.add_argument("--offers", type=int, default=1_000_000, help="offers for the train section")
+    ap.add_argument("--ope-rows", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=int, default=10, help="wrk duration")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    RESULTS["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()}
+    env = Env(3000) if only & {"service", "batch", "startup"} else None
+    if "startup" in only:
+        bench_startup(env)
+    if "service" in only:
+        bench_service(env, args.seconds)
+    if "batch" in only:
+        bench_batch(env)
+    if "ope" in only:
+        bench_ope(args.ope_rows, 200)
+    if "features" in only:
+        bench_features(args.events)
+    if "train" in only:
+        bench_train(args.offers)
+    args.out.write_text(json.dumps(RESULTS, indent=2))
+    print(json.dumps(RESULTS, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
