@@ -179,6 +179,12 @@ def compare(
     n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
+    max_weight: Annotated[
+        float, typer.Option(min=1.0, help="Clip of a user's trajectory importance weight.")
+    ] = 100.0,
+    rollout_users: Annotated[
+        int, typer.Option(min=1, help="Simulated users per model policy with --world.")
+    ] = 2000,
 ) -> None:
     """Offline comparison of policies on a log, one MLflow run per policy."""
     from training.compare import compare_command
@@ -193,6 +199,8 @@ def compare(
         n_boot=n_boot,
         seed=seed,
         skip_invalid=skip_invalid,
+        max_weight=max_weight,
+        rollout_users=rollout_users,
     )
 
 
