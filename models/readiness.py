@@ -23,6 +23,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 EPS = 1e-4
+TIE_BREAK = 1e-6
 
 
 class ReadinessModel(ClassifierMixin, BaseEstimator):
@@ -122,7 +123,8 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         """P(positive) for an already-validated float matrix: the hot path (no checks)."""
         raw = self.booster_.predict(X, num_threads=1)
         if self.calibration_x_ is not None:
-            raw = np.interp(raw, self.calibration_x_, self.calibration_y_)
+            # isotonic steps create ties; a tiny share of the raw score keeps the order (AUC)
+            raw = np.interp(raw, self.calibration_x_, self.calibration_y_) + TIE_BREAK * (raw - 0.5)
         return np.clip(raw, EPS, 1 - EPS)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -141,6 +143,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        tags.classifier_tags.multi_class = False
         return tags
 
 

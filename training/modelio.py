@@ -1,0 +1,138 @@
+"""Load a trained model for batch work: registry alias, registry version or local directory.
+
+``load_scorer("models:/nextstep@champion", catalog)`` resolves the alias to a version, downloads
+that version's artifacts once to ``{NEXTSTEP_HOME}/model-cache/<version>/`` (the same layout the
+service's model loader uses, written to a temporary directory and renamed, so an entry is
+complete or absent; versions are immutable, so a cached entry is reused as is) and loads the
+bundle inside with ``models.bundle.load_bundle_dir``. Also accepted: ``models:/nextstep/3``, a
+bare alias or version number (``champion``, ``3``) and a local directory holding a bundle
+(``file://`` optional). MLflow is imported only when the registry is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.catalog import Catalog
+from features.errors import NextstepError
+from models.bundle import ModelBundle, ModelScorer, load_bundle, load_bundle_dir
+from training import tracking
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+MARKER = ".nextstep-model.json"
+
+
+class ModelNotFoundError(NextstepError):
+    """There is no model at the given URI (no registry, no such alias or version, no bundle)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # local directory holding the bundle
+    version: str | None  # registry version, None for a local directory without a marker
+    uri: str
+
+
+def resolve(model_uri: str) -> ResolvedModel:
+    """A local directory with the model's files for ``model_uri`` (downloading when needed)."""
+    raw = str(model_uri).strip()
+    m = _URI.match(raw)
+    if m is None and not ("/" in raw or os.sep in raw or Path(raw).exists()):
+        # bare alias or version of the default model: "champion", "3"
+        m = _URI.match(
+            f"models:/{tracking.MODEL_NAME}/{raw}"
+            if raw.isdigit()
+            else f"models:/{tracking.MODEL_NAME}@{raw}"
+        )
+    if m is None:
+        path = Path(raw[len("file://") :] if raw.startswith("file://") else raw).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model directory {path} does not exist")
+        return ResolvedModel(path, _local_version(path), str(path))
+    name, alias, version = m["name"], m["alias"], m["version"]
+    if alias is not None:
+        version = tracking.alias_version(alias, name)
+        if version is None:
+            raise ModelNotFoundError(
+                f"no model registered as {raw} (train one with `nextstep train --promote`, "
+                "or pass --model with a version or a directory)"
+            )
+    assert version is not None
+    dest = _cache_dir(name, version)
+    if not dest.exists():
+        _download(name, version, dest, raw)
+    return ResolvedModel(dest, version, f"models:/{name}/{version}")
+
+
+def load_scorer(model_uri: str, catalog: Catalog | None) -> tuple[ModelScorer, str | None]:
+    """``(scorer, version)`` for ``model_uri``; the scorer is smoke-tested on ``catalog``."""
+    resolved = resolve(model_uri)
+    scorer, meta = load_bundle_dir(resolved.path, catalog)
+    version = resolved.version or _meta_version(meta)
+    return scorer, version
+
+
+def load_model_bundle(model_uri: str) -> tuple[ModelBundle, str | None]:
+    """The raw ``ModelBundle`` and its version (for evaluation and the promotion gate)."""
+    resolved = resolve(model_uri)
+    bundle = load_bundle(resolved.path)
+    return bundle, resolved.version or _meta_version(bundle.meta)
+
+
+# -- internals ---------------------------------------------------------------------------------
+def _cache_dir(name: str, version: str) -> Path:
+    leaf = version if name == tracking.MODEL_NAME else f"{name}-{version}"
+    return tracking.home() / "model-cache" / leaf
+
+
+def _download(name: str, version: str, dest: Path, raw: str) -> None:
+    if not tracking.registry_exists():
+        raise ModelNotFoundError(
+            f"no model registered as {raw}: there is no tracking database at "
+            f"{tracking.tracking_uri()} (train one with `nextstep train --promote`)"
+        )
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client()
+    try:
+        src = client.get_model_version_download_uri(name, version)
+    except MlflowException:
+        raise ModelNotFoundError(f"no version {version} of registered model {name!r}") from None
+    import mlflow.artifacts
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=src, dst_path=str(tmp), tracking_uri=tracking.tracking_uri()
+            )
+        )
+        (local / MARKER).write_text(
+            json.dumps({"name": name, "version": version, "source": src}), encoding="utf-8"
+        )
+        try:
+            os.replace(local, dest)  # complete or absent, never half-written
+        except OSError:
+            if not dest.exists():  # not "someone else was faster"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _local_version(path: Path) -> str | None:
+    try:
+        return str(json.loads((path / MARKER).read_text(encoding="utf-8"))["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _meta_version(meta: dict) -> str | None:
+    v = meta.get("version") or meta.get("model_version")
+    return None if v is None else str(v)

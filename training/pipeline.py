@@ -1,0 +1,643 @@
+"""``nextstep train``: event log -> point-in-time features -> models -> holdout evaluation ->
+MLflow run, registered model version and (with ``--promote``) the champion gate.
+
+Choices, so they are written down once:
+
+* **Holdout by user arrival.** Users are ordered by the time of their first event and the
+  latest-arriving users that make up ``HOLDOUT_FRACTION`` of the rows form the holdout (whole
+  users, so nobody straddles the split and the holdout is "future users", the case the service
+  meets most). Features are point-in-time, so computing them on the whole log first leaks
+  nothing: each row only sees that user's earlier rows.
+* **The registered model is the evaluated model.** It is fitted on the training users only; the
+  numbers in the run describe exactly the artifact that may be promoted. (Refitting on all rows
+  would buy 20% more data at the price of an unmeasured artifact.)
+* **Promotion gate** (``--promote``): with no champion the new version always becomes
+  ``champion``. Otherwise the current champion's bundle is loaded and scored on *this run's*
+  holdout; the new version is promoted when its holdout log loss is at most the champion's plus
+  ``tolerance``, else it gets alias ``challenger``. The decision and the reason are run tags
+  (``nextstep.promotion``, ``nextstep.promotion_reason``), printed, and tags on the version.
+  Caveat: if the champion was trained on a log containing these holdout users, its number is
+  optimistic, which errs on the side of keeping the champion.
+* **Simulator truth.** A column ``true_p_accept`` (from ``generate_log(with_truth=True)``) is
+  never a feature (nor ``user_type`` next to it); it is scored as the reference model ``truth``,
+  the best any model could do.
+* LightGBM runs single-threaded below ``PARALLEL_ROWS`` rows: on a busy 2-core machine
+  ``num_threads=2`` was measured 18x slower (OpenMP spin-waiting), for no gain at this size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Catalog, load_catalog
+from features.errors import NextstepError
+from features.events import EventLog, load_events
+from features.offline import OfflineFeatures, build_offline_features
+from features.spec import FeatureSpec
+from models.bundle import ModelBundle, fit_bundle
+from models.readiness import LogisticBaseline
+from training import evaluate as ev
+
+HOLDOUT_FRACTION = 0.2
+TRUTH_COLUMN = "true_p_accept"
+TRUTH_EXTRA = ("user_type",)
+PARALLEL_ROWS = 500_000
+HOLDOUT_ARTIFACT_ROWS = 200_000
+MODELS = ("lgbm", "logreg")
+
+Progress = Callable[[str], None]
+
+
+# -- data preparation ---------------------------------------------------------------------------
+def feature_context_columns(log: EventLog) -> list[str]:
+    """Context columns that become features (simulator truth columns never do)."""
+    cols = list(log.context_columns)
+    if TRUTH_COLUMN in cols:
+        cols = [c for c in cols if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
+    return cols
+
+
+def holdout_mask(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """Rows of the latest-arriving users (by first event, ties by file order) that make up at
+    least ``fraction`` of the rows; at least one user on each side."""
+    if not 0 < fraction < 1:
+        raise ValueError("holdout fraction must be in (0, 1)")
+    codes, uniques = pd.factorize(frame["user_id"], sort=False)  # code order = first appearance
+    n_users = len(uniques)
+    if n_users < 2:
+        raise NextstepError("training needs at least two users (one for the holdout)")
+    ts = frame["ts"].to_numpy(dtype=np.float64)
+    first = pd.Series(ts).groupby(codes).min().to_numpy()
+    counts = np.bincount(codes, minlength=n_users)
+    order = np.lexsort((np.arange(n_users), first))  # arrival order
+    from_end = np.cumsum(counts[order][::-1])
+    k = int(np.searchsorted(from_end, fraction * len(frame)) + 1)  # users in the holdout
+    k = min(max(k, 1), n_users - 1)
+    is_holdout_user = np.zeros(n_users, dtype=bool)
+    is_holdout_user[order[::-1][:k]] = True
+    return is_holdout_user[codes]
+
+
+def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
+    """Median gap in hours between a user's consecutive events (24 when nobody returns)."""
+    f = frame if rows is None else frame.loc[rows]
+    codes, _ = pd.factorize(f["user_id"], sort=False)
+    ts = f["ts"].to_numpy(dtype=np.float64)
+    order = np.lexsort((ts, codes))
+    c, t = codes[order], ts[order]
+    same = c[1:] == c[:-1]
+    gaps = (t[1:] - t[:-1])[same]
+    return float(np.median(gaps) / 3600.0) if len(gaps) else 24.0
+
+
+def fingerprint(log: EventLog, catalog: Catalog) -> dict[str, Any]:
+    """Rows, users, time range and a SHA-256 of the validated frame's content (any format the
+    same frame came from gives the same hash) and of the catalog."""
+    frame = log.frame
+    body = frame.drop(columns=["row"], errors="ignore")
+    h = hashlib.sha256()
+    h.update(json.dumps([[c, str(body[c].dtype)] for c in body.columns]).encode())
+    h.update(pd.util.hash_pandas_object(body, index=False).to_numpy().tobytes())
+    ts = frame["ts"].to_numpy(dtype=np.float64)
+    return {
+        "rows": len(frame),
+        "users": int(frame["user_id"].nunique()),
+        "ts_min": _iso(float(ts.min())),
+        "ts_max": _iso(float(ts.max())),
+        "sha256": h.hexdigest(),
+        "catalog_sha256": catalog_hash(catalog),
+        "skipped": int(log.n_skipped),
+        "source": log.source,
+    }
+
+
+def catalog_hash(catalog: Catalog) -> str:
+    text = json.dumps(catalog.to_list(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def features_for(frame: pd.DataFrame, catalog: Catalog, spec: FeatureSpec) -> OfflineFeatures:
+    """Point-in-time features with ``spec``'s layout; context columns the frame lacks are
+    missing values (a model trained with a context field still scores a log without it)."""
+    missing = [c for c in spec.context_columns if c not in frame.columns]
+    if missing:
+        frame = frame.assign(**{c: pd.Series([None] * len(frame), dtype=object) for c in missing})
+    return build_offline_features(frame, catalog, spec)
+
+
+def score_bundle(
+    bundle: ModelBundle, frame: pd.DataFrame, catalog: Catalog, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, p_accept, stage)`` of a bundle on (some rows of) a validated frame."""
+    F = features_for(frame, catalog, bundle.spec)
+    X, y, step = F.X, F.accepted, F.step_index
+    if rows is not None:
+        X, y, step = X[rows], y[rows], step[rows]
+    p = bundle.readiness.positive_proba(np.ascontiguousarray(X))
+    stage = np.asarray(catalog.stage_indices)[step]
+    return y.astype(np.int64), p, stage
+
+
+# -- fitting and evaluation ---------------------------------------------------------------------
+@dataclass
+class TrainingOutcome:
+    """Everything fitted and measured, before anything is logged."""
+
+    bundle: ModelBundle
+    baseline: LogisticBaseline
+    spec: FeatureSpec
+    holdout: np.ndarray  # bool per row of the frame
+    metrics: dict[str, dict[str, float]]  # model -> metric -> value ("lgbm", "logreg", "truth")
+    y: np.ndarray  # holdout outcomes
+    predictions: dict[str, np.ndarray]  # model -> holdout probabilities
+    stage: np.ndarray  # holdout stage index per row
+    params: dict[str, Any]
+    typical_gap_hours: float
+    example: pd.DataFrame  # a few holdout feature rows: the pyfunc's input example
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_rows(self) -> int:
+        return int((~self.holdout).sum())
+
+    @property
+    def holdout_rows(self) -> int:
+        return int(self.holdout.sum())
+
+
+def fit_and_evaluate(
+    log: EventLog,
+    catalog: Catalog,
+    *,
+    seed: int = 0,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+    params: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TrainingOutcome:
+    """Features, holdout split, the bundle (LightGBM) and the logistic baseline, both scored on
+    the holdout. No MLflow: usable from notebooks, tests and other commands."""
+    say = progress or (lambda _msg: None)
+    frame = log.frame
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    say("building point-in-time features")
+    spec = FeatureSpec.from_frame(frame, feature_context_columns(log))
+    F = build_offline_features(frame, catalog, spec)
+    ho = holdout_mask(frame, holdout_fraction)
+    tr = ~ho
+    y_tr = F.accepted[tr]
+    if y_tr.min() == y_tr.max():
+        raise NextstepError("the training rows have only one outcome; readiness needs both")
+    is_goal = ((catalog.goal_mask >> F.step_index) & 1).astype(bool)
+    gap = typical_gap_hours(frame, tr)
+    seconds["features"] = time.perf_counter() - t
+
+    n_jobs = 1 if len(frame) < PARALLEL_ROWS else max(1, os.cpu_count() or 1)
+    fit_params = {**(params or {})}
+    t = time.perf_counter()
+    say("fitting LightGBM readiness, drop and come-back models")
+    X_tr = np.ascontiguousarray(F.X[tr])
+    bundle = fit_bundle(
+        X_tr,
+        F.accepted[tr],
+        F.dropped[tr],
+        F.came_back[tr],
+        is_goal[tr],
+        spec,
+        typical_gap_hours=gap,
+        seed=seed,
+        n_jobs=n_jobs,
+        params=fit_params,
+    )
+    seconds["fit_lgbm"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("fitting the logistic-regression baseline")
+    baseline = LogisticBaseline(random_state=seed).fit(X_tr, y_tr.astype(int))
+    seconds["fit_logreg"] = time.perf_counter() - t
+
+    say("evaluating on the holdout")
+    X_ho = np.ascontiguousarray(F.X[ho])
+    y = F.accepted[ho].astype(np.int64)
+    stage = np.asarray(catalog.stage_indices)[F.step_index[ho]]
+    preds = {
+        "lgbm": bundle.readiness.positive_proba(X_ho),
+        "logreg": baseline.predict_proba(X_ho)[:, 1],
+    }
+    if TRUTH_COLUMN in frame.columns:
+        truth = pd.to_numeric(frame[TRUTH_COLUMN], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isfinite(truth[ho]).all():
+            preds["truth"] = truth[ho]
+    metrics = {name: ev.evaluate(y, p, stage) for name, p in preds.items()}
+    model_params = {
+        k: v for k, v in bundle.readiness.get_params().items() if k not in ("categorical_features",)
+    }
+    finite_rows = np.flatnonzero(np.isfinite(X_ho).all(axis=1))
+    pick = finite_rows[:5] if len(finite_rows) >= 5 else np.arange(min(5, len(X_ho)))
+    example = pd.DataFrame(X_ho[pick], columns=spec.names)
+    return TrainingOutcome(
+        bundle=bundle,
+        baseline=baseline,
+        spec=spec,
+        holdout=ho,
+        metrics=metrics,
+        y=y,
+        predictions=preds,
+        stage=stage,
+        params=model_params,
+        typical_gap_hours=gap,
+        example=example,
+        seconds=seconds,
+    )
+
+
+# -- promotion gate -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    champion_version: str | None = None
+    champion_logloss: float | None = None
+
+
+def gate(
+    candidate_logloss: float,
+    champion_logloss: float | None,
+    tolerance: float,
+    champion_version: str | None,
+) -> GateDecision:
+    """Log-loss gate: promote when candidate <= champion + tolerance (lower is better)."""
+    if champion_version is None or champion_logloss is None:
+        return GateDecision(True, "no champion yet: the first version becomes champion")
+    ok = candidate_logloss <= champion_logloss + tolerance
+    rel = "<=" if ok else ">"
+    reason = (
+        f"holdout log loss {candidate_logloss:.5f} {rel} champion v{champion_version} "
+        f"{champion_logloss:.5f} + tolerance {tolerance:g} on the same holdout"
+    )
+    return GateDecision(ok, reason, champion_version, champion_logloss)
+
+
+def champion_on_holdout(
+    frame: pd.DataFrame, catalog: Catalog, holdout: np.ndarray
+) -> tuple[str | None, float | None, str | None]:
+    """``(version, log loss on these holdout rows, problem)`` of the current champion;
+    ``(None, None, None)`` when there is none; ``problem`` when it exists but cannot be scored."""
+    from training import tracking
+    from training.modelio import load_model_bundle
+
+    version = tracking.alias_version(tracking.CHAMPION)
+    if version is None:
+        return None, None, None
+    try:
+        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
+        y, p, _stage = score_bundle(bundle, frame, catalog, holdout)
+    except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
+        return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
+    return version, ev.log_loss(y, p), None
+
+
+# -- the command -----------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_id: str
+    version: str
+    promoted: bool
+    decision: str  # "promoted" | "refused" | "not_requested"
+    reason: str
+    metrics: dict[str, dict[str, float]]
+    fingerprint: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+    champion_logloss: float | None = None
+
+
+def train_log(
+    log: EventLog,
+    catalog: Catalog,
+    *,
+    experiment: str = "nextstep-train",
+    promote: bool = False,
+    tolerance: float = 0.0,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
+    from training import tracking
+
+    say = progress or (lambda _msg: None)
+    fp = fingerprint(log, catalog)
+    out = fit_and_evaluate(log, catalog, seed=seed, params=params, progress=say)
+    say("logging the run to MLflow")
+    mlflow = tracking.setup()
+    exp_id = tracking.experiment_id(experiment)
+    lgbm = out.metrics["lgbm"]
+    with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
+        run_id = run.info.run_id
+        mlflow.log_params(_run_params(out, fp, seed, tolerance, promote))
+        mlflow.set_tags(
+            {
+                "nextstep.kind": "train",
+                "nextstep.data_sha256": fp["sha256"],
+                "nextstep.holdout": "latest-arriving users by first event",
+            }
+        )
+        metrics: dict[str, float] = {}
+        for name, values in out.metrics.items():
+            metrics.update({f"{name}_{k}": v for k, v in ev.finite(values).items()})
+        metrics.update(
+            train_rows=float(out.train_rows),
+            holdout_rows=float(out.holdout_rows),
+            typical_gap_hours=out.typical_gap_hours,
+            **{f"seconds_{k}": v for k, v in out.seconds.items()},
+        )
+        mlflow.log_metrics(metrics)
+        plots = _plots(out, Path(tmp) / "plots")
+        mlflow.log_artifacts(str(plots), artifact_path="plots")
+        data_dir = _holdout_artifacts(log, catalog, out.holdout, fp, Path(tmp) / "data")
+        mlflow.log_artifacts(str(data_dir), artifact_path="data")
+
+        out.bundle.meta.update(
+            run_id=run_id,
+            trained_at=_iso(time.time()),
+            data=fp,
+            holdout={"strategy": "users by first event", "fraction": HOLDOUT_FRACTION},
+            metrics={k: ev.finite(v) for k, v in out.metrics.items()},
+            params=out.params,
+        )
+        bundle_dir = out.bundle.save(Path(tmp) / "bundle")
+        _write_catalog(catalog, bundle_dir / "catalog.yaml")
+        say("registering the model")
+        version = _log_model(mlflow, out, bundle_dir)
+
+        decision, reason, champ_ll, aliases = "not_requested", "--promote not given", None, []
+        if promote:
+            say("promotion gate: scoring the champion on this holdout")
+            champ_version, champ_ll, problem = champion_on_holdout(log.frame, catalog, out.holdout)
+            if problem is not None:
+                g = GateDecision(
+                    True,
+                    f"current champion v{champ_version} cannot be scored by this code "
+                    f"({problem}); the new version replaces it",
+                    champ_version,
+                )
+            else:
+                g = gate(lgbm["logloss"], champ_ll, tolerance, champ_version)
+            alias = tracking.CHAMPION if g.promote else tracking.CHALLENGER
+            tracking.set_alias(alias, version)
+            if g.promote and tracking.alias_version(tracking.CHALLENGER) == version:
+                tracking.delete_alias(tracking.CHALLENGER)
+            decision = "promoted" if g.promote else "refused"
+            reason = g.reason
+            aliases = [alias]
+            if champ_ll is not None:
+                mlflow.log_metric("champion_logloss_on_holdout", champ_ll)
+        mlflow.set_tags(
+            {
+                "nextstep.promotion": decision,
+                "nextstep.promotion_reason": reason,
+                "nextstep.model_version": version,
+            }
+        )
+        client = tracking.client()
+        for k, v in {
+            "promotion": decision,
+            "promotion_reason": reason,
+            "holdout_logloss": f"{lgbm['logloss']:.6f}",
+            "holdout_auc": f"{lgbm['auc']:.6f}",
+            "data_sha256": fp["sha256"],
+        }.items():
+            client.set_model_version_tag(tracking.MODEL_NAME, version, k, v)
+    return TrainResult(
+        run_id=run_id,
+        version=version,
+        promoted=decision == "promoted",
+        decision=decision,
+        reason=reason,
+        metrics=out.metrics,
+        fingerprint=fp,
+        aliases=aliases,
+        champion_logloss=champ_ll,
+    )
+
+
+def train_command(
+    events: Path,
+    catalog: Path,
+    experiment: str = "nextstep-train",
+    promote: bool = False,
+    dask: str | None = None,
+    skip_invalid: bool = False,
+    tolerance: float = 0.0,
+    seed: int = 0,
+) -> TrainResult:
+    """CLI entry point (``nextstep train``)."""
+    if dask:
+        raise NextstepError("--dask is not available yet")
+    if tolerance < 0 or not math.isfinite(tolerance):
+        raise NextstepError("--tolerance must be a finite number >= 0")
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with _steps(console) as say:
+        say("loading the catalog and the event log")
+        cat = load_catalog(catalog)
+        log = load_events(events, cat, skip_invalid=skip_invalid)
+        result = train_log(
+            log,
+            cat,
+            experiment=experiment,
+            promote=promote,
+            tolerance=tolerance,
+            seed=seed,
+            progress=say,
+        )
+    if log.n_skipped:
+        detail = ", ".join(f"{k} {v}" for k, v in log.skipped.items())
+        console.print(f"skipped {log.n_skipped} invalid rows ({detail})")
+    _print_summary(result)
+    return result
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _run_params(
+    out: TrainingOutcome, fp: Mapping[str, Any], seed: int, tolerance: float, promote: bool
+) -> dict[str, Any]:
+    return {
+        **{f"model_{k}": v for k, v in out.params.items()},
+        "seed": seed,
+        "rows": fp["rows"],
+        "train_rows": out.train_rows,
+        "holdout_rows": out.holdout_rows,
+        "holdout_fraction": HOLDOUT_FRACTION,
+        "holdout_strategy": "users_by_first_event",
+        "features": ",".join(out.spec.names),
+        "context_columns": ",".join(out.spec.context_columns) or "-",
+        "promote": promote,
+        "tolerance": tolerance,
+        "data_rows": fp["rows"],
+        "data_users": fp["users"],
+        "data_ts_min": fp["ts_min"],
+        "data_ts_max": fp["ts_max"],
+        "data_sha256": fp["sha256"],
+        "data_skipped": fp["skipped"],
+        "data_source": str(fp["source"])[:480],
+        "catalog_sha256": fp["catalog_sha256"],
+        "typical_gap_hours": round(out.typical_gap_hours, 4),
+    }
+
+
+def _plots(out: TrainingOutcome, folder: Path) -> Path:
+    labels = {"lgbm": "LightGBM", "logreg": "logistic", "truth": "true p (simulator)"}
+    curves = {labels[k]: (out.y, p) for k, p in out.predictions.items()}
+    ev.plot_calibration(curves, folder / "calibration.png")
+    ev.plot_feature_importance(
+        out.spec.names, out.bundle.readiness.feature_importance(), folder / "feature_importance.png"
+    )
+    by_stage = {labels[k]: ev.auc_by_stage(out.y, p, out.stage) for k, p in out.predictions.items()}
+    ev.plot_auc_by_stage(by_stage, folder / "auc_by_stage.png")
+    return folder
+
+
+def _holdout_artifacts(
+    log: EventLog,
+    catalog: Catalog,
+    holdout: np.ndarray,
+    fp: Mapping[str, Any],
+    folder: Path,
+) -> Path:
+    """The holdout users' raw events (whole users, capped at ``HOLDOUT_ARTIFACT_ROWS`` rows) and
+    the catalog, so ``nextstep promote`` can score any two versions on the same rows later."""
+    from features.events import write_events
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = log.frame.loc[holdout]
+    if len(frame) > HOLDOUT_ARTIFACT_ROWS:
+        codes, _ = pd.factorize(frame["user_id"], sort=False)
+        size = np.bincount(codes)
+        keep_users = np.cumsum(size) <= HOLDOUT_ARTIFACT_ROWS
+        frame = frame.loc[keep_users[codes]]
+    write_events(frame, folder / "holdout.parquet")
+    _write_catalog(catalog, folder / "catalog.yaml")
+    (folder / "fingerprint.json").write_text(json.dumps(fp, indent=2), encoding="utf-8")
+    return folder
+
+
+def _write_catalog(catalog: Catalog, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"steps": catalog.to_list()}, sort_keys=False), encoding="utf-8")
+
+
+def pinned_requirements() -> list[str]:
+    """Exact versions of what loading a bundle needs, from the running environment."""
+    from importlib.metadata import version
+
+    pkgs = ("lightgbm", "scikit-learn", "numpy", "pandas", "joblib", "scipy", "pyyaml")
+    return [f"{p}=={version(p)}" for p in pkgs]
+
+
+def _log_model(mlflow: Any, out: TrainingOutcome, bundle_dir: Path) -> str:
+    """Log the bundle as a pyfunc ("models from code", ``training/pyfunc_model.py``) with the
+    ``features`` and ``models`` packages, register it as ``nextstep`` and return the version."""
+    from mlflow.models import infer_signature
+
+    from training import tracking
+
+    root = Path(__file__).resolve().parent.parent
+    example = out.example
+    output = pd.DataFrame(
+        {"p_accept": out.bundle.readiness.positive_proba(example.to_numpy(dtype=np.float64))}
+    )
+    # MLflow prints "Successfully registered model ..." straight to stderr; we print our own.
+    with contextlib.redirect_stderr(io.StringIO()):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(root / "features"), str(root / "models")],
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+            registered_model_name=tracking.MODEL_NAME,
+            metadata={"features": out.spec.names},
+        )
+    version = getattr(info, "registered_model_version", None)
+    if version is None:
+        raise NextstepError("MLflow did not return a registered model version")
+    return str(version)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _steps:
+    """A rich progress display of named steps (spinner + elapsed time) on stderr."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+
+    def __enter__(self) -> Progress:
+        from rich.progress import Progress as RichProgress
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = RichProgress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self._say
+
+    def _say(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _print_summary(result: TrainResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [m for m in ("lgbm", "logreg", "truth") if m in result.metrics]
+    t = Table(title=f"nextstep train: holdout of {int(result.metrics['lgbm']['rows'])} offers")
+    t.add_column("metric")
+    for c in cols:
+        t.add_column(c, justify="right")
+    keys = ["auc", "logloss", "brier", "ece"]
+    keys += sorted(k for k in result.metrics["lgbm"] if k.startswith("auc_stage_"))
+    for k in keys:
+        t.add_row(k, *(_fmt(result.metrics[c].get(k)) for c in cols))
+    console = Console()
+    console.print(t)
+    fp = result.fingerprint
+    console.print(
+        f"data: {fp['rows']} rows, {fp['users']} users, {fp['ts_min']} .. {fp['ts_max']}, "
+        f"sha256 {fp['sha256'][:12]}"
+    )
+    console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
+    alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
+    console.print(f"promotion: {result.decision}{alias}: {result.reason}")
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"

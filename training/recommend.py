@@ -1,0 +1,247 @@
+"""``nextstep recommend``: batch decisions, one per user, from the state after their history.
+
+The state after each user's history is computed for all users at once with numpy (one sort,
+group boundaries, ``reduceat`` and bincounts), not by folding rows in Python or by pandas per
+user; it equals ``features.state.fold_history`` over the user's rows in (ts, file row) order
+(a test proves it). Then ``models.decide.Decider`` decides per user, exactly as the service
+would for that history. "Now" for each user is the time of their last event (the log carries no
+other clock), so time-since-last features are 0. Output columns
+``user_id, step, stage, p_accept, propensity, policy, reason``, users in order of first
+appearance; ``step`` is empty with ``reason`` (``converted``, ``no_eligible_step``) when nothing
+should be offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Catalog, load_catalog
+from features.errors import NextstepError
+from features.events import load_events
+from features.state import ACCEPTED, UserState
+
+MODEL_POLICIES = ("planner", "greedy")
+OUTPUT_COLUMNS = ("user_id", "step", "stage", "p_accept", "propensity", "policy", "reason")
+
+
+@dataclass
+class FinalStates:
+    """Per user (in order of first appearance): id, state after the history, last event time."""
+
+    user_ids: list[str]
+    states: list[UserState]
+    last_ts: np.ndarray
+
+
+def final_states(
+    frame: pd.DataFrame, catalog: Catalog, context_columns: Sequence[str] = ()
+) -> FinalStates:
+    """The ``UserState`` after every user's whole history, vectorised over users."""
+    n = len(frame)
+    codes, uniques = pd.factorize(frame["user_id"], sort=False)
+    n_users = len(uniques)
+    tie = frame["row"].to_numpy() if "row" in frame.columns else np.arange(n)
+    ts_all = frame["ts"].to_numpy(dtype=np.float64)
+    order = np.lexsort((tie, ts_all, codes))
+    c = codes[order]
+    t = ts_all[order]
+    step = frame["step"].map(catalog.index).to_numpy()[order].astype(np.int64)
+    outcome = frame["outcome"].to_numpy()[order]
+    acc = outcome == ACCEPTED
+    idx = np.arange(n)
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    ends = np.r_[starts[1:], n] - 1
+
+    n_asks = ends - starts + 1
+    n_accepts = np.add.reduceat(acc.astype(np.int64), starts)
+    # consecutive accepts / declines at the end: distance to the last row of the other kind
+    last_dec = np.maximum.accumulate(np.where(~acc, idx, -1))[ends]
+    last_acc = np.maximum.accumulate(np.where(acc, idx, -1))[ends]
+    cons_acc = ends - np.maximum(last_dec, starts - 1)
+    cons_dec = ends - np.maximum(last_acc, starts - 1)
+
+    efforts = np.asarray(catalog.efforts, dtype=np.float64)[step]
+    values = np.asarray(catalog.values, dtype=np.float64)[step]
+    stages = np.asarray(catalog.stage_indices, dtype=np.int64)[step]
+    max_effort = np.maximum.reduceat(np.where(acc, efforts, 0.0), starts)
+    value_received = np.add.reduceat(np.where(acc, values, 0.0), starts)
+    stage_reached = np.maximum.reduceat(np.where(acc, stages, -1), starts)
+    first_ts, last_ts = t[starts], t[ends]
+    prev_ts = np.where(n_asks > 1, t[np.maximum(ends - 1, 0)], np.nan)
+
+    k = catalog.n
+    offers = np.bincount(c * k + step, minlength=n_users * k).reshape(n_users, k)
+    declines = np.bincount(c[~acc] * k + step[~acc], minlength=n_users * k).reshape(n_users, k)
+    accepted = np.bincount(c[acc] * k + step[acc], minlength=n_users * k).reshape(n_users, k) > 0
+    masks = _masks(accepted)
+    offer_dicts = _sparse_rows(offers)
+    decline_dicts = _sparse_rows(declines)
+    # time of the latest offer of each (user, step): the last row of each key in sorted order
+    key = c * k + step
+    by_key = np.argsort(key, kind="stable")  # within a key, rows stay in (ts, row) order
+    last_of_key = by_key[np.r_[key[by_key][1:] != key[by_key][:-1], True]]
+    step_last = np.full((n_users, k), np.nan)
+    step_last[c[last_of_key], step[last_of_key]] = t[last_of_key]
+    step_last_dicts = _sparse_rows(step_last, present=~np.isnan(step_last))
+    t_list = t.tolist()
+
+    ctx_values: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for col in context_columns:
+        values_sorted = frame[col].to_numpy()[order]
+        present = ~pd.isna(values_sorted)
+        last = np.maximum.accumulate(np.where(present, idx, -1))[ends]
+        ctx_values.append((col, values_sorted[np.maximum(last, 0)], last >= starts))
+
+    last_outcome = outcome[ends]
+    states: list[UserState] = []
+    bounds = starts.tolist()
+    lists = {
+        "n_asks": n_asks.tolist(),
+        "n_acc": n_accepts.tolist(),
+        "cons_acc": cons_acc.tolist(),
+        "cons_dec": cons_dec.tolist(),
+        "max_eff": max_effort.tolist(),
+        "value": value_received.tolist(),
+        "stage": stage_reached.tolist(),
+        "first": first_ts.tolist(),
+        "last": last_ts.tolist(),
+        "prev": prev_ts.tolist(),
+        "outcome": np.asarray(last_outcome, dtype=object).tolist(),
+    }
+    ctx_lists = [(col, vals.tolist(), ok.tolist()) for col, vals, ok in ctx_values]
+    for u in range(n_users):
+        ctx = {col: vals[u] for col, vals, ok in ctx_lists if ok[u]}
+        asks = lists["n_asks"][u]
+        accepts = lists["n_acc"][u]
+        states.append(
+            UserState(
+                accepted_mask=masks[u],
+                n_asks=asks,
+                n_accepts=accepts,
+                n_declines=asks - accepts,
+                cons_accepts=lists["cons_acc"][u],
+                cons_declines=lists["cons_dec"][u],
+                max_effort=lists["max_eff"][u],
+                value_received=lists["value"][u],
+                stage_reached=lists["stage"][u],
+                first_ts=lists["first"][u],
+                last_ts=lists["last"][u],
+                prev_ts=lists["prev"][u],
+                step_offers=offer_dicts[u],
+                step_declines=decline_dicts[u],
+                context=ctx,
+                last_outcome=lists["outcome"][u],
+                step_last_ts=step_last_dicts[u],
+                ask_times=t_list[bounds[u] : bounds[u] + asks],
+            )
+        )
+    # factorize numbers users by first appearance and the sort is by code: group u is user u
+    return FinalStates(np.asarray(uniques, dtype=object).tolist(), states, last_ts)
+
+
+def _masks(accepted: np.ndarray) -> list[int]:
+    """Bitmask (Python int) of accepted steps per user; any catalog size."""
+    k = accepted.shape[1]
+    if k <= 62:
+        weights = np.left_shift(np.int64(1), np.arange(k, dtype=np.int64))
+        return (accepted.astype(np.int64) @ weights).tolist()
+    return [sum(1 << int(j) for j in np.flatnonzero(row)) for row in accepted]
+
+
+def _sparse_rows(counts: np.ndarray, present: np.ndarray | None = None) -> list[dict]:
+    """``{step: value}`` of the non-zero (or ``present``) entries of each row."""
+    rows, cols = np.nonzero(counts if present is None else present)
+    vals = counts[rows, cols]
+    bounds = np.searchsorted(rows, np.arange(counts.shape[0] + 1))
+    cl, vl = cols.tolist(), vals.tolist()
+    return [
+        dict(zip(cl[a:b], vl[a:b], strict=True))
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+    ]
+
+
+def recommend_frame(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    decider: object,
+    context_columns: Sequence[str] = (),
+    progress: object | None = None,
+) -> pd.DataFrame:
+    """One decision per user of a validated frame (see the module docstring)."""
+    fs = final_states(frame, catalog, context_columns)
+    cols: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
+    decide = decider.decide  # type: ignore[attr-defined]
+    n = len(fs.user_ids)
+    for u, (uid, state) in enumerate(zip(fs.user_ids, fs.states, strict=True)):
+        r = decide(uid, state, now=float(fs.last_ts[u]))
+        cols["user_id"].append(uid)
+        cols["step"].append(r.step)
+        cols["stage"].append(r.stage)
+        cols["p_accept"].append(math.nan if r.p_accept is None else r.p_accept)
+        cols["propensity"].append(math.nan if r.propensity is None else r.propensity)
+        cols["policy"].append(r.policy)
+        cols["reason"].append(r.reason)
+        if progress is not None and (u % 1000 == 999 or u == n - 1):
+            progress(u + 1)  # type: ignore[operator]
+    text = ("user_id", "step", "stage", "policy", "reason")  # object dtype: None stays None
+    return pd.DataFrame(
+        {c: pd.Series(v, dtype=object if c in text else np.float64) for c, v in cols.items()}
+    )
+
+
+def recommend_command(
+    events: Path,
+    catalog: Path,
+    out: Path,
+    policy: str = "planner",
+    model: str = "models:/nextstep@champion",
+    seed: int = 0,
+    skip_invalid: bool = False,
+) -> pd.DataFrame:
+    """CLI entry point (``nextstep recommend``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from models.decide import Decider
+    from models.policies import PolicyConfig
+    from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA
+    from training.predict import write_table
+
+    try:
+        config = PolicyConfig.parse(policy)
+    except ValueError as exc:
+        raise NextstepError(f"--policy: {exc}") from None
+    cat = load_catalog(catalog)
+    log = load_events(events, cat, skip_invalid=skip_invalid)
+    scorer, version = None, None
+    if config.name in MODEL_POLICIES:
+        from training.modelio import load_scorer
+
+        scorer, version = load_scorer(model, cat)
+    decider = Decider(cat, config, scorer=scorer, model_version=version, seed=seed)
+    ctx = [c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
+    n_users = int(log.frame["user_id"].nunique())
+    with Progress(
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("deciding", total=n_users)
+        result = recommend_frame(
+            log.frame, cat, decider, ctx, progress=lambda k: bar.update(task, completed=k)
+        )
+    write_table(result, Path(out))
+    offered = int(result["step"].notna().sum())
+    label = f", model version {version}" if version else ""
+    print(
+        f"wrote {len(result)} decisions ({offered} offers, policy {decider.policy_name}{label}) "
+        f"to {out}"
+    )
+    return result
