@@ -54,8 +54,25 @@ def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -
     env.pop("NEXTSTEP_DATABASE_URL", None)
     data = home / "data"
     run = lambda *a: subprocess.run([NS, *a], env=env, check=True)  # noqa: E731
-    run("simulate", "--world", world, "--users", str(train_users), "--seed", str(seed), "--out", str(data))
-    run("train", "--events", str(data / "events.csv"), "--catalog", str(data / "catalog.yaml"), "--promote")
+    run(
+        "simulate",
+        "--world",
+        world,
+        "--users",
+        str(train_users),
+        "--seed",
+        str(seed),
+        "--out",
+        str(data),
+    )
+    run(
+        "train",
+        "--events",
+        str(data / "events.csv"),
+        "--catalog",
+        str(data / "catalog.yaml"),
+        "--promote",
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -67,8 +84,19 @@ def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -
     try:
         wait_ready(base, proc)
         out = home / "rollout.json"
-        run("rollout", "--world", world, "--base", base, "--users", str(users),
-            "--seed", str(seed + 1000), "--json", str(out))
+        run(
+            "rollout",
+            "--world",
+            world,
+            "--base",
+            base,
+            "--users",
+            str(users),
+            "--seed",
+            str(seed + 1000),
+            "--json",
+            str(out),
+        )
         return json.loads(out.read_text())
     finally:
         proc.terminate()
@@ -88,14 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         for world in args.worlds.split(","):
             results[world] = run_world(world, args.train_users, args.users, args.seed, Path(tmp))
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"\n{'world':10} {'planner':>16} {'optimum':>8} {'blind':>8} {'ladder':>8} "
-          f"{'big_ask':>8} {'random':>8} {'ratio':>6} {'+SE':>6} inv err")
+    print(
+        f"\n{'world':10} {'planner':>16} {'optimum':>8} {'blind':>8} {'ladder':>8} "
+        f"{'big_ask':>8} {'random':>8} {'ratio':>6} {'+SE':>6} inv err"
+    )
     for world, r in results.items():
         res, ref = r["result"], r["reference"]
-        print(f"{world:10} {res['conversion']:.4f} ± {res['se']:.4f} {ref['optimum']:8.4f} "
-              f"{ref['type_blind']:8.4f} {ref['ladder']:8.4f} {ref['big_ask']:8.4f} "
-              f"{ref['random']:8.4f} {r['ratio_to_optimum']:6.3f} "
-              f"{r['margin_over_best_fixed_se']:6.1f} {res['invalid']:3d} {res['errors']:3d}")
+        print(
+            f"{world:10} {res['conversion']:.4f} ± {res['se']:.4f} {ref['optimum']:8.4f} "
+            f"{ref['type_blind']:8.4f} {ref['ladder']:8.4f} {ref['big_ask']:8.4f} "
+            f"{ref['random']:8.4f} {r['ratio_to_optimum']:6.3f} "
+            f"{r['margin_over_best_fixed_se']:6.1f} {res['invalid']:3d} {res['errors']:3d}"
+        )
     return 0
 
 

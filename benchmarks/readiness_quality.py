@@ -60,7 +60,9 @@ def type_blind_probabilities(world: World, log: pd.DataFrame) -> np.ndarray:
             out[k] = sum(post[j] * dyn.p_accept(t, state, step) for j, t in enumerate(types))
             prev = (state, step, r.outcome, r.ts)
             state = (
-                dyn.after_accept(state, step) if r.outcome == "accepted" else dyn.after_decline(state)
+                dyn.after_accept(state, step)
+                if r.outcome == "accepted"
+                else dyn.after_decline(state)
             )
     return out
 
@@ -77,7 +79,14 @@ def evaluate_world(name: str, train_users: int, test_users: int, seed: int) -> d
     te = build_offline_features(test, cat, spec)
     is_goal = ((cat.goal_mask >> tr.step_index) & 1).astype(bool)
     bundle = fit_bundle(
-        tr.X, tr.accepted, tr.dropped, tr.came_back, is_goal, spec, typical_gap_hours=24.0, seed=seed
+        tr.X,
+        tr.accepted,
+        tr.dropped,
+        tr.came_back,
+        is_goal,
+        spec,
+        typical_gap_hours=24.0,
+        seed=seed,
     )
     y = te.accepted.astype(int)
     p_lgbm = bundle.readiness.predict_proba(te.X)[:, 1]
@@ -109,9 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "readiness_quality.json")
     args = ap.parse_args(argv)
-    res = {w: evaluate_world(w, args.train_users, args.test_users, args.seed) for w in args.worlds.split(",")}
+    res = {
+        w: evaluate_world(w, args.train_users, args.test_users, args.seed)
+        for w in args.worlds.split(",")
+    }
     args.out.write_text(json.dumps(res, indent=2))
-    cols = ["auc_lgbm", "auc_logreg", "auc_true", "auc_type_blind", "gap_to_true", "ece_lgbm", "logloss_lgbm", "logloss_logreg"]
+    cols = [
+        "auc_lgbm",
+        "auc_logreg",
+        "auc_true",
+        "auc_type_blind",
+        "gap_to_true",
+        "ece_lgbm",
+        "logloss_lgbm",
+        "logloss_logreg",
+    ]
     print(f"{'world':10} " + " ".join(f"{c:>14}" for c in cols))
     for w, r in res.items():
         print(f"{w:10} " + " ".join(f"{r[c]:14.4f}" for c in cols))

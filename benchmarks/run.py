@@ -84,29 +84,63 @@ class Env:
 
     def __init__(self, users: int) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="nextstep-bench-"))
-        self.env = {**os.environ, "NEXTSTEP_HOME": str(self.dir / "home"), "NEXTSTEP_LOG_LEVEL": "warning"}
+        self.env = {
+            **os.environ,
+            "NEXTSTEP_HOME": str(self.dir / "home"),
+            "NEXTSTEP_LOG_LEVEL": "warning",
+        }
         self.env.pop("MLFLOW_TRACKING_URI", None)
         self.env.pop("NEXTSTEP_DATABASE_URL", None)
         data = self.dir / "data"
-        subprocess.run([NS, "simulate", "--world", "ladder", "--users", str(users), "--seed", "3",
-                        "--out", str(data)], env=self.env, check=True, capture_output=True)
-        subprocess.run([NS, "train", "--events", str(data / "events.csv"), "--catalog",
-                        str(data / "catalog.yaml"), "--promote"], env=self.env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                NS,
+                "simulate",
+                "--world",
+                "ladder",
+                "--users",
+                str(users),
+                "--seed",
+                "3",
+                "--out",
+                str(data),
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                NS,
+                "train",
+                "--events",
+                str(data / "events.csv"),
+                "--catalog",
+                str(data / "catalog.yaml"),
+                "--promote",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
         self.catalog = data / "catalog.yaml"
         self.events = data / "events.csv"
 
     def serve(self, port: int) -> subprocess.Popen:
         return subprocess.Popen(
             [NS, "serve", "--catalog", str(self.catalog), "--port", str(port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
 
 def _wrk(url: str, connections: int, seconds: int, lua: Path) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -116,8 +150,12 @@ def _wrk(url: str, connections: int, seconds: int, lua: Path) -> dict[str, float
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+    return {
+        "rps": rps,
+        "p50_ms": pct("50"),
+        "p99_ms": pct("99"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
 
 
 LUA = """
@@ -149,10 +187,15 @@ def bench_service(env: Env, seconds: int) -> None:
         with httpx.Client(base_url=base) as c:  # users with histories: two answered offers each
             for i in range(users):
                 for outcome in ("accepted", "declined"):
-                    d = c.post("/v1/next-step", json={"user_id": f"bench-{i}",
-                                                       "context": {"channel": "email"}}).json()
+                    d = c.post(
+                        "/v1/next-step",
+                        json={"user_id": f"bench-{i}", "context": {"channel": "email"}},
+                    ).json()
                     if d["step"] is not None:
-                        c.post("/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": outcome})
+                        c.post(
+                            "/v1/outcomes",
+                            json={"decision_id": d["decision_id"], "outcome": outcome},
+                        )
         ours16 = _wrk(f"{base}/", 16, seconds, lua)
         ours1 = _wrk(f"{base}/", 1, max(3, seconds // 2), lua)
     finally:
@@ -160,9 +203,19 @@ def bench_service(env: Env, seconds: int) -> None:
         proc.wait(30)
     port = _free_port()
     bare = subprocess.Popen(
-        [str(BIN / "uvicorn"), "benchmarks.bare_app:create_app", "--factory", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "uvicorn"),
+            "benchmarks.bare_app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait(f"http://127.0.0.1:{port}/readyz", bare)
@@ -173,11 +226,15 @@ def bench_service(env: Env, seconds: int) -> None:
         bare.wait(30)
     _record(
         "service",
-        rps_16=round(ours16["rps"]), bare_rps_16=round(bare16["rps"]),
+        rps_16=round(ours16["rps"]),
+        bare_rps_16=round(bare16["rps"]),
         ratio_to_bare=round(ours16["rps"] / bare16["rps"], 3),
-        p50_ms_16=ours16["p50_ms"], p99_ms_16=ours16["p99_ms"],
-        p50_ms_1=ours1["p50_ms"], p99_ms_1=ours1["p99_ms"],
-        bare_p99_ms_1=bare1["p99_ms"], non_2xx=ours16["non_2xx"] + ours1["non_2xx"],
+        p50_ms_16=ours16["p50_ms"],
+        p99_ms_16=ours16["p99_ms"],
+        p50_ms_1=ours1["p50_ms"],
+        p99_ms_1=ours1["p99_ms"],
+        bare_p99_ms_1=bare1["p99_ms"],
+        non_2xx=ours16["non_2xx"] + ours1["non_2xx"],
     )
 
 
@@ -190,7 +247,9 @@ def bench_batch(env: Env) -> None:
     try:
         _wait(f"{base}/readyz", proc)
         with httpx.Client(base_url=base, timeout=120) as c:
-            reqs = [{"user_id": f"batch-{i}", "context": {"channel": "search"}} for i in range(1000)]
+            reqs = [
+                {"user_id": f"batch-{i}", "context": {"channel": "search"}} for i in range(1000)
+            ]
             c.post("/v1/next-step:batch", json={"requests": reqs[:10]})
             t0 = time.perf_counter()
             rounds = 3
@@ -215,13 +274,24 @@ def bench_batch(env: Env) -> None:
         f"{str(env.events)!r}); ev.groupby('user_id').tail(1); base=time.perf_counter()-t\n"
         "print(n); print(base); print(el)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=env.env, cwd=ROOT).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env.env,
+        cwd=ROOT,
+    ).stdout.split()
     n, base_s, el = int(out[-3]), float(out[-2]), float(out[-1])
-    _record("batch", batch_decisions_per_s=round(batch_rate), single_calls_per_s=round(single_rate),
-            batch_ratio_to_single=round(batch_rate / single_rate, 2),
-            recommend_users=n, recommend_users_per_s=round(n / el),
-            recommend_ratio_to_pandas_read_and_groupby=round(base_s / el, 3))
+    _record(
+        "batch",
+        batch_decisions_per_s=round(batch_rate),
+        single_calls_per_s=round(single_rate),
+        batch_ratio_to_single=round(batch_rate / single_rate, 2),
+        recommend_users=n,
+        recommend_users_per_s=round(n / el),
+        recommend_ratio_to_pandas_read_and_groupby=round(base_s / el, 3),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,8 +316,9 @@ def synth(n, users, seed=0):
 def bench_features(n: int) -> None:
     catalog = ROOT / "benchmarks" / ".work" / "bench_catalog.yaml"
     catalog.parent.mkdir(parents=True, exist_ok=True)
-    from training.worlds import load_world
     import yaml
+
+    from training.worlds import load_world
 
     catalog.write_text(yaml.safe_dump({"steps": load_world("ladder").catalog.to_list()}))
     common = SYNTH + f"df = synth({n}, {max(1, n // 8)})\nimport time\n"
@@ -268,9 +339,15 @@ def bench_features(n: int) -> None:
     t_base, _ = _peak_rss_mib_of(base, env)
     rss_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     t_ours, rss = _peak_rss_mib_of(ours, env)
-    _record("features", events=n, seconds=round(t_ours, 2), rows_per_s=round(n / t_ours),
-            pandas_groupby_seconds=round(t_base, 2), ratio_to_groupby=round(t_ours / t_base, 2),
-            peak_rss_mib=round(max(rss, rss_before)))
+    _record(
+        "features",
+        events=n,
+        seconds=round(t_ours, 2),
+        rows_per_s=round(n / t_ours),
+        pandas_groupby_seconds=round(t_base, 2),
+        ratio_to_groupby=round(t_ours / t_base, 2),
+        peak_rss_mib=round(max(rss, rss_before)),
+    )
 
 
 def bench_train(n: int) -> None:
@@ -289,11 +366,17 @@ def bench_train(n: int) -> None:
         "t = time.perf_counter(); fit_bundle(f.X, y, f.dropped, f.came_back, isg, spec, typical_gap_hours=24.0)\n"
         "print(base); print(time.perf_counter() - t)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
     base, ours = float(out[-2]), float(out[-1])
-    _record("train", offers=n, bundle_seconds=round(ours, 1), plain_lgbm_seconds=round(base, 1),
-            ratio_to_plain_lgbm=round(ours / base, 2))
+    _record(
+        "train",
+        offers=n,
+        bundle_seconds=round(ours, 1),
+        plain_lgbm_seconds=round(base, 1),
+        ratio_to_plain_lgbm=round(ours / base, 2),
+    )
 
 
 def bench_ope(n: int, n_boot: int) -> None:
@@ -303,9 +386,13 @@ def bench_ope(n: int, n_boot: int) -> None:
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.1, 1.0, n)
-    data = LoggedData(reward=(rng.random(n) < 0.4).astype(float), propensity=p,
-                      target_propensity=rng.uniform(0, 1, n), q_hat=rng.random(n),
-                      q_target=rng.random(n))
+    data = LoggedData(
+        reward=(rng.random(n) < 0.4).astype(float),
+        propensity=p,
+        target_propensity=rng.uniform(0, 1, n),
+        q_hat=rng.random(n),
+        q_target=rng.random(n),
+    )
     t0 = time.perf_counter()
     estimate_all(data, n_boot=n_boot, seed=1)
     ours = time.perf_counter() - t0
@@ -316,8 +403,14 @@ def bench_ope(n: int, n_boot: int) -> None:
         idx = rng.integers(0, n, n)
         float(wr[idx].mean())
     naive = (time.perf_counter() - t0) / 10 * n_boot
-    _record("ope", rows=n, resamples=n_boot, seconds=round(ours, 2),
-            naive_ipw_only_seconds=round(naive, 2), ratio_to_naive=round(ours / naive, 3))
+    _record(
+        "ope",
+        rows=n,
+        resamples=n_boot,
+        seconds=round(ours, 2),
+        naive_ipw_only_seconds=round(naive, 2),
+        ratio_to_naive=round(ours / naive, 3),
+    )
 
 
 def bench_startup(env: Env) -> None:
@@ -331,8 +424,19 @@ def bench_startup(env: Env) -> None:
         proc.wait(30)
     port = _free_port()
     bare = subprocess.Popen(
-        [str(BIN / "uvicorn"), "benchmarks.bare_app:create_app", "--factory", "--port", str(port),
-         "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(BIN / "uvicorn"),
+            "benchmarks.bare_app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         bare_ready = _wait(f"http://127.0.0.1:{port}/readyz", bare)
     finally:
@@ -350,23 +454,35 @@ def bench_startup(env: Env) -> None:
     help_s = timed([NS, "--help"])
     py_s = timed([sys.executable, "-c", "pass"])
     del t0
-    _record("startup", serve_to_ready_s=round(ready, 2), bare_app_ready_s=round(bare_ready, 2),
-            ratio_to_bare=round(ready / bare_ready, 2), help_s=round(help_s, 3),
-            python_noop_s=round(py_s, 3))
+    _record(
+        "startup",
+        serve_to_ready_s=round(ready, 2),
+        bare_app_ready_s=round(bare_ready, 2),
+        ratio_to_bare=round(ready / bare_ready, 2),
+        help_s=round(help_s, 3),
+        python_noop_s=round(py_s, 3),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="nextstep benchmarks (ratios against same-run baselines)")
+    ap = argparse.ArgumentParser(
+        description="nextstep benchmarks (ratios against same-run baselines)"
+    )
     ap.add_argument("--only", default="service,batch,features,train,ope,startup")
-    ap.add_argument("--events", type=int, default=10_000_000, help="events for the features section")
+    ap.add_argument(
+        "--events", type=int, default=10_000_000, help="events for the features section"
+    )
     ap.add_argument("--offers", type=int, default=1_000_000, help="offers for the train section")
     ap.add_argument("--ope-rows", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=int, default=10, help="wrk duration")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
-    RESULTS["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}
+    RESULTS["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     env = Env(3000) if only & {"service", "batch", "startup"} else None
     if "startup" in only:
         bench_startup(env)

@@ -74,9 +74,7 @@ class Catalog:
         self.values = [s.value for s in self.steps]
         self.stage_indices = [s.stage_index for s in self.steps]
         self.goal_mask = sum(1 << i for i, s in enumerate(self.steps) if s.is_goal)
-        self.requires_mask = [
-            sum(1 << self.index[r] for r in s.requires) for s in self.steps
-        ]
+        self.requires_mask = [sum(1 << self.index[r] for r in s.requires) for s in self.steps]
         self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
         self.arrays = {
             "effort": np.asarray(self.efforts, dtype=np.float64),
@@ -185,9 +183,7 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
         raise CatalogError(f"step #{pos} is not a mapping", source=source)
     raw_id = item.get("id")
     if not isinstance(raw_id, str) or not raw_id.strip():
-        raise CatalogError(
-            f"step #{pos} needs a non-empty string id", source=source, field="id"
-        )
+        raise CatalogError(f"step #{pos} needs a non-empty string id", source=source, field="id")
     sid = raw_id
     stage = item.get("stage")
     if not isinstance(stage, str) or stage not in STAGE_INDEX:

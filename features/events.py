@@ -106,10 +106,11 @@ def _kind(p: Path, source: str) -> str:
 
 
 def _read_csv(
-    p: Path, source: str, skip_invalid: bool
+    p: Path, source: str, skip_invalid: bool, *, infer_context: bool = True
 ) -> tuple[pd.DataFrame, np.ndarray | None, int]:
     """Every column is read as text first, so ids keep leading zeros and nothing is guessed as
-    a date; context columns are then made numeric only when every value is a number."""
+    a date; context columns are then made numeric only when every value is a number (unless
+    ``infer_context`` is False: the Dask reader decides that over all files at once)."""
     import pyarrow.csv as pacsv
 
     try:
@@ -141,7 +142,7 @@ def _read_csv(
         table, rows, pre_skipped = _read_csv_malformed(p, source, names, convert, skip_invalid)
     columns: dict[str, Any] = {}
     for name, col in zip(names, table.columns, strict=True):
-        if name in REQUIRED or name in OPTIONAL:
+        if name in REQUIRED or name in OPTIONAL or not infer_context:
             columns[name] = col.to_pandas()  # pandas ``str`` (pyarrow-backed), no copy
         else:
             columns[name] = _infer_context(col)

@@ -102,9 +102,7 @@ def build_offline_features(
 
     us = pd.DataFrame({"u": users, "s": step, "d": dec.astype(np.float64)})
     step_offers = us.groupby(["u", "s"], sort=False).cumcount().to_numpy().astype(np.float64)
-    step_declines = (
-        us.groupby(["u", "s"], sort=False)["d"].cumsum().to_numpy() - us["d"].to_numpy()
-    )
+    step_declines = us.groupby(["u", "s"], sort=False)["d"].cumsum().to_numpy() - us["d"].to_numpy()
 
     cols = [
         pos.astype(np.float64),

@@ -66,7 +66,9 @@ def load_bundle(path: str | Path) -> ModelBundle:
     try:
         bundle = joblib.load(found)
     except Exception as exc:  # corrupt pickle, truncated file, incompatible classes
-        raise ModelLoadError(f"cannot load model bundle {found}: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(
+            f"cannot load model bundle {found}: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(bundle, ModelBundle) or not hasattr(bundle.readiness, "booster_"):
         raise ModelLoadError(f"{found} is not a nextstep model bundle")
     n_expected = len(bundle.spec.names)

@@ -250,10 +250,8 @@ def choose(policy: Any, inp: DecisionInput, rng: np.random.Generator) -> Choice:
     out = policy(inp)
     probs = out.probs
     nz = np.flatnonzero(probs > 0)
-    if len(nz) == 1:
-        k = int(nz[0])
-    else:
-        k = int(rng.choice(len(probs), p=probs / probs.sum()))
+    # a deterministic choice consumes no randomness
+    k = int(nz[0]) if len(nz) == 1 else int(rng.choice(len(probs), p=probs / probs.sum()))
     return Choice(
         index=k,
         step=inp.candidates[k],

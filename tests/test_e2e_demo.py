@@ -35,7 +35,7 @@ def _start(home: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         [NS, "demo", "--world", "eager", "--users", "600", "--port", str(port)],
         env=env,
-        stdout=open(home / f"demo-{port}.log", "w"),  # noqa: SIM115
+        stdout=open(home / f"demo-{port}.log", "w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -76,8 +76,11 @@ def test_demo_simulates_trains_serves_and_reuses(tmp_path: Path) -> None:
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["model"] == "1" and ready["policy"] == "planner"
 
-        body = {"user_id": "e2e-1", "context": {"channel": "search", "device": "desktop"},
-                "ts": "2025-03-04T10:11:12Z"}
+        body = {
+            "user_id": "e2e-1",
+            "context": {"channel": "search", "device": "desktop"},
+            "ts": "2025-03-04T10:11:12Z",
+        }
         r = httpx.post(f"{base}/v1/next-step", json=body)
         assert r.status_code == 200, r.text
         d = r.json()
@@ -86,8 +89,14 @@ def test_demo_simulates_trains_serves_and_reuses(tmp_path: Path) -> None:
         assert d["step"] in steps and 0 < d["p_accept"] < 1 and 0 < d["propensity"] <= 1
         assert {c["step"] for c in d["candidates"]} <= set(steps)
 
-        r = httpx.post(f"{base}/v1/outcomes", json={
-            "decision_id": d["decision_id"], "outcome": "accepted", "ts": "2025-03-04T10:12:00Z"})
+        r = httpx.post(
+            f"{base}/v1/outcomes",
+            json={
+                "decision_id": d["decision_id"],
+                "outcome": "accepted",
+                "ts": "2025-03-04T10:12:00Z",
+            },
+        )
         assert r.status_code == 201, r.text
         user = httpx.get(f"{base}/v1/users/e2e-1").json()
         assert [h["step"] for h in user["history"]] == [d["step"]]

@@ -122,9 +122,7 @@ def predict(
     """Readiness of every logged offer from that user's earlier rows only."""
     from training.predict import predict_command
 
-    predict_command(
-        events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid
-    )
+    predict_command(events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid)
 
 
 @app.command()
@@ -247,7 +245,7 @@ def rollout(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP users.")] = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
-    """Simulated users against a live service (or an in-process policy), scored against the optimum."""
+    """Simulated users against a live service or an in-process policy, next to the optimum."""
     from training.rollout import rollout_command
 
     rollout_command(

@@ -337,18 +337,55 @@ def train_log(
     progress: Progress | None = None,
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
-    from training import tracking
-
     say = progress or (lambda _msg: None)
     fp = fingerprint(log, catalog)
     out = fit_and_evaluate(log, catalog, seed=seed, params=params, progress=say)
+    return log_training(
+        out,
+        fp,
+        catalog,
+        holdout_events=lambda: log.frame.loc[out.holdout],
+        score_champion=lambda: champion_on_holdout(log.frame, catalog, out.holdout),
+        experiment=experiment,
+        promote=promote,
+        tolerance=tolerance,
+        seed=seed,
+        progress=say,
+    )
+
+
+def log_training(
+    out: TrainingOutcome,
+    fp: Mapping[str, Any],
+    catalog: Catalog,
+    *,
+    holdout_events: Callable[[], pd.DataFrame],
+    score_champion: Callable[[], tuple[str | None, float | None, str | None]],
+    experiment: str = "nextstep-train",
+    promote: bool = False,
+    tolerance: float = 0.0,
+    seed: int = 0,
+    engine: str = "local",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
+
+    Shared by the single-machine and the Dask engine (``training.dask_train``), so both record
+    exactly the same run; only where the data lives differs: ``holdout_events()`` returns the
+    holdout users' validated events (for the run's ``data/holdout.parquet``) and
+    ``score_champion()`` scores the current champion on this run's holdout (the contract of
+    ``champion_on_holdout``).
+    """
+    from training import tracking
+
+    say = progress or (lambda _msg: None)
     say("logging the run to MLflow")
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(experiment)
     lgbm = out.metrics["lgbm"]
     with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
-        mlflow.log_params(_run_params(out, fp, seed, tolerance, promote))
+        mlflow.log_params(_run_params(out, fp, seed, tolerance, promote, engine))
         mlflow.set_tags(
             {
                 "nextstep.kind": "train",
@@ -368,7 +405,7 @@ def train_log(
         mlflow.log_metrics(metrics)
         plots = _plots(out, Path(tmp) / "plots")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        data_dir = _holdout_artifacts(log, catalog, out.holdout, fp, Path(tmp) / "data")
+        data_dir = _holdout_artifacts(holdout_events(), catalog, fp, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
 
         out.bundle.meta.update(
@@ -387,7 +424,7 @@ def train_log(
         decision, reason, champ_ll, aliases = "not_requested", "--promote not given", None, []
         if promote:
             say("promotion gate: scoring the champion on this holdout")
-            champ_version, champ_ll, problem = champion_on_holdout(log.frame, catalog, out.holdout)
+            champ_version, champ_ll, problem = score_champion()
             if problem is not None:
                 g = GateDecision(
                     True,
@@ -445,9 +482,8 @@ def train_command(
     tolerance: float = 0.0,
     seed: int = 0,
 ) -> TrainResult:
-    """CLI entry point (``nextstep train``)."""
-    if dask:
-        raise NextstepError("--dask is not available yet")
+    """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
+    on a Dask cluster instead (``training.dask_train``), logging the same run."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise NextstepError("--tolerance must be a finite number >= 0")
     from rich.console import Console
@@ -456,29 +492,51 @@ def train_command(
     with _steps(console) as say:
         say("loading the catalog and the event log")
         cat = load_catalog(catalog)
-        log = load_events(events, cat, skip_invalid=skip_invalid)
-        result = train_log(
-            log,
-            cat,
-            experiment=experiment,
-            promote=promote,
-            tolerance=tolerance,
-            seed=seed,
-            progress=say,
-        )
-    if log.n_skipped:
-        detail = ", ".join(f"{k} {v}" for k, v in log.skipped.items())
-        console.print(f"skipped {log.n_skipped} invalid rows ({detail})")
+        if dask:
+            from training.dask_train import train_on_dask
+
+            result, skipped = train_on_dask(
+                events,
+                cat,
+                dask,
+                experiment=experiment,
+                promote=promote,
+                tolerance=tolerance,
+                seed=seed,
+                skip_invalid=skip_invalid,
+                progress=say,
+            )
+        else:
+            log = load_events(events, cat, skip_invalid=skip_invalid)
+            result = train_log(
+                log,
+                cat,
+                experiment=experiment,
+                promote=promote,
+                tolerance=tolerance,
+                seed=seed,
+                progress=say,
+            )
+            skipped = log.skipped
+    if skipped:
+        detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
+        console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
     return result
 
 
 # -- helpers --------------------------------------------------------------------------------------
 def _run_params(
-    out: TrainingOutcome, fp: Mapping[str, Any], seed: int, tolerance: float, promote: bool
+    out: TrainingOutcome,
+    fp: Mapping[str, Any],
+    seed: int,
+    tolerance: float,
+    promote: bool,
+    engine: str = "local",
 ) -> dict[str, Any]:
     return {
         **{f"model_{k}": v for k, v in out.params.items()},
+        "engine": engine,
         "seed": seed,
         "rows": fp["rows"],
         "train_rows": out.train_rows,
@@ -514,9 +572,8 @@ def _plots(out: TrainingOutcome, folder: Path) -> Path:
 
 
 def _holdout_artifacts(
-    log: EventLog,
+    frame: pd.DataFrame,
     catalog: Catalog,
-    holdout: np.ndarray,
     fp: Mapping[str, Any],
     folder: Path,
 ) -> Path:
@@ -525,7 +582,6 @@ def _holdout_artifacts(
     from features.events import write_events
 
     folder.mkdir(parents=True, exist_ok=True)
-    frame = log.frame.loc[holdout]
     if len(frame) > HOLDOUT_ARTIFACT_ROWS:
         codes, _ = pd.factorize(frame["user_id"], sort=False)
         size = np.bincount(codes)

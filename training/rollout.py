@@ -48,7 +48,9 @@ class RolloutResult:
 Chooser = Callable[[SimUser, UserState], tuple[int | None, str | None]]
 
 
-def run_users(world: World, users: int, seed: int, step_fn: Any, *, prefix: str = "r") -> RolloutResult:
+def run_users(
+    world: World, users: int, seed: int, step_fn: Any, *, prefix: str = "r"
+) -> RolloutResult:
     """Run ``users`` simulated users, each through ``step_fn`` (in-process or HTTP session)."""
     dyn = Dynamics(world)
     conv = np.zeros(users)
@@ -260,7 +262,11 @@ def rollout_command(
     t.add_row(label, f"{res['conversion']:.4f} ± {res['se']:.4f}", f"{out['ratio_to_optimum']:.3f}")
     for k in ("optimum", "type_blind", "ladder", "big_ask", "random"):
         val = ref[k]
-        t.add_row(k, f"{val:.4f}" + (" (MC)" if k == "type_blind" else " (exact)"), f"{val / ref['optimum']:.3f}")
+        t.add_row(
+            k,
+            f"{val:.4f}" + (" (MC)" if k == "type_blind" else " (exact)"),
+            f"{val / ref['optimum']:.3f}",
+        )
     Console().print(t)
     print(f"offers {res['offers']}, invalid decisions {res['invalid']}, errors {res['errors']}")
     if json_out:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,10 @@ class Dynamics:
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)
         if m is None:
-            m = max((self.catalog.efforts[i] for i in range(self.catalog.n) if mask >> i & 1),
-                    default=0.0)
+            m = max(
+                (self.catalog.efforts[i] for i in range(self.catalog.n) if mask >> i & 1),
+                default=0.0,
+            )
             self._maxeff[mask] = m
         return m
 
@@ -77,7 +79,9 @@ class Dynamics:
     def p_drop(self, t: UserType, state: SimState, step: int) -> float:
         mask, _, cd, _ = state
         gap = max(0.0, self.catalog.efforts[step] - self.max_effort(mask))
-        return _sigmoid(t.drop + self.world.drop_gap * gap + self.world.drop_declines * min(cd, CAP))
+        return _sigmoid(
+            t.drop + self.world.drop_gap * gap + self.world.drop_declines * min(cd, CAP)
+        )
 
     def after_accept(self, state: SimState, step: int) -> SimState:
         mask, ca, _, asks = state
@@ -95,15 +99,21 @@ class Dynamics:
 ExactPolicy = Callable[[Catalog, SimState, list[int]], list[tuple[int, float]]]
 
 
-def ladder_policy(catalog: Catalog, state: SimState, eligible: list[int]) -> list[tuple[int, float]]:
+def ladder_policy(
+    catalog: Catalog, state: SimState, eligible: list[int]
+) -> list[tuple[int, float]]:
     return [(ladder_choice(catalog, eligible), 1.0)]
 
 
-def big_ask_policy(catalog: Catalog, state: SimState, eligible: list[int]) -> list[tuple[int, float]]:
+def big_ask_policy(
+    catalog: Catalog, state: SimState, eligible: list[int]
+) -> list[tuple[int, float]]:
     return [(big_ask_choice(catalog, eligible), 1.0)]
 
 
-def random_policy(catalog: Catalog, state: SimState, eligible: list[int]) -> list[tuple[int, float]]:
+def random_policy(
+    catalog: Catalog, state: SimState, eligible: list[int]
+) -> list[tuple[int, float]]:
     p = 1.0 / len(eligible)
     return [(s, p) for s in eligible]
 
@@ -123,7 +133,9 @@ class ExactSolver:
         self.dyn = Dynamics(world)
         self._opt: dict[str, Callable[[SimState], float]] = {}
 
-    def q_values(self, t: UserType, state: SimState, value: Callable[[SimState], float]) -> dict[int, float]:
+    def q_values(
+        self, t: UserType, state: SimState, value: Callable[[SimState], float]
+    ) -> dict[int, float]:
         """Q(state, step) for every eligible step, given the value of the next states."""
         dyn = self.dyn
         out: dict[int, float] = {}
@@ -141,7 +153,7 @@ class ExactSolver:
         if t.name in self._opt:
             return self._opt[t.name]
 
-        @lru_cache(maxsize=None)
+        @cache
         def v(state: SimState) -> float:
             if state[3] >= self.world.max_asks:
                 return 0.0
@@ -157,7 +169,7 @@ class ExactSolver:
     def policy_value_fn(self, t: UserType, policy: ExactPolicy) -> Callable[[SimState], float]:
         catalog = self.world.catalog
 
-        @lru_cache(maxsize=None)
+        @cache
         def v(state: SimState) -> float:
             if state[3] >= self.world.max_asks:
                 return 0.0
@@ -176,13 +188,15 @@ class ExactSolver:
         out: dict[int, float] = {}
         for s in steps:
             p = dyn.p_accept(t, state, s)
-            on_accept = 1.0 if dyn.is_goal(s) else (1.0 - t.leave) * value(dyn.after_accept(state, s))
+            on_accept = (
+                1.0 if dyn.is_goal(s) else (1.0 - t.leave) * value(dyn.after_accept(state, s))
+            )
             on_decline = (1.0 - dyn.p_drop(t, state, s)) * value(dyn.after_decline(state))
             out[s] = p * on_accept + (1.0 - p) * on_decline
         return out
 
     def table(self) -> dict[str, Any]:
-        """Exact conversion of the type-aware optimum and each fixed policy, overall and per type."""
+        """Exact conversion of the type-aware optimum and each fixed policy (overall, per type)."""
         rows: dict[str, dict[str, float]] = {"optimum": {}}
         for name in FIXED_POLICIES:
             rows[name] = {}
@@ -260,7 +274,9 @@ def make_user(world: World, dyn: Dynamics, seed: int, i: int, prefix: str = "u")
     channel = _draw(rng, t.channel)
     device = _draw(rng, t.device)
     ts = round(T0 + float(rng.uniform(0, SPREAD_DAYS * 86400.0)))
-    return SimUser(world, dyn, rng, f"{prefix}{seed}_{i:06d}", ti, {"channel": channel, "device": device}, ts)
+    return SimUser(
+        world, dyn, rng, f"{prefix}{seed}_{i:06d}", ti, {"channel": channel, "device": device}, ts
+    )
 
 
 def _draw(rng: np.random.Generator, dist: dict[str, float]) -> str:
@@ -277,7 +293,9 @@ def logging_distribution(world: World, eligible: list[int]) -> dict[int, float]:
     return probs
 
 
-def generate_log(world: World, users: int, seed: int, *, with_truth: bool = False) -> dict[str, list]:
+def generate_log(
+    world: World, users: int, seed: int, *, with_truth: bool = False
+) -> dict[str, list]:
     """Event rows (column lists) of ``users`` users under the logging policy.
 
     With ``with_truth`` the rows also carry the hidden type and the true probability of accept
@@ -285,9 +303,20 @@ def generate_log(world: World, users: int, seed: int, *, with_truth: bool = Fals
     """
     dyn = Dynamics(world)
     catalog = world.catalog
-    cols: dict[str, list] = {k: [] for k in (
-        "user_id", "ts", "step", "outcome", "propensity", "policy", "decision_id", "channel", "device"
-    )}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "user_id",
+            "ts",
+            "step",
+            "outcome",
+            "propensity",
+            "policy",
+            "decision_id",
+            "channel",
+            "device",
+        )
+    }
     if with_truth:
         cols["true_p_accept"] = []
         cols["user_type"] = []
@@ -361,7 +390,9 @@ class TypeBlindReference:
         w = np.array(self.world.weights)
         for key in ("channel", "device"):
             if key in context:
-                w = w * np.array([getattr(t, key).get(context[key], 1e-9) for t in self.world.types])
+                w = w * np.array(
+                    [getattr(t, key).get(context[key], 1e-9) for t in self.world.types]
+                )
         return w / w.sum()
 
     def update(

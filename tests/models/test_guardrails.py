@@ -29,8 +29,9 @@ def _state(*events: tuple[str, str, float]) -> UserState:
 
 
 def test_nothing_suppressed_without_configuration() -> None:
-    plain = Catalog.from_data([{"id": "a", "stage": "start", "effort": 1},
-                               {"id": "g", "stage": "convert", "effort": 3}])
+    plain = Catalog.from_data(
+        [{"id": "a", "stage": "start", "effort": 1}, {"id": "g", "stage": "convert", "effort": 3}]
+    )
     st = UserState()
     st.apply(plain, 0, "declined", T0)
     allowed, held = apply_guardrails(plain, st, [0, 1], T0 + 1)

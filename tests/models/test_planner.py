@@ -25,8 +25,14 @@ def _scorer(world_name: str, users: int = 4000, seed: int = 1) -> tuple:
     off = build_offline_features(frame, cat, spec)
     is_goal = ((cat.goal_mask >> off.step_index) & 1).astype(bool)
     bundle = fit_bundle(
-        off.X, off.accepted, off.dropped, off.came_back, is_goal, spec,
-        typical_gap_hours=24.0, params={"n_estimators": 120},
+        off.X,
+        off.accepted,
+        off.dropped,
+        off.came_back,
+        is_goal,
+        spec,
+        typical_gap_hours=24.0,
+        params={"n_estimators": 120},
     )
     return world, ModelScorer(bundle, cat)
 
@@ -45,7 +51,9 @@ def test_never_offers_an_ineligible_step(two_goals) -> None:
     world, scorer = two_goals
     cat = world.catalog
     rng = np.random.default_rng(0)
-    decider = Decider(cat, PolicyConfig("planner", "epsilon", 0.2), scorer=scorer, model_version="1")
+    decider = Decider(
+        cat, PolicyConfig("planner", "epsilon", 0.2), scorer=scorer, model_version="1"
+    )
     for trial in range(150):
         state = UserState()
         t = 1.7e9
@@ -97,8 +105,12 @@ def test_adapts_to_the_person(eager) -> None:
     world, scorer = eager
     cat = world.catalog
     decider = Decider(cat, PolicyConfig("planner"), scorer=scorer)
-    ready = decider.decide("r", UserState(), now=1.7e9, context={"channel": "search", "device": "desktop"})
-    hesitant = decider.decide("h", UserState(), now=1.7e9, context={"channel": "email", "device": "desktop"})
+    ready = decider.decide(
+        "r", UserState(), now=1.7e9, context={"channel": "search", "device": "desktop"}
+    )
+    hesitant = decider.decide(
+        "h", UserState(), now=1.7e9, context={"channel": "email", "device": "desktop"}
+    )
     assert ready.step == "subscribe"
     assert hesitant.step is not None and cat[hesitant.step].effort < cat["subscribe"].effort
 

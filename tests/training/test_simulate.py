@@ -75,7 +75,9 @@ def test_logged_propensities_are_exact_and_offers_are_eligible() -> None:
     cat = world.catalog
     cols = generate_log(world, 400, 1)
     accepted: dict[str, int] = {}
-    for u, s, o, p in zip(cols["user_id"], cols["step"], cols["outcome"], cols["propensity"], strict=True):
+    for u, s, o, p in zip(
+        cols["user_id"], cols["step"], cols["outcome"], cols["propensity"], strict=True
+    ):
         mask = accepted.get(u, 0)
         eligible = cat.eligible_indices(mask)
         i = cat.index[s]
@@ -108,7 +110,8 @@ def test_simulate_cli_writes_valid_files(tmp_path) -> None:
     from training.cli import app
 
     res = CliRunner().invoke(
-        app, ["simulate", "--world", "eager", "--users", "200", "--seed", "1", "--out", str(tmp_path)]
+        app,
+        ["simulate", "--world", "eager", "--users", "200", "--seed", "1", "--out", str(tmp_path)],
     )
     assert res.exit_code == 0, res.output
     cat = load_catalog(tmp_path / "catalog.yaml")

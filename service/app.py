@@ -1,0 +1,172 @@
+"""The FastAPI application factory and its lifespan.
+
+Nothing is built at import time: ``create_app`` wires routers, middleware and error handlers,
+and the lifespan builds the store (running migrations), loads the catalog and the models, and
+starts the optional background jobs (model polling, idempotency pruning). Tests build as many
+independent apps as they like; ``app_from_env`` is the factory uvicorn imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from features.catalog import load_catalog
+from features.errors import CatalogError
+from service.metrics import Metrics
+from service.middleware import BodyGuard, RequestMetrics
+from service.model_loader import ModelLoader
+from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.routers import admin, catalog, decisions, ops, outcomes, problems, users
+from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger("nextstep.service")
+_PRUNE_EVERY_S = 3600.0
+
+
+def create_app(
+    settings: Settings | None = None, *, decider_factory: DeciderFactory | None = None
+) -> FastAPI:
+    """Build the app. ``decider_factory(catalog, arm) -> Decider`` replaces model loading
+    (tests use it to serve fake models); by default each arm's model comes from MLflow."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("nextstep").setLevel(settings.log_level_number)
+        if settings.catalog is None:
+            raise CatalogError("no catalog configured (set NEXTSTEP_CATALOG or --catalog)")
+        cat = load_catalog(settings.catalog)
+        store = Store(settings.db_url, sqlite_synchronous=settings.sqlite_synchronous)
+        try:
+            store.migrate()
+            pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
+            if pruned:
+                log.info("pruned %d expired idempotency keys", pruned)
+            factory = decider_factory or ModelDeciderFactory(
+                settings, ModelLoader(settings.home, settings.tracking_uri, cat)
+            )
+            runtime = Runtime(settings, cat, factory, on_swap=metrics.set_models)
+            await asyncio.to_thread(runtime.start)
+            app.state.settings = settings
+            app.state.store = store
+            app.state.catalog = cat
+            app.state.runtime = runtime
+            app.state.metrics = metrics
+            app.state.steps_body = orjson.dumps({"steps": cat.to_list()}, default=str)
+            tasks = [asyncio.create_task(_prune_forever(store, settings))]
+            if settings.reload_interval > 0:
+                tasks.append(asyncio.create_task(_poll_forever(runtime, settings.reload_interval)))
+            try:
+                yield
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+        finally:
+            store.dispose()
+
+    app = FastAPI(
+        title="nextstep",
+        version="0.1.0",
+        summary="Adaptive next-step recommender: the smallest useful next action for a user.",
+        lifespan=lifespan,
+        redoc_url=None,
+        redirect_slashes=False,  # "/v1/users" is not "/v1/users/": 404, not a redirect
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_problem_handlers(app)
+
+    guarded: list[Any] = []
+    guarded_responses: dict[int | str, dict[str, Any]] = {}
+    if settings.auth_enabled:
+        from service.deps import require_api_key
+
+        guarded = [Depends(require_api_key)]
+        guarded_responses = problems(401)
+    routers = (decisions.router, outcomes.router, users.router, catalog.router, admin.router)
+    for r in routers:
+        app.include_router(r, dependencies=guarded, responses=guarded_responses)
+    app.include_router(ops.router)
+
+    json_paths = {
+        route.path
+        for r in (*routers, ops.router)
+        for route in r.routes
+        if isinstance(route, APIRoute) and route.body_field is not None
+    }
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, json_paths=json_paths)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory (``service.app:app_from_env``): settings from ``NEXTSTEP_*``."""
+    return create_app(Settings())
+
+
+# -- background jobs ---------------------------------------------------------------------------
+async def _prune_forever(store: Store, settings: Settings) -> None:
+    ttl = settings.idempotency_ttl_hours * 3600
+    while True:
+        await asyncio.sleep(min(_PRUNE_EVERY_S, ttl / 4))
+        try:
+            await asyncio.to_thread(store.prune_idempotency, ttl)
+        except Exception as exc:  # the store may be down; the next round tries again
+            log.warning("idempotency pruning failed: %s", type(exc).__name__)
+
+
+async def _poll_forever(runtime: Runtime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(runtime.reload, only_if_changed=True)
+        except Exception as exc:  # refused model, unreachable registry: keep serving
+            runtime.last_error = str(exc)
+            log.warning("model polling: reload refused: %s", exc)
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with every error response documented as application/problem+json."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=(
+            "Errors are RFC 9457 problem details (application/problem+json). "
+            "See DESIGN.md section 6 for the contract."
+        ),
+        routes=app.routes,
+    )
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    for path_item in schema.get("paths", {}).values():
+        for op in path_item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for code, response in op["responses"].items():
+                if code.isdigit() and int(code) >= 400:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema

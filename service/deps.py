@@ -1,0 +1,87 @@
+"""FastAPI dependencies: one name per thing a handler needs, each overridable in tests.
+
+Everything lives on ``app.state`` (built by the lifespan in ``service.app``), never in module
+globals, so two apps in one process (tests) never share a store, a registry or a model.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyHeader
+
+from features.catalog import Catalog
+from service.metrics import Metrics
+from service.problems import Unauthorized
+from service.runtime import Deciders, Runtime
+from service.settings import Settings
+from service.store import Store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_deciders(request: Request) -> Deciders:
+    """The snapshot serving this request: read once, kept to the end even across a reload."""
+    return request.app.state.runtime.current
+
+
+def get_catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+DeciderDep = Annotated[Deciders, Depends(get_deciders)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retries with the same key and body get the first response, byte for byte.",
+    ),
+]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="One of NEXTSTEP_API_KEYS."
+)
+
+
+def require_api_key(
+    request: Request, api_key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """401 unless ``X-API-Key`` equals one of the configured keys (constant-time compare).
+
+    Every configured key is compared, so the time taken does not depend on which one matched.
+    The key itself is never logged or echoed.
+    """
+    keys: tuple[bytes, ...] = request.app.state.settings.keys
+    if not keys:
+        return
+    given = (api_key or "").encode("utf-8", "replace")
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given, k)
+    if not ok:
+        raise Unauthorized("a valid X-API-Key header is required")

@@ -1,0 +1,179 @@
+"""Online experiments: arms, weights and sticky assignment (DESIGN.md section 8).
+
+An experiment is a value read from YAML (``NEXTSTEP_EXPERIMENTS``) or, without a file, one arm
+``champion`` running the settings' policy on the model URI. Assignment hashes a salt and the
+user id with SHA-256 into [0, 1) and walks the cumulative weights, so a user keeps the same arm
+across requests, workers and restarts, and changing the salt reshuffles everyone.
+
+YAML shape::
+
+    name: planner-vs-greedy        # optional
+    salt: 2025-03                   # optional, defaults to the name
+    arms:
+      - name: champion
+        policy: planner             # or "planner+epsilon=0.05"
+        exploration: {kind: epsilon, value: 0.05}
+        model: champion             # alias, version number or full models:/ URI
+        weight: 0.9
+      - name: greedy
+        policy: greedy
+        model: challenger
+        weight: 0.1
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from features.errors import InputError
+from models.policies import EXPLORATION, PolicyConfig
+
+_ARM_KEYS = frozenset({"name", "policy", "exploration", "model", "weight"})
+
+
+class ExperimentError(InputError):
+    """The experiments file is unreadable or describes an impossible split."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: a policy (with optional exploration) on one model reference, with a weight."""
+
+    name: str
+    policy: PolicyConfig
+    model: str | None = None  # None: the settings' model URI
+    weight: float = 1.0
+
+    @property
+    def exploration(self) -> dict[str, Any] | None:
+        if self.policy.exploration is None:
+            return None
+        return {"kind": self.policy.exploration, "value": self.policy.value}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    salt: str
+    arms: tuple[Arm, ...]
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ExperimentError("an experiment needs at least one arm", field="arms")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ExperimentError("arm names must be unique", field="arms")
+        total = sum(a.weight for a in self.arms)
+        if not total > 0:
+            raise ExperimentError("the arm weights must sum to more than 0", field="weight")
+        acc, cum = 0.0, []
+        for a in self.arms:
+            acc += a.weight / total
+            cum.append(acc)
+        cum[-1] = 1.0
+        object.__setattr__(self, "_cumulative", tuple(cum))
+
+    def bucket(self, user_id: str) -> float:
+        """The user's fixed position in [0, 1) for this salt."""
+        digest = hashlib.sha256(f"{self.salt}\x1f{user_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2.0**64
+
+    def assign(self, user_id: str) -> Arm:
+        cum: tuple[float, ...] = self._cumulative  # type: ignore[attr-defined]
+        i = bisect.bisect_right(cum, self.bucket(user_id))
+        return self.arms[min(i, len(self.arms) - 1)]
+
+
+def default_experiment(policy: str) -> Experiment:
+    return Experiment(
+        name="default", salt="default", arms=(Arm("champion", PolicyConfig.parse(policy)),)
+    )
+
+
+def load_experiment(path: str | Path | None, *, default_policy: str) -> Experiment:
+    """The experiment in ``path``, or the single-arm default when there is no file."""
+    if path is None:
+        return default_experiment(default_policy)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"cannot read experiments file ({exc})", source=source) from None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"not valid YAML ({exc})", source=source) from None
+    return parse_experiment(data, source=source, default_policy=default_policy)
+
+
+def parse_experiment(data: Any, *, source: str, default_policy: str) -> Experiment:
+    if isinstance(data, list):
+        data = {"arms": data}
+    if not isinstance(data, Mapping) or not isinstance(data.get("arms"), list):
+        raise ExperimentError("expected a mapping with a list 'arms'", source=source)
+    name = str(data.get("name") or "experiment")
+    salt = str(data.get("salt") or name)
+    arms = tuple(
+        _parse_arm(item, pos, source, default_policy)
+        for pos, item in enumerate(data["arms"], start=1)
+    )
+    try:
+        return Experiment(name=name, salt=salt, arms=arms)
+    except ExperimentError as exc:
+        raise ExperimentError(exc.message, source=source, field=exc.field) from None
+
+
+def _parse_arm(item: Any, pos: int, source: str, default_policy: str) -> Arm:
+    if not isinstance(item, Mapping):
+        raise ExperimentError(f"arm #{pos} is not a mapping", source=source)
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ExperimentError(f"arm #{pos} needs a non-empty name", source=source, field="name")
+
+    def bad(msg: str, fld: str) -> ExperimentError:
+        return ExperimentError(f"arm {name!r}: {msg}", source=source, field=fld)
+
+    unknown = sorted(set(map(str, item)) - _ARM_KEYS)
+    if unknown:  # e.g. ``shadow``: silently serving a shadow arm would be worse than refusing
+        raise bad(
+            f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_ARM_KEYS))})",
+            unknown[0],
+        )
+
+    try:
+        policy = PolicyConfig.parse(str(item.get("policy") or default_policy))
+    except ValueError as exc:
+        raise bad(str(exc), "policy") from None
+    expl = item.get("exploration")
+    if expl is not None:
+        if not isinstance(expl, Mapping) or expl.get("kind") not in EXPLORATION:
+            raise bad("exploration must be {kind: epsilon|softmax, value: number}", "exploration")
+        value = expl.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("exploration value must be a number", "exploration")
+        kind, value = str(expl["kind"]), float(value)
+        if (kind == "epsilon" and not 0.0 <= value <= 1.0) or (kind == "softmax" and not value > 0):
+            raise bad("epsilon must be in [0, 1], a softmax temperature > 0", "exploration")
+        policy = PolicyConfig(name=policy.name, exploration=kind, value=value, params=policy.params)
+    weight = item.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+        raise bad("weight must be a number", "weight")
+    if weight < 0:
+        raise bad("weight must be >= 0", "weight")
+    model = item.get("model")
+    if model is not None and not isinstance(model, str | int):
+        raise bad("model must be an alias, a version or a models:/ URI", "model")
+    return Arm(
+        name=name.strip(),
+        policy=policy,
+        model=None if model is None else str(model),
+        weight=float(weight),
+    )

@@ -1,0 +1,356 @@
+"""What each endpoint does, as plain functions of (store, deciders, request).
+
+Handlers parse and call exactly one function here; everything that must be right under
+concurrency lives in this file: the idempotency protocol (look up the key, do the effect and
+store the response in ONE transaction, and on a unique-constraint race re-read instead of
+failing), the one-outcome-per-decision rule and the converted-user rule. Responses are rendered
+to bytes here, once, so an idempotent replay is byte-for-byte the first response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from features.catalog import STAGES, Catalog
+from features.errors import InputError
+from features.state import ACCEPTED
+from models.decide import DecisionResult
+from service.metrics import Metrics
+from service.problems import Conflict, NotFound, Unprocessable, problem_dict
+from service.runtime import ArmRuntime, Deciders
+from service.schemas import (
+    DecisionOutcomeRequest,
+    NextStepRequest,
+    OrganicOutcomeRequest,
+    OutcomeRequest,
+)
+from service.store import HistoryEvent, IdempotentRecord, Store, dumps
+from service.timeutil import iso
+
+ROUTE_NEXT_STEP = "next-step"
+ROUTE_OUTCOMES = "outcomes"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A rendered response: status and exact body bytes (``replayed`` for a repeated key)."""
+
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+def request_hash(route: str, payload: Mapping[str, Any]) -> str:
+    """Fingerprint of a *validated* request, so equivalent spellings (key order, ISO vs epoch
+    ts) count as the same request for idempotency."""
+    raw = orjson.dumps({"route": route, "body": payload}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply:
+    if rec.request_hash != digest:
+        raise Conflict("this Idempotency-Key was already used with a different request")
+    if metrics is not None:
+        metrics.idempotent_replays.inc()
+    return Reply(rec.status, rec.body, replayed=True)
+
+
+# -- next step -------------------------------------------------------------------------------
+def _num(x: float | None) -> float | int | None:
+    """Integral floats as ints (``"effort": 5`` as in the contract example)."""
+    if x is None:
+        return None
+    return int(x) if float(x).is_integer() and abs(x) < 2**53 else x
+
+
+def _decide(
+    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+) -> DecisionResult:
+    try:
+        return arm.decider.decide(
+            req.user_id,
+            [e.row() for e in history],
+            now=now,
+            context=req.context,
+            candidates=req.candidates,
+        )
+    except InputError as exc:
+        raise Unprocessable(
+            exc.message,
+            errors=[{"loc": ["body", "candidates"], "msg": exc.message, "type": "unknown_step"}],
+        ) from None
+
+
+def _decision(
+    arm: ArmRuntime, req: NextStepRequest, result: DecisionResult, now: float, digest: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored row and the response payload of one decision."""
+    decision_id = uuid.uuid4().hex
+    candidates = [
+        {"step": c.step, "p_accept": c.p_accept, "score": c.score} for c in result.candidates
+    ]
+    payload = {
+        "decision_id": decision_id,
+        "user_id": req.user_id,
+        "step": result.step,
+        "stage": result.stage,
+        "effort": _num(result.effort),
+        "p_accept": result.p_accept,
+        "propensity": result.propensity,
+        "explored": bool(result.explored),
+        "policy": result.policy,
+        "arm": arm.arm.name,
+        "model_version": result.model_version,
+        "candidates": candidates,
+        "reason": result.reason,
+    }
+    row = {
+        "decision_id": decision_id,
+        "user_id": req.user_id,
+        "ts": now,
+        "created_at": time.time(),
+        "step": result.step,
+        "arm": arm.arm.name,
+        "policy": result.policy,
+        "model_version": result.model_version,
+        "propensity": result.propensity,
+        "explored": bool(result.explored),
+        "p_accept": result.p_accept,
+        "context": dumps(req.context) if req.context else None,
+        "candidates": dumps(candidates),
+        "reason": result.reason,
+        "request_hash": digest,
+    }
+    return row, payload
+
+
+def _count(metrics: Metrics | None, payload: Mapping[str, Any]) -> None:
+    if metrics is not None:
+        metrics.decisions.labels(payload["arm"], payload["policy"], payload["step"] or "none").inc()
+
+
+def next_step(
+    store: Store,
+    deciders: Deciders,
+    req: NextStepRequest,
+    *,
+    idempotency_key: str | None = None,
+    metrics: Metrics | None = None,
+) -> Reply:
+    """Decide for one user and remember the decision (200)."""
+    digest = request_hash(ROUTE_NEXT_STEP, req.model_dump(mode="json"))
+    with store.read() as conn:
+        if idempotency_key is not None:
+            rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)
+            if rec is not None:
+                return _replay(rec, digest, metrics)
+        history = store.history(conn, req.user_id)
+    now = req.ts if req.ts is not None else time.time()
+    arm = deciders.for_user(req.user_id)
+    result = _decide(arm, req, history, now)
+    row, payload = _decision(arm, req, result, now, digest)
+    body = orjson.dumps(payload)
+    try:
+        with store.write() as conn:
+            store.insert_decisions(conn, [row])
+            if idempotency_key is not None:
+                store.idempotent_put(conn, idempotency_key, ROUTE_NEXT_STEP, digest, 200, body)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        with store.read() as conn:  # a concurrent retry with the same key won the race
+            rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)
+        if rec is None:
+            raise
+        return _replay(rec, digest, metrics)
+    _count(metrics, payload)
+    return Reply(200, body)
+
+
+def next_step_batch(
+    store: Store,
+    deciders: Deciders,
+    requests: Sequence[NextStepRequest],
+    *,
+    metrics: Metrics | None = None,
+) -> Reply:
+    """Decide for many users: one read, one write, answers in request order (200).
+
+    A request that cannot be answered (unknown candidate) gets a problem object in its place;
+    the others are still decided and stored.
+    """
+    with store.read() as conn:
+        histories = store.histories(conn, [r.user_id for r in requests])
+    default_now = time.time()
+    answers: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for req in requests:
+        now = req.ts if req.ts is not None else default_now
+        arm = deciders.for_user(req.user_id)
+        try:
+            result = _decide(arm, req, histories.get(req.user_id, []), now)
+        except Unprocessable as exc:
+            answers.append(
+                problem_dict(422, detail=exc.detail, type_="urn:nextstep:problem:validation")
+            )
+            continue
+        row, payload = _decision(arm, req, result, now, None)
+        rows.append(row)
+        answers.append(payload)
+    with store.write() as conn:
+        store.insert_decisions(conn, rows)
+    for payload in answers:
+        if "decision_id" in payload:
+            _count(metrics, payload)
+    return Reply(200, orjson.dumps({"responses": answers}))
+
+
+# -- outcomes --------------------------------------------------------------------------------
+def _outcome_body(row: Mapping[str, Any], converted: bool) -> bytes:
+    return orjson.dumps(
+        {
+            "id": int(row["id"]),
+            "decision_id": row["decision_id"],
+            "user_id": row["user_id"],
+            "step": row["step"],
+            "outcome": row["outcome"],
+            "ts": iso(row["ts"]),
+            "converted": converted,
+        }
+    )
+
+
+def _existing_reply(
+    store: Store, conn: Connection, catalog: Catalog, existing: Any, outcome: str
+) -> Reply:
+    """An identical repeat gets the original record (201); a different outcome is 409."""
+    if existing.outcome != outcome:
+        raise Conflict(
+            f"decision {existing.decision_id!r} already has outcome {existing.outcome!r}"
+        )
+    goals = [s.id for s in catalog.goals]
+    converted = store.has_converted(conn, existing.user_id, goals)
+    return Reply(201, _outcome_body(existing._mapping, converted))
+
+
+def _apply_outcome(store: Store, conn: Connection, catalog: Catalog, req: OutcomeRequest) -> Reply:
+    goals = [s.id for s in catalog.goals]
+    context: str | None = None
+    decision_id: str | None = None
+    if isinstance(req, DecisionOutcomeRequest):
+        decision = store.get_decision(conn, req.decision_id)
+        if decision is None:
+            raise NotFound(f"unknown decision {req.decision_id!r}")
+        if decision.step is None:
+            raise Conflict(
+                f"decision {req.decision_id!r} offered nothing ({decision.reason}); "
+                "it cannot have an outcome"
+            )
+        user_id, step, decision_id = decision.user_id, decision.step, req.decision_id
+        ts = req.ts if req.ts is not None else decision.ts
+        store.lock_user(conn, user_id)
+        existing = store.outcome_of(conn, decision_id)
+        if existing is not None:
+            return _existing_reply(store, conn, catalog, existing, req.outcome)
+    else:
+        user_id, step = req.user_id, req.step
+        ts = req.ts if req.ts is not None else time.time()
+        context = dumps(req.context) if req.context else None
+        store.lock_user(conn, user_id)
+    if store.has_converted(conn, user_id, goals):
+        raise Conflict(f"user {user_id!r} has already converted; nothing more can be recorded")
+    values = {
+        "decision_id": decision_id,
+        "user_id": user_id,
+        "step": step,
+        "outcome": req.outcome,
+        "ts": ts,
+        "created_at": time.time(),
+        "context": context,
+    }
+    oid = store.insert_outcome(conn, values)
+    converted = req.outcome == ACCEPTED and step in goals
+    return Reply(201, _outcome_body({**values, "id": oid}, converted))
+
+
+def record_outcome(
+    store: Store,
+    catalog: Catalog,
+    req: OutcomeRequest,
+    *,
+    idempotency_key: str | None = None,
+    metrics: Metrics | None = None,
+) -> Reply:
+    """Record what the user did (201); 404 unknown decision, 409 conflicting outcome."""
+    digest = request_hash(ROUTE_OUTCOMES, req.model_dump(mode="json"))
+    if isinstance(req, OrganicOutcomeRequest) and req.step not in catalog.index:
+        raise Unprocessable(
+            f"unknown step {req.step!r}",
+            errors=[{"loc": ["body", "step"], "msg": "not a catalog step", "type": "unknown_step"}],
+        )
+    key = idempotency_key
+    try:
+        with store.write() as conn:
+            if key is not None:
+                rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
+                if rec is not None:
+                    return _replay(rec, digest, metrics)
+            reply = _apply_outcome(store, conn, catalog, req)
+            if key is not None:
+                store.idempotent_put(conn, key, ROUTE_OUTCOMES, digest, reply.status, reply.body)
+    except IntegrityError:
+        # A concurrent request won a race on a unique constraint: see what it wrote.
+        with store.read() as conn:
+            if key is not None:
+                rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
+                if rec is not None:
+                    return _replay(rec, digest, metrics)
+            if isinstance(req, DecisionOutcomeRequest):
+                existing = store.outcome_of(conn, req.decision_id)
+                if existing is not None:
+                    return _existing_reply(store, conn, catalog, existing, req.outcome)
+        raise
+    if metrics is not None:
+        source = "decision" if isinstance(req, DecisionOutcomeRequest) else "organic"
+        metrics.outcomes.labels(req.outcome, source).inc()
+    return reply
+
+
+# -- users -------------------------------------------------------------------------------------
+def user_view(
+    store: Store, deciders: Deciders, user_id: str, *, now: float | None = None
+) -> dict[str, Any]:
+    """History (oldest first), accepted steps, stage, converted and readiness per eligible step."""
+    with store.read() as conn:
+        history = store.history(conn, user_id)
+    arm = deciders.for_user(user_id)
+    decider = arm.decider
+    catalog = decider.catalog
+    state = decider.state_of([e.row() for e in history])
+    at = now if now is not None else (history[-1].ts if history else time.time())
+    accepted: list[str] = []
+    for e in history:
+        if e.outcome == ACCEPTED and e.step in catalog.index and e.step not in accepted:
+            accepted.append(e.step)
+    return {
+        "user_id": user_id,
+        "arm": arm.arm.name,
+        "history": [
+            {"decision_id": e.decision_id, "step": e.step, "outcome": e.outcome, "ts": iso(e.ts)}
+            for e in history
+        ],
+        "accepted": accepted,
+        "stage": STAGES[state.stage_reached] if state.stage_reached >= 0 else None,
+        "converted": state.converted(catalog),
+        "eligible": decider.readiness(state, now=at),
+        "model_version": decider.model_version,
+    }

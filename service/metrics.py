@@ -1,0 +1,75 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps in one process).
+
+Labels are bounded: arm and policy names come from the experiment, steps from the catalog and
+routes are path templates (``/v1/users/{user_id}``), never raw paths or user ids. With several
+uvicorn workers each process keeps its own counters; scrape each worker or run one per pod.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from service.runtime import Deciders
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series double every counter for nothing
+        r = self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "nextstep_decisions", "Decisions served.", ["arm", "policy", "step"], registry=r
+        )
+        self.outcomes = Counter(
+            "nextstep_outcomes", "Outcomes recorded.", ["outcome", "source"], registry=r
+        )
+        self.requests = Counter(
+            "nextstep_http_requests", "HTTP requests.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "nextstep_http_request_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "nextstep_model_info",
+            "The model and policy each arm serves (value 1).",
+            ["arm", "policy", "model_version", "source"],
+            registry=r,
+        )
+        self.model_generation = Gauge(
+            "nextstep_model_generation", "Reloads since start (1 = first load).", registry=r
+        )
+        self.store_errors = Counter(
+            "nextstep_store_errors", "Requests refused because the store was unusable.", registry=r
+        )
+        self.idempotent_replays = Counter(
+            "nextstep_idempotent_replays", "Responses replayed for a repeated key.", registry=r
+        )
+
+    def set_models(self, deciders: Deciders) -> None:
+        self.model_info.clear()
+        for name, arm in deciders.arms.items():
+            self.model_info.labels(
+                arm=name,
+                policy=arm.decider.policy_name,
+                model_version=arm.decider.model_version or "none",
+                source=arm.model_source or "none",
+            ).set(1)
+        self.model_generation.set(deciders.generation)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

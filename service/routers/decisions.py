@@ -1,0 +1,49 @@
+"""``POST /v1/next-step`` and ``POST /v1/next-step:batch``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service import flows
+from service.deps import DeciderDep, IdempotencyKey, MetricsDep, StoreDep
+from service.routers import problems, respond
+from service.schemas import BatchRequest, BatchResponse, Decision, NextStepRequest
+
+router = APIRouter(prefix="/v1", tags=["decisions"])
+
+
+@router.post(
+    "/next-step",
+    response_model=Decision,
+    responses=problems(400, 409, 413, 415, 422, 503),
+    summary="The next step for one user",
+)
+def next_step(
+    req: NextStepRequest,
+    store: StoreDep,
+    deciders: DeciderDep,
+    metrics: MetricsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Decide what to offer this user now (``step`` null: offer nothing, ``reason`` says why).
+
+    The decision is stored before the response is sent; report what the user did with
+    ``POST /v1/outcomes`` and its ``decision_id``.
+    """
+    return respond(
+        flows.next_step(store, deciders, req, idempotency_key=idempotency_key, metrics=metrics)
+    )
+
+
+@router.post(
+    "/next-step:batch",
+    response_model=BatchResponse,
+    responses=problems(400, 413, 415, 422, 503),
+    summary="Next steps for up to 1,000 users",
+)
+def next_step_batch(
+    batch: BatchRequest, store: StoreDep, deciders: DeciderDep, metrics: MetricsDep
+) -> Response:
+    """One answer per request, in order: a decision, or a problem object for that item."""
+    return respond(flows.next_step_batch(store, deciders, batch.requests, metrics=metrics))

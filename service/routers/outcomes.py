@@ -1,0 +1,40 @@
+"""``POST /v1/outcomes``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+from starlette.responses import Response
+
+from service import flows
+from service.deps import CatalogDep, IdempotencyKey, MetricsDep, StoreDep
+from service.routers import problems, respond
+from service.schemas import OutcomeOut, OutcomeRequest
+
+router = APIRouter(prefix="/v1", tags=["outcomes"])
+
+
+@router.post(
+    "/outcomes",
+    status_code=201,
+    response_model=OutcomeOut,
+    responses=problems(400, 404, 409, 413, 415, 422, 503),
+    summary="Record what a user did with an offer",
+)
+def record_outcome(
+    req: Annotated[OutcomeRequest, Body()],
+    store: StoreDep,
+    catalog: CatalogDep,
+    metrics: MetricsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """By ``decision_id`` (an offer this service made) or by ``user_id`` + ``step`` (organic).
+
+    201 once recorded (durably); repeating the identical outcome returns the original record.
+    A different second outcome for the same decision is 409, an unknown decision 404, and any
+    outcome for a user who already converted 409.
+    """
+    return respond(
+        flows.record_outcome(store, catalog, req, idempotency_key=idempotency_key, metrics=metrics)
+    )

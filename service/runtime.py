@@ -1,0 +1,186 @@
+"""The serving runtime: one immutable snapshot of (experiment, one Decider per arm), swapped whole.
+
+Why a snapshot: a reload (new champion, edited experiments file) builds every arm's Decider
+first, smoke-tests each, and only then replaces one reference. A request reads that reference
+once and keeps its snapshot to the end, so in-flight requests finish on the old model, new ones
+start on the new, and a model that fails to load never replaces a working one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.catalog import Catalog
+from models.decide import Decider
+from service.experiments import Arm, Experiment, load_experiment
+from service.model_loader import ModelLoader, ModelRefused, Resolution, parse_ref
+from service.settings import Settings
+
+log = logging.getLogger("nextstep.service.runtime")
+
+DeciderFactory = Callable[[Catalog, Arm], Decider]
+
+
+@dataclass(frozen=True)
+class ArmRuntime:
+    arm: Arm
+    decider: Decider
+    model_source: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Deciders:
+    """What serves requests right now; never mutated (a reload makes a new one)."""
+
+    experiment: Experiment
+    arms: Mapping[str, ArmRuntime]
+    generation: int = 0
+    loaded_at: float = field(default_factory=time.time)
+
+    def for_user(self, user_id: str) -> ArmRuntime:
+        return self.arms[self.experiment.assign(user_id).name]
+
+    @property
+    def primary(self) -> ArmRuntime:
+        """The first arm (the champion by convention): what /readyz summarises."""
+        return self.arms[self.experiment.arms[0].name]
+
+    def versions(self) -> dict[str, str | None]:
+        return {name: a.decider.model_version for name, a in self.arms.items()}
+
+
+class ModelDeciderFactory:
+    """The default factory: each arm's model through ``ModelLoader`` (registry, cache, path)."""
+
+    def __init__(self, settings: Settings, loader: ModelLoader) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.last: dict[str, Resolution] = {}
+
+    def __call__(self, catalog: Catalog, arm: Arm) -> Decider:
+        res = self.loader.resolve(parse_ref(arm.model, self.settings.model_uri))
+        self.last[arm.name] = res
+        model = res.model
+        return Decider(
+            catalog,
+            arm.policy,
+            scorer=None if model is None else model.scorer,
+            model_version=None if model is None else model.version,
+            seed=self.settings.seed,
+        )
+
+    def describe(self, arm: Arm) -> tuple[str | None, str | None]:
+        res = self.last.get(arm.name)
+        if res is None:
+            return None, None
+        return (None if res.model is None else res.model.source), res.note
+
+    def probe(self, arm: Arm) -> str | None:
+        return self.loader.current_version(parse_ref(arm.model, self.settings.model_uri))
+
+
+class Runtime:
+    """Owns the current ``Deciders`` and rebuilds it on start-up and reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        factory: DeciderFactory,
+        *,
+        on_swap: Callable[[Deciders], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.factory = factory
+        self.on_swap = on_swap
+        self._lock = threading.Lock()
+        self._current: Deciders | None = None
+        self._generation = 0
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> Deciders:
+        cur = self._current
+        if cur is None:
+            raise RuntimeError("the runtime has not been started")
+        return cur
+
+    def start(self) -> Deciders:
+        """First build: an arm whose model is refused serves without a model (and says why)."""
+        with self._lock:
+            experiment = self._experiment()
+            arms = {}
+            for arm in experiment.arms:
+                try:
+                    arms[arm.name] = self._build_arm(arm)
+                except ModelRefused as exc:
+                    log.error("arm %s: %s; serving without a model", arm.name, exc)
+                    decider = Decider(self.catalog, arm.policy, seed=self.settings.seed)
+                    arms[arm.name] = ArmRuntime(arm, decider, None, f"{exc}; serving ladder")
+            return self._swap(Deciders(experiment, arms, self._next_generation()))
+
+    def reload(self, *, only_if_changed: bool = False) -> tuple[bool, Deciders]:
+        """Rebuild everything; raises ``ModelRefused``/``ExperimentError`` and keeps the old."""
+        with self._lock:
+            experiment = self._experiment()
+            if only_if_changed and not self._changed(experiment):
+                return False, self.current
+            arms = {arm.name: self._build_arm(arm) for arm in experiment.arms}
+            return True, self._swap(Deciders(experiment, arms, self._next_generation()))
+
+    # -- internals ---------------------------------------------------------------------------
+    def _experiment(self) -> Experiment:
+        return load_experiment(self.settings.experiments, default_policy=self.settings.policy)
+
+    def _build_arm(self, arm: Arm) -> ArmRuntime:
+        decider = self.factory(self.catalog, arm)
+        try:  # a smoke decision proves policy and model work together on this catalog
+            decider.decide("\x1fsmoke", [], now=time.time())
+        except Exception as exc:
+            raise ModelRefused(
+                f"arm {arm.name!r}: smoke decision failed ({type(exc).__name__}: {exc})"
+            ) from None
+        describe: Any = getattr(self.factory, "describe", None)
+        source, note = describe(arm) if describe else ("custom", None)
+        if decider.model_version is None and source == "custom":
+            source = None
+        return ArmRuntime(arm, decider, source, note)
+
+    def _changed(self, experiment: Experiment) -> bool:
+        cur = self.current
+        if experiment != cur.experiment:
+            return True
+        probe: Any = getattr(self.factory, "probe", None)
+        if probe is None:
+            return True
+        for arm in experiment.arms:
+            version = probe(arm)
+            if version is not None and version != cur.arms[arm.name].decider.model_version:
+                return True
+        return False
+
+    def _next_generation(self) -> int:
+        self._generation += 1
+        return self._generation
+
+    def _swap(self, deciders: Deciders) -> Deciders:
+        self._current = deciders
+        self.last_error = None
+        if self.on_swap is not None:
+            self.on_swap(deciders)
+        log.info(
+            "serving generation %d: %s",
+            deciders.generation,
+            ", ".join(
+                f"{n}={a.decider.policy_name}@{a.decider.model_version}"
+                for n, a in deciders.arms.items()
+            ),
+        )
+        return deciders

@@ -1,0 +1,328 @@
+"""The decision and outcome store: SQLAlchemy Core, one code path for SQLite and PostgreSQL.
+
+Why Core and short explicit transactions: every acknowledged write must be durable before the
+response leaves (DESIGN.md section 6: a 2xx survives ``kill -9``), and the few invariants that
+matter under concurrency (one outcome per decision, one effect per idempotency key) are enforced
+by unique constraints, not by application locks. On SQLite, write transactions start with
+``BEGIN IMMEDIATE`` (the pysqlite driver's own transaction handling is switched off) so two
+writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous=FULL``.
+
+Driver failures (server down, disk full, read-only file, pool exhausted) surface as
+``StoreUnavailable`` so the API answers 503 with ``Retry-After`` instead of 500; integrity
+violations are left to the caller, which knows what they mean.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from features.errors import NextstepError
+from service.tables import decisions, idempotency, metadata, outcomes
+
+log = logging.getLogger("nextstep.service.store")
+_MIGRATION_LOCK = 0x6E657874  # "next": serialises start-up migrations of several workers
+_CHUNK = 500
+
+
+# Statements are built once: constructing a Core statement costs more than running it on SQLite.
+_o, _d, _i = outcomes.c, decisions.c, idempotency.c
+_HISTORY_COLUMNS = (_o.user_id, _o.decision_id, _o.step, _o.outcome, _o.ts, _o.context, _d.context)
+_HISTORY_FROM = outcomes.outerjoin(decisions, _o.decision_id == _d.decision_id)
+_HISTORY_ONE = (
+    select(*_HISTORY_COLUMNS)
+    .select_from(_HISTORY_FROM)
+    .where(_o.user_id == bindparam("uid"))
+    .order_by(_o.ts, _o.id)
+)
+_HISTORY_MANY = (
+    select(*_HISTORY_COLUMNS)
+    .select_from(_HISTORY_FROM)
+    .where(_o.user_id.in_(bindparam("uids", expanding=True)))
+    .order_by(_o.user_id, _o.ts, _o.id)
+)
+_INSERT_DECISION = insert(decisions)
+_INSERT_OUTCOME = insert(outcomes)
+_INSERT_IDEMPOTENT = insert(idempotency)
+_GET_DECISION = select(decisions).where(_d.decision_id == bindparam("did"))
+_OUTCOME_OF = select(outcomes).where(_o.decision_id == bindparam("did"))
+_HAS_CONVERTED = (
+    select(_o.id)
+    .where(
+        _o.user_id == bindparam("uid"),
+        _o.outcome == "accepted",
+        _o.step.in_(bindparam("goals", expanding=True)),
+    )
+    .limit(1)
+)
+_IDEMPOTENT_GET = select(_i.request_hash, _i.status, _i.body).where(
+    _i.key == bindparam("key"), _i.route == bindparam("route")
+)
+
+
+class StoreUnavailable(NextstepError):
+    """The database cannot be used right now (down, full, read-only, overloaded)."""
+
+
+class HistoryEvent(NamedTuple):
+    """One outcome in a user's history, oldest first; ``context`` from the decision if any."""
+
+    decision_id: str | None
+    step: str
+    outcome: str
+    ts: float
+    context: dict[str, Any] | None
+
+    def row(self) -> tuple[str, str, float, dict[str, Any] | None]:
+        """The ``(step, outcome, ts, context)`` shape ``models.decide.Decider`` folds."""
+        return (self.step, self.outcome, self.ts, self.context)
+
+
+@dataclass(frozen=True)
+class IdempotentRecord:
+    request_hash: str
+    status: int
+    body: bytes
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+class Store:
+    """Short-lived connections from a pool; ``read()``/``write()`` give a transaction each."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        max_overflow: int = 24,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, synchronous=sqlite_synchronous
+        )
+        self.dialect = self.engine.dialect.name
+        # SQLite has one writer at a time anyway; queueing this process's writers on a lock
+        # (instead of SQLite's sleep-and-retry busy handler) keeps the latency tail short.
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if self.dialect == "sqlite" else None
+        )
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (a consistent snapshot on both back ends)."""
+        with self._translate(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction, committed when the block exits without an exception."""
+        with (
+            self._writer(),
+            self._translate(),
+            self.engine.connect().execution_options(nextstep_write=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=10.0):
+            raise StoreUnavailable("store busy: timed out waiting to write")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (DBAPIError, PoolTimeout) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            log.warning("store unavailable: %s: %s", type(orig).__name__, str(orig)[:300])
+            raise StoreUnavailable(f"store unavailable ({type(orig).__name__})") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (several workers may race here)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.write() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def create_all(self) -> None:
+        """Create the tables without Alembic (tests of the schema itself only)."""
+        with self.write() as conn:
+            metadata.create_all(conn)
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, conn: Connection, user_id: str) -> list[HistoryEvent]:
+        return self.histories(conn, [user_id]).get(user_id, [])
+
+    def histories(self, conn: Connection, user_ids: Iterable[str]) -> dict[str, list[HistoryEvent]]:
+        """Each user's outcomes ordered by (ts, id): one indexed query per chunk of users."""
+        wanted = list(dict.fromkeys(user_ids))
+        out: dict[str, list[HistoryEvent]] = {u: [] for u in wanted}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            if len(chunk) == 1:
+                rows = conn.execute(_HISTORY_ONE, {"uid": chunk[0]})
+            else:
+                rows = conn.execute(_HISTORY_MANY, {"uids": chunk})
+            for uid, did, step, outcome, ts, octx, dctx in rows:
+                ctx = _loads(dctx if did is not None else octx)
+                out[uid].append(HistoryEvent(did, step, outcome, ts, ctx))
+        return out
+
+    # -- decisions ---------------------------------------------------------------------------
+    def insert_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            conn.execute(_INSERT_DECISION, list(rows))
+
+    def get_decision(self, conn: Connection, decision_id: str) -> Any | None:
+        return conn.execute(_GET_DECISION, {"did": decision_id}).first()
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def lock_user(self, conn: Connection, user_id: str) -> None:
+        """Serialise outcome writes per user (SQLite's BEGIN IMMEDIATE already serialises all)."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:u))"), {"u": user_id})
+
+    def outcome_of(self, conn: Connection, decision_id: str) -> Any | None:
+        return conn.execute(_OUTCOME_OF, {"did": decision_id}).first()
+
+    def has_converted(self, conn: Connection, user_id: str, goals: Sequence[str]) -> bool:
+        row = conn.execute(_HAS_CONVERTED, {"uid": user_id, "goals": list(goals)}).first()
+        return row is not None
+
+    def insert_outcome(self, conn: Connection, values: Mapping[str, Any]) -> int:
+        result = conn.execute(_INSERT_OUTCOME, dict(values))
+        return int(result.inserted_primary_key[0])
+
+    # -- idempotency -------------------------------------------------------------------------
+    def idempotent_get(self, conn: Connection, key: str, route: str) -> IdempotentRecord | None:
+        row = conn.execute(_IDEMPOTENT_GET, {"key": key, "route": route}).first()
+        return None if row is None else IdempotentRecord(row[0], int(row[1]), bytes(row[2]))
+
+    def idempotent_put(
+        self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
+    ) -> None:
+        conn.execute(
+            _INSERT_IDEMPOTENT,
+            {
+                "key": key,
+                "route": route,
+                "request_hash": request_hash,
+                "status": status,
+                "body": body,
+                "created_at": time.time(),
+            },
+        )
+
+    def prune_idempotency(self, ttl_seconds: float) -> int:
+        """Forget idempotency keys older than the TTL; returns how many went."""
+        cutoff = time.time() - ttl_seconds
+        with self.write() as conn:
+            result = conn.execute(delete(idempotency).where(idempotency.c.created_at < cutoff))
+            return int(result.rowcount or 0)
+
+
+def _make_engine(url: str, *, pool_size: int, max_overflow: int, synchronous: str) -> Engine:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise ValueError(
+                "the store needs a SQLite *file* (an in-memory database is per connection)"
+            )
+        if not u.query.get("uri"):  # a plain path: create its directory on first use
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            u,
+            connect_args={"check_same_thread": False, "timeout": 10.0},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=10,
+        )
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("sqlite synchronous must be FULL or NORMAL")
+        event.listen(engine, "connect", functools.partial(_sqlite_on_connect, synchronous))
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if u.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 5
+    return create_engine(
+        u,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=10,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_on_connect(synchronous: str, dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_on_begin)
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get("nextstep_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

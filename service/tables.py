@@ -1,0 +1,91 @@
+"""The store's schema as SQLAlchemy Core tables (the migrations create exactly these).
+
+Layout (shared with ``nextstep report`` / ``export``, which read it):
+
+* ``decisions`` — one row per answered next-step request, served or not (``step`` NULL when
+  nothing was offered, with ``reason``). ``ts`` is the request's "now" (epoch seconds),
+  ``created_at`` the server's clock. ``context`` and ``candidates`` are JSON text.
+* ``outcomes`` — what the user did: ``decision_id`` set (UNIQUE: one outcome per decision) or
+  NULL for organic offers that did not come from this service. ``context`` is JSON text, only
+  for organic outcomes (a decision's context lives on the decision).
+* ``idempotency`` — the first 2xx response to a request carrying an ``Idempotency-Key``,
+  keyed by (key, route), written in the same transaction as the effect it describes.
+
+Times are float epoch seconds everywhere so SQLite and PostgreSQL behave identically.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String(32), primary_key=True),
+    Column("user_id", String, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("step", String, nullable=True),
+    Column("arm", String, nullable=False),
+    Column("policy", String, nullable=False),
+    Column("model_version", String, nullable=True),
+    Column("propensity", Float, nullable=True),
+    Column("explored", Boolean, nullable=False),
+    Column("p_accept", Float, nullable=True),
+    Column("context", Text, nullable=True),
+    Column("candidates", Text, nullable=True),
+    Column("reason", String, nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Index("ix_decisions_user_id", "user_id"),
+    Index("ix_decisions_ts", "ts"),
+)
+
+outcomes = Table(
+    "outcomes",
+    metadata,
+    # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "decision_id",
+        String(32),
+        ForeignKey("decisions.decision_id", name="fk_outcomes_decision_id"),
+        nullable=True,
+    ),
+    Column("user_id", String, nullable=False),
+    Column("step", String, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("context", Text, nullable=True),
+    Index("uq_outcomes_decision_id", "decision_id", unique=True),
+    Index("ix_outcomes_user_ts", "user_id", "ts", "id"),
+)
+
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("route", String(64), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_idempotency_created_at", "created_at"),
+)

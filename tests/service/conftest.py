@@ -1,0 +1,129 @@
+"""Fixtures for the service tests: a catalog, a store URL (SQLite file or PostgreSQL database)
+and a factory of started TestClients. API tests that take ``make_client``/``client`` run once
+per back end; the PostgreSQL runs are marked ``postgres`` and grouped on one xdist worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.helpers import CATALOG
+
+PG_PARAM = pytest.param(
+    "postgres", marks=[pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: keep the developer's NEXTSTEP_* out of the tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("NEXTSTEP_") or name == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def catalog_path(tmp_path: Path) -> Path:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(CATALOG), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_service_url(postgres_server: Any) -> Iterator[str]:
+    """One migrated database per session; tests empty it instead of creating their own
+    (CREATE DATABASE costs most of a second, TRUNCATE a few milliseconds)."""
+    from service.store import Store
+
+    name = postgres_server.create_database()
+    url = postgres_server.url_for(name)
+    store = Store(url)
+    store.migrate()
+    store.dispose()
+    yield url
+    postgres_server.drop_database(name)
+
+
+def _empty_postgres(url: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE outcomes, decisions, idempotency RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=["sqlite", PG_PARAM])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'service.db'}"
+    url: str = request.getfixturevalue("pg_service_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'service.db'}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, catalog_path: Path) -> Callable[..., Settings]:
+    def make(db: str | None = None, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "home": tmp_path / "home",
+            "catalog": catalog_path,
+            "database_url": db or f"sqlite:///{tmp_path / 'store' / 'service.db'}",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings], db_url: str
+) -> Iterator[Callable[..., TestClient]]:
+    """Start an app on this test's store; several calls share the store (a "restart")."""
+    clients: list[TestClient] = []
+
+    def make(*, decider_factory: Any = None, **overrides: Any) -> TestClient:
+        settings = make_settings(db_url, **overrides)
+        client = TestClient(create_app(settings, decider_factory=decider_factory))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in reversed(clients):
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each schemathesis operation test its own node id.
+
+    schemathesis 4 names its items ``test[POST /v1/...]`` but pytest 9 derives the node id from
+    the original function name only, so every operation shares one id and pytest-xdist would run
+    just one of them. The operation label becomes the id's parameter part instead.
+    """
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        original = getattr(item, "originalname", None)
+        if label and original and item.nodeid.endswith(f"::{original}"):
+            item._id = item.parent.id.child(original).with_params(label)  # type: ignore[attr-defined,union-attr]

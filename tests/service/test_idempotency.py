@@ -1,0 +1,167 @@
+"""Idempotency-Key: byte-identical replays, 409 on reuse with another body, one effect under
+races, survival across restarts, pruning; and the one-outcome-per-decision race."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service import flows
+from service.problems import Conflict
+from service.schemas import DecisionOutcomeRequest, NextStepRequest
+from service.tables import decisions, idempotency, outcomes
+from tests.service.helpers import decide
+
+
+def _count(client: TestClient, table: Any) -> int:
+    store = client.app.state.store
+    with store.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.mark.parametrize("route", ["/v1/next-step", "/v1/outcomes"])
+def test_replay_is_byte_identical_and_has_one_effect(client: TestClient, route: str) -> None:
+    if route == "/v1/next-step":
+        body: dict[str, Any] = {"user_id": "i1", "context": {"a": 1}}
+        table = decisions
+    else:
+        body = {"user_id": "i1", "step": "read_intro", "outcome": "accepted"}
+        table = outcomes
+    before = _count(client, table)
+    h = {"Idempotency-Key": "key-1"}
+    first = client.post(route, json=body, headers=h)
+    assert first.status_code in (200, 201)
+    second = client.post(route, json=body, headers=h)
+    assert second.status_code == first.status_code
+    assert second.content == first.content
+    assert second.headers.get("idempotent-replayed") == "true"
+    assert _count(client, table) == before + 1
+    # the same body without the key is a new request
+    third = client.post(route, json=body)
+    if route == "/v1/next-step":
+        assert third.json()["decision_id"] != first.json()["decision_id"]
+
+
+def test_equivalent_spellings_replay_different_body_conflicts(client: TestClient) -> None:
+    h = {"Idempotency-Key": "k2"}
+    a = client.post(
+        "/v1/next-step", json={"user_id": "i2", "ts": "2025-03-04T10:11:12Z"}, headers=h
+    )
+    b = client.post("/v1/next-step", json={"ts": 1741083072, "user_id": "i2"}, headers=h)
+    assert b.content == a.content  # same request: key order and ts spelling do not matter
+    c = client.post("/v1/next-step", json={"user_id": "i3"}, headers=h)
+    assert c.status_code == 409
+    assert c.headers["content-type"].startswith("application/problem+json")
+    assert "Idempotency-Key" in c.json()["detail"]
+
+
+def test_keys_are_per_route(client: TestClient) -> None:
+    h = {"Idempotency-Key": "shared"}
+    d = client.post("/v1/next-step", json={"user_id": "i4"}, headers=h).json()
+    r = client.post(
+        "/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": "accepted"}, headers=h
+    )
+    assert r.status_code == 201
+
+
+def test_failed_requests_are_not_remembered(client: TestClient) -> None:
+    h = {"Idempotency-Key": "k5"}
+    r = client.post(
+        "/v1/outcomes", json={"decision_id": "f" * 32, "outcome": "accepted"}, headers=h
+    )
+    assert r.status_code == 404
+    d = decide(client, "i5")
+    r = client.post(
+        "/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": "accepted"}, headers=h
+    )
+    assert r.status_code == 201
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there"])
+def test_bad_keys_are_422(client: TestClient, key: str) -> None:
+    r = client.post("/v1/next-step", json={"user_id": "i6"}, headers={"Idempotency-Key": key})
+    assert r.status_code == 422
+
+
+def test_replay_survives_a_restart(make_client: Callable[..., TestClient]) -> None:
+    c1 = make_client()
+    h = {"Idempotency-Key": "restart"}
+    first = c1.post("/v1/next-step", json={"user_id": "i7"}, headers=h)
+    c1.__exit__(None, None, None)
+    c2 = make_client()
+    again = c2.post("/v1/next-step", json={"user_id": "i7"}, headers=h)
+    assert again.content == first.content
+
+
+def test_expired_keys_are_pruned(client: TestClient) -> None:
+    store = client.app.state.store
+    client.post("/v1/next-step", json={"user_id": "i8"}, headers={"Idempotency-Key": "old"})
+    with store.write() as conn:
+        conn.execute(idempotency.update().values(created_at=time.time() - 25 * 3600))
+    client.post("/v1/next-step", json={"user_id": "i8"}, headers={"Idempotency-Key": "new"})
+    assert store.prune_idempotency(24 * 3600) == 1
+    with store.read() as conn:
+        assert store.idempotent_get(conn, "old", flows.ROUTE_NEXT_STEP) is None
+        assert store.idempotent_get(conn, "new", flows.ROUTE_NEXT_STEP) is not None
+
+
+# -- races (directly on the flows, 16 threads released together) ------------------------------
+def _race(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> Any:
+        barrier.wait()
+        try:
+            return fn(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_concurrent_retries_with_one_key_have_one_effect(client: TestClient) -> None:
+    app = client.app
+    store, deciders = app.state.store, app.state.runtime.current
+    req = NextStepRequest(user_id="race1")
+    before = _count(client, decisions)
+    replies = _race(16, lambda i: flows.next_step(store, deciders, req, idempotency_key="rk"))
+    assert all(isinstance(r, flows.Reply) for r in replies), replies
+    assert len({r.body for r in replies}) == 1
+    assert _count(client, decisions) == before + 1
+
+    d = decide(client, "race2")
+    oreq = DecisionOutcomeRequest(decision_id=d["decision_id"], outcome="accepted")
+    cat = app.state.catalog
+    replies = _race(16, lambda i: flows.record_outcome(store, cat, oreq, idempotency_key="ok"))
+    assert all(isinstance(r, flows.Reply) and r.status == 201 for r in replies), replies
+    assert len({r.body for r in replies}) == 1
+
+
+def test_concurrent_different_outcomes_exactly_one_wins(client: TestClient) -> None:
+    app = client.app
+    store, cat = app.state.store, app.state.catalog
+    results = ["accepted", "declined", "dropped"]
+    for trial in range(3):
+        d = decide(client, f"race-o{trial}")
+        replies = _race(
+            12,
+            lambda i, d=d: flows.record_outcome(
+                store,
+                cat,
+                DecisionOutcomeRequest(decision_id=d["decision_id"], outcome=results[i % 3]),
+            ),
+        )
+        wins = [r for r in replies if isinstance(r, flows.Reply)]
+        conflicts = [r for r in replies if isinstance(r, Conflict)]
+        assert len(wins) + len(conflicts) == 12, replies
+        assert len({w.body for w in wins}) == 1  # identical repeats of the winner get its record
+        with store.read() as conn:
+            assert store.outcome_of(conn, d["decision_id"]) is not None
