@@ -86,6 +86,11 @@ class Decider:
             self.policy = self.policy.bind(scorer, catalog)
         self.policy_name = config.name
 
+    def set_guardrails(self, guardrails: GuardrailSettings | None) -> None:
+        """Apply user-level guardrails (settings) to this decider; None keeps catalog rules."""
+        self.guardrails = guardrails
+        self._guarded = guardrails is not None or has_step_rules(self.catalog)
+
     def state_of(self, history: Iterable[HistoryRow]) -> UserState:
         return fold_history(self.catalog, history)
 

@@ -82,6 +82,7 @@ def _decide(
             now=now,
             context=req.context,
             candidates=req.candidates,
+            explain=req.explain,
         )
     except InputError as exc:
         raise Unprocessable(
@@ -112,7 +113,10 @@ def _decision(
         "model_version": result.model_version,
         "candidates": candidates,
         "reason": result.reason,
+        "suppressed": [{"step": x["step"], "rule": x["rule"]} for x in result.suppressed],
     }
+    if req.explain:  # only when asked for (null without a model); absent otherwise
+        payload["explanation"] = result.explanation
     row = {
         "decision_id": decision_id,
         "user_id": req.user_id,
@@ -147,7 +151,10 @@ def next_step(
     metrics: Metrics | None = None,
 ) -> Reply:
     """Decide for one user and remember the decision (200)."""
-    digest = request_hash(ROUTE_NEXT_STEP, req.model_dump(mode="json"))
+    # ``explain`` joins the fingerprint only when set, so keys stored before it existed still match
+    digest = request_hash(
+        ROUTE_NEXT_STEP, req.model_dump(mode="json", exclude=None if req.explain else {"explain"})
+    )
     with store.read() as conn:
         if idempotency_key is not None:
             rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)

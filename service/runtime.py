@@ -73,6 +73,7 @@ class ModelDeciderFactory:
             scorer=None if model is None else model.scorer,
             model_version=None if model is None else model.version,
             seed=self.settings.seed,
+            guardrails=self.settings.guardrails,
         )
 
     def describe(self, arm: Arm) -> tuple[str | None, str | None]:
@@ -122,7 +123,12 @@ class Runtime:
                     arms[arm.name] = self._build_arm(arm)
                 except ModelRefused as exc:
                     log.error("arm %s: %s; serving without a model", arm.name, exc)
-                    decider = Decider(self.catalog, arm.policy, seed=self.settings.seed)
+                    decider = Decider(
+                        self.catalog,
+                        arm.policy,
+                        seed=self.settings.seed,
+                        guardrails=self.settings.guardrails,
+                    )
                     arms[arm.name] = ArmRuntime(arm, decider, None, f"{exc}; serving ladder")
             return self._swap(Deciders(experiment, arms, self._next_generation()))
 
@@ -141,6 +147,8 @@ class Runtime:
 
     def _build_arm(self, arm: Arm) -> ArmRuntime:
         decider = self.factory(self.catalog, arm)
+        if self.settings.guardrails is not None and decider.guardrails is None:
+            decider.set_guardrails(self.settings.guardrails)  # custom factories get them too
         try:  # a smoke decision proves policy and model work together on this catalog
             decider.decide("\x1fsmoke", [], now=time.time())
         except Exception as exc:

@@ -89,6 +89,10 @@ class NextStepRequest(_Request):
     context: Context = Field(default_factory=dict)
     ts: Timestamp | None = None
     candidates: list[StepId] | None = Field(default=None, max_length=MAX_BATCH)
+    explain: bool = Field(
+        default=False,
+        description="Add an explanation (top feature contributions of the chosen step)",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -139,6 +143,13 @@ class CandidateOut(BaseModel):
     score: float
 
 
+class SuppressedOut(BaseModel):
+    """A step a guardrail held back, and the rule (cooldown, max_asks, user_cap, pause)."""
+
+    step: str
+    rule: str
+
+
 class Decision(BaseModel):
     """One decision. ``step`` null means offer nothing; ``reason`` then says why."""
 
@@ -155,6 +166,8 @@ class Decision(BaseModel):
     model_version: str | None
     candidates: list[CandidateOut]
     reason: str | None
+    suppressed: list[SuppressedOut] = Field(default_factory=list)
+    explanation: dict[str, Any] | None = None
 
 
 class BatchItemProblem(BaseModel):
@@ -280,4 +293,6 @@ def decision_example() -> dict[str, Any]:
         "model_version": "3",
         "candidates": [{"step": "create_account", "p_accept": 0.61, "score": 0.42}],
         "reason": None,
+        "suppressed": [],
+        "explanation": None,
     }

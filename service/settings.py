@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.guardrails import GuardrailSettings
 from models.policies import PolicyConfig
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     # fsync happens at checkpoints, not once per request (~9 ms each on this disk). FULL also
     # survives a power cut, at about one fsync per acknowledged write.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
+    # Contact guardrails (models/guardrails.py); none set = only the catalog's per-step rules.
+    max_asks_per_period: int | None = Field(default=None, ge=1)
+    period_hours: float | None = Field(default=None, gt=0)
+    pause_after_declines: int | None = Field(default=None, ge=1)
+    pause_hours: float | None = Field(default=None, ge=0)
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "NEXTSTEP_MLFLOW_TRACKING_URI"),
@@ -105,6 +111,20 @@ class Settings(BaseSettings):
     @property
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig.parse(self.policy)
+
+    @property
+    def guardrails(self) -> GuardrailSettings | None:
+        """User-level guardrails for every arm, or None when no guardrail setting is given."""
+        values = {
+            "max_asks_per_period": self.max_asks_per_period,
+            "period_hours": self.period_hours,
+            "pause_after_declines": self.pause_after_declines,
+            "pause_hours": self.pause_hours,
+        }
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return None
+        return GuardrailSettings(**given)
 
     @property
     def log_level_number(self) -> int:

@@ -207,11 +207,14 @@ def compare(
 def report(
     since: Annotated[str | None, typer.Option(help="Only decisions at or after this time.")] = None,
     control: Annotated[str | None, typer.Option(help="Control arm (default: the first).")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalog YAML (goals); default: NEXTSTEP_CATALOG.")
+    ] = None,
 ) -> None:
     """Online experiment report from the service's decision log, logged to MLflow."""
     from training.report import report_command
 
-    report_command(since=since, control=control)
+    report_command(since=since, control=control, catalog=catalog)
 
 
 @app.command()
@@ -269,11 +272,14 @@ def promote(
         str | None, typer.Option(help="'ope' or 'online': require evidence it is not worse.")
     ] = None,
     margin: Annotated[float, typer.Option(help="Allowed loss (lower bound of difference).")] = 0.0,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalog YAML for --evidence; default: NEXTSTEP_CATALOG.")
+    ] = None,
 ) -> None:
     """Move alias 'champion' to a version when the evidence says it is not worse."""
     from training.promote import promote_command
 
-    promote_command(version=version, evidence=evidence, margin=margin)
+    promote_command(version=version, evidence=evidence, margin=margin, catalog=catalog)
 
 
 @app.command()
@@ -281,11 +287,23 @@ def promote(
 def export(
     out: Annotated[Path, typer.Option(help="Output event log (CSV or Parquet).")],
     since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Catalog YAML to validate against (default: NEXTSTEP_CATALOG)."),
+    ] = None,
+    wait_hours: Annotated[
+        float, typer.Option(help="Hours after which a decision without outcome is 'no response'.")
+    ] = 72.0,
+    no_response: Annotated[
+        str, typer.Option(help="No-response rule: 'ignore' (leave out) or 'declined'.")
+    ] = "ignore",
 ) -> None:
     """The service's decisions and outcomes as an event log (section 4 format)."""
     from training.export import export_command
 
-    export_command(out=out, since=since)
+    export_command(
+        out=out, since=since, catalog=catalog, wait_hours=wait_hours, no_response=no_response
+    )
 
 
 @app.command()

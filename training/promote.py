@@ -5,15 +5,29 @@ Evidence today is the holdout log loss: every training run stores its holdout us
 events and the catalog (run artifacts ``data/holdout.parquet``, ``data/catalog.yaml``), so V
 and the current champion are scored on exactly the same rows, from the raw events, each with its
 own feature layout. V is promoted when ``logloss(V) <= logloss(champion) + margin``. With no
-champion, V is promoted. ``--evidence ope`` / ``online`` are not implemented yet and say so.
-A refused promotion prints the reason and exits with code 1 (not an input error).
+champion, V is promoted.
+
+``--evidence online``: from the service's store (``training.report``), the candidate arm (the
+arm whose decisions carry model version V) against the control arm (the arm serving the current
+champion, else the first arm): V is promoted only when the lower 95% bound of
+``conversion(candidate) - conversion(control)`` (Wald) is above ``-margin``.
+
+``--evidence ope``: the service's log is exported (``training.export``) and
+``training.compare.compare_log`` evaluates the planner on V and on the champion; V is promoted
+only when the conservative lower bound of the difference of the headline accept-rate estimates,
+``low(V) - high(champion)``, is above ``-margin``.
+
+Evidence is logged as a run of MLflow experiment ``nextstep-online`` (``promote-evidence``). A
+refused promotion prints the reason and exits with code 1 (not an input error).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from features.errors import NextstepError
 from training import tracking
@@ -95,20 +109,194 @@ def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, 
     return out[0], out[1]
 
 
-def promote_command(version: str, evidence: str | None = None, margin: float = 0.0) -> None:
+@dataclass(frozen=True)
+class Evidence:
+    kind: str
+    candidate: float
+    control: float
+    low: float  # lower 95% bound of candidate - control
+    margin: float
+    detail: dict[str, Any]
+
+    @property
+    def passes(self) -> bool:
+        return math.isfinite(self.low) and self.low > -self.margin
+
+    def reason(self) -> str:
+        verdict = ">" if self.passes else "<="
+        return (
+            f"{self.kind} evidence: candidate {self.candidate:.4f} vs control {self.control:.4f}, "
+            f"lower 95% bound of the difference {self.low:.4f} {verdict} -{self.margin:g}"
+        )
+
+
+def _check_version(version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    if not tracking.registry_exists():
+        raise PromotionError(f"no model registry at {tracking.tracking_uri()}: train a model first")
+    try:
+        tracking.client().get_model_version(tracking.MODEL_NAME, version)
+    except MlflowException:
+        raise PromotionError(
+            f"registered model {tracking.MODEL_NAME!r} has no version {version!r}"
+        ) from None
+
+
+def online_evidence(
+    version: str, margin: float, *, catalog: Path | None = None, url: str | None = None
+) -> Evidence:
+    """Candidate arm (serving ``version``) vs the champion's arm, from the service's store."""
+    from training.export import read_store, resolve_catalog, store_url
+    from training.report import build_report
+
+    cat = resolve_catalog(catalog)
+    decisions, outcomes = read_store(store_url(url))
+    if decisions.empty:
+        raise PromotionError("the service's store has no decisions: no online evidence")
+    versions = decisions["model_version"].astype("string")
+    by_arm = decisions.assign(v=versions).groupby("arm")["v"].agg(lambda x: set(x.dropna()))
+    cand = [a for a, vs in by_arm.items() if version in vs]
+    if not cand:
+        raise PromotionError(f"no experiment arm served model version {version}")
+    champion = tracking.alias_version(tracking.CHAMPION) if tracking.registry_exists() else None
+    ctl = [
+        a for a, vs in by_arm.items() if champion is not None and champion in vs and a not in cand
+    ]
+    report = build_report(decisions, outcomes, cat)
+    others = [a.arm for a in report.arms if a.arm not in cand]
+    if not ctl and not others:
+        raise PromotionError("no control arm to compare with (every arm served this version)")
+    control = ctl[0] if ctl else others[0]
+    report = build_report(decisions, outcomes, cat, control=control)
+    c = report.arm(cand[0])
+    k = report.arm(control)
+    vs = c.vs_control
+    return Evidence(
+        "online",
+        c.conversion,
+        k.conversion,
+        float(vs["low"]),
+        margin,
+        {
+            "candidate_arm": c.arm,
+            "control_arm": k.arm,
+            "candidate_users": c.users,
+            "control_users": k.users,
+            "diff": vs["diff"],
+            "high": vs["high"],
+            "p_value": vs["p"],
+        },
+    )
+
+
+def ope_evidence(
+    version: str, margin: float, *, catalog: Path | None = None, url: str | None = None
+) -> Evidence:
+    """Planner on V vs planner on the champion, off-policy on the exported service log."""
+    from models.bundle import ModelScorer
+    from training.compare import compare_log
+    from training.export import export_log, resolve_catalog
+    from training.modelio import load_model_bundle
+
+    cat = resolve_catalog(catalog)
+    champion = tracking.alias_version(tracking.CHAMPION)
+    if champion is None:
+        raise PromotionError("no champion to compare with: promote without --evidence")
+    log = export_log(cat, url=url).log
+    if log.n_rows == 0:
+        raise PromotionError("the service's store has no outcomes: no off-policy evidence")
+    est = {}
+    for v in (version, champion):
+        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
+        comp = compare_log(log, cat, ["planner"], scorer=ModelScorer(bundle, cat), model_version=v)
+        est[v] = next(iter(comp.policies.values())).accept_rate.headline
+    c, k = est[version], est[champion]
+    return Evidence(
+        "ope",
+        float(c.value),
+        float(k.value),
+        float(c.low) - float(k.high),
+        margin,
+        {
+            "estimator": c.estimator,
+            "champion_version": champion,
+            "candidate_low": c.low,
+            "candidate_high": c.high,
+            "control_low": k.low,
+            "control_high": k.high,
+            "rows": log.n_rows,
+        },
+    )
+
+
+def log_evidence(version: str, ev: Evidence, promoted: bool) -> None:
+    mlflow = tracking.setup()
+    exp_id = tracking.experiment_id(tracking.EXPERIMENT_ONLINE)
+    with mlflow.start_run(experiment_id=exp_id, run_name="promote-evidence"):
+        mlflow.log_params({"version": version, "evidence": ev.kind, "margin": ev.margin})
+        for k, v in ev.detail.items():
+            if isinstance(v, str):
+                mlflow.set_tag(k, v)
+        metrics = {"candidate": ev.candidate, "control": ev.control, "diff_low": ev.low}
+        metrics.update({k: float(v) for k, v in ev.detail.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.set_tag("decision", "promoted" if promoted else "refused")
+        mlflow.set_tag("reason", ev.reason())
+
+
+def promote_with_evidence(
+    version: str,
+    kind: str,
+    margin: float,
+    *,
+    catalog: Path | None = None,
+    url: str | None = None,
+) -> GateDecision:
+    """Promote ``version`` only when the online or off-policy evidence says it is not worse."""
+    version = str(version).strip()
+    tracking.setup()
+    _check_version(version)
+    if kind == "online":
+        ev = online_evidence(version, margin, catalog=catalog, url=url)
+    else:
+        ev = ope_evidence(version, margin, catalog=catalog, url=url)
+    decision = GateDecision(ev.passes, ev.reason(), tracking.alias_version(tracking.CHAMPION))
+    if decision.promote:
+        tracking.set_alias(tracking.CHAMPION, version)
+        if tracking.alias_version(tracking.CHALLENGER) == version:
+            tracking.delete_alias(tracking.CHALLENGER)
+    client = tracking.client()
+    client.set_model_version_tag(
+        tracking.MODEL_NAME, version, "promotion", "promoted" if decision.promote else "refused"
+    )
+    client.set_model_version_tag(
+        tracking.MODEL_NAME, version, "promotion_reason", f"nextstep promote: {decision.reason}"
+    )
+    log_evidence(version, ev, decision.promote)
+    return decision
+
+
+def promote_command(
+    version: str,
+    evidence: str | None = None,
+    margin: float = 0.0,
+    *,
+    catalog: Path | None = None,
+) -> None:
     """CLI entry point (``nextstep promote``)."""
+    kind = None
     if evidence is not None:
         kind = evidence.strip().lower()
-        if kind in ("ope", "online"):
-            raise PromotionError(
-                f"--evidence {kind} is not implemented yet; without --evidence the gate compares "
-                "holdout log loss"
-            )
-        raise PromotionError(f"--evidence must be 'ope' or 'online', got {evidence!r}")
+        if kind not in ("ope", "online"):
+            raise PromotionError(f"--evidence must be 'ope' or 'online', got {evidence!r}")
     if not math.isfinite(margin) or margin < 0:
         raise PromotionError("--margin must be a finite number >= 0")
     tracking.setup()
-    decision = promote_version(version, margin)
+    if kind is None:
+        decision = promote_version(version, margin)
+    else:
+        decision = promote_with_evidence(version, kind, margin, catalog=catalog)
     if decision.promote:
         print(f"version {version} is champion: {decision.reason}")
         return

@@ -28,8 +28,9 @@ def test_next_step_has_exactly_the_contract_fields(client: TestClient) -> None:
     body = decide(client, "u1", context={"channel": "email"}, ts=TS)
     assert list(body) == [
         "decision_id", "user_id", "step", "stage", "effort", "p_accept", "propensity",
-        "explored", "policy", "arm", "model_version", "candidates", "reason",
+        "explored", "policy", "arm", "model_version", "candidates", "reason", "suppressed",
     ]  # fmt: skip
+    assert body["suppressed"] == []  # guardrails (issue 8); "explanation" only with explain
     assert body["user_id"] == "u1"
     assert body["step"] == "read_intro" and body["stage"] == "start" and body["effort"] == 1
     # no model: the ladder baseline, and it says so

@@ -199,7 +199,7 @@ def test_promote_command_gates_on_holdout_log_loss(home, trained, client):
     assert "refused" in res.output and "champion v1" in res.output
     assert _alias(client, "champion") == "1"
     res = runner.invoke(app, ["promote", "--version", "2", "--evidence", "ope"])
-    assert res.exit_code == 2 and "not implemented yet" in res.output
+    assert res.exit_code == 2 and "a catalog is needed" in res.output
     res = runner.invoke(app, ["promote", "--version", "7"])
     assert res.exit_code == 2 and "no version '7'" in res.output
     try:

@@ -1,0 +1,333 @@
+"""``nextstep report``: the online experiment report from the service's store (DESIGN.md 8).
+
+Decisions and outcomes are joined; each user belongs to the arm of their first decision in the
+window (assignment is sticky). Per arm:
+
+* ``decisions`` (all decisions, including "offer nothing") and ``users``;
+* ``accept_rate`` = accepted outcomes of the arm's decisions / decisions that offered a step
+  (Wilson 95% interval);
+* ``conversion`` = users who accepted a goal step (through a decision or organically, after
+  their first decision) / users (Wilson 95% interval);
+* ``asks_per_conversion`` = offers / converted users (95% percentile bootstrap over users);
+* against the control arm (``--control``; default the arm of the earliest decision, normally the
+  champion): the difference in conversion with a 95% Wald interval and the pooled
+  two-proportion z-test p-value.
+
+Printed as a rich table and logged as one run of MLflow experiment ``nextstep-online``: metrics
+per arm (``<arm>.conversion``...), the table as ``report.json``/``report.csv`` and a bar chart of
+conversion with its intervals (``conversion.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Catalog
+from features.errors import NextstepError
+from training import tracking
+from training.export import _parse_since, read_store, resolve_catalog, store_url
+
+Z95 = 1.959963984540054
+
+
+class ReportError(NextstepError):
+    """The report cannot be built (no decisions, unknown control arm...)."""
+
+
+def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``(nan, nan)`` when n == 0)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def two_proportion(x1: float, n1: float, x0: float, n0: float) -> dict[str, float]:
+    """Difference p1 - p0 with a 95% Wald interval and the pooled two-sided z-test p-value."""
+    if n1 <= 0 or n0 <= 0:
+        return {"diff": math.nan, "low": math.nan, "high": math.nan, "z": math.nan, "p": math.nan}
+    p1, p0 = x1 / n1, x0 / n0
+    diff = p1 - p0
+    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+    pooled = (x1 + x0) / (n1 + n0)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    z = diff / se0 if se0 > 0 else 0.0
+    p = math.erfc(abs(z) / math.sqrt(2))
+    return {"diff": diff, "low": diff - Z95 * se, "high": diff + Z95 * se, "z": z, "p": p}
+
+
+@dataclass
+class ArmReport:
+    arm: str
+    policy: str
+    model_versions: list[str]
+    decisions: int
+    users: int
+    offers: int
+    accepted: int
+    converted: int
+    accept_rate: float
+    accept_rate_low: float
+    accept_rate_high: float
+    conversion: float
+    conversion_low: float
+    conversion_high: float
+    asks_per_conversion: float
+    asks_per_conversion_low: float
+    asks_per_conversion_high: float
+    vs_control: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class OnlineReport:
+    control: str
+    arms: list[ArmReport]
+
+    def arm(self, name: str) -> ArmReport:
+        for a in self.arms:
+            if a.arm == name:
+                return a
+        raise ReportError(f"no arm {name!r} in the report (arms: {[a.arm for a in self.arms]})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"control": self.control, "arms": [asdict(a) for a in self.arms]}
+
+
+def per_user(decisions: pd.DataFrame, outcomes: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """One row per user: arm, offers, accepted (of decisions), converted (0/1)."""
+    dec = decisions.sort_values(["ts", "created_at"], kind="stable")
+    first = dec.groupby("user_id", sort=False).agg(arm=("arm", "first"), start=("ts", "first"))
+    offered = dec[dec["step"].notna()]
+    offers = offered.groupby("user_id").size()
+    acc = outcomes[outcomes["outcome"] == "accepted"]
+    acc_dec = acc[acc["decision_id"].isin(set(dec["decision_id"]))]
+    accepted = acc_dec.groupby("user_id").size()
+    goals = {s.id for s in catalog.goals}
+    goal_acc = acc[acc["step"].isin(goals)].merge(first, left_on="user_id", right_index=True)
+    goal_acc = goal_acc[goal_acc["ts"] >= goal_acc["start"]]
+    conv_users = set(goal_acc["user_id"])
+    users = first.copy()
+    users["offers"] = offers.reindex(users.index).fillna(0).astype(int)
+    users["accepted"] = accepted.reindex(users.index).fillna(0).astype(int)
+    users["converted"] = users.index.isin(conv_users).astype(int)
+    return users
+
+
+def _ratio_ci(
+    offers: np.ndarray, conv: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float, float]:
+    total_c = conv.sum()
+    value = offers.sum() / total_c if total_c > 0 else math.nan
+    n = len(offers)
+    if n == 0 or total_c == 0:
+        return value, math.nan, math.nan
+    idx = rng.integers(0, n, size=(n_boot, n))
+    num = offers[idx].sum(axis=1).astype(float)
+    den = conv[idx].sum(axis=1).astype(float)
+    ratios = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return value, float(low), float(high)
+
+
+def build_report(
+    decisions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    catalog: Catalog,
+    *,
+    since: float | None = None,
+    control: str | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> OnlineReport:
+    dec = decisions
+    if since is not None:
+        dec = dec[dec["ts"] >= since]
+        outcomes = outcomes[outcomes["ts"] >= since]
+    if dec.empty:
+        raise ReportError("the store has no decisions in this window")
+    users = per_user(dec, outcomes, catalog)
+    order = list(dict.fromkeys(dec.sort_values(["ts", "created_at"])["arm"]))
+    control = control or order[0]
+    if control not in order:
+        raise ReportError(f"control arm {control!r} has no decisions (arms: {', '.join(order)})")
+    rng = np.random.default_rng(seed)
+    arms: list[ArmReport] = []
+    for name in order:
+        d = dec[dec["arm"] == name]
+        u = users[users["arm"] == name]
+        offers = int(d["step"].notna().sum())
+        accepted = int(
+            (
+                outcomes["decision_id"].isin(set(d["decision_id"]))
+                & (outcomes["outcome"] == "accepted")
+            ).sum()
+        )
+        n_users, conv = len(u), int(u["converted"].sum())
+        ar_lo, ar_hi = wilson(accepted, offers)
+        cv_lo, cv_hi = wilson(conv, n_users)
+        apc, apc_lo, apc_hi = _ratio_ci(
+            u["offers"].to_numpy(), u["converted"].to_numpy(), n_boot, rng
+        )
+        arms.append(
+            ArmReport(
+                arm=name,
+                policy=str(d["policy"].mode().iloc[0]),
+                model_versions=sorted({str(v) for v in d["model_version"].dropna()}),
+                decisions=len(d),
+                users=n_users,
+                offers=offers,
+                accepted=accepted,
+                converted=conv,
+                accept_rate=accepted / offers if offers else math.nan,
+                accept_rate_low=ar_lo,
+                accept_rate_high=ar_hi,
+                conversion=conv / n_users if n_users else math.nan,
+                conversion_low=cv_lo,
+                conversion_high=cv_hi,
+                asks_per_conversion=apc,
+                asks_per_conversion_low=apc_lo,
+                asks_per_conversion_high=apc_hi,
+            )
+        )
+    ctl = next(a for a in arms if a.arm == control)
+    for a in arms:
+        if a.arm != control:
+            a.vs_control = two_proportion(a.converted, a.users, ctl.converted, ctl.users)
+    return OnlineReport(control, arms)
+
+
+def _metric_key(arm: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", arm)
+
+
+def _chart(report: OnlineReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [a.arm for a in report.arms]
+    vals = np.array([a.conversion for a in report.arms])
+    err = np.array(
+        [
+            [a.conversion - a.conversion_low for a in report.arms],
+            [a.conversion_high - a.conversion for a in report.arms],
+        ]
+    )
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(names)), 3.5))
+    ax.bar(names, vals, yerr=err, capsize=6, color="#4c78a8")
+    ax.set_ylabel("conversion (95% CI)")
+    ax.set_title(f"Online conversion per arm (control: {report.control})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def log_report(report: OnlineReport, *, since: float | None = None) -> str:
+    """One MLflow run in ``nextstep-online``; returns its run id."""
+    mlflow = tracking.setup()
+    exp_id = tracking.experiment_id(tracking.EXPERIMENT_ONLINE)
+    with mlflow.start_run(experiment_id=exp_id, run_name="online-report") as run:
+        mlflow.log_params(
+            {
+                "control": report.control,
+                "since": since,
+                "arms": ",".join(a.arm for a in report.arms),
+            }
+        )
+        metrics: dict[str, float] = {}
+        for a in report.arms:
+            k = _metric_key(a.arm)
+            for m in (
+                "decisions",
+                "users",
+                "accept_rate",
+                "accept_rate_low",
+                "accept_rate_high",
+                "conversion",
+                "conversion_low",
+                "conversion_high",
+                "asks_per_conversion",
+            ):
+                v = float(getattr(a, m))
+                if math.isfinite(v):
+                    metrics[f"{k}.{m}"] = v
+            for m, v in a.vs_control.items():
+                if math.isfinite(v):
+                    metrics[f"{k}.vs_control.{m}"] = float(v)
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "report.json").write_text(
+                json.dumps(report.as_dict(), indent=2, default=float), encoding="utf-8"
+            )
+            pd.DataFrame([asdict(a) for a in report.arms]).to_csv(
+                folder / "report.csv", index=False
+            )
+            _chart(report, folder / "conversion.png")
+            for name in ("report.json", "report.csv", "conversion.png"):
+                mlflow.log_artifact(str(folder / name))
+        return str(run.info.run_id)
+
+
+def _print(report: OnlineReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def ci(v: float, lo: float, hi: float, pct: bool = True) -> str:
+        if not math.isfinite(v):
+            return "-"
+        f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.2f}")
+        return (
+            f"{f(v)} [{f(lo) if math.isfinite(lo) else '-'}, {f(hi) if math.isfinite(hi) else '-'}]"
+        )
+
+    t = Table(title=f"Online experiment (control: {report.control})")
+    for col in ("arm", "policy", "model", "decisions", "users", "accept rate", "conversion",
+                "asks/conversion", "Δ conversion vs control", "p"):  # fmt: skip
+        t.add_column(col)
+    for a in report.arms:
+        vs = a.vs_control
+        t.add_row(
+            a.arm,
+            a.policy,
+            ",".join(a.model_versions) or "-",
+            str(a.decisions),
+            str(a.users),
+            ci(a.accept_rate, a.accept_rate_low, a.accept_rate_high),
+            ci(a.conversion, a.conversion_low, a.conversion_high),
+            ci(a.asks_per_conversion, a.asks_per_conversion_low, a.asks_per_conversion_high, False),
+            ci(vs["diff"], vs["low"], vs["high"]) if vs else "(control)",
+            f"{vs['p']:.3g}" if vs else "-",
+        )
+    Console().print(t)
+
+
+def report_command(
+    since: str | None = None,
+    control: str | None = None,
+    *,
+    catalog: Path | None = None,
+    url: str | None = None,
+) -> OnlineReport:
+    """CLI entry point (``nextstep report``): build, print, log to MLflow."""
+    cat = resolve_catalog(catalog)
+    decisions, outcomes = read_store(store_url(url))
+    t = _parse_since(since)
+    report = build_report(decisions, outcomes, cat, since=t, control=control)
+    _print(report)
+    run_id = log_report(report, since=t)
+    print(f"logged to MLflow experiment {tracking.EXPERIMENT_ONLINE!r}, run {run_id}")
+    return report
