@@ -19,6 +19,14 @@ YAML shape::
         policy: greedy
         model: challenger
         weight: 0.1
+      - name: challenger-shadow     # decides on every request of `champion`, never served
+        policy: planner
+        model: challenger
+        shadow_of: champion
+
+A shadow arm gets no traffic of its own (its weight is ignored): on every request served by
+the arm it shadows it also decides, and its choice and propensity are stored beside the served
+decision, so ``nextstep report`` can show how often it agrees and estimate it off-policy.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from typing import Any
 from features.errors import InputError
 from models.policies import EXPLORATION, PolicyConfig
 
-_ARM_KEYS = frozenset({"name", "policy", "exploration", "model", "weight"})
+_ARM_KEYS = frozenset({"name", "policy", "exploration", "model", "weight", "shadow_of"})
 
 
 class ExperimentError(InputError):
@@ -49,6 +57,7 @@ class Arm:
     policy: PolicyConfig
     model: str | None = None  # None: the settings' model URI
     weight: float = 1.0
+    shadow_of: str | None = None  # a shadow arm: decides beside this arm, is never served
 
     @property
     def exploration(self) -> dict[str, Any] | None:
@@ -69,15 +78,26 @@ class Experiment:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ExperimentError("arm names must be unique", field="arms")
-        total = sum(a.weight for a in self.arms)
+        served = [a for a in self.arms if a.shadow_of is None]
+        if not served:
+            raise ExperimentError("an experiment needs at least one served arm", field="arms")
+        served_names = {a.name for a in served}
+        for a in self.arms:
+            if a.shadow_of is not None and a.shadow_of not in served_names:
+                raise ExperimentError(
+                    f"arm {a.name!r} shadows {a.shadow_of!r}, which is not a served arm",
+                    field="shadow_of",
+                )
+        total = sum(a.weight for a in served)
         if not total > 0:
             raise ExperimentError("the arm weights must sum to more than 0", field="weight")
         acc, cum = 0.0, []
-        for a in self.arms:
+        for a in served:
             acc += a.weight / total
             cum.append(acc)
         cum[-1] = 1.0
         object.__setattr__(self, "_cumulative", tuple(cum))
+        object.__setattr__(self, "_served", tuple(served))
 
     def bucket(self, user_id: str) -> float:
         """The user's fixed position in [0, 1) for this salt."""
@@ -86,8 +106,12 @@ class Experiment:
 
     def assign(self, user_id: str) -> Arm:
         cum: tuple[float, ...] = self._cumulative  # type: ignore[attr-defined]
+        served: tuple[Arm, ...] = self._served  # type: ignore[attr-defined]
         i = bisect.bisect_right(cum, self.bucket(user_id))
-        return self.arms[min(i, len(self.arms) - 1)]
+        return served[min(i, len(served) - 1)]
+
+    def shadows_of(self, arm_name: str) -> tuple[Arm, ...]:
+        return tuple(a for a in self.arms if a.shadow_of == arm_name)
 
 
 def default_experiment(policy: str) -> Experiment:
@@ -171,9 +195,13 @@ def _parse_arm(item: Any, pos: int, source: str, default_policy: str) -> Arm:
     model = item.get("model")
     if model is not None and not isinstance(model, str | int):
         raise bad("model must be an alias, a version or a models:/ URI", "model")
+    shadow_of = item.get("shadow_of")
+    if shadow_of is not None and (not isinstance(shadow_of, str) or not shadow_of.strip()):
+        raise bad("shadow_of must name another arm", "shadow_of")
     return Arm(
         name=name.strip(),
         policy=policy,
         model=None if model is None else str(model),
         weight=float(weight),
+        shadow_of=None if shadow_of is None else shadow_of.strip(),
     )

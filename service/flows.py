@@ -91,6 +91,37 @@ def _decide(
         ) from None
 
 
+def _shadow_rows(
+    deciders: Deciders,
+    arm: ArmRuntime,
+    req: NextStepRequest,
+    history: Sequence[HistoryEvent],
+    now: float,
+    decision_id: str,
+) -> list[dict[str, Any]]:
+    """What each shadow of the serving arm would have offered (never served, only logged).
+
+    A shadow that fails never fails the served request: its row is simply missing.
+    """
+    rows: list[dict[str, Any]] = []
+    for shadow in deciders.shadows(arm.arm.name):
+        try:
+            res = _decide(shadow, req, history, now)
+        except Exception:  # a shadow must never break the served decision
+            continue
+        rows.append(
+            {
+                "decision_id": decision_id,
+                "arm": shadow.arm.name,
+                "policy": res.policy,
+                "model_version": res.model_version,
+                "step": res.step,
+                "propensity": res.propensity,
+            }
+        )
+    return rows
+
+
 def _decision(
     arm: ArmRuntime, req: NextStepRequest, result: DecisionResult, now: float, digest: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -165,10 +196,12 @@ def next_step(
     arm = deciders.for_user(req.user_id)
     result = _decide(arm, req, history, now)
     row, payload = _decision(arm, req, result, now, digest)
+    shadow_rows = _shadow_rows(deciders, arm, req, history, now, row["decision_id"])
     body = orjson.dumps(payload)
     try:
         with store.write() as conn:
             store.insert_decisions(conn, [row])
+            store.insert_shadow_decisions(conn, shadow_rows)
             if idempotency_key is not None:
                 store.idempotent_put(conn, idempotency_key, ROUTE_NEXT_STEP, digest, 200, body)
     except IntegrityError:
@@ -200,6 +233,7 @@ def next_step_batch(
     default_now = time.time()
     answers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    shadow_rows: list[dict[str, Any]] = []
     for req in requests:
         now = req.ts if req.ts is not None else default_now
         arm = deciders.for_user(req.user_id)
@@ -212,9 +246,15 @@ def next_step_batch(
             continue
         row, payload = _decision(arm, req, result, now, None)
         rows.append(row)
+        shadow_rows.extend(
+            _shadow_rows(
+                deciders, arm, req, histories.get(req.user_id, []), now, row["decision_id"]
+            )
+        )
         answers.append(payload)
     with store.write() as conn:
         store.insert_decisions(conn, rows)
+        store.insert_shadow_decisions(conn, shadow_rows)
     for payload in answers:
         if "decision_id" in payload:
             _count(metrics, payload)

@@ -46,6 +46,10 @@ class Deciders:
     def for_user(self, user_id: str) -> ArmRuntime:
         return self.arms[self.experiment.assign(user_id).name]
 
+    def shadows(self, arm_name: str) -> list[ArmRuntime]:
+        """The shadow arms that decide beside ``arm_name`` (never served)."""
+        return [self.arms[a.name] for a in self.experiment.shadows_of(arm_name)]
+
     @property
     def primary(self) -> ArmRuntime:
         """The first arm (the champion by convention): what /readyz summarises."""

@@ -242,6 +242,7 @@ class ArmOut(BaseModel):
     model: str | None
     model_version: str | None
     weight: float
+    shadow_of: str | None = None  # a shadow arm: decides beside this arm, never served
 
 
 class ExperimentOut(BaseModel):

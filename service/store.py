@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.errors import NextstepError
-from service.tables import decisions, idempotency, metadata, outcomes
+from service.tables import decisions, idempotency, metadata, outcomes, shadow_decisions
 
 log = logging.getLogger("nextstep.service.store")
 _MIGRATION_LOCK = 0x6E657874  # "next": serialises start-up migrations of several workers
@@ -65,6 +65,7 @@ _HISTORY_MANY = (
     .order_by(_o.user_id, _o.ts, _o.id)
 )
 _INSERT_DECISION = insert(decisions)
+_INSERT_SHADOW = insert(shadow_decisions)
 _INSERT_OUTCOME = insert(outcomes)
 _INSERT_IDEMPOTENT = insert(idempotency)
 _GET_DECISION = select(decisions).where(_d.decision_id == bindparam("did"))
@@ -228,6 +229,10 @@ class Store:
     def insert_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             conn.execute(_INSERT_DECISION, list(rows))
+
+    def insert_shadow_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            conn.execute(_INSERT_SHADOW, list(rows))
 
     def get_decision(self, conn: Connection, decision_id: str) -> Any | None:
         return conn.execute(_GET_DECISION, {"did": decision_id}).first()

@@ -89,3 +89,16 @@ idempotency = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_idempotency_created_at", "created_at"),
 )
+
+# What a shadow arm would have done on a served decision (migration 0002). One row per shadow
+# arm per served decision; the served decision's outcome is joined through ``decision_id``.
+shadow_decisions = Table(
+    "shadow_decisions",
+    metadata,
+    Column("decision_id", String(32), primary_key=True),
+    Column("arm", String, primary_key=True),
+    Column("policy", String, nullable=False),
+    Column("model_version", String, nullable=True),
+    Column("step", String, nullable=True),
+    Column("propensity", Float, nullable=True),
+)

@@ -99,6 +99,21 @@ def read_store(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return dec, out
 
 
+def read_shadows(url: str) -> pd.DataFrame:
+    """The ``shadow_decisions`` table (empty frame when the store predates shadow arms)."""
+    from sqlalchemy import create_engine, inspect
+
+    cols = ["decision_id", "arm", "policy", "model_version", "step", "propensity"]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if "shadow_decisions" not in set(inspect(conn).get_table_names()):
+                return pd.DataFrame(columns=cols)
+            return pd.read_sql_table("shadow_decisions", conn)
+    finally:
+        engine.dispose()
+
+
 def _context_frame(values: pd.Series) -> pd.DataFrame:
     rows = []
     for v in values:

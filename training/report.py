@@ -34,7 +34,7 @@ import pandas as pd
 from features.catalog import Catalog
 from features.errors import NextstepError
 from training import tracking
-from training.export import _parse_since, read_store, resolve_catalog, store_url
+from training.export import _parse_since, read_shadows, read_store, resolve_catalog, store_url
 
 Z95 = 1.959963984540054
 
@@ -91,9 +91,33 @@ class ArmReport:
 
 
 @dataclass
+class ShadowReport:
+    """A shadow arm against the arm it shadowed, on that arm's served decisions.
+
+    ``agreement`` is the share of decisions where the shadow would have offered the same step.
+    The off-policy estimate of the shadow's accept rate uses the served arm's logged
+    propensities: a deterministic shadow has probability 1 on its own step, so each served offer
+    weighs 1[shadow step == served step] / propensity (IPW and self-normalised SNIPW).
+    """
+
+    arm: str
+    shadow_of: str
+    policy: str
+    decisions: int
+    agreement: float
+    served_accept_rate: float
+    ipw_accept_rate: float
+    snipw_accept_rate: float
+    ipw_low: float
+    ipw_high: float
+    matched_offers: int
+
+
+@dataclass
 class OnlineReport:
     control: str
     arms: list[ArmReport]
+    shadows: list[ShadowReport] = field(default_factory=list)
 
     def arm(self, name: str) -> ArmReport:
         for a in self.arms:
@@ -102,7 +126,63 @@ class OnlineReport:
         raise ReportError(f"no arm {name!r} in the report (arms: {[a.arm for a in self.arms]})")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"control": self.control, "arms": [asdict(a) for a in self.arms]}
+        return {
+            "control": self.control,
+            "arms": [asdict(a) for a in self.arms],
+            "shadows": [asdict(s) for s in self.shadows],
+        }
+
+
+def build_shadow_reports(
+    decisions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    shadows: pd.DataFrame,
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> list[ShadowReport]:
+    """Agreement and off-policy accept rate of every shadow arm (see ``ShadowReport``)."""
+    if shadows.empty:
+        return []
+    accepted = set(outcomes.loc[outcomes["outcome"] == "accepted", "decision_id"].dropna())
+    served = decisions.set_index("decision_id")
+    rng = np.random.default_rng(seed)
+    out: list[ShadowReport] = []
+    for name, sh in shadows.groupby("arm", sort=True):
+        sh = sh[sh["decision_id"].isin(served.index)]
+        if sh.empty:
+            continue
+        d = served.loc[sh["decision_id"]]
+        same = (sh["step"].to_numpy() == d["step"].to_numpy()) & d["step"].notna().to_numpy()
+        offered = d["step"].notna().to_numpy()
+        reward = np.array([i in accepted for i in sh["decision_id"]], dtype=float)
+        prop = d["propensity"].to_numpy(dtype=float)
+        w = np.where(offered & same, 1.0 / np.where(offered, prop, 1.0), 0.0)[offered]
+        r = reward[offered]
+        n = len(r)
+        ipw = float(np.mean(w * r)) if n else math.nan
+        snipw = float(np.sum(w * r) / np.sum(w)) if n and np.sum(w) > 0 else math.nan
+        lo = hi = math.nan
+        if n:
+            idx = rng.integers(0, n, size=(n_boot, n))
+            boots = (w[idx] * r[idx]).mean(axis=1)
+            lo, hi = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+        out.append(
+            ShadowReport(
+                arm=str(name),
+                shadow_of=str(d["arm"].mode().iloc[0]),
+                policy=str(sh["policy"].mode().iloc[0]),
+                decisions=len(sh),
+                agreement=float(same.mean()),
+                served_accept_rate=float(r.mean()) if n else math.nan,
+                ipw_accept_rate=ipw,
+                snipw_accept_rate=snipw,
+                ipw_low=lo,
+                ipw_high=hi,
+                matched_offers=int((w > 0).sum()),
+            )
+        )
+    return out
 
 
 def per_user(decisions: pd.DataFrame, outcomes: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
@@ -267,6 +347,12 @@ def log_report(report: OnlineReport, *, since: float | None = None) -> str:
             for m, v in a.vs_control.items():
                 if math.isfinite(v):
                     metrics[f"{k}.vs_control.{m}"] = float(v)
+        for s in report.shadows:
+            k = "shadow." + _metric_key(s.arm)
+            for m in ("decisions", "agreement", "ipw_accept_rate", "snipw_accept_rate"):
+                v = float(getattr(s, m))
+                if math.isfinite(v):
+                    metrics[f"{k}.{m}"] = v
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -313,6 +399,23 @@ def _print(report: OnlineReport) -> None:
             f"{vs['p']:.3g}" if vs else "-",
         )
     Console().print(t)
+    if report.shadows:
+        s_t = Table(title="Shadow arms (never served)")
+        columns = ["shadow", "shadows", "policy", "decisions", "agreement", "served accept rate"]
+        for col in [*columns, "shadow accept rate (IPW [95% CI])", "SNIPW"]:
+            s_t.add_column(col)
+        for s in report.shadows:
+            s_t.add_row(
+                s.arm,
+                s.shadow_of,
+                s.policy,
+                str(s.decisions),
+                f"{100 * s.agreement:.1f}%",
+                f"{100 * s.served_accept_rate:.1f}%",
+                f"{100 * s.ipw_accept_rate:.1f}% [{100 * s.ipw_low:.1f}%, {100 * s.ipw_high:.1f}%]",
+                f"{100 * s.snipw_accept_rate:.1f}%" if math.isfinite(s.snipw_accept_rate) else "-",
+            )
+        Console().print(s_t)
 
 
 def report_command(
@@ -324,9 +427,12 @@ def report_command(
 ) -> OnlineReport:
     """CLI entry point (``nextstep report``): build, print, log to MLflow."""
     cat = resolve_catalog(catalog)
-    decisions, outcomes = read_store(store_url(url))
+    url = store_url(url)
+    decisions, outcomes = read_store(url)
     t = _parse_since(since)
     report = build_report(decisions, outcomes, cat, since=t, control=control)
+    dec_window = decisions if t is None else decisions[decisions["ts"] >= t]
+    report.shadows = build_shadow_reports(dec_window, outcomes, read_shadows(url))
     _print(report)
     run_id = log_report(report, since=t)
     print(f"logged to MLflow experiment {tracking.EXPERIMENT_ONLINE!r}, run {run_id}")

@@ -22,7 +22,7 @@ async def steps(request: Request) -> Response:
 async def experiments(deciders: DeciderDep, settings: SettingsDep) -> Response:
     """Each arm's policy (as configured and as served), exploration, model and weight."""
     exp = deciders.experiment
-    total = sum(a.weight for a in exp.arms)
+    total = sum(a.weight for a in exp.arms if a.shadow_of is None)
     arms = []
     for arm in exp.arms:
         decider = deciders.arms[arm.name].decider
@@ -34,7 +34,8 @@ async def experiments(deciders: DeciderDep, settings: SettingsDep) -> Response:
                 "exploration": arm.exploration,
                 "model": arm.model or settings.model_uri,
                 "model_version": decider.model_version,
-                "weight": arm.weight / total,
+                "weight": 0.0 if arm.shadow_of else arm.weight / total,
+                "shadow_of": arm.shadow_of,
             }
         )
     return Response(orjson.dumps({"name": exp.name, "arms": arms}), media_type="application/json")

@@ -75,6 +75,7 @@ def test_steps_and_experiments(client: TestClient) -> None:
             "model": "models:/nextstep@champion",
             "model_version": None,
             "weight": 1.0,
+            "shadow_of": None,
         }
     ]
 

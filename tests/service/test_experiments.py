@@ -69,6 +69,8 @@ BAD = [
     ({"arms": [{"policy": "ladder"}]}, "name"),
     ({"arms": "nope"}, "list 'arms'"),
     ({"arms": [{"name": "a", "shadow": True}]}, "unknown key"),
+    ({"arms": [{"name": "a"}, {"name": "s", "shadow_of": "nope"}]}, "not a served arm"),
+    ({"arms": [{"name": "s", "shadow_of": "s"}]}, "at least one served arm"),
     ("just text", "list 'arms'"),
 ]
 
@@ -132,3 +134,59 @@ def test_a_broken_experiments_file_stops_start_up(
     bad.write_text("arms: [{name: a, weight: -1}]", encoding="utf-8")
     with pytest.raises(ExperimentError), TestClient(create_app(make_settings(experiments=bad))):
         pass
+
+
+def test_shadow_arm_decides_beside_the_served_arm_and_is_never_served(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    from features.catalog import Catalog
+    from training.export import read_shadows, read_store
+    from training.report import build_shadow_reports
+
+    exp = {
+        "name": "shadowed",
+        "arms": [
+            {"name": "champion", "policy": "ladder"},
+            {"name": "bold-shadow", "policy": "big_ask", "shadow_of": "champion", "weight": 5},
+        ],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp), encoding="utf-8")
+    client = make_client(experiments=path)
+    arms = {a["name"]: a for a in client.get("/v1/experiments").json()["arms"]}
+    assert arms["bold-shadow"]["shadow_of"] == "champion" and arms["bold-shadow"]["weight"] == 0
+    served = []
+    for i in range(30):
+        d = decide(client, f"s{i}")
+        assert d["arm"] == "champion" and d["policy"] == "ladder"  # the shadow is never served
+        served.append(d)
+    client.post(
+        "/v1/outcomes", json={"decision_id": served[0]["decision_id"], "outcome": "accepted"}
+    )
+    batch = client.post(
+        "/v1/next-step:batch", json={"requests": [{"user_id": f"b{i}"} for i in range(5)]}
+    )
+    assert batch.status_code == 200
+    store = client.app.state.store
+    with store.read() as conn:
+        n = conn.exec_driver_sql("SELECT COUNT(*) FROM shadow_decisions").scalar()
+    assert n == 35  # one shadow row per served decision (single and batch)
+    url = str(store.engine.url.render_as_string(hide_password=False))
+    dec, out = read_store(url)
+    shadows = read_shadows(url)
+    assert set(shadows["arm"]) == {"bold-shadow"}
+    cat = Catalog.from_data(client.get("/v1/steps").json()["steps"])
+    assert cat.n > 0
+    (rep,) = build_shadow_reports(dec, out, shadows, n_boot=50)
+    # ladder and big_ask agree exactly when the cheapest step is also the first toward a goal
+    expected = sum(
+        s == d
+        for s, d in zip(
+            shadows.set_index("decision_id").loc[dec["decision_id"], "step"],
+            dec["step"],
+            strict=True,
+        )
+    ) / len(dec)
+    assert rep.decisions == 35 and rep.shadow_of == "champion"
+    assert rep.agreement == pytest.approx(expected)
+    assert 0.0 <= rep.ipw_low <= rep.ipw_accept_rate <= rep.ipw_high
