@@ -1,0 +1,73 @@
+"""Fixtures for the reliability and security tests (issue 9): a catalog, started TestClients on
+SQLite (and PostgreSQL where a test asks for it), and a clean ``NEXTSTEP_*`` environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.helpers import CATALOG
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("NEXTSTEP_") or name == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def catalog_path(tmp_path: Path) -> Path:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(CATALOG), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, catalog_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """``make(db=None, **settings)``: a started app (SQLite under tmp_path unless ``db``)."""
+    clients: list[TestClient] = []
+
+    def make(db: str | None = None, **overrides: Any) -> TestClient:
+        values: dict[str, Any] = {
+            "home": tmp_path / "home",
+            "catalog": catalog_path,
+            "database_url": db or f"sqlite:///{tmp_path / 'store' / 'service.db'}",
+        }
+        values.update(overrides)
+        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in reversed(clients):
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def assert_clean_problem(r: Any, *statuses: int) -> dict[str, Any]:
+    """A problem+json response with one of ``statuses`` (any 4xx if none), no traceback."""
+    if statuses:
+        assert r.status_code in statuses, (r.status_code, r.text[:500])
+    else:
+        assert 400 <= r.status_code < 500, (r.status_code, r.text[:500])
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers["content-type"]
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    body: dict[str, Any] = r.json()
+    assert body["status"] == r.status_code and body["title"] and body["type"]
+    return body
