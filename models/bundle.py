@@ -99,6 +99,22 @@ class ModelScorer:
         self.bundle = bundle
         self.spec = bundle.spec
         self.catalog = catalog
+        self._splits: list[np.ndarray | None] | None = None
+
+    def bin_key(self, X: np.ndarray) -> bytes:
+        """A key equal for two feature blocks exactly when every tree of every outcome model
+        routes them the same way (same side of every split threshold), so both get the same
+        predictions. Categorical columns keep their exact codes."""
+        if self._splits is None:
+            self._splits = _split_points(self.bundle, X.shape[1], self.spec.categorical_indices)
+        cols = []
+        for j, thr in enumerate(self._splits):
+            x = X[:, j]
+            if thr is None:
+                cols.append(np.where(np.isnan(x), -1.0, x))
+            else:
+                cols.append(np.where(np.isnan(x), -1, np.searchsorted(thr, x, side="left")))
+        return np.asarray(cols, dtype=np.float64).tobytes()
 
     def matrix(
         self,
@@ -145,6 +161,31 @@ class ModelScorer:
         if self.bundle.back is None:
             return np.full(len(X), self.bundle.base_rates.get("back", 0.8))
         return self.bundle.back.positive_proba(X)
+
+
+def _split_points(
+    bundle: ModelBundle, n_features: int, categorical: Sequence[int]
+) -> list[np.ndarray | None]:
+    """Sorted numeric split thresholds per feature, over all three outcome models."""
+    thresholds: list[set[float]] = [set() for _ in range(n_features)]
+
+    def walk(node: Mapping[str, Any]) -> None:
+        if "split_feature" in node:
+            if node.get("decision_type") == "<=":
+                thresholds[int(node["split_feature"])].add(float(node["threshold"]))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for model in (bundle.readiness, bundle.drop, bundle.back):
+        if model is None:
+            continue
+        for tree in model.booster_.dump_model()["tree_info"]:
+            walk(tree["tree_structure"])
+    cats = set(categorical)
+    return [
+        None if j in cats else np.asarray(sorted(thresholds[j]), dtype=np.float64)
+        for j in range(n_features)
+    ]
 
 
 def fit_bundle(

@@ -76,14 +76,17 @@ class Planner:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Expected goal value of offering each candidate now, and its readiness.
 
-        Results are cached by everything the tree depends on (the root feature rows, accepted
-        steps, per-step counts and pace): many users stand at the same point, e.g. a first visit
-        from one channel, and the answer is then the same numbers, computed once.
+        Results are cached by everything the tree depends on: the root feature rows *as the
+        models see them* (which side of every split threshold each value falls on, so two users
+        whose rows route identically through every tree share an entry), accepted steps,
+        per-step counts and pace. Many users stand at the same point (a first visit from one
+        channel, a returning user a few minutes later) and the answer is then computed once.
         """
         gap = self._gap_seconds(state, scorer)
         root = scorer.block([(state, now)], [candidates], context, catalog)
+        binned = getattr(scorer, "bin_key", None)
         key = (
-            root.tobytes(),
+            binned(root) if binned is not None else root.tobytes(),
             tuple(candidates),
             state.accepted_mask,
             tuple(sorted(state.step_offers.items())),
