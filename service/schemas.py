@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
 )
@@ -89,7 +90,7 @@ class NextStepRequest(_Request):
     context: Context = Field(default_factory=dict)
     ts: Timestamp | None = None
     candidates: list[StepId] | None = Field(default=None, max_length=MAX_BATCH)
-    explain: bool = Field(
+    explain: StrictBool = Field(  # strict: "explain": 0 or "true" is a 422, as the schema says
         default=False,
         description="Add an explanation (top feature contributions of the chosen step)",
     )
