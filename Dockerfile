@@ -13,14 +13,19 @@ COPY service ./service
 RUN uv sync --locked --no-dev
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 nextstep
-COPY --from=build --chown=nextstep:nextstep /app /app
+RUN groupadd --gid 10001 nextstep && useradd --create-home --uid 10001 --gid 10001 nextstep
+COPY --from=build --chown=10001:10001 /app /app
 ENV PATH=/app/.venv/bin:$PATH NEXTSTEP_HOME=/data PYTHONUNBUFFERED=1
-RUN mkdir -p /data && chown nextstep:nextstep /data
-USER nextstep
+RUN mkdir -p /data && chown 10001:10001 /data
+# State (SQLite store, MLflow file store, model cache) lives under NEXTSTEP_HOME=/data unless
+# NEXTSTEP_DATABASE_URL / MLFLOW_TRACKING_URI point elsewhere: mount a volume there.
+VOLUME ["/data"]
+# Numeric uid:gid, so a runtime (Kubernetes runAsNonRoot) can verify it is not root.
+USER 10001:10001
 WORKDIR /app
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"
+# Ready = model and store usable (/readyz); the serve command below listens on port 8000.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 ENTRYPOINT ["nextstep", "serve"]
 CMD ["--catalog", "/data/catalog.yaml", "--host", "0.0.0.0", "--port", "8000"]

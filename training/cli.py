@@ -47,6 +47,14 @@ CatalogOpt = Annotated[Path, typer.Option("--catalog", help="Step catalog (YAML 
 SkipOpt = Annotated[
     bool, typer.Option("--skip-invalid", help="Drop and count invalid rows instead of failing.")
 ]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        help="Run on Dask: 'local' (a LocalCluster) or a scheduler address; --events may then "
+        "be a directory or glob of Parquet/CSV files.",
+    ),
+]
 
 
 @app.command()
@@ -118,11 +126,14 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
     model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
     skip_invalid: SkipOpt = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Readiness of every logged offer from that user's earlier rows only."""
     from training.predict import predict_command
 
-    predict_command(events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid)
+    predict_command(
+        events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid, dask=dask
+    )
 
 
 @app.command()
@@ -135,6 +146,7 @@ def recommend(
     model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Batch decisions: for each user, the state after their history and the next step."""
     from training.recommend import recommend_command
@@ -147,6 +159,7 @@ def recommend(
         model=model,
         seed=seed,
         skip_invalid=skip_invalid,
+        dask=dask,
     )
 
 

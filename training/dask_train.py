@@ -33,8 +33,10 @@ the workers. Paths must be readable by the client and every worker (a shared vol
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
+import io
 import json
 import logging
 import re
@@ -43,7 +45,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -65,12 +67,31 @@ _META_COLS = ("_key", "_bad")
 Progress = Callable[[str], None]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exact_dtypes(fn: F) -> F:
+    """Build and compute collections with the validator's dtypes (object text columns, as on
+    one machine): dask's automatic conversion of text to Arrow strings would change the data
+    fingerprint and what the feature builder sees."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import dask
+
+        with dask.config.set({"dataframe.convert-string": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 # -- the cluster ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def dask_client(address: str) -> Iterator[Any]:
     """A ``distributed.Client``: ``local`` (or ``local:N``) starts a ``LocalCluster`` of N
     single-threaded worker processes (default 2) without dashboards; anything else is the
     address of a running scheduler (``tcp://host:8786``)."""
+    import dask
     from distributed import Client, LocalCluster
 
     spec = (address or "").strip()
@@ -100,14 +121,26 @@ def dask_client(address: str) -> Iterator[Any]:
                 raise NextstepError(
                     f"cannot reach the Dask scheduler at {spec!r} ({type(exc).__name__}: {exc})"
                 ) from None
+    if cluster is not None:
+        # LightGBM's network set-up prints to the C stdout of the workers: not our output
+        client.run(_silence_stdout)
     try:
-        yield client
+        with dask.config.set({"dataframe.convert-string": False}):  # see ``exact_dtypes``
+            yield client
     finally:
         with contextlib.suppress(Exception):
             client.close()
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -387,6 +420,7 @@ class DaskLog:
         return sum(self.skipped.values())
 
 
+@exact_dtypes
 def load_events_dask(
     client: Any,
     events: str | Path,
@@ -398,6 +432,7 @@ def load_events_dask(
     """Read, shuffle by user and validate a log on the cluster (see the module docstring)."""
     import dask
     import dask.dataframe as dd
+    from distributed import wait
 
     source = str(events)
     files, kind = event_files(events)
@@ -459,8 +494,9 @@ def load_events_dask(
         verify_meta=False,
     )
     ddf = client.persist(ddf)
-    del results
-    users = [s["users"] for s in stats if s["rows"]]
+    wait(ddf)  # before the validation results it is made from are released
+    del results, frames
+    users = [s.pop("users") for s in stats if s["rows"]]
     return DaskLog(
         client=client,
         frames=ddf,
@@ -586,6 +622,7 @@ def _features_part(
     )
 
 
+@exact_dtypes
 def spec_for(dlog: DaskLog) -> FeatureSpec:
     """``FeatureSpec.from_frame`` over the whole distributed log (categories from every
     partition, numeric columns as they are)."""
@@ -628,22 +665,38 @@ class _LogView:
 
 
 # -- fitting -----------------------------------------------------------------------------------
-def _arrays(sel: Any, cols: list[str], label: str) -> tuple[Any, Any, int]:
-    """``(X, y, rows)`` dask arrays of a (filtered) feature frame, empty partitions dropped
-    (a LightGBM worker with no rows cannot build its dataset)."""
+def _arrays(client: Any, sel: Any, cols: list[str], label: str) -> tuple[Any, Any, int]:
+    """``(X, y, rows)`` dask arrays of a (filtered) feature frame for LightGBM: one block per
+    worker, made of the non-empty partitions assigned round-robin in partition order.
+
+    Distributed LightGBM's bins and sums depend on which rows each worker holds and in what
+    order, so a fixed placement keeps the model stable from run to run (and a worker without
+    rows, which cannot build its dataset, never takes part)."""
+    import dask
     import dask.array as da
 
     lengths = sel.map_partitions(len).compute().tolist()
     keep = [i for i, n in enumerate(lengths) if n]
     if not keep:
         return None, None, 0
-    X = sel[cols].to_dask_array(lengths=lengths)
-    y = sel[label].to_dask_array(lengths=lengths)
-    X = da.concatenate([X.blocks[i] for i in keep])
-    y = da.concatenate([y.blocks[i] for i in keep])
-    return X, y, int(sum(lengths))
+    xs = sel[cols].to_dask_array(lengths=lengths).to_delayed().ravel()
+    ys = sel[label].to_dask_array(lengths=lengths).to_delayed().ravel()
+    workers = sorted(client.nthreads())
+    xb, yb = [], []
+    for w, worker in enumerate(workers):
+        mine = keep[w :: len(workers)]
+        if not mine:
+            continue
+        n = sum(lengths[i] for i in mine)
+        x = dask.delayed(np.concatenate)([xs[i] for i in mine])
+        y = dask.delayed(np.concatenate)([ys[i] for i in mine])
+        fx, fy = client.compute([x, y], workers=[worker], allow_other_workers=False)
+        xb.append(da.from_delayed(dask.delayed(fx), (n, len(cols)), np.float64))
+        yb.append(da.from_delayed(dask.delayed(fy), (n,), np.int8))
+    return da.concatenate(xb), da.concatenate(yb), int(sum(lengths))
 
 
+@exact_dtypes
 def fit_readiness_dask(
     client: Any,
     feats: Any,
@@ -671,7 +724,9 @@ def fit_readiness_dask(
         return None
     use_cal = model.calibration_fraction > 0 and n >= 200
     fit_sel = sel[sel["u"] >= model.calibration_fraction] if use_cal else sel
-    X, y, n_fit = _arrays(fit_sel, cols, label)
+    X, y, n_fit = _arrays(client, fit_sel, cols, label)
+    if X is None:
+        return None
     cats = [c for c in (model.categorical_features or ()) if c < len(cols)]
     clf = DaskLGBMClassifier(
         client=client,
@@ -688,7 +743,12 @@ def fit_readiness_dask(
         min_data_per_group=20,
         cat_smooth=10.0,
     )
-    with warnings.catch_warnings():
+    # lightgbm.dask prints "Finding random open ports for workers" (its default logger)
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        _workers_in_rank_order(),
+    ):
         warnings.simplefilter("ignore")
         clf.fit(X, y, categorical_feature=cats or "auto")
     booster: lgb.Booster = clf.to_local().booster_
@@ -708,6 +768,33 @@ def fit_readiness_dask(
             model.calibration_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
             model.calibration_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
     return model
+
+
+@contextlib.contextmanager
+def _workers_in_rank_order() -> Iterator[None]:
+    """Give LightGBM's machines their ranks in sorted worker-address order.
+
+    ``lightgbm.dask`` ranks the machines in the order the scheduler happens to report where the
+    data is, and the rank decides which machine computes the histogram bins of which features
+    (from its own rows): the same data then gives one of several models at random. Sorting the
+    worker list it assigns ports to fixes the ranks. This wraps a private helper of
+    ``lightgbm.dask`` (4.x); when it is missing, training works as before, just without this
+    guarantee."""
+    import lightgbm.dask as lgb_dask
+
+    original = getattr(lgb_dask, "_assign_open_ports_to_workers", None)
+    if original is None:
+        yield
+        return
+
+    def assign(*, client: Any, workers: list[str]) -> Any:
+        return original(client=client, workers=sorted(workers))
+
+    lgb_dask._assign_open_ports_to_workers = assign
+    try:
+        yield
+    finally:
+        lgb_dask._assign_open_ports_to_workers = original
 
 
 def _raw_scores(df: pd.DataFrame, booster: Any, cols: list[str], label: str) -> pd.DataFrame:
@@ -763,6 +850,7 @@ def _outcome_class() -> type:
     return DaskTrainingOutcome
 
 
+@exact_dtypes
 def fit_and_evaluate_dask(
     client: Any,
     dlog: DaskLog,
@@ -777,7 +865,7 @@ def fit_and_evaluate_dask(
     with ``n_train``/``n_holdout`` and ``extra["threshold"]``, the holdout boundary)."""
     from models.readiness import LogisticBaseline
     from training import evaluate as ev
-    from training.pipeline import HOLDOUT_FRACTION
+    from training.pipeline import HOLDOUT_FRACTION, TRUTH_COLUMN
 
     say = progress or (lambda _msg: None)
     fraction = HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
@@ -811,7 +899,8 @@ def fit_and_evaluate_dask(
     cats = tuple(spec.categorical_indices)
     kw = {"categorical_features": cats, "random_state": seed, "n_jobs": 1, **(params or {})}
     readiness = fit_readiness_dask(client, feats, train, "accepted", spec, kw)
-    assert readiness is not None
+    if readiness is None:  # not reached: both outcomes were checked above
+        raise NextstepError("the readiness model could not be fitted on the training rows")
     opt = {**kw}
     opt.setdefault("n_estimators", 80)
     no = train & (feats["accepted"] == 0)
@@ -859,7 +948,7 @@ def fit_and_evaluate_dask(
     stage = scored["stage"].to_numpy(dtype=np.int64)
     preds = {"lgbm": scored["lgbm"].to_numpy(), "logreg": scored["logreg"].to_numpy()}
     truth = scored["truth"].to_numpy(dtype=np.float64)
-    if "true_p_accept" in dlog.context_columns and len(truth) and np.isfinite(truth).all():
+    if TRUTH_COLUMN in dlog.context_columns and len(truth) and np.isfinite(truth).all():
         preds["truth"] = truth
     metrics = {name: ev.evaluate(y, p, stage) for name, p in preds.items()}
     model_params = {
@@ -902,6 +991,7 @@ def _example(hold: Any, cols: list[str], spec: FeatureSpec, n: int = 5) -> pd.Da
     return pd.DataFrame(X.to_numpy(dtype=np.float64), columns=spec.names)
 
 
+@exact_dtypes
 def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     """``training.pipeline.fingerprint`` of the distributed log: the row hashes are computed on
     the workers and fed to SHA-256 in global row order, so the same rows in the same order give
@@ -935,6 +1025,7 @@ def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     }
 
 
+@exact_dtypes
 def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -> pd.DataFrame:
     """The holdout users' validated events in log order, whole users, at most ``cap`` rows
     (users in order of first appearance, as ``training.pipeline._holdout_artifacts`` keeps)."""
@@ -955,6 +1046,7 @@ def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -
     return out.sort_values("row", kind="stable").reset_index(drop=True)
 
 
+@exact_dtypes
 def champion_on_holdout_dask(
     dlog: DaskLog, catalog: Catalog, threshold: tuple[float, int]
 ) -> tuple[str | None, float | None, str | None]:
@@ -1009,6 +1101,7 @@ def train_on_dask(
     from training.pipeline import HOLDOUT_ARTIFACT_ROWS, log_training
 
     say = progress or (lambda _msg: None)
+    event_files(events)  # a missing or empty input fails before a cluster starts
     say(f"dask: connecting ({address})")
     with dask_client(address) as client:
         say("dask: reading, shuffling by user and validating the event log")
@@ -1075,6 +1168,7 @@ def predict_on_dask(
 ) -> tuple[pd.DataFrame, int]:
     """``nextstep predict --dask``: ``(user_id, ts, step, p_accept`` in log order, skipped)``.
     Features and scores are computed on the workers; the four columns come back."""
+    event_files(events)  # fail before starting a cluster
     with dask_client(address) as client:
         dlog = load_events_dask(client, events, catalog, skip_invalid=skip_invalid)
         out = dlog.frames.map_partitions(
@@ -1145,6 +1239,7 @@ def recommend_on_dask(
     """``nextstep recommend --dask``: one decision per user, decided on the workers with the
     same ``Decider`` (its randomness depends only on seed, user and history), users in order of
     first appearance."""
+    event_files(events)  # fail before starting a cluster
     with dask_client(address) as client:
         dlog = load_events_dask(client, events, catalog, skip_invalid=skip_invalid)
         out = dlog.frames.map_partitions(

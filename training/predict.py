@@ -44,15 +44,20 @@ def predict_frame(frame: pd.DataFrame, catalog: Catalog, scorer: ModelScorer) ->
     )
 
 
-def write_table(frame: pd.DataFrame, path: Path, ts_columns: tuple[str, ...] = ()) -> None:
-    """CSV or Parquet by extension; ``ts_columns`` (epoch seconds) become ISO-8601 in CSV."""
-    name = path.name.lower()
-    if not name.endswith(_CSV + _PARQUET):
+def _check_output(path: Path) -> None:
+    """The output path has a known extension and its directory exists (checked before work)."""
+    if not path.name.lower().endswith(_CSV + _PARQUET):
         raise OutputError(
             f"{path}: unsupported output type, expected .csv, .csv.gz, .parquet or .pq"
         )
     if not path.parent.exists():
         raise OutputError(f"{path}: directory {path.parent} does not exist")
+
+
+def write_table(frame: pd.DataFrame, path: Path, ts_columns: tuple[str, ...] = ()) -> None:
+    """CSV or Parquet by extension; ``ts_columns`` (epoch seconds) become ISO-8601 in CSV."""
+    _check_output(path)
+    name = path.name.lower()
     import pyarrow as pa
 
     try:
@@ -80,16 +85,26 @@ def predict_command(
     out: Path,
     model: str = "models:/nextstep@champion",
     skip_invalid: bool = False,
+    dask: str | None = None,
 ) -> pd.DataFrame:
-    """CLI entry point (``nextstep predict``)."""
+    """CLI entry point (``nextstep predict``); ``dask`` (``local`` or a scheduler address)
+    reads a file, directory or glob of files and scores it on a Dask cluster."""
     from training.modelio import load_scorer
 
     cat = load_catalog(catalog)
-    log = load_events(events, cat, skip_invalid=skip_invalid)
+    _check_output(Path(out))
     scorer, version = load_scorer(model, cat)
-    result = predict_frame(log.frame, cat, scorer)
+    if dask:
+        from training.dask_train import predict_on_dask
+
+        result, n_skipped = predict_on_dask(
+            events, cat, scorer.bundle, dask, skip_invalid=skip_invalid
+        )
+    else:
+        log = load_events(events, cat, skip_invalid=skip_invalid)
+        result, n_skipped = predict_frame(log.frame, cat, scorer), log.n_skipped
     write_table(result, Path(out), ts_columns=("ts",))
-    skipped = f", skipped {log.n_skipped} invalid rows" if log.n_skipped else ""
+    skipped = f", skipped {n_skipped} invalid rows" if n_skipped else ""
     label = f"version {version}" if version else model
     print(f"wrote {len(result)} predictions ({label}) to {out}{skipped}")
     return result

@@ -203,8 +203,10 @@ def recommend_command(
     model: str = "models:/nextstep@champion",
     seed: int = 0,
     skip_invalid: bool = False,
+    dask: str | None = None,
 ) -> pd.DataFrame:
-    """CLI entry point (``nextstep recommend``)."""
+    """CLI entry point (``nextstep recommend``); ``dask`` (``local`` or a scheduler address)
+    reads a file, directory or glob of files and decides on a Dask cluster."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from models.decide import Decider
@@ -217,13 +219,25 @@ def recommend_command(
     except ValueError as exc:
         raise NextstepError(f"--policy: {exc}") from None
     cat = load_catalog(catalog)
-    log = load_events(events, cat, skip_invalid=skip_invalid)
     scorer, version = None, None
     if config.name in MODEL_POLICIES:
         from training.modelio import load_scorer
 
         scorer, version = load_scorer(model, cat)
     decider = Decider(cat, config, scorer=scorer, model_version=version, seed=seed)
+    if dask:
+        from training.dask_train import recommend_on_dask
+        from training.predict import _check_output
+
+        _check_output(Path(out))
+        bundle = None if scorer is None else scorer.bundle
+        result = recommend_on_dask(
+            events, cat, policy, bundle, version, dask, seed=seed, skip_invalid=skip_invalid
+        )
+        write_table(result, Path(out))
+        _say_written(result, decider.policy_name, version, out)
+        return result
+    log = load_events(events, cat, skip_invalid=skip_invalid)
     ctx = [c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
     n_users = int(log.frame["user_id"].nunique())
     with Progress(
@@ -238,10 +252,11 @@ def recommend_command(
             log.frame, cat, decider, ctx, progress=lambda k: bar.update(task, completed=k)
         )
     write_table(result, Path(out))
+    _say_written(result, decider.policy_name, version, out)
+    return result
+
+
+def _say_written(result: pd.DataFrame, policy: str, version: str | None, out: Path) -> None:
     offered = int(result["step"].notna().sum())
     label = f", model version {version}" if version else ""
-    print(
-        f"wrote {len(result)} decisions ({offered} offers, policy {decider.policy_name}{label}) "
-        f"to {out}"
-    )
-    return result
+    print(f"wrote {len(result)} decisions ({offered} offers, policy {policy}{label}) to {out}")
