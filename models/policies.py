@@ -129,15 +129,10 @@ class Random:
 
 
 @dataclass(frozen=True)
-class EpsilonGreedy:
-    """With probability ``epsilon`` a uniformly random candidate, else the base policy's choice."""
+class _Exploration:
+    """An exploration wrapper answers to the name and needs of the policy it wraps."""
 
     base: Any
-    epsilon: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError("epsilon must be in [0, 1]")
 
     @property
     def name(self) -> str:
@@ -146,6 +141,17 @@ class EpsilonGreedy:
     @property
     def needs_model(self) -> bool:
         return self.base.needs_model
+
+
+@dataclass(frozen=True)
+class EpsilonGreedy(_Exploration):
+    """With probability ``epsilon`` a uniformly random candidate, else the base policy's choice."""
+
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError("epsilon must be in [0, 1]")
 
     def __call__(self, inp: DecisionInput) -> PolicyOutput:
         out = self.base(inp)
@@ -155,23 +161,14 @@ class EpsilonGreedy:
 
 
 @dataclass(frozen=True)
-class Softmax:
+class Softmax(_Exploration):
     """Boltzmann exploration over the base policy's scores (``temperature`` > 0)."""
 
-    base: Any
     temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0")
-
-    @property
-    def name(self) -> str:
-        return self.base.name
-
-    @property
-    def needs_model(self) -> bool:
-        return self.base.needs_model
 
     def __call__(self, inp: DecisionInput) -> PolicyOutput:
         out = self.base(inp)

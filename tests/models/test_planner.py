@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from features.offline import build_offline_features
-from features.spec import FeatureSpec
 from features.state import UserState
-from models.bundle import ModelScorer, fit_bundle
+from models.bundle import ModelScorer
 from models.decide import Decider, UnknownCandidateError
 from models.policies import PolicyConfig
-from training.simulate import generate_log
+from training.synthetic import simulated_bundle
 from training.worlds import load_world
 
 
 def _scorer(world_name: str, users: int = 4000, seed: int = 1) -> tuple:
     world = load_world(world_name)
-    cat = world.catalog
-    frame = pd.DataFrame(generate_log(world, users, seed))
-    frame["row"] = np.arange(1, len(frame) + 1)
-    spec = FeatureSpec.from_frame(frame, ["channel", "device"])
-    off = build_offline_features(frame, cat, spec)
-    is_goal = ((cat.goal_mask >> off.step_index) & 1).astype(bool)
-    bundle = fit_bundle(
-        off.X,
-        off.accepted,
-        off.dropped,
-        off.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=24.0,
-        params={"n_estimators": 120},
-    )
-    return world, ModelScorer(bundle, cat)
+    bundle = simulated_bundle(world, users, seed, params={"n_estimators": 120})
+    return world, ModelScorer(bundle, world.catalog)
 
 
 @pytest.fixture(scope="module")

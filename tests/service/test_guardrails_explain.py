@@ -7,8 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -123,30 +121,12 @@ def test_no_guardrails_by_default_and_explain_is_null_without_a_model(
 # -- explanations with a real model -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    from features.offline import build_offline_features
-    from features.spec import FeatureSpec
-    from models.bundle import fit_bundle
-    from training.simulate import generate_log
+    from training.synthetic import simulated_bundle
     from training.worlds import load_world
 
     world = load_world("eager")
     cat = world.catalog
-    frame = pd.DataFrame(generate_log(world, 300, 3))
-    frame["row"] = np.arange(1, len(frame) + 1)
-    spec = FeatureSpec.from_frame(frame, ["channel", "device"])
-    off = build_offline_features(frame, cat, spec)
-    is_goal = ((cat.goal_mask >> off.step_index) & 1).astype(bool)
-    bundle = fit_bundle(
-        off.X,
-        off.accepted,
-        off.dropped,
-        off.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=24.0,
-        params={"n_estimators": 20},
-        n_jobs=1,
-    )
+    bundle = simulated_bundle(world, 300, 3, params={"n_estimators": 20}, n_jobs=1)
     path = tmp_path_factory.mktemp("world") / "catalog.yaml"
     path.write_text(yaml.safe_dump({"steps": cat.to_list()}, sort_keys=False), encoding="utf-8")
     return path, bundle

@@ -1,0 +1,48 @@
+"""A model bundle trained straight on a simulated log, without MLflow.
+
+Tests, notebooks and benchmarks need "a real model for this world" in seconds; this is the one
+place that wires simulator → point-in-time features → ``fit_bundle`` for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.offline import build_offline_features
+from features.spec import FeatureSpec
+from models.bundle import ModelBundle, fit_bundle
+from training.simulate import generate_log
+from training.worlds import World
+
+
+def simulated_bundle(
+    world: World,
+    users: int,
+    seed: int,
+    *,
+    params: Mapping[str, Any] | None = None,
+    n_jobs: int = 2,
+) -> ModelBundle:
+    """Fit the readiness, drop and come-back models on ``users`` simulated users of ``world``."""
+    cat = world.catalog
+    frame = pd.DataFrame(generate_log(world, users, seed))
+    frame["row"] = np.arange(1, len(frame) + 1)
+    spec = FeatureSpec.from_frame(frame, ["channel", "device"])
+    off = build_offline_features(frame, cat, spec)
+    is_goal = ((cat.goal_mask >> off.step_index) & 1).astype(bool)
+    return fit_bundle(
+        off.X,
+        off.accepted,
+        off.dropped,
+        off.came_back,
+        is_goal,
+        spec,
+        typical_gap_hours=24.0,
+        seed=seed,
+        params=params,
+        n_jobs=n_jobs,
+    )
