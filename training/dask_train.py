@@ -70,16 +70,23 @@ Progress = Callable[[str], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def exact_dtypes(fn: F) -> F:
-    """Build and compute collections with the validator's dtypes (object text columns, as on
-    one machine): dask's automatic conversion of text to Arrow strings would change the data
-    fingerprint and what the feature builder sees."""
+def on_cluster(fn: F) -> F:
+    """Run ``fn`` with its cluster's client as the current one and the validator's dtypes.
+
+    * Every ``compute`` goes through the client that persisted the data (the first argument, a
+      ``Client`` or a ``DaskLog``): with several clients in one process (a notebook's own, a
+      test's), dask would otherwise pick the newest, which may not know those keys yet.
+    * Text columns stay object dtype, as on one machine: dask's automatic conversion to Arrow
+      strings would change the data fingerprint and what the feature builder sees."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import dask
 
-        with dask.config.set({"dataframe.convert-string": False}):
+        first = args[0] if args else None
+        client = first.client if isinstance(first, DaskLog) else first
+        current = client.as_current() if hasattr(client, "as_current") else contextlib.nullcontext()
+        with current, dask.config.set({"dataframe.convert-string": False}):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -125,8 +132,8 @@ def dask_client(address: str) -> Iterator[Any]:
         # LightGBM's network set-up prints to the C stdout of the workers: not our output
         client.run(_silence_stdout)
     try:
-        with dask.config.set({"dataframe.convert-string": False}):  # see ``exact_dtypes``
-            yield client
+        with client.as_current(), dask.config.set({"dataframe.convert-string": False}):
+            yield client  # see ``on_cluster``
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -420,7 +427,7 @@ class DaskLog:
         return sum(self.skipped.values())
 
 
-@exact_dtypes
+@on_cluster
 def load_events_dask(
     client: Any,
     events: str | Path,
@@ -622,7 +629,7 @@ def _features_part(
     )
 
 
-@exact_dtypes
+@on_cluster
 def spec_for(dlog: DaskLog) -> FeatureSpec:
     """``FeatureSpec.from_frame`` over the whole distributed log (categories from every
     partition, numeric columns as they are)."""
@@ -696,7 +703,7 @@ def _arrays(client: Any, sel: Any, cols: list[str], label: str) -> tuple[Any, An
     return da.concatenate(xb), da.concatenate(yb), int(sum(lengths))
 
 
-@exact_dtypes
+@on_cluster
 def fit_readiness_dask(
     client: Any,
     feats: Any,
@@ -850,7 +857,7 @@ def _outcome_class() -> type:
     return DaskTrainingOutcome
 
 
-@exact_dtypes
+@on_cluster
 def fit_and_evaluate_dask(
     client: Any,
     dlog: DaskLog,
@@ -991,7 +998,7 @@ def _example(hold: Any, cols: list[str], spec: FeatureSpec, n: int = 5) -> pd.Da
     return pd.DataFrame(X.to_numpy(dtype=np.float64), columns=spec.names)
 
 
-@exact_dtypes
+@on_cluster
 def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     """``training.pipeline.fingerprint`` of the distributed log: the row hashes are computed on
     the workers and fed to SHA-256 in global row order, so the same rows in the same order give
@@ -1025,7 +1032,7 @@ def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     }
 
 
-@exact_dtypes
+@on_cluster
 def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -> pd.DataFrame:
     """The holdout users' validated events in log order, whole users, at most ``cap`` rows
     (users in order of first appearance, as ``training.pipeline._holdout_artifacts`` keeps)."""
@@ -1046,7 +1053,7 @@ def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -
     return out.sort_values("row", kind="stable").reset_index(drop=True)
 
 
-@exact_dtypes
+@on_cluster
 def champion_on_holdout_dask(
     dlog: DaskLog, catalog: Catalog, threshold: tuple[float, int]
 ) -> tuple[str | None, float | None, str | None]:
