@@ -170,6 +170,25 @@ end
 """
 
 
+def _start_bare_app(port: int) -> subprocess.Popen:
+    """The same-run baseline: the bare FastAPI app on one uvicorn worker, access log off."""
+    return subprocess.Popen(
+        [
+            str(BIN / "uvicorn"),
+            "benchmarks.bare_app:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def bench_service(env: Env, seconds: int) -> None:
     import httpx
 
@@ -202,21 +221,7 @@ def bench_service(env: Env, seconds: int) -> None:
         proc.terminate()
         proc.wait(30)
     port = _free_port()
-    bare = subprocess.Popen(
-        [
-            str(BIN / "uvicorn"),
-            "benchmarks.bare_app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    bare = _start_bare_app(port)
     try:
         _wait(f"http://127.0.0.1:{port}/readyz", bare)
         bare16 = _wrk(f"http://127.0.0.1:{port}/", 16, seconds, lua)
@@ -423,20 +428,7 @@ def bench_startup(env: Env) -> None:
         proc.terminate()
         proc.wait(30)
     port = _free_port()
-    bare = subprocess.Popen(
-        [
-            str(BIN / "uvicorn"),
-            "benchmarks.bare_app:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    bare = _start_bare_app(port)
     try:
         bare_ready = _wait(f"http://127.0.0.1:{port}/readyz", bare)
     finally:
