@@ -52,6 +52,16 @@ class FeatureSpec:
                 out.append(_to_float(v))
         return out
 
+    def encode_merged(
+        self, known: Mapping[str, Any], request: Mapping[str, Any] | None
+    ) -> list[float]:
+        """Encode the user's known context overlaid with the request's non-missing values: the
+        context every feature row of one decision carries."""
+        merged = dict(known)
+        if request:
+            merged.update({k: v for k, v in request.items() if not is_missing(v)})
+        return self.encode_context(merged)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "context_columns": list(self.context_columns),
@@ -141,10 +151,7 @@ def candidate_block(
             st = nodes[i][0]
             enc = cache.get(id(st.context))
             if enc is None:
-                merged = dict(st.context)
-                if context:
-                    merged.update({k: v for k, v in context.items() if not is_missing(v)})
-                enc = cache[id(st.context)] = spec.encode_context(merged)
+                enc = cache[id(st.context)] = spec.encode_merged(st.context, context)
             rows.append(enc)
         X[:, n_base:] = np.repeat(np.array(rows, dtype=np.float64), kept_counts, axis=0)
     return X

@@ -152,17 +152,9 @@ class UserState:
 
     def state_vector(self, now: float) -> list[float]:
         """The STATE_FEATURES, in order, as seen at time ``now``."""
-        if self.n_asks == 0:
-            since_first = since_last = mean_gap = last_gap = math.nan
-        else:
-            since_first = (now - self.first_ts) / HOUR
-            since_last = (now - self.last_ts) / HOUR
-            mean_gap = (
-                (self.last_ts - self.first_ts) / HOUR / (self.n_asks - 1)
-                if self.n_asks > 1
-                else math.nan
-            )
-            last_gap = (self.last_ts - self.prev_ts) / HOUR if self.n_asks > 1 else math.nan
+        since_first, since_last, mean_gap, last_gap = time_features(
+            self.n_asks, self.first_ts, self.last_ts, self.prev_ts, now
+        )
         return [
             float(self.n_asks),
             float(self.n_accepts),
@@ -190,6 +182,31 @@ class UserState:
             float(self.step_offers.get(step, 0)),
             float(self.step_declines.get(step, 0)),
         ]
+
+
+TIME_FEATURES: tuple[str, ...] = STATE_FEATURES[8:12]
+
+
+def time_features(
+    n_asks: int, first_ts: float, last_ts: float, prev_ts: float, now: float
+) -> tuple[float, float, float, float]:
+    """``hours_since_first, hours_since_last, mean_gap_hours, last_gap_hours`` at ``now``.
+
+    One function, so the planner's cache key (which bins these values for imagined future
+    visits) computes exactly the floats the feature rows will contain.
+    """
+    if n_asks == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    since_first = (now - first_ts) / HOUR
+    since_last = (now - last_ts) / HOUR
+    if n_asks > 1:
+        return (
+            since_first,
+            since_last,
+            (last_ts - first_ts) / HOUR / (n_asks - 1),
+            (last_ts - prev_ts) / HOUR,
+        )
+    return since_first, since_last, math.nan, math.nan
 
 
 def fold_history(

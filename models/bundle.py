@@ -19,6 +19,7 @@ from features.catalog import Catalog
 from features.errors import NextstepError
 from features.spec import FeatureSpec, candidate_block, candidate_matrix
 from features.state import UserState
+from models.native import NativePredictor
 from models.readiness import ReadinessModel
 
 BUNDLE_FILE = "bundle.joblib"
@@ -93,28 +94,47 @@ def load_bundle_dir(path: str | Path, catalog: Catalog | None = None) -> tuple[M
 
 
 class ModelScorer:
-    """Hot-path scoring: feature rows from a ``UserState`` -> calibrated probabilities."""
+    """Hot-path scoring: feature rows from a ``UserState`` -> calibrated probabilities.
+
+    The boosters are called through ``NativePredictor`` (the C predictor without the Python
+    wrapper's per-call overhead); the numbers are those of ``ReadinessModel.positive_proba``.
+    """
 
     def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None) -> None:
         self.bundle = bundle
         self.spec = bundle.spec
         self.catalog = catalog
         self._splits: list[np.ndarray | None] | None = None
+        self._split_lists: list[list[float] | None] | None = None
+        self._native = {
+            name: NativePredictor(model.booster_)
+            for name, model in (
+                ("accept", bundle.readiness),
+                ("drop", bundle.drop),
+                ("back", bundle.back),
+            )
+            if model is not None
+        }
 
-    def bin_key(self, X: np.ndarray) -> bytes:
-        """A key equal for two feature blocks exactly when every tree of every outcome model
-        routes them the same way (same side of every split threshold), so both get the same
-        predictions. Categorical columns keep their exact codes."""
+    @property
+    def split_points(self) -> list[np.ndarray | None]:
+        """Per feature: the sorted numeric split thresholds of all three outcome models (None
+        for categorical features). Two values with the same ``searchsorted`` position fall on
+        the same side of every split, so every tree routes them alike: the planner's cache key
+        is built on these positions."""
         if self._splits is None:
-            self._splits = _split_points(self.bundle, X.shape[1], self.spec.categorical_indices)
-        cols = []
-        for j, thr in enumerate(self._splits):
-            x = X[:, j]
-            if thr is None:
-                cols.append(np.where(np.isnan(x), -1.0, x))
-            else:
-                cols.append(np.where(np.isnan(x), -1, np.searchsorted(thr, x, side="left")))
-        return np.asarray(cols, dtype=np.float64).tobytes()
+            self._splits = _split_points(
+                self.bundle, len(self.spec.names), self.spec.categorical_indices
+            )
+        return self._splits
+
+    @property
+    def split_lists(self) -> list[list[float] | None]:
+        """``split_points`` as Python lists, for ``bisect`` on one value at a time (a numpy
+        call on a scalar costs more than the search)."""
+        if self._split_lists is None:
+            self._split_lists = [None if t is None else t.tolist() for t in self.split_points]
+        return self._split_lists
 
     def matrix(
         self,
@@ -147,20 +167,20 @@ class ModelScorer:
         now: float,
         context: Mapping[str, Any],
     ) -> np.ndarray:
-        return self.bundle.readiness.positive_proba(self.matrix(state, candidates, now, context))
+        return self.p_accept_rows(self.matrix(state, candidates, now, context))
 
     def p_accept_rows(self, X: np.ndarray) -> np.ndarray:
-        return self.bundle.readiness.positive_proba(X)
+        return self.bundle.readiness.calibrate(self._native["accept"](X))
 
     def p_drop_rows(self, X: np.ndarray) -> np.ndarray:
         if self.bundle.drop is None:
             return np.full(len(X), self.bundle.base_rates.get("drop", 0.3))
-        return self.bundle.drop.positive_proba(X)
+        return self.bundle.drop.calibrate(self._native["drop"](X))
 
     def p_back_rows(self, X: np.ndarray) -> np.ndarray:
         if self.bundle.back is None:
             return np.full(len(X), self.bundle.base_rates.get("back", 0.8))
-        return self.bundle.back.positive_proba(X)
+        return self.bundle.back.calibrate(self._native["back"](X))
 
 
 def _split_points(

@@ -140,8 +140,8 @@ class Decider:
                 res.suppressed = suppressed
                 return res
         inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
-        rng = np.random.default_rng(_seed_for(self.seed, user_id, state.n_asks))
-        choice = choose(self.policy, inp, rng)
+        seed = _seed_for(self.seed, user_id, state.n_asks)
+        choice = choose(self.policy, inp, lambda: np.random.default_rng(seed))
         p = inp.p_accept()
         cands = [
             CandidateScore(

@@ -17,13 +17,23 @@ small LightGBM calls, not hundreds.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from features.catalog import Catalog
-from features.state import ACCEPTED, DECLINED, HOUR, UserState
+from features.state import (
+    ACCEPTED,
+    CANDIDATE_FEATURES,
+    DECLINED,
+    HOUR,
+    STATE_FEATURES,
+    TIME_FEATURES,
+    UserState,
+    time_features,
+)
 from models.policies import DecisionInput, Ladder, PolicyOutput, _one_hot
 
 
@@ -56,13 +66,38 @@ class Planner:
         scorer = self.scorer or inp.scorer
         if scorer is None:
             return Ladder()(inp)
-        q, p = self.q_values(inp.state, inp.candidates, inp.now, inp.context, scorer, inp.catalog)
+        out, p = self._plan(inp.state, inp.candidates, inp.now, inp.context, scorer, inp.catalog)
         inp._p = p  # the root readiness is the decision's p_accept: no second model call
+        return out
+
+    def _plan(
+        self,
+        state: UserState,
+        candidates: list[int],
+        now: float,
+        context: Any,
+        scorer: Any,
+        catalog: Catalog,
+    ) -> tuple[PolicyOutput, np.ndarray]:
+        """The decision and the root readiness, from the cache when this point was planned."""
+        gap = self._gap_seconds(state, scorer)
+        key = self.cache_key(state, candidates, now, context, scorer, catalog, gap)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        q, p = self._expand([(state, now)], [candidates], self.depth, context, scorer, catalog, gap)
+        q, p = q[0], p[0]
         best = float(q.max())
-        efforts = np.asarray([inp.catalog.efforts[i] for i in inp.candidates])
+        efforts = np.asarray([catalog.efforts[i] for i in candidates])
         near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
         k = int(near[np.lexsort((near, efforts[near]))[0]])
-        return PolicyOutput(_one_hot(len(q), k), q, k)
+        out = PolicyOutput(_one_hot(len(q), k), q, k)
+        for arr in (out.probs, out.scores, p):  # shared by every later hit: read-only
+            arr.flags.writeable = False
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        self._cache[key] = (out, p)
+        return out, p
 
     # -- look-ahead ----------------------------------------------------------------------------
     def q_values(
@@ -76,32 +111,73 @@ class Planner:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Expected goal value of offering each candidate now, and its readiness.
 
-        Results are cached by everything the tree depends on: the root feature rows *as the
-        models see them* (which side of every split threshold each value falls on, so two users
-        whose rows route identically through every tree share an entry), accepted steps,
-        per-step counts and pace. Many users stand at the same point (a first visit from one
-        channel, a returning user a few minutes later) and the answer is then computed once.
+        Results are cached by ``cache_key``, which is equal for two users exactly when every
+        feature row of their look-ahead trees routes identically through every tree: many
+        users stand at the same point (a first visit from one channel, a returning user a few
+        minutes later) and the answer is then computed once, and a cached answer is the answer
+        the full computation would give (the key is exact, not an approximation).
         """
-        gap = self._gap_seconds(state, scorer)
-        root = scorer.block([(state, now)], [candidates], context, catalog)
-        binned = getattr(scorer, "bin_key", None)
-        key = (
-            binned(root) if binned is not None else root.tobytes(),
+        out, p = self._plan(state, candidates, now, context, scorer, catalog)
+        return out.scores, p
+
+    def cache_key(
+        self,
+        state: UserState,
+        candidates: list[int],
+        now: float,
+        context: Any,
+        scorer: Any,
+        catalog: Catalog,
+        gap: float,
+    ) -> tuple:
+        """Everything the look-ahead's feature rows depend on, as the models see it.
+
+        The counts, accepted steps, efforts, values and context are kept exactly. The clock
+        enters the tree only through the four time features of each imagined visit (the
+        root at ``now``, then one visit every ``gap`` seconds, ``depth + chain`` deep); the key
+        holds, for each of them, its position among the models' split thresholds, computed
+        with ``features.state.time_features`` on exactly the floats the rows will contain.
+        Two users with equal keys therefore get identical predictions at every node.
+        """
+        splits = getattr(scorer, "split_lists", None)
+        ctx = scorer.spec.encode_merged(state.context, context)
+        times = _visit_times(state, now, gap, self.depth + self.chain)
+        if splits is None:  # no thresholds known: exact values (still exact, shares less)
+            ctx_key = tuple(None if v != v else v for v in ctx)
+            time_key = tuple(None if v != v else v for row in times for v in row)
+        else:
+            base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
+            ctx_key = tuple(
+                None
+                if v != v  # NaN: missing
+                else v
+                if splits[base + j] is None  # categorical code: exact
+                else bisect_left(splits[base + j], v)
+                for j, v in enumerate(ctx)
+            )
+            thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
+            time_key = tuple(
+                -1 if v != v else bisect_left(thr, v)
+                for row in times
+                for v, thr in zip(row, thresholds, strict=True)
+            )
+        return (
+            id(scorer),
+            id(catalog),
             tuple(candidates),
             state.accepted_mask,
+            state.n_asks,
+            state.n_accepts,
+            state.cons_accepts,
+            state.cons_declines,
+            state.max_effort,
+            state.value_received,
+            state.stage_reached,
             tuple(sorted(state.step_offers.items())),
             tuple(sorted(state.step_declines.items())),
-            gap,
-            id(scorer),
+            ctx_key,
+            time_key,
         )
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        q, p = self._expand([(state, now)], [candidates], self.depth, context, scorer, catalog, gap)
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-        self._cache[key] = (q[0], p[0])
-        return q[0], p[0]
 
     def _expand(
         self,
@@ -212,6 +288,28 @@ class Planner:
         if state.n_asks > 1:
             return (state.last_ts - state.first_ts) / (state.n_asks - 1)
         return float(scorer.bundle.typical_gap_hours) * HOUR
+
+
+_TIME_COLUMN = STATE_FEATURES.index(TIME_FEATURES[0])
+
+
+def _visit_times(
+    state: UserState, now: float, gap: float, horizon: int
+) -> list[tuple[float, float, float, float]]:
+    """The TIME_FEATURES of the root and of each imagined later visit (``horizon + 1`` rows).
+
+    Visit ``d`` happens at ``now + gap`` added ``d`` times (the planner advances its clock by
+    the same repeated addition) after imagined asks at each earlier visit, so these are the
+    exact floats ``UserState.after(...).state_vector(t)`` puts into the look-ahead's rows.
+    """
+    rows = [time_features(state.n_asks, state.first_ts, state.last_ts, state.prev_ts, now)]
+    first = state.first_ts if state.n_asks else now
+    prev, last, t = state.last_ts, now, now
+    for d in range(1, horizon + 1):
+        t = t + gap
+        rows.append(time_features(state.n_asks + d, first, last, prev, t))
+        prev, last = last, t
+    return rows
 
 
 def _split(x: np.ndarray, cands: list[list[int]]) -> list[np.ndarray]:

@@ -242,13 +242,24 @@ class Choice:
     output: PolicyOutput
 
 
-def choose(policy: Any, inp: DecisionInput, rng: np.random.Generator) -> Choice:
-    """Draw a step from the policy's distribution; deterministic policies draw without the RNG."""
+def choose(
+    policy: Any,
+    inp: DecisionInput,
+    rng: np.random.Generator | Callable[[], np.random.Generator],
+) -> Choice:
+    """Draw a step from the policy's distribution; deterministic policies draw without the RNG.
+
+    ``rng`` may be a factory: seeding a generator costs more than a cached decision, so it is
+    only built when the distribution has more than one step to draw from.
+    """
     out = policy(inp)
     probs = out.probs
     nz = np.flatnonzero(probs > 0)
-    # a deterministic choice consumes no randomness
-    k = int(nz[0]) if len(nz) == 1 else int(rng.choice(len(probs), p=probs / probs.sum()))
+    if len(nz) == 1:  # a deterministic choice consumes no randomness
+        k = int(nz[0])
+    else:
+        gen = rng if isinstance(rng, np.random.Generator) else rng()
+        k = int(gen.choice(len(probs), p=probs / probs.sum()))
     return Choice(
         index=k,
         step=inp.candidates[k],

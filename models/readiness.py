@@ -121,7 +121,10 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
 
     def positive_proba(self, X: np.ndarray) -> np.ndarray:
         """P(positive) for an already-validated float matrix: the hot path (no checks)."""
-        raw = self.booster_.predict(X, num_threads=1)
+        return self.calibrate(self.booster_.predict(X, num_threads=1))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from the booster's raw output (``booster_.predict``)."""
         if self.calibration_x_ is not None:
             # isotonic steps create ties; a tiny share of the raw score keeps the order (AUC)
             raw = np.interp(raw, self.calibration_x_, self.calibration_y_) + TIE_BREAK * (raw - 0.5)

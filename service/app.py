@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
+from service.heap import settle_heap
 from service.metrics import Metrics
 from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
@@ -36,10 +37,15 @@ _PRUNE_EVERY_S = 3600.0
 
 
 def create_app(
-    settings: Settings | None = None, *, decider_factory: DeciderFactory | None = None
+    settings: Settings | None = None,
+    *,
+    decider_factory: DeciderFactory | None = None,
+    settle_gc: bool = False,
 ) -> FastAPI:
     """Build the app. ``decider_factory(catalog, arm) -> Decider`` replaces model loading
-    (tests use it to serve fake models); by default each arm's model comes from MLflow."""
+    (tests use it to serve fake models); by default each arm's model comes from MLflow.
+    ``settle_gc`` freezes the start-up heap (``service.heap``): the uvicorn factory sets it; a
+    test process that builds many apps does not want their objects frozen."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -66,6 +72,8 @@ def create_app(
             app.state.runtime = runtime
             app.state.metrics = metrics
             app.state.steps_body = orjson.dumps({"steps": cat.to_list()}, default=str)
+            if settle_gc:
+                settle_heap()  # after the imports and the models: see service.heap
             tasks = [asyncio.create_task(_prune_forever(store, settings))]
             if settings.reload_interval > 0:
                 tasks.append(asyncio.create_task(_poll_forever(runtime, settings.reload_interval)))
@@ -118,7 +126,7 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory (``service.app:app_from_env``): settings from ``NEXTSTEP_*``."""
-    return create_app(Settings())
+    return create_app(Settings(), settle_gc=True)
 
 
 # -- background jobs ---------------------------------------------------------------------------

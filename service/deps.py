@@ -1,6 +1,8 @@
 """FastAPI dependencies: one name per thing a handler needs, each overridable in tests.
 
-Everything lives on ``app.state`` (built by the lifespan in ``service.app``), never in module
+They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in the thread pool,
+and a thread hop per dependency cost more than the handlers' own work. Everything lives on
+``app.state`` (built by the lifespan in ``service.app``), never in module
 globals, so two apps in one process (tests) never share a store, a registry or a model.
 """
 
@@ -20,28 +22,28 @@ from service.settings import Settings
 from service.store import Store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_deciders(request: Request) -> Deciders:
+async def get_deciders(request: Request) -> Deciders:
     """The snapshot serving this request: read once, kept to the end even across a reload."""
     return request.app.state.runtime.current
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -68,7 +70,7 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, api_key: Annotated[str | None, Security(_api_key_header)]
 ) -> None:
     """401 unless ``X-API-Key`` equals one of the configured keys (constant-time compare).

@@ -173,6 +173,49 @@ def _count(metrics: Metrics | None, payload: Mapping[str, Any]) -> None:
         metrics.decisions.labels(payload["arm"], payload["policy"], payload["step"] or "none").inc()
 
 
+@dataclass(frozen=True)
+class PreparedDecision:
+    """A decision made but not yet stored: its row, its shadows' rows and the response."""
+
+    row: dict[str, Any]
+    shadow_rows: list[dict[str, Any]]
+    payload: dict[str, Any]
+    body: bytes
+
+
+def _digest(req: NextStepRequest) -> str:
+    # ``explain`` joins the fingerprint only when set, so keys stored before it existed still match
+    return request_hash(
+        ROUTE_NEXT_STEP, req.model_dump(mode="json", exclude=None if req.explain else {"explain"})
+    )
+
+
+def _prepare(
+    deciders: Deciders, req: NextStepRequest, history: Sequence[HistoryEvent], digest: str
+) -> PreparedDecision:
+    now = req.ts if req.ts is not None else time.time()
+    arm = deciders.for_user(req.user_id)
+    result = _decide(arm, req, history, now)
+    row, payload = _decision(arm, req, result, now, digest)
+    shadow_rows = _shadow_rows(deciders, arm, req, history, now, row["decision_id"])
+    return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
+
+
+def decide_next_step(store: Store, deciders: Deciders, req: NextStepRequest) -> PreparedDecision:
+    """The read-and-decide half of a next-step without an Idempotency-Key.
+
+    The caller stores ``row`` and ``shadow_rows`` (``Store.insert_decisions_grouped``) before
+    answering with ``decided``; nothing here writes.
+    """
+    return _prepare(deciders, req, store.read_history(req.user_id), _digest(req))
+
+
+def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
+    """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
+    _count(metrics, prepared.payload)
+    return Reply(200, prepared.body)
+
+
 def next_step(
     store: Store,
     deciders: Deciders,
@@ -181,29 +224,28 @@ def next_step(
     idempotency_key: str | None = None,
     metrics: Metrics | None = None,
 ) -> Reply:
-    """Decide for one user and remember the decision (200)."""
-    # ``explain`` joins the fingerprint only when set, so keys stored before it existed still match
-    digest = request_hash(
-        ROUTE_NEXT_STEP, req.model_dump(mode="json", exclude=None if req.explain else {"explain"})
-    )
+    """Decide for one user and remember the decision (200), in one call and one transaction.
+
+    With an Idempotency-Key the key is looked up first and stored in the decision's own
+    transaction; the HTTP route sends key-less requests through ``decide_next_step`` and the
+    group commit instead.
+    """
+    digest = _digest(req)
     with store.read() as conn:
         if idempotency_key is not None:
             rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)
             if rec is not None:
                 return _replay(rec, digest, metrics)
         history = store.history(conn, req.user_id)
-    now = req.ts if req.ts is not None else time.time()
-    arm = deciders.for_user(req.user_id)
-    result = _decide(arm, req, history, now)
-    row, payload = _decision(arm, req, result, now, digest)
-    shadow_rows = _shadow_rows(deciders, arm, req, history, now, row["decision_id"])
-    body = orjson.dumps(payload)
+    prepared = _prepare(deciders, req, history, digest)
     try:
         with store.write() as conn:
-            store.insert_decisions(conn, [row])
-            store.insert_shadow_decisions(conn, shadow_rows)
+            store.insert_decisions(conn, [prepared.row])
+            store.insert_shadow_decisions(conn, prepared.shadow_rows)
             if idempotency_key is not None:
-                store.idempotent_put(conn, idempotency_key, ROUTE_NEXT_STEP, digest, 200, body)
+                store.idempotent_put(
+                    conn, idempotency_key, ROUTE_NEXT_STEP, digest, 200, prepared.body
+                )
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -212,8 +254,7 @@ def next_step(
         if rec is None:
             raise
         return _replay(rec, digest, metrics)
-    _count(metrics, payload)
-    return Reply(200, body)
+    return decided(prepared, metrics)
 
 
 def next_step_batch(

@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.errors import NextstepError
+from service.group_commit import GroupCommitter, Rows
 from service.tables import decisions, idempotency, metadata, outcomes, shadow_decisions
 
 log = logging.getLogger("nextstep.service.store")
@@ -133,11 +134,19 @@ class Store:
             url, pool_size=pool_size, max_overflow=max_overflow, synchronous=sqlite_synchronous
         )
         self.dialect = self.engine.dialect.name
+        self.embedded = self.dialect == "sqlite"  # local file: calls are short, no network
         # SQLite has one writer at a time anyway; queueing this process's writers on a lock
         # (instead of SQLite's sleep-and-retry busy handler) keeps the latency tail short.
         self._write_lock: threading.Lock | None = (
             threading.Lock() if self.dialect == "sqlite" else None
         )
+        # The hot path's history read, compiled once for this dialect and run on a pooled
+        # DBAPI cursor: SQLAlchemy's per-execution machinery cost five times the query itself.
+        compiled = _HISTORY_ONE.compile(dialect=self.engine.dialect)
+        self._history_sql = str(compiled)
+        self._history_positional = bool(compiled.positional)
+        self._committer: GroupCommitter | None = None
+        self._committer_lock = threading.Lock()
 
     # -- transactions ------------------------------------------------------------------------
     @contextmanager
@@ -171,16 +180,20 @@ class Store:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
+        driver_error = getattr(self.engine.dialect.loaded_dbapi, "Error", DBAPIError)
         try:
             yield
         except IntegrityError:
             raise
-        except (DBAPIError, PoolTimeout) as exc:
+        except (DBAPIError, PoolTimeout, driver_error) as exc:
             orig = getattr(exc, "orig", None) or exc
             log.warning("store unavailable: %s: %s", type(orig).__name__, str(orig)[:300])
             raise StoreUnavailable(f"store unavailable ({type(orig).__name__})") from exc
 
     def dispose(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
         self.engine.dispose()
 
     # -- schema ----------------------------------------------------------------------------
@@ -225,7 +238,46 @@ class Store:
                 out[uid].append(HistoryEvent(did, step, outcome, ts, ctx))
         return out
 
+    def read_history(self, user_id: str) -> list[HistoryEvent]:
+        """``history`` for one user outside any transaction, on a raw pooled cursor.
+
+        One SELECT is its own consistent snapshot on both back ends, so no BEGIN/COMMIT is
+        needed; this is what every key-less ``next-step`` runs (tests prove it equals
+        ``history``)."""
+        params: Any = (user_id,) if self._history_positional else {"uid": user_id}
+        with self._translate():
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                try:
+                    cur.execute(self._history_sql, params)
+                    rows = cur.fetchall()
+                finally:
+                    cur.close()
+            finally:
+                raw.close()  # back to the pool (which rolls back anything left open)
+        return [
+            HistoryEvent(did, step, outcome, ts, _loads(dctx if did is not None else octx))
+            for _uid, did, step, outcome, ts, octx, dctx in rows
+        ]
+
     # -- decisions ---------------------------------------------------------------------------
+    async def insert_decisions_grouped(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+        """Insert decisions (and their shadows) durably, sharing the commit with whatever
+        other requests are writing at the same moment (see ``service.group_commit``)."""
+        committer = self._committer
+        if committer is None:
+            with self._committer_lock:
+                if self._committer is None:
+                    self._committer = GroupCommitter(self._insert_group)
+                committer = self._committer
+        await committer.submit(rows, shadow_rows)
+
+    def _insert_group(self, rows: Rows, shadow_rows: Rows) -> None:
+        with self.write() as conn:
+            self.insert_decisions(conn, rows)
+            self.insert_shadow_decisions(conn, shadow_rows)
+
     def insert_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             conn.execute(_INSERT_DECISION, list(rows))

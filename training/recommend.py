@@ -211,6 +211,7 @@ def recommend_command(
 
     from models.decide import Decider
     from models.policies import PolicyConfig
+    from service.heap import frozen_heap
     from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA
     from training.predict import write_table
 
@@ -248,9 +249,10 @@ def recommend_command(
         transient=True,
     ) as bar:
         task = bar.add_task("deciding", total=n_users)
-        result = recommend_frame(
-            log.frame, cat, decider, ctx, progress=lambda k: bar.update(task, completed=k)
-        )
+        with frozen_heap():  # the frame and the model live to the end: GC passes skip them
+            result = recommend_frame(
+                log.frame, cat, decider, ctx, progress=lambda k: bar.update(task, completed=k)
+            )
     write_table(result, Path(out))
     _say_written(result, decider.policy_name, version, out)
     return result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service import flows
 from service.deps import DeciderDep, IdempotencyKey, MetricsDep, StoreDep
-from service.routers import problems, respond
+from service.routers import problems, respond, run_flow
 from service.schemas import BatchRequest, BatchResponse, Decision, NextStepRequest
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
     responses=problems(400, 409, 413, 415, 422, 503),
     summary="The next step for one user",
 )
-def next_step(
+async def next_step(
     req: NextStepRequest,
     store: StoreDep,
     deciders: DeciderDep,
@@ -31,9 +32,21 @@ def next_step(
     The decision is stored before the response is sent; report what the user did with
     ``POST /v1/outcomes`` and its ``decision_id``.
     """
-    return respond(
-        flows.next_step(store, deciders, req, idempotency_key=idempotency_key, metrics=metrics)
-    )
+    if idempotency_key is not None:  # key, effect and response in one transaction
+        return respond(
+            await run_flow(
+                store,
+                flows.next_step,
+                store,
+                deciders,
+                req,
+                idempotency_key=idempotency_key,
+                metrics=metrics,
+            )
+        )
+    prepared = await run_flow(store, flows.decide_next_step, store, deciders, req)
+    await store.insert_decisions_grouped([prepared.row], prepared.shadow_rows)
+    return respond(flows.decided(prepared, metrics))
 
 
 @router.post(
@@ -42,8 +55,13 @@ def next_step(
     responses=problems(400, 413, 415, 422, 503),
     summary="Next steps for up to 1,000 users",
 )
-def next_step_batch(
+async def next_step_batch(
     batch: BatchRequest, store: StoreDep, deciders: DeciderDep, metrics: MetricsDep
 ) -> Response:
     """One answer per request, in order: a decision, or a problem object for that item."""
-    return respond(flows.next_step_batch(store, deciders, batch.requests, metrics=metrics))
+    # up to 1,000 decisions: always in the thread pool, so the event loop keeps serving
+    return respond(
+        await run_in_threadpool(
+            flows.next_step_batch, store, deciders, batch.requests, metrics=metrics
+        )
+    )

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from service import flows
 from service.deps import CatalogDep, IdempotencyKey, MetricsDep, StoreDep
-from service.routers import problems, respond
+from service.routers import problems, respond, run_flow
 from service.schemas import OutcomeOut, OutcomeRequest
 
 router = APIRouter(prefix="/v1", tags=["outcomes"])
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["outcomes"])
     responses=problems(400, 404, 409, 413, 415, 422, 503),
     summary="Record what a user did with an offer",
 )
-def record_outcome(
+async def record_outcome(
     req: Annotated[OutcomeRequest, Body()],
     store: StoreDep,
     catalog: CatalogDep,
@@ -36,5 +36,13 @@ def record_outcome(
     outcome for a user who already converted 409.
     """
     return respond(
-        flows.record_outcome(store, catalog, req, idempotency_key=idempotency_key, metrics=metrics)
+        await run_flow(
+            store,
+            flows.record_outcome,
+            store,
+            catalog,
+            req,
+            idempotency_key=idempotency_key,
+            metrics=metrics,
+        )
     )

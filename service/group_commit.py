@@ -1,0 +1,118 @@
+"""Group commit: many concurrent requests' decision rows in one transaction.
+
+A decision is acknowledged only after its row is committed. Committing each request's single
+row in its own transaction makes the commit (the write-ahead-log append on SQLite, a round trip
+and a flush on PostgreSQL) the most expensive part of a request. One writer thread instead takes
+every row queued while the previous commit ran and commits them together: under load a commit
+carries many requests, and with a single request in flight it is exactly the old one commit per
+request. Nothing is acknowledged before its commit, so durability is unchanged; a failed group
+is retried row by row, so one bad row cannot fail the requests it happened to share a group with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("nextstep.service.store")
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+@dataclass
+class _Pending:
+    rows: Rows
+    shadow_rows: Rows
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+class GroupCommitter:
+    """A writer thread that commits queued ``(decisions, shadow decisions)`` groups.
+
+    ``write(rows, shadow_rows)`` is the store's one-transaction insert; ``max_rows`` bounds a
+    group so one commit never holds the write lock for long.
+    """
+
+    def __init__(self, write: Callable[[Rows, Rows], None], *, max_rows: int = 512) -> None:
+        self._write = write
+        self._max_rows = max_rows
+        self._pending: list[_Pending] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nextstep-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+        """Return once the rows are committed; raise what the commit raised."""
+        loop = asyncio.get_running_loop()
+        item = _Pending(rows, shadow_rows, loop.create_future(), loop)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._pending.append(item)
+            self._cv.notify()
+        await item.future
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the writer thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # -- writer thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                group = self._take()
+            self._commit(group)
+
+    def _take(self) -> list[_Pending]:
+        group: list[_Pending] = []
+        n = 0
+        while self._pending and (not group or n + len(self._pending[0].rows) <= self._max_rows):
+            item = self._pending.pop(0)
+            group.append(item)
+            n += len(item.rows)
+        return group
+
+    def _commit(self, group: list[_Pending]) -> None:
+        try:
+            self._write(
+                [r for p in group for r in p.rows], [r for p in group for r in p.shadow_rows]
+            )
+            errors: list[BaseException | None] = [None] * len(group)
+        except Exception as exc:  # handed to the waiting requests
+            if len(group) == 1:
+                errors = [exc]
+            else:  # isolate the row that failed: the others still commit
+                errors = []
+                for p in group:
+                    try:
+                        self._write(p.rows, p.shadow_rows)
+                        errors.append(None)
+                    except Exception as one:
+                        errors.append(one)
+        for p, err in zip(group, errors, strict=True):
+            try:
+                p.loop.call_soon_threadsafe(_settle, p.future, err)
+            except RuntimeError:  # the request's event loop is gone (shutdown): nobody waits
+                log.debug("decision committed after its event loop closed")
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the client went away and the request was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

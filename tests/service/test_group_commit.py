@@ -1,0 +1,151 @@
+"""The next-step hot path's store calls: the transaction-free history read and group commit.
+
+Both run on SQLite and a real PostgreSQL: the fast read must return exactly what the
+transactional ``history`` returns, and grouped inserts must commit every acknowledged row,
+share commits under concurrency, and keep one bad row from failing its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from service.group_commit import GroupCommitter
+from service.store import Store
+
+
+def _row(user_id: str, ts: float, *, decision_id: str | None = None) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id or uuid.uuid4().hex,
+        "user_id": user_id,
+        "ts": ts,
+        "created_at": ts,
+        "step": "read_intro",
+        "arm": "champion",
+        "policy": "planner",
+        "model_version": "1",
+        "propensity": 1.0,
+        "explored": False,
+        "p_accept": 0.5,
+        "context": '{"channel": "email"}',
+        "candidates": "[]",
+        "reason": None,
+        "request_hash": None,
+    }
+
+
+@pytest.fixture
+def store(db_url: str) -> Any:
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+def _count(store: Store) -> int:
+    with store.read() as conn:
+        return int(conn.exec_driver_sql("SELECT COUNT(*) FROM decisions").scalar())
+
+
+def test_fast_history_read_equals_the_transactional_one(store: Store) -> None:
+    rows = [_row("u1", 100.0 + i) for i in range(3)] + [_row("u2", 50.0)]
+    with store.write() as conn:
+        store.insert_decisions(conn, rows)
+        for i, (r, outcome) in enumerate(
+            zip(rows, ["accepted", "declined", "dropped", "accepted"], strict=True)
+        ):
+            store.insert_outcome(
+                conn,
+                {"decision_id": r["decision_id"], "user_id": r["user_id"], "step": r["step"],
+                 "outcome": outcome, "ts": r["ts"] + 1, "context": None,
+                 "created_at": 1.0 + i},
+            )  # fmt: skip
+        store.insert_outcome(  # organic: no decision, its own context
+            conn,
+            {"decision_id": None, "user_id": "u1", "step": "watch_clip", "outcome": "accepted",
+             "ts": 101.5, "context": '{"device": "mobile"}', "created_at": 9.0},
+        )  # fmt: skip
+    for user in ("u1", "u2", "nobody", "o'brien; DROP TABLE outcomes"):
+        with store.read() as conn:
+            expected = store.history(conn, user)
+        assert store.read_history(user) == expected
+    assert [e.step for e in store.read_history("u1")] == [
+        "read_intro",
+        "watch_clip",
+        "read_intro",
+        "read_intro",
+    ]
+    assert store.read_history("u1")[1].context == {"device": "mobile"}
+    assert store.read_history("u1")[0].context == {"channel": "email"}  # the decision's
+
+
+def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def write(rows: Any, shadows: Any) -> None:
+        gate.wait(5)  # the first commit waits until every request has queued behind it
+        calls.append(len(rows))
+        store._insert_group(rows, shadows)
+
+    committer = GroupCommitter(write)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(committer.submit([_row(f"u{i}", 1.0)])) for i in range(64)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(main())
+    finally:
+        committer.close()
+    assert _count(store) == 64  # every acknowledged decision is stored
+    assert sum(calls) == 64
+    assert len(calls) <= 3  # 64 requests, at most three commits
+
+
+def test_one_bad_row_fails_alone(store: Store) -> None:
+    taken = _row("dup", 1.0)
+    with store.write() as conn:
+        store.insert_decisions(conn, [taken])
+    gate = threading.Event()
+
+    def write(rows: Any, shadows: Any) -> None:
+        gate.wait(5)
+        store._insert_group(rows, shadows)
+
+    committer = GroupCommitter(write)
+
+    async def main() -> list[Any]:
+        good = [_row(f"ok{i}", 2.0) for i in range(10)]
+        bad = _row("dup", 3.0, decision_id=taken["decision_id"])
+        tasks = [asyncio.create_task(committer.submit([r])) for r in [*good[:5], bad, *good[5:]]]
+        await asyncio.sleep(0.2)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        committer.close()
+    assert [type(r) for r in results].count(IntegrityError) == 1
+    assert isinstance(results[5], IntegrityError)
+    assert _count(store) == 11  # the ten good rows and the one that was there
+
+
+def test_grouped_insert_through_the_store_and_dispose_stops_the_writer(store: Store) -> None:
+    async def main() -> None:
+        await asyncio.gather(*(store.insert_decisions_grouped([_row("g", 1.0)]) for _ in range(5)))
+
+    asyncio.run(main())
+    assert _count(store) == 5
+    writer = store._committer
+    assert writer is not None
+    store.dispose()
+    assert not writer._thread.is_alive()
