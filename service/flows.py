@@ -257,6 +257,28 @@ def next_step(
     return decided(prepared, metrics)
 
 
+def _same_input_key(
+    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+) -> tuple | None:
+    """Requests of one batch with this key get the same decision when it is deterministic.
+
+    A decision depends on the user only through their history and the seed of an exploration
+    draw; when the policy puts probability 1 on one step (``propensity`` 1) no draw happens, so
+    users with the same history, context, candidates and clock (typically many first visits
+    from one campaign) share one computation. Only users without history are grouped: theirs
+    is the common case, and comparing long histories would cost more than it saves.
+    """
+    if history:
+        return None
+    return (
+        arm.arm.name,
+        orjson.dumps(req.context, option=orjson.OPT_SORT_KEYS),
+        None if req.candidates is None else tuple(req.candidates),
+        now,
+        req.explain,
+    )
+
+
 def next_step_batch(
     store: Store,
     deciders: Deciders,
@@ -275,11 +297,18 @@ def next_step_batch(
     answers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     shadow_rows: list[dict[str, Any]] = []
+    same: dict[tuple, DecisionResult] = {}
     for req in requests:
         now = req.ts if req.ts is not None else default_now
         arm = deciders.for_user(req.user_id)
+        history = histories.get(req.user_id, [])
+        key = _same_input_key(arm, req, history, now)
         try:
-            result = _decide(arm, req, histories.get(req.user_id, []), now)
+            result = same.get(key) if key is not None else None
+            if result is None:
+                result = _decide(arm, req, history, now)
+                if key is not None and result.propensity in (None, 1.0):
+                    same[key] = result
         except Unprocessable as exc:
             answers.append(
                 problem_dict(422, detail=exc.detail, type_="urn:nextstep:problem:validation")

@@ -133,3 +133,22 @@ def test_batch_of_1000(client: TestClient) -> None:
     out = r.json()["responses"]
     assert [o["user_id"] for o in out] == [q["user_id"] for q in reqs]
     assert len({o["decision_id"] for o in out}) == 1000
+
+
+def test_batch_shares_only_deterministic_decisions(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """First visits with the same request share one computation only when no draw is made:
+    under exploration every user keeps their own seeded draw, exactly as single calls."""
+    greedy = make_client(policy="ladder")
+    reqs = [{"user_id": f"g{i}", "context": {"channel": "email"}} for i in range(50)]
+    out = greedy.post("/v1/next-step:batch", json={"requests": reqs}).json()["responses"]
+    assert {(o["step"], o["propensity"]) for o in out} == {("read_intro", 1.0)}
+    assert len({o["decision_id"] for o in out}) == 50
+
+    explore = make_client(policy="ladder+epsilon=0.5")
+    reqs = [{"user_id": f"e{i}", "ts": 1.7e9, "context": {"channel": "email"}} for i in range(60)]
+    batch = explore.post("/v1/next-step:batch", json={"requests": reqs}).json()["responses"]
+    single = [explore.post("/v1/next-step", json=q).json() for q in reqs]
+    assert [o["step"] for o in batch] == [o["step"] for o in single]
+    assert len({o["step"] for o in batch}) > 1  # the draws differ between users
