@@ -262,6 +262,29 @@ def bench_batch(env: Env) -> None:
                 batch = [{**q, "user_id": f"{q['user_id']}-{r}"} for q in reqs]
                 assert c.post("/v1/next-step:batch", json={"requests": batch}).status_code == 200
             batch_rate = rounds * 1000 / (time.perf_counter() - t0)
+            # users with histories (one answered offer each, varied channels): no two alike
+            channels = ("email", "search", "social")
+            hist = [
+                {"user_id": f"hist-{i}", "context": {"channel": channels[i % 3]}}
+                for i in range(500)
+            ]
+            first = c.post("/v1/next-step:batch", json={"requests": hist}).json()["responses"]
+            for i, d in enumerate(first):
+                if d.get("step") is not None:
+                    c.post(
+                        "/v1/outcomes",
+                        json={
+                            "decision_id": d["decision_id"],
+                            "outcome": "accepted" if i % 2 else "declined",
+                        },
+                    )
+            t0 = time.perf_counter()  # first time at these states: every decision plans
+            assert c.post("/v1/next-step:batch", json={"requests": hist}).status_code == 200
+            cold_rate = len(hist) / (time.perf_counter() - t0)
+            t0 = time.perf_counter()  # again (no new outcomes): the planner's cache answers
+            for _ in range(rounds):
+                assert c.post("/v1/next-step:batch", json={"requests": hist}).status_code == 200
+            warm_rate = rounds * len(hist) / (time.perf_counter() - t0)
             t0 = time.perf_counter()
             for q in reqs[:300]:
                 c.post("/v1/next-step", json={**q, "user_id": q["user_id"] + "-single"})
@@ -277,6 +300,18 @@ def bench_batch(env: Env) -> None:
         f"Path({str(env.dir / 'rec.csv')!r})); el=time.perf_counter()-t\n"
         "n=len(df); t=time.perf_counter(); ev=pd.read_csv("
         f"{str(env.events)!r}); ev.groupby('user_id').tail(1); base=time.perf_counter()-t\n"
+        "from features.catalog import load_catalog\nfrom features.events import load_events\n"
+        "from models.decide import Decider\nfrom models.policies import PolicyConfig\n"
+        "from service.heap import frozen_heap\nfrom training.modelio import load_scorer\n"
+        "from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA\n"
+        "from training.recommend import recommend_frame\n"
+        f"cat=load_catalog(Path({str(env.catalog)!r})); sc,v=load_scorer('models:/nextstep@champion', cat)\n"
+        f"log=load_events(Path({str(env.events)!r}), cat)\n"
+        "ctx=[c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]\n"
+        "d=Decider(cat, PolicyConfig.parse('planner'), scorer=sc, model_version=v)\n"
+        "t=time.perf_counter()\n"
+        "with frozen_heap(): recommend_frame(log.frame, cat, d, ctx)\n"
+        "print(time.perf_counter()-t)\n"
         "print(n); print(base); print(el)\n"
     )
     out = subprocess.run(
@@ -287,14 +322,17 @@ def bench_batch(env: Env) -> None:
         env=env.env,
         cwd=ROOT,
     ).stdout.split()
-    n, base_s, el = int(out[-3]), float(out[-2]), float(out[-1])
+    decide_s, n, base_s, el = float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1])
     _record(
         "batch",
         batch_decisions_per_s=round(batch_rate),
+        batch_histories_cold_per_s=round(cold_rate),
+        batch_histories_warm_per_s=round(warm_rate),
         single_calls_per_s=round(single_rate),
         batch_ratio_to_single=round(batch_rate / single_rate, 2),
         recommend_users=n,
         recommend_users_per_s=round(n / el),
+        recommend_decide_phase_users_per_s=round(n / decide_s),
         recommend_ratio_to_pandas_read_and_groupby=round(base_s / el, 3),
     )
 

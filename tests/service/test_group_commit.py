@@ -149,3 +149,31 @@ def test_grouped_insert_through_the_store_and_dispose_stops_the_writer(store: St
     assert writer is not None
     store.dispose()
     assert not writer._thread.is_alive()
+
+
+def test_sqlite_checkpoints_in_the_background_not_at_commit(sqlite_url: str) -> None:
+    """Once decisions are grouped, commits no longer copy the WAL back (autocheckpoint 0) and
+    a background thread does: the database file itself grows without any commit doing it."""
+    import time
+    from pathlib import Path
+
+    store = Store(sqlite_url)
+    try:
+        store.migrate()
+        db = Path(store.engine.url.database or "")
+        before = db.stat().st_size
+
+        async def main() -> None:
+            for i in range(20):
+                await store.insert_decisions_grouped([_row(f"c{i}-{j}", 1.0) for j in range(200)])
+
+        asyncio.run(main())
+        with store.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        deadline = time.monotonic() + 10
+        while db.stat().st_size <= before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert db.stat().st_size > before  # pages left the WAL for the database file
+        assert _count(store) == 4000
+    finally:
+        store.dispose()
