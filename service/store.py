@@ -151,6 +151,7 @@ class Store:
         self._committer: GroupCommitter | None = None
         self._committer_lock = threading.Lock()
         self._checkpointer: _Checkpointer | None = None
+        self._insert_cache: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
 
     # -- transactions ------------------------------------------------------------------------
     @contextmanager
@@ -184,10 +185,12 @@ class Store:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        driver_error = getattr(self.engine.dialect.loaded_dbapi, "Error", DBAPIError)
+        dbapi = self.engine.dialect.loaded_dbapi
+        driver_error = getattr(dbapi, "Error", DBAPIError)
+        driver_integrity = getattr(dbapi, "IntegrityError", IntegrityError)
         try:
             yield
-        except IntegrityError:
+        except (IntegrityError, driver_integrity):
             raise
         except (DBAPIError, PoolTimeout, driver_error) as exc:
             orig = getattr(exc, "orig", None) or exc
@@ -297,9 +300,49 @@ class Store:
         self._checkpointer = _Checkpointer(self.engine)
 
     def _insert_group(self, rows: Rows, shadow_rows: Rows) -> None:
-        with self.write() as conn:
-            self.insert_decisions(conn, rows)
-            self.insert_shadow_decisions(conn, shadow_rows)
+        """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection.
+
+        The statements are SQLAlchemy's own, compiled once for this dialect; running them
+        through a Core ``Connection`` cost 355 us per single-row commit here against 99 us
+        raw, and this is the one write every next-step makes. A driver's IntegrityError is
+        raised as is; other driver errors become ``StoreUnavailable`` (503), as elsewhere.
+        """
+        with self._writer(), self._translate():
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                try:
+                    if self.dialect == "sqlite":
+                        cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        for table, batch in ((decisions, rows), (shadow_decisions, shadow_rows)):
+                            if batch:
+                                sql, keys = self._insert_sql(table, tuple(batch[0]))
+                                params = (
+                                    [tuple(r[k] for k in keys) for r in batch]
+                                    if keys
+                                    else [dict(r) for r in batch]
+                                )
+                                cur.executemany(sql, params)
+                        raw.commit()
+                    except BaseException:
+                        raw.rollback()
+                        raise
+                finally:
+                    cur.close()
+            finally:
+                raw.close()
+
+    def _insert_sql(self, table: Any, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        """``INSERT`` of ``columns`` into ``table`` for this dialect, and the parameter order
+        (empty when the driver takes named parameters)."""
+        key = (table.name, columns)
+        cached = self._insert_cache.get(key)
+        if cached is None:
+            compiled = insert(table).compile(dialect=self.engine.dialect, column_keys=columns)
+            order = tuple(compiled.positiontup or ()) if compiled.positional else ()
+            cached = self._insert_cache[key] = (str(compiled), order)
+        return cached
 
     def insert_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
