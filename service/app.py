@@ -34,6 +34,11 @@ from service.store import Store
 
 log = logging.getLogger("nextstep.service")
 _PRUNE_EVERY_S = 3600.0
+# Asking the registry about cached start-up models waits this long first, so the server binds
+# and answers /readyz before MLflow's imports compete with it for the GIL; then it retries an
+# unreachable registry with doubling pauses up to the cap.
+_CONFIRM_AFTER_S = 0.5
+_CONFIRM_RETRY_MAX_S = 60.0
 
 
 def create_app(
@@ -75,6 +80,8 @@ def create_app(
             if settle_gc:
                 settle_heap()  # after the imports and the models: see service.heap
             tasks = [asyncio.create_task(_prune_forever(store, settings))]
+            if runtime.unconfirmed():  # served from the cache: ask the registry in the background
+                tasks.append(asyncio.create_task(_confirm_cached(runtime)))
             if settings.reload_interval > 0:
                 tasks.append(asyncio.create_task(_poll_forever(runtime, settings.reload_interval)))
             try:
@@ -138,6 +145,23 @@ async def _prune_forever(store: Store, settings: Settings) -> None:
             await asyncio.to_thread(store.prune_idempotency, ttl)
         except Exception as exc:  # the store may be down; the next round tries again
             log.warning("idempotency pruning failed: %s", type(exc).__name__)
+
+
+async def _confirm_cached(runtime: Runtime) -> None:
+    """Confirm the cached models start-up served, or swap in the champion promoted while the
+    service was down; keeps asking an unreachable registry (the cached models serve meanwhile)."""
+    pause = _CONFIRM_AFTER_S
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            outcome = await asyncio.to_thread(runtime.confirm)
+        except Exception as exc:  # the new champion was refused: the cached one keeps serving
+            runtime.last_error = str(exc)
+            log.warning("confirming the cached models: new champion refused: %s", exc)
+            return
+        if outcome != "unreachable":
+            return
+        pause = min(max(pause * 2, 1.0), _CONFIRM_RETRY_MAX_S)
 
 
 async def _poll_forever(runtime: Runtime, interval: float) -> None:

@@ -1,12 +1,25 @@
 """Model resolution: registry alias -> version -> local cache -> loaded scorer.
 
-The only module that talks to MLflow, and it imports MLflow lazily (about 1.2 s and 190 MB):
-a service with no registry never pays for it and the hot path never touches it. Every version
-ever served is kept under ``{home}/model-cache/{version}/`` (written to a temporary directory and
-renamed, so a cache entry is complete or absent) and ``aliases.json`` remembers which version each
-alias last pointed at, so an unreachable registry degrades to "serve the cached champion" rather
-than "serve nothing". A model that cannot be loaded is refused with a message saying why; the
-caller decides what keeps serving.
+The only module that talks to MLflow, and it imports MLflow lazily (about 1.2 s and 190 MB, plus
+about a second to open a SQLite tracking store, which checks its schema with alembic): a service
+with no registry never pays for it and the hot path never touches it. Every version ever served
+is kept under ``{home}/model-cache/{version}/`` (written to a temporary directory and renamed, so
+a cache entry is complete or absent) and ``aliases.json`` remembers which version each alias last
+pointed at, and in which registry, so an unreachable registry degrades to "serve the cached
+champion" rather than "serve nothing". A model that cannot be loaded is refused with a message
+saying why; the caller decides what keeps serving.
+
+Start-up is kept short (``nextstep serve`` to ``/readyz`` in about 3 s, most of it importing
+FastAPI, scikit-learn and LightGBM) in two ways:
+
+* a local SQLite registry is read directly (``peek_sqlite_alias``: one read-only query, a few
+  milliseconds) instead of through MLflow, and a ``file://`` artifact location is copied rather
+  than downloaded through MLflow. Anything unexpected (another schema, workspaces, a remote
+  artifact store, a locked database) makes the peek answer "don't know" and MLflow decides;
+* when even that is not possible (a tracking server, a locked database), ``resolve(...,
+  prefer_cache=True)`` serves the version this alias last resolved to *in this registry* from the
+  cache and marks it ``unconfirmed``; the runtime then asks the registry in the background and
+  swaps if the champion moved while the service was down.
 """
 
 from __future__ import annotations
@@ -17,8 +30,11 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +47,8 @@ log = logging.getLogger("nextstep.service.model")
 DEFAULT_NAME = "nextstep"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _NO_MODEL = {"", "none", "null", "ladder"}
+_DELETED_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
+_DEFAULT_WORKSPACE = "default"  # mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME
 
 
 class ModelRefused(NextstepError):
@@ -93,9 +111,82 @@ class Resolution:
     model: LoadedModel | None
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # served from the cache without asking the registry: ask it later (see Runtime.confirm)
+    unconfirmed: bool = False
 
 
 BundleLoader = Callable[[Path, Catalog], tuple[Any, Mapping[str, Any]]]
+
+
+def peek_sqlite_alias(
+    db: Path, name: str, alias: str, *, timeout: float = 0.25
+) -> tuple[str, str] | None:
+    """``(version, artifact location)`` of ``name@alias`` read straight from an MLflow SQLite
+    registry, or None for "don't know, ask MLflow".
+
+    Why: opening the registry through MLflow costs about 2.5 s (``import mlflow`` plus the
+    store's alembic schema check), most of a cold start; this query costs milliseconds. It
+    mirrors ``SqlAlchemyStore.get_model_version_by_alias`` and ``get_model_version_download_uri``
+    (alias row -> non-deleted version row -> ``storage_location or source``) and gives up on
+    anything it does not fully understand: a missing table or column, workspaces switched on, the
+    special ``latest`` alias, a version not READY, no alias at all, or a database locked for
+    longer than ``timeout``. ``tests/service/test_startup.py`` checks it against MLflow itself.
+    """
+    if alias.lower() == "latest" or os.environ.get("MLFLOW_WORKSPACE"):
+        return None
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes"):
+        return None
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    except (sqlite3.Error, ValueError):
+        return None
+    try:
+        aliases = {r[1] for r in conn.execute("PRAGMA table_info(registered_model_aliases)")}
+        versions = {r[1] for r in conn.execute("PRAGMA table_info(model_versions)")}
+        needed = {"name", "version", "current_stage", "status", "source", "storage_location"}
+        if not {"name", "alias", "version"} <= aliases or not needed <= versions:
+            return None
+        ws = "workspace" in aliases or "workspace" in versions
+        if ws and not ("workspace" in aliases and "workspace" in versions):
+            return None
+        sql = (
+            "SELECT mv.version, mv.storage_location, mv.source, mv.status "
+            "FROM registered_model_aliases a JOIN model_versions mv "
+            "ON mv.name = a.name AND mv.version = a.version"
+            + (" AND mv.workspace = a.workspace" if ws else "")
+            + " WHERE a.name = ? AND a.alias = ? AND mv.current_stage != ?"
+            + (" AND a.workspace = ?" if ws else "")
+        )
+        args = (name, alias, _DELETED_STAGE, *((_DEFAULT_WORKSPACE,) if ws else ()))
+        rows = conn.execute(sql, args).fetchall()
+    except sqlite3.Error:  # locked, corrupt, not a registry
+        return None
+    finally:
+        conn.close()
+    if len(rows) != 1:
+        return None
+    version, storage_location, source, status = rows[0]
+    location = storage_location or source
+    if status != "READY" or not location:
+        return None
+    return str(version), str(location)
+
+
+def local_artifact_dir(location: str) -> Path | None:
+    """The directory an artifact location names when it is on this machine, else None.
+
+    MLflow's download of a local directory is a copy; doing the copy ourselves avoids importing
+    MLflow (and opening its tracking store) for the common local set-up."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            return None
+        path = Path(urllib.parse.unquote(parsed.path))
+    elif parsed.scheme:  # s3://, models:/, runs:/, mlflow-artifacts:/ ...
+        return None
+    else:
+        path = Path(location)
+    return path if path.is_absolute() and path.is_dir() else None
 
 
 def _default_bundle_loader(path: Path, catalog: Catalog) -> tuple[Any, Mapping[str, Any]]:
@@ -114,42 +205,70 @@ class ModelLoader:
         catalog: Catalog,
         *,
         bundle_loader: BundleLoader | None = None,
+        sqlite_fast_path: bool = True,
     ) -> None:
         self.cache_dir = Path(home) / "model-cache"
         self.tracking_uri = tracking_uri
         self.catalog = catalog
         self.bundle_loader = bundle_loader or _default_bundle_loader
+        # False: always go through MLflow, even for a local SQLite registry (tests, escape hatch)
+        self.sqlite_fast_path = sqlite_fast_path
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------------
-    def resolve(self, ref: ModelRef) -> Resolution:
-        """Load the model ``ref`` names now. Raises ``ModelRefused`` for a broken model."""
+    def resolve(self, ref: ModelRef, *, prefer_cache: bool = False) -> Resolution:
+        """Load the model ``ref`` names now. Raises ``ModelRefused`` for a broken model.
+
+        ``prefer_cache`` (start-up): when the registry cannot be read cheaply, serve the version
+        this alias last resolved to in this registry from the cache, without waiting for the
+        registry, and mark the resolution ``unconfirmed``."""
         with self._lock:
             if ref.kind == "none":
                 return Resolution(None, "no model configured: serving ladder")
             if ref.kind == "path":
                 return Resolution(self._load_path(ref))
-            return self._resolve_registry(ref)
+            return self._resolve_registry(ref, prefer_cache=prefer_cache)
 
-    def current_version(self, ref: ModelRef) -> str | None:
-        """The version ``ref`` points at in the registry now (None if unknown): for polling."""
+    def registry_version(self, ref: ModelRef) -> str | None:
+        """The version ``ref`` points at in the registry now; None when the registry has no such
+        alias (or there is no registry). Raises when the registry cannot be asked."""
         if ref.kind == "version":
             return ref.version
         if ref.kind != "alias" or not self._registry_exists():
             return None
+        hint = self._peek(ref)
+        if hint is not None:
+            return hint[0]
+        return self._registry_version(ref)
+
+    def current_version(self, ref: ModelRef) -> str | None:
+        """The version ``ref`` points at in the registry now (None if unknown): for polling."""
         try:
-            return self._registry_version(ref)
+            return self.registry_version(ref)
         except Exception:
             return None
+
+    def confirmed(self, ref: ModelRef, version: str) -> None:
+        """The registry agrees that ``ref`` is ``version``: remember it as resolved there."""
+        self._remember_alias(ref, version)
 
     # -- registry --------------------------------------------------------------------------
     def _registry_exists(self) -> bool:
         """False when the tracking store is a SQLite file that does not exist (nothing trained)."""
+        db = self._sqlite_path()
+        return db.exists() if db is not None else True
+
+    def _sqlite_path(self) -> Path | None:
         uri = self.tracking_uri
-        if uri.startswith("sqlite:///"):
-            return Path(uri[len("sqlite:///") :]).exists()
-        return True
+        return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+    def _peek(self, ref: ModelRef) -> tuple[str, str] | None:
+        """``(version, location)`` straight from a local SQLite registry, or None (ask MLflow)."""
+        db = self._sqlite_path()
+        if not self.sqlite_fast_path or db is None or "?" in str(db) or ref.alias is None:
+            return None
+        return peek_sqlite_alias(db, ref.name, ref.alias)
 
     def _client(self) -> Any:
         # MLflow retries an unreachable server for minutes by default; start-up should not.
@@ -160,7 +279,8 @@ class ModelLoader:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _registry_version(self, ref: ModelRef) -> str | None:
-        """The alias's version; None when the registry says there is no such alias/model."""
+        """The alias's version through MLflow; None when the registry says there is no such
+        alias/model."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -174,7 +294,7 @@ class ModelLoader:
             raise
         return str(mv.version)
 
-    def _resolve_registry(self, ref: ModelRef) -> Resolution:
+    def _resolve_registry(self, ref: ModelRef, *, prefer_cache: bool) -> Resolution:
         if not self._registry_exists():
             cached = self._cached_for(ref)
             if cached is None:
@@ -183,8 +303,19 @@ class ModelLoader:
             return Resolution(
                 model, f"no registry at {self.tracking_uri}; serving cached version {cached}"
             )
+        hint = self._peek(ref) if ref.kind == "alias" else None
+        if hint is None and prefer_cache and ref.kind == "alias":
+            early = self._serve_recorded(ref)
+            if early is not None:
+                return early
+        location: str | None = None
         try:
-            version = ref.version if ref.kind == "version" else self._registry_version(ref)
+            if ref.kind == "version":
+                version = ref.version
+            elif hint is not None:
+                version, location = hint
+            else:
+                version = self._registry_version(ref)
         except Exception as exc:  # unreachable server, broken database, network
             cached = self._cached_for(ref)
             why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
@@ -202,7 +333,7 @@ class ModelLoader:
         path = self._version_dir(ref.name, version)
         if not path.exists():
             try:
-                self._download(ref.name, version, path)
+                self._download(ref.name, version, path, location)
             except Exception as exc:
                 raise ModelRefused(
                     f"cannot download model {ref.name} version {version}: "
@@ -212,17 +343,41 @@ class ModelLoader:
         self._remember_alias(ref, version)
         return Resolution(model)
 
-    def _download(self, name: str, version: str, dest: Path) -> None:
-        import mlflow.artifacts
+    def _serve_recorded(self, ref: ModelRef) -> Resolution | None:
+        """The cached version this alias last resolved to in this registry, unconfirmed."""
+        version, registry = self._alias_record(ref)
+        if version is None or registry != self.tracking_uri:
+            return None  # never resolved here: the cache says nothing about this registry
+        if not self._version_dir(ref.name, version).exists():
+            return None
+        try:
+            model = self._load_cached(ref, version, source="cache")
+        except ModelRefused as exc:  # a damaged cache entry: ask the registry as usual
+            log.warning("cached %s: %s", ref.label, exc)
+            return None
+        note = f"serving cached version {version} of {ref.label}; asking the registry"
+        return Resolution(model, note, unconfirmed=True)
 
-        src = self._client().get_model_version_download_uri(name, version)
+    def _download(self, name: str, version: str, dest: Path, location: str | None) -> None:
+        """Fetch a version's artifacts into the cache: a copy when they are on this machine
+        (no MLflow), else MLflow's download."""
+        src = location or self._client().get_model_version_download_uri(name, version)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=src, dst_path=str(tmp), tracking_uri=self.tracking_uri
-            )
-            (Path(local) / ".nextstep-model.json").write_text(
+            local_dir = local_artifact_dir(src)
+            if local_dir is not None:
+                local = tmp / (local_dir.name or "artifacts")
+                shutil.copytree(local_dir, local)
+            else:
+                import mlflow.artifacts
+
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=src, dst_path=str(tmp), tracking_uri=self.tracking_uri
+                    )
+                )
+            (local / ".nextstep-model.json").write_text(
                 json.dumps({"name": name, "version": version, "source": src}), encoding="utf-8"
             )
             try:
@@ -241,33 +396,48 @@ class ModelLoader:
     def _aliases_file(self) -> Path:
         return self.cache_dir / "aliases.json"
 
-    def _remember_alias(self, ref: ModelRef, version: str) -> None:
-        if ref.kind != "alias":
-            return
+    def _read_aliases(self) -> dict[str, Any]:
         try:
             data = json.loads(self._aliases_file().read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            data = {}
-        key = f"{ref.name}@{ref.alias}"
-        if data.get(key) == version:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _alias_record(self, ref: ModelRef) -> tuple[str | None, str | None]:
+        """``(version, registry URI)`` the alias last resolved to; the registry is None for
+        records written before it was kept (``{"nextstep@champion": "3"}``)."""
+        entry = self._read_aliases().get(f"{ref.name}@{ref.alias}")
+        if isinstance(entry, dict):
+            v, reg = entry.get("version"), entry.get("registry")
+            return (None if v is None else str(v)), (None if reg is None else str(reg))
+        return (None if entry is None else str(entry)), None
+
+    def _remember_alias(self, ref: ModelRef, version: str) -> None:
+        if ref.kind != "alias":
             return
-        data[key] = version
+        data = self._read_aliases()
+        key = f"{ref.name}@{ref.alias}"
+        entry = data.get(key)
+        if isinstance(entry, dict) and (entry.get("version"), entry.get("registry")) == (
+            version,
+            self.tracking_uri,
+        ):
+            return
+        data[key] = {"version": version, "registry": self.tracking_uri, "at": time.time()}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._aliases_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        # a unique temporary name: two workers may record at the same moment
+        fd, tmp = tempfile.mkstemp(prefix=".aliases-", suffix=".tmp", dir=self.cache_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2))
         os.replace(tmp, self._aliases_file())
 
     def _cached_for(self, ref: ModelRef) -> str | None:
         """The cached version for ``ref``: a pinned version, the alias's last, or the newest."""
         if ref.kind == "version":
             return ref.version if self._version_dir(ref.name, ref.version or "").exists() else None
-        try:
-            data = json.loads(self._aliases_file().read_text(encoding="utf-8"))
-            v = data.get(f"{ref.name}@{ref.alias}")
-            if v and self._version_dir(ref.name, v).exists():
-                return str(v)
-        except (OSError, ValueError):
-            pass
+        v, _registry = self._alias_record(ref)
+        if v and self._version_dir(ref.name, v).exists():
+            return v
         if not self.cache_dir.exists():
             return None
         prefix = "" if ref.name == DEFAULT_NAME else f"{ref.name}-"

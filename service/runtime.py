@@ -4,10 +4,16 @@ Why a snapshot: a reload (new champion, edited experiments file) builds every ar
 first, smoke-tests each, and only then replaces one reference. A request reads that reference
 once and keeps its snapshot to the end, so in-flight requests finish on the old model, new ones
 start on the new, and a model that fails to load never replaces a working one.
+
+Start-up may serve an arm's champion from the local cache without asking the registry (see
+``ModelLoader.resolve(prefer_cache=True)``), so the service is ready in seconds even when the
+registry is slow or down. Such arms are *unconfirmed*: ``confirm`` asks the registry once it can
+and swaps, exactly like a reload, if the champion moved while the service was down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +24,7 @@ from typing import Any
 from features.catalog import Catalog
 from models.decide import Decider
 from service.experiments import Arm, Experiment, load_experiment
-from service.model_loader import ModelLoader, ModelRefused, Resolution, parse_ref
+from service.model_loader import ModelLoader, ModelRef, ModelRefused, Resolution, parse_ref
 from service.settings import Settings
 
 log = logging.getLogger("nextstep.service.runtime")
@@ -68,7 +74,17 @@ class ModelDeciderFactory:
         self.last: dict[str, Resolution] = {}
 
     def __call__(self, catalog: Catalog, arm: Arm) -> Decider:
-        res = self.loader.resolve(parse_ref(arm.model, self.settings.model_uri))
+        return self._build(catalog, arm, prefer_cache=False)
+
+    def for_start(self, catalog: Catalog, arm: Arm) -> Decider:
+        """Start-up: a cached champion may serve before the registry answers (unconfirmed)."""
+        return self._build(catalog, arm, prefer_cache=True)
+
+    def _ref(self, arm: Arm) -> ModelRef:
+        return parse_ref(arm.model, self.settings.model_uri)
+
+    def _build(self, catalog: Catalog, arm: Arm, *, prefer_cache: bool) -> Decider:
+        res = self.loader.resolve(self._ref(arm), prefer_cache=prefer_cache)
         self.last[arm.name] = res
         model = res.model
         return Decider(
@@ -79,6 +95,33 @@ class ModelDeciderFactory:
             seed=self.settings.seed,
             guardrails=self.settings.guardrails,
         )
+
+    def unconfirmed(self, arm: Arm) -> bool:
+        """True when the arm's model came from the cache and the registry was not asked yet."""
+        res = self.last.get(arm.name)
+        return res is not None and res.unconfirmed
+
+    def confirm(self, arm: Arm, served: str | None) -> bool:
+        """Ask the registry for the arm's version: True (and the arm counts as resolved there)
+        when it is ``served``; False when the champion moved. Raises when the registry cannot
+        be asked."""
+        ref = self._ref(arm)
+        version = self.loader.registry_version(ref)
+        if version != served:
+            return False
+        res = self.last.get(arm.name)
+        if res is not None and res.model is not None and version is not None:
+            self.loader.confirmed(ref, version)
+            model = dataclasses.replace(res.model, source="registry")
+            self.last[arm.name] = Resolution(model)
+        return True
+
+    def note_unreachable(self, arm: Arm, why: str) -> None:
+        """Keep the arm unconfirmed, and say in /readyz why the registry did not answer."""
+        res = self.last.get(arm.name)
+        if res is not None and res.model is not None:
+            note = f"{why}; serving cached version {res.model.version}; asking again later"
+            self.last[arm.name] = dataclasses.replace(res, note=note)
 
     def describe(self, arm: Arm) -> tuple[str | None, str | None]:
         res = self.last.get(arm.name)
@@ -124,7 +167,7 @@ class Runtime:
             arms = {}
             for arm in experiment.arms:
                 try:
-                    arms[arm.name] = self._build_arm(arm)
+                    arms[arm.name] = self._build_arm(arm, starting=True)
                 except ModelRefused as exc:
                     log.error("arm %s: %s; serving without a model", arm.name, exc)
                     decider = Decider(
@@ -145,12 +188,67 @@ class Runtime:
             arms = {arm.name: self._build_arm(arm) for arm in experiment.arms}
             return True, self._swap(Deciders(experiment, arms, self._next_generation()))
 
+    def unconfirmed(self) -> list[str]:
+        """Arms serving a cached model the registry has not confirmed yet (see ``confirm``)."""
+        check: Any = getattr(self.factory, "unconfirmed", None)
+        if check is None or self._current is None:
+            return []
+        return [a.name for a in self._current.experiment.arms if check(a)]
+
+    def confirm(self) -> str:
+        """Ask the registry about the arms start-up served from the cache.
+
+        Returns ``"confirmed"`` (the registry agrees: same snapshot and generation, only the
+        arms' source and note change), ``"swapped"`` (a champion moved while the service was
+        down: every arm rebuilt and swapped in, as a reload does), ``"unreachable"`` (the
+        registry did not answer: keep serving, ask again later) or ``"nothing"``. Raises
+        ``ModelRefused`` when the registry's champion cannot be used (the cached one keeps
+        serving)."""
+        with self._lock:
+            pending = self.unconfirmed()
+            if not pending:
+                return "nothing"
+            cur = self.current
+            by_name = {a.name: a for a in cur.experiment.arms}
+            factory: Any = self.factory
+            moved = False
+            try:
+                for name in pending:
+                    served = cur.arms[name].decider.model_version
+                    if not factory.confirm(by_name[name], served):
+                        moved = True
+            except Exception as exc:  # unreachable server, locked database, network
+                why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
+                log.warning("confirming the cached models: %s", why)
+                for name in pending:
+                    factory.note_unreachable(by_name[name], why)
+                self._current = self._annotated(cur, pending)
+                return "unreachable"
+            if moved:
+                arms = {arm.name: self._build_arm(arm) for arm in cur.experiment.arms}
+                self._swap(Deciders(cur.experiment, arms, self._next_generation()))
+                return "swapped"
+            self._current = self._annotated(cur, pending)
+            log.info("the registry confirms the cached models of %s", ", ".join(pending))
+            return "confirmed"
+
     # -- internals ---------------------------------------------------------------------------
+    def _annotated(self, cur: Deciders, names: list[str]) -> Deciders:
+        """``cur`` with the named arms' source and note refreshed from the factory: the same
+        deciders and generation (nothing was rebuilt, so metrics and callers see no swap)."""
+        describe: Any = self.factory.describe  # type: ignore[attr-defined]
+        arms = dict(cur.arms)
+        for name in names:
+            source, note = describe(arms[name].arm)
+            arms[name] = dataclasses.replace(arms[name], model_source=source, note=note)
+        return dataclasses.replace(cur, arms=arms)
+
     def _experiment(self) -> Experiment:
         return load_experiment(self.settings.experiments, default_policy=self.settings.policy)
 
-    def _build_arm(self, arm: Arm) -> ArmRuntime:
-        decider = self.factory(self.catalog, arm)
+    def _build_arm(self, arm: Arm, *, starting: bool = False) -> ArmRuntime:
+        build: Any = getattr(self.factory, "for_start", None) if starting else None
+        decider = (build or self.factory)(self.catalog, arm)
         if self.settings.guardrails is not None and decider.guardrails is None:
             decider.set_guardrails(self.settings.guardrails)  # custom factories get them too
         try:  # a smoke decision proves policy and model work together on this catalog

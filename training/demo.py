@@ -24,7 +24,9 @@ def ensure_demo(world: str, users: int) -> tuple[Path, Path, str | None]:
 
         info = write_simulation(load_world(world), users, DEMO_SEED, folder)
         print(f"simulated {info['users']} users of world {info['world']}: {info['rows']} events")
-    version = tracking.alias_version(tracking.CHAMPION)
+    from training.modelio import alias_version  # no MLflow import for the local registry
+
+    version = alias_version(tracking.CHAMPION)
     if version is None:
         from training.pipeline import train_command
 
