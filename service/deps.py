@@ -9,6 +9,7 @@ globals, so two apps in one process (tests) never share a store, a registry or a
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Security
@@ -47,7 +48,29 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+@dataclass(frozen=True)
+class Services:
+    """What the decision and outcome handlers use, as one dependency.
+
+    FastAPI spends about 50 us resolving each dependency of a request (its parameters, its
+    cache key), which on ``next-step`` added up to more than the decision itself; the hot
+    handlers take this one object instead of three. ``deciders`` is the snapshot serving this
+    request, read once, as with ``DeciderDep``.
+    """
+
+    store: Store
+    deciders: Deciders
+    metrics: Metrics
+    catalog: Catalog
+
+
+async def get_services(request: Request) -> Services:
+    state = request.app.state
+    return Services(state.store, state.runtime.current, state.metrics, state.catalog)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 StoreDep = Annotated[Store, Depends(get_store)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 DeciderDep = Annotated[Deciders, Depends(get_deciders)]

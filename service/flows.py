@@ -204,7 +204,7 @@ def _prepare(
 def decide_next_step(store: Store, deciders: Deciders, req: NextStepRequest) -> PreparedDecision:
     """The read-and-decide half of a next-step without an Idempotency-Key.
 
-    The caller stores ``row`` and ``shadow_rows`` (``Store.insert_decisions_grouped``) before
+    The caller stores ``row`` and ``shadow_rows`` (``Store.commit_decisions``) before
     answering with ``decided``; nothing here writes.
     """
     return _prepare(deciders, req, store.read_history(req.user_id), _digest(req))

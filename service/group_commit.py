@@ -7,6 +7,9 @@ every row queued while the previous commit ran and commits them together: under 
 carries many requests, and with a single request in flight it is exactly the old one commit per
 request. Nothing is acknowledged before its commit, so durability is unchanged; a failed group
 is retried row by row, so one bad row cannot fail the requests it happened to share a group with.
+
+Used for database servers (PostgreSQL), where a commit is a round trip and a log flush. SQLite
+commits inline instead (``Store.commit_decisions``): its commit is cheaper than the hand-off.
 """
 
 from __future__ import annotations

@@ -272,14 +272,23 @@ class Store:
         ]
 
     # -- decisions ---------------------------------------------------------------------------
-    async def insert_decisions_grouped(self, rows: Rows, shadow_rows: Rows = ()) -> None:
-        """Insert decisions (and their shadows) durably, sharing the commit with whatever
-        other requests are writing at the same moment (see ``service.group_commit``)."""
+    async def commit_decisions(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+        """Insert decisions (and their shadows) durably: returns once they are committed.
+
+        SQLite commits right here, on the caller's thread: a WAL commit without fsync takes
+        about 0.1 ms, less than handing it to another thread and back (measured with wrk at
+        16 connections: 1,130 requests/s inline against 850 through a writer thread; p99 at one
+        connection 1.5 ms against 3.7 ms). A database server pays a round trip and a log flush
+        per commit, so there concurrent requests share commits (``service.group_commit``).
+        """
+        if self.embedded:
+            self._start_checkpointer()
+            self._insert_group(rows, shadow_rows)
+            return
         committer = self._committer
         if committer is None:
             with self._committer_lock:
                 if self._committer is None:
-                    self._start_checkpointer()
                     self._committer = GroupCommitter(self._insert_group)
                 committer = self._committer
         await committer.submit(rows, shadow_rows)
@@ -295,9 +304,12 @@ class Store:
         """
         if self.dialect != "sqlite" or self._checkpointer is not None:
             return
-        self._pragmas["wal_autocheckpoint"] = 0
-        self.engine.dispose()  # pooled connections reopen with the new pragma
-        self._checkpointer = _Checkpointer(self.engine)
+        with self._committer_lock:
+            if self._checkpointer is not None:
+                return
+            self._pragmas["wal_autocheckpoint"] = 0
+            self.engine.dispose()  # pooled connections reopen with the new pragma
+            self._checkpointer = _Checkpointer(self.engine)
 
     def _insert_group(self, rows: Rows, shadow_rows: Rows) -> None:
         """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection.

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service import flows
-from service.deps import DeciderDep, IdempotencyKey, MetricsDep, StoreDep
+from service.deps import IdempotencyKey, ServicesDep
 from service.routers import problems, respond, run_flow
 from service.schemas import BatchRequest, BatchResponse, Decision, NextStepRequest
 
@@ -22,9 +22,7 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
 )
 async def next_step(
     req: NextStepRequest,
-    store: StoreDep,
-    deciders: DeciderDep,
-    metrics: MetricsDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Decide what to offer this user now (``step`` null: offer nothing, ``reason`` says why).
@@ -32,6 +30,7 @@ async def next_step(
     The decision is stored before the response is sent; report what the user did with
     ``POST /v1/outcomes`` and its ``decision_id``.
     """
+    store, deciders, metrics = services.store, services.deciders, services.metrics
     if idempotency_key is not None:  # key, effect and response in one transaction
         return respond(
             await run_flow(
@@ -45,7 +44,7 @@ async def next_step(
             )
         )
     prepared = await run_flow(store, flows.decide_next_step, store, deciders, req)
-    await store.insert_decisions_grouped([prepared.row], prepared.shadow_rows)
+    await store.commit_decisions([prepared.row], prepared.shadow_rows)
     return respond(flows.decided(prepared, metrics))
 
 
@@ -55,13 +54,15 @@ async def next_step(
     responses=problems(400, 413, 415, 422, 503),
     summary="Next steps for up to 1,000 users",
 )
-async def next_step_batch(
-    batch: BatchRequest, store: StoreDep, deciders: DeciderDep, metrics: MetricsDep
-) -> Response:
+async def next_step_batch(batch: BatchRequest, services: ServicesDep) -> Response:
     """One answer per request, in order: a decision, or a problem object for that item."""
     # up to 1,000 decisions: always in the thread pool, so the event loop keeps serving
     return respond(
         await run_in_threadpool(
-            flows.next_step_batch, store, deciders, batch.requests, metrics=metrics
+            flows.next_step_batch,
+            services.store,
+            services.deciders,
+            batch.requests,
+            metrics=services.metrics,
         )
     )

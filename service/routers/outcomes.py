@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 from starlette.responses import Response
 
 from service import flows
-from service.deps import CatalogDep, IdempotencyKey, MetricsDep, StoreDep
+from service.deps import IdempotencyKey, ServicesDep
 from service.routers import problems, respond, run_flow
 from service.schemas import OutcomeOut, OutcomeRequest
 
@@ -24,9 +24,7 @@ router = APIRouter(prefix="/v1", tags=["outcomes"])
 )
 async def record_outcome(
     req: Annotated[OutcomeRequest, Body()],
-    store: StoreDep,
-    catalog: CatalogDep,
-    metrics: MetricsDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """By ``decision_id`` (an offer this service made) or by ``user_id`` + ``step`` (organic).
@@ -37,12 +35,12 @@ async def record_outcome(
     """
     return respond(
         await run_flow(
-            store,
+            services.store,
             flows.record_outcome,
-            store,
-            catalog,
+            services.store,
+            services.catalog,
             req,
             idempotency_key=idempotency_key,
-            metrics=metrics,
+            metrics=services.metrics,
         )
     )

@@ -140,16 +140,24 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
     assert _count(store) == 11  # the ten good rows and the one that was there
 
 
-def test_grouped_insert_through_the_store_and_dispose_stops_the_writer(store: Store) -> None:
+def test_commit_decisions_and_dispose_stops_the_background_threads(store: Store) -> None:
+    """SQLite commits on the caller's thread (and checkpoints in the background); a database
+    server gets the group committer. ``dispose`` stops whichever thread runs."""
+
     async def main() -> None:
-        await asyncio.gather(*(store.insert_decisions_grouped([_row("g", 1.0)]) for _ in range(5)))
+        await asyncio.gather(*(store.commit_decisions([_row("g", 1.0)]) for _ in range(5)))
 
     asyncio.run(main())
     assert _count(store) == 5
-    writer = store._committer
-    assert writer is not None
+    if store.embedded:
+        assert store._committer is None
+        thread = store._checkpointer._thread  # type: ignore[union-attr]
+    else:
+        assert store._checkpointer is None
+        thread = store._committer._thread  # type: ignore[union-attr]
+    assert thread.is_alive()
     store.dispose()
-    assert not writer._thread.is_alive()
+    assert not thread.is_alive()
 
 
 def test_sqlite_checkpoints_in_the_background_not_at_commit(sqlite_url: str) -> None:
@@ -166,7 +174,7 @@ def test_sqlite_checkpoints_in_the_background_not_at_commit(sqlite_url: str) -> 
 
         async def main() -> None:
             for i in range(20):
-                await store.insert_decisions_grouped([_row(f"c{i}-{j}", 1.0) for j in range(200)])
+                await store.commit_decisions([_row(f"c{i}-{j}", 1.0) for j in range(200)])
 
         asyncio.run(main())
         with store.read() as conn:
