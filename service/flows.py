@@ -322,9 +322,7 @@ def next_step_batch(
             )
         )
         answers.append(payload)
-    with store.write() as conn:
-        store.insert_decisions(conn, rows)
-        store.insert_shadow_decisions(conn, shadow_rows)
+    store.insert_decision_rows(rows, shadow_rows)
     for payload in answers:
         if "decision_id" in payload:
             _count(metrics, payload)

@@ -43,6 +43,7 @@ from typing import Any
 from features.catalog import Catalog
 from features.errors import NextstepError
 
+MODEL_MARKER = ".nextstep-model.json"
 log = logging.getLogger("nextstep.service.model")
 DEFAULT_NAME = "nextstep"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
@@ -170,6 +171,39 @@ def peek_sqlite_alias(
     if status != "READY" or not location:
         return None
     return str(version), str(location)
+
+
+def fetch_artifacts(
+    src: str, dest: Path, marker: Mapping[str, str], tracking_uri: str | None
+) -> None:
+    """Put a model version's artifacts at ``dest``, complete or not at all: a plain copy when
+    ``src`` is a directory on this machine (no MLflow), else MLflow's download. ``marker``
+    (name, version) is written into it as ``.nextstep-model.json``. The service's cache and
+    the batch commands' cache both fill through here; two processes racing for the same
+    version both succeed (the second finds the first's copy)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+    try:
+        local_dir = local_artifact_dir(src)
+        if local_dir is not None:
+            local = tmp / (local_dir.name or "artifacts")
+            shutil.copytree(local_dir, local)
+        else:
+            import mlflow.artifacts
+
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=src, dst_path=str(tmp), tracking_uri=tracking_uri
+                )
+            )
+        (local / MODEL_MARKER).write_text(json.dumps({**marker, "source": src}), encoding="utf-8")
+        try:
+            os.replace(local, dest)  # complete or absent, never half-written
+        except OSError:
+            if not dest.exists():  # not "another process was faster"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def local_artifact_dir(location: str) -> Path | None:
@@ -359,34 +393,8 @@ class ModelLoader:
         return Resolution(model, note, unconfirmed=True)
 
     def _download(self, name: str, version: str, dest: Path, location: str | None) -> None:
-        """Fetch a version's artifacts into the cache: a copy when they are on this machine
-        (no MLflow), else MLflow's download."""
         src = location or self._client().get_model_version_download_uri(name, version)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
-        try:
-            local_dir = local_artifact_dir(src)
-            if local_dir is not None:
-                local = tmp / (local_dir.name or "artifacts")
-                shutil.copytree(local_dir, local)
-            else:
-                import mlflow.artifacts
-
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=src, dst_path=str(tmp), tracking_uri=self.tracking_uri
-                    )
-                )
-            (local / ".nextstep-model.json").write_text(
-                json.dumps({"name": name, "version": version, "source": src}), encoding="utf-8"
-            )
-            try:
-                os.replace(local, dest)  # complete or absent, never half-written
-            except OSError:
-                if not dest.exists():  # not "another worker was faster"
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        fetch_artifacts(src, dest, {"name": name, "version": version}, self.tracking_uri)
 
     # -- cache -------------------------------------------------------------------------------
     def _version_dir(self, name: str, version: str) -> Path:

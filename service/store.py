@@ -283,13 +283,13 @@ class Store:
         """
         if self.embedded:
             self._start_checkpointer()
-            self._insert_group(rows, shadow_rows)
+            self.insert_decision_rows(rows, shadow_rows)
             return
         committer = self._committer
         if committer is None:
             with self._committer_lock:
                 if self._committer is None:
-                    self._committer = GroupCommitter(self._insert_group)
+                    self._committer = GroupCommitter(self.insert_decision_rows)
                 committer = self._committer
         await committer.submit(rows, shadow_rows)
 
@@ -311,8 +311,9 @@ class Store:
             self.engine.dispose()  # pooled connections reopen with the new pragma
             self._checkpointer = _Checkpointer(self.engine)
 
-    def _insert_group(self, rows: Rows, shadow_rows: Rows) -> None:
-        """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection.
+    def insert_decision_rows(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+        """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection
+        (every next-step's write, and a whole ``next-step:batch``).
 
         The statements are SQLAlchemy's own, compiled once for this dialect; running them
         through a Core ``Connection`` cost 355 us per single-row commit here against 99 us

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from models.bundle import ModelBundle, ModelScorer, load_bundle, load_bundle_dir
 from training import tracking
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
-MARKER = ".nextstep-model.json"
+MARKER = ".nextstep-model.json"  # service.model_loader.MODEL_MARKER
 
 
 class ModelNotFoundError(NextstepError):
@@ -122,7 +120,7 @@ def _peek(name: str, alias: str) -> tuple[str, str] | None:
 def _download(name: str, version: str, dest: Path, raw: str, location: str | None = None) -> None:
     """Fetch a version's artifacts into the cache: a plain copy when ``location`` (or the
     registry's download URI) is a directory on this machine, else MLflow's download."""
-    from service.model_loader import local_artifact_dir
+    from service.model_loader import fetch_artifacts
 
     if location is None:
         if not tracking.registry_exists():
@@ -136,32 +134,7 @@ def _download(name: str, version: str, dest: Path, raw: str, location: str | Non
             location = tracking.client().get_model_version_download_uri(name, version)
         except MlflowException:
             raise ModelNotFoundError(f"no version {version} of registered model {name!r}") from None
-    src = location
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
-    try:
-        local_dir = local_artifact_dir(src)
-        if local_dir is not None:
-            local = tmp / (local_dir.name or "artifacts")
-            shutil.copytree(local_dir, local)
-        else:
-            import mlflow.artifacts
-
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=src, dst_path=str(tmp), tracking_uri=tracking.tracking_uri()
-                )
-            )
-        (local / MARKER).write_text(
-            json.dumps({"name": name, "version": version, "source": src}), encoding="utf-8"
-        )
-        try:
-            os.replace(local, dest)  # complete or absent, never half-written
-        except OSError:
-            if not dest.exists():  # not "someone else was faster"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    fetch_artifacts(location, dest, {"name": name, "version": version}, tracking.tracking_uri())
 
 
 def _local_version(path: Path) -> str | None:

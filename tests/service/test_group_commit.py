@@ -91,7 +91,7 @@ def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
     def write(rows: Any, shadows: Any) -> None:
         gate.wait(5)  # the first commit waits until every request has queued behind it
         calls.append(len(rows))
-        store._insert_group(rows, shadows)
+        store.insert_decision_rows(rows, shadows)
 
     committer = GroupCommitter(write)
 
@@ -118,7 +118,7 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
 
     def write(rows: Any, shadows: Any) -> None:
         gate.wait(5)
-        store._insert_group(rows, shadows)
+        store.insert_decision_rows(rows, shadows)
 
     committer = GroupCommitter(write)
 
