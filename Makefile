@@ -34,6 +34,7 @@ test-fast: install
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/hadolint Dockerfile
 
 format: install
 	.venv/bin/ruff format .

@@ -3,34 +3,21 @@ SQLite (and PostgreSQL where a test asks for it), and a clean ``NEXTSTEP_*`` env
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.helpers import CATALOG
+from tests.service import fixtures as _shared
+
+_clean_env = _shared._clean_env  # autouse: no NEXTSTEP_* from the developer's shell
+catalog_path = _shared.catalog_path
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("NEXTSTEP_") or name == "MLFLOW_TRACKING_URI":
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def catalog_path(tmp_path: Path) -> Path:
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(CATALOG), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
