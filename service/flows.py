@@ -122,14 +122,26 @@ def _shadow_rows(
     return rows
 
 
-def _decision(
-    arm: ArmRuntime, req: NextStepRequest, result: DecisionResult, now: float, digest: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stored row and the response payload of one decision."""
-    decision_id = uuid.uuid4().hex
+def _candidates(result: DecisionResult) -> tuple[list[dict[str, Any]], str]:
+    """The response's candidate list and its stored JSON."""
     candidates = [
         {"step": c.step, "p_accept": c.p_accept, "score": c.score} for c in result.candidates
     ]
+    return candidates, dumps(candidates)
+
+
+def _decision(
+    arm: ArmRuntime,
+    req: NextStepRequest,
+    result: DecisionResult,
+    now: float,
+    digest: str | None,
+    rendered: tuple[list[dict[str, Any]], str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored row and the response payload of one decision (``rendered``: the candidates
+    of a decision shared by several requests of a batch, rendered once)."""
+    decision_id = uuid.uuid4().hex
+    candidates, candidates_json = rendered or _candidates(result)
     payload = {
         "decision_id": decision_id,
         "user_id": req.user_id,
@@ -161,7 +173,7 @@ def _decision(
         "explored": bool(result.explored),
         "p_accept": result.p_accept,
         "context": dumps(req.context) if req.context else None,
-        "candidates": dumps(candidates),
+        "candidates": candidates_json,
         "reason": result.reason,
         "request_hash": digest,
     }
@@ -298,6 +310,7 @@ def next_step_batch(
     rows: list[dict[str, Any]] = []
     shadow_rows: list[dict[str, Any]] = []
     same: dict[tuple, DecisionResult] = {}
+    rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of a shared result
     for req in requests:
         now = req.ts if req.ts is not None else default_now
         arm = deciders.for_user(req.user_id)
@@ -314,7 +327,13 @@ def next_step_batch(
                 problem_dict(422, detail=exc.detail, type_="urn:nextstep:problem:validation")
             )
             continue
-        row, payload = _decision(arm, req, result, now, None)
+        if key is not None and same.get(key) is result:
+            shared = rendered.get(id(result))
+            if shared is None:
+                shared = rendered[id(result)] = _candidates(result)
+            row, payload = _decision(arm, req, result, now, None, shared)
+        else:
+            row, payload = _decision(arm, req, result, now, None)
         rows.append(row)
         shadow_rows.extend(
             _shadow_rows(
