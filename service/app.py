@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
-from service.heap import settle_heap
+from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
 from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
@@ -54,6 +54,10 @@ def create_app(
     settings = settings or Settings()
     metrics = Metrics()
 
+    def _on_swap(deciders: Any) -> None:
+        metrics.set_models(deciders)
+        refreeze_heap()  # a no-op until start-up has frozen the heap
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("nextstep").setLevel(settings.log_level_number)
@@ -69,7 +73,7 @@ def create_app(
             factory = decider_factory or ModelDeciderFactory(
                 settings, ModelLoader(settings.home, settings.tracking_uri, cat)
             )
-            runtime = Runtime(settings, cat, factory, on_swap=metrics.set_models)
+            runtime = Runtime(settings, cat, factory, on_swap=_on_swap)
             await asyncio.to_thread(runtime.start)
             app.state.settings = settings
             app.state.store = store
