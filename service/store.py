@@ -137,6 +137,10 @@ class Store:
             url, pool_size=pool_size, max_overflow=max_overflow, pragmas=self._pragmas
         )
         self.dialect = self.engine.dialect.name
+        # what ``_translate`` catches, looked up once: the raw-cursor paths raise driver errors
+        dbapi = self.engine.dialect.loaded_dbapi
+        self._driver_integrity: type[Exception] = getattr(dbapi, "IntegrityError", IntegrityError)
+        self._driver_error: type[Exception] = getattr(dbapi, "Error", DBAPIError)
         self.embedded = self.dialect == "sqlite"  # local file: calls are short, no network
         # SQLite has one writer at a time anyway; queueing this process's writers on a lock
         # (instead of SQLite's sleep-and-retry busy handler) keeps the latency tail short.
@@ -185,14 +189,11 @@ class Store:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        dbapi = self.engine.dialect.loaded_dbapi
-        driver_error = getattr(dbapi, "Error", DBAPIError)
-        driver_integrity = getattr(dbapi, "IntegrityError", IntegrityError)
         try:
             yield
-        except (IntegrityError, driver_integrity):
+        except (IntegrityError, self._driver_integrity):
             raise
-        except (DBAPIError, PoolTimeout, driver_error) as exc:
+        except (DBAPIError, PoolTimeout, self._driver_error) as exc:
             orig = getattr(exc, "orig", None) or exc
             log.warning("store unavailable: %s: %s", type(orig).__name__, str(orig)[:300])
             raise StoreUnavailable(f"store unavailable ({type(orig).__name__})") from exc
@@ -243,9 +244,8 @@ class Store:
                 rows = conn.execute(_HISTORY_ONE, {"uid": chunk[0]})
             else:
                 rows = conn.execute(_HISTORY_MANY, {"uids": chunk})
-            for uid, did, step, outcome, ts, octx, dctx in rows:
-                ctx = _loads(dctx if did is not None else octx)
-                out[uid].append(HistoryEvent(did, step, outcome, ts, ctx))
+            for row in rows:
+                out[row[0]].append(_history_event(row))
         return out
 
     def read_history(self, user_id: str) -> list[HistoryEvent]:
@@ -255,21 +255,10 @@ class Store:
         needed; this is what every key-less ``next-step`` runs (tests prove it equals
         ``history``)."""
         params: Any = (user_id,) if self._history_positional else {"uid": user_id}
-        with self._translate():
-            raw = self.engine.raw_connection()
-            try:
-                cur = raw.cursor()
-                try:
-                    cur.execute(self._history_sql, params)
-                    rows = cur.fetchall()
-                finally:
-                    cur.close()
-            finally:
-                raw.close()  # back to the pool (which rolls back anything left open)
-        return [
-            HistoryEvent(did, step, outcome, ts, _loads(dctx if did is not None else octx))
-            for _uid, did, step, outcome, ts, octx, dctx in rows
-        ]
+        with self._translate(), _raw_cursor(self.engine) as (_raw, cur):
+            cur.execute(self._history_sql, params)
+            rows = cur.fetchall()
+        return [_history_event(row) for row in rows]
 
     # -- decisions ---------------------------------------------------------------------------
     async def commit_decisions(self, rows: Rows, shadow_rows: Rows = ()) -> None:
@@ -320,31 +309,23 @@ class Store:
         raw, and this is the one write every next-step makes. A driver's IntegrityError is
         raised as is; other driver errors become ``StoreUnavailable`` (503), as elsewhere.
         """
-        with self._writer(), self._translate():
-            raw = self.engine.raw_connection()
+        with self._writer(), self._translate(), _raw_cursor(self.engine) as (raw, cur):
+            if self.dialect == "sqlite":
+                cur.execute("BEGIN IMMEDIATE")
             try:
-                cur = raw.cursor()
-                try:
-                    if self.dialect == "sqlite":
-                        cur.execute("BEGIN IMMEDIATE")
-                    try:
-                        for table, batch in ((decisions, rows), (shadow_decisions, shadow_rows)):
-                            if batch:
-                                sql, keys = self._insert_sql(table, tuple(batch[0]))
-                                params = (
-                                    [tuple(r[k] for k in keys) for r in batch]
-                                    if keys
-                                    else [dict(r) for r in batch]
-                                )
-                                cur.executemany(sql, params)
-                        raw.commit()
-                    except BaseException:
-                        raw.rollback()
-                        raise
-                finally:
-                    cur.close()
-            finally:
-                raw.close()
+                for table, batch in ((decisions, rows), (shadow_decisions, shadow_rows)):
+                    if batch:
+                        sql, keys = self._insert_sql(table, tuple(batch[0]))
+                        params = (
+                            [tuple(r[k] for k in keys) for r in batch]
+                            if keys
+                            else [dict(r) for r in batch]
+                        )
+                        cur.executemany(sql, params)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
 
     def _insert_sql(self, table: Any, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
         """``INSERT`` of ``columns`` into ``table`` for this dialect, and the parameter order
@@ -411,6 +392,29 @@ class Store:
         with self.write() as conn:
             result = conn.execute(delete(idempotency).where(idempotency.c.created_at < cutoff))
             return int(result.rowcount or 0)
+
+
+def _history_event(row: Sequence[Any]) -> HistoryEvent:
+    """One row of ``_HISTORY_*`` as a ``HistoryEvent``: an offer's context is the decision's,
+    an organic outcome's its own."""
+    _uid, did, step, outcome, ts, octx, dctx = row
+    return HistoryEvent(did, step, outcome, ts, _loads(dctx if did is not None else octx))
+
+
+@contextmanager
+def _raw_cursor(engine: Engine) -> Iterator[tuple[Any, Any]]:
+    """A pooled DBAPI connection and a cursor on it, both given back on exit (the pool rolls
+    back anything left open). For the statements where SQLAlchemy's per-execution work costs
+    more than the statement."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            yield raw, cur
+        finally:
+            cur.close()
+    finally:
+        raw.close()
 
 
 def _make_engine(
@@ -481,11 +485,8 @@ class _Checkpointer:
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
             try:
-                raw = self._engine.raw_connection()
-                try:
-                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                finally:
-                    raw.close()
+                with _raw_cursor(self._engine) as (_raw, cur):
+                    cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except Exception as exc:  # busy, disk trouble: the next round tries again
                 log.debug("WAL checkpoint skipped: %s", exc)
 
