@@ -61,6 +61,19 @@ class Deciders:
         """The first arm (the champion by convention): what /readyz summarises."""
         return self.arms[self.experiment.arms[0].name]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each arm as ``/readyz`` and ``/admin/reload`` show it."""
+        return [
+            {
+                "name": name,
+                "policy": a.decider.policy_name,
+                "model_version": a.decider.model_version,
+                "model_source": a.model_source,
+                "note": a.note,
+            }
+            for name, a in self.arms.items()
+        ]
+
     def versions(self) -> dict[str, str | None]:
         return {name: a.decider.model_version for name, a in self.arms.items()}
 

@@ -27,14 +27,5 @@ def reload(runtime: RuntimeDep) -> dict:
         raise Conflict(f"reload refused, still serving the previous models: {exc}") from None
     return {
         "status": "reloaded" if changed else "unchanged",
-        "arms": [
-            {
-                "name": name,
-                "policy": a.decider.policy_name,
-                "model_version": a.decider.model_version,
-                "model_source": a.model_source,
-                "note": a.note,
-            }
-            for name, a in deciders.arms.items()
-        ],
+        "arms": deciders.describe(),
     }

@@ -29,16 +29,7 @@ def readyz(store: StoreDep, runtime: RuntimeDep) -> Response:
     loaded and the ladder baseline is served; ``notes`` say why (no registry, cached copy...)."""
     deciders = runtime.current
     primary = deciders.primary
-    arms = [
-        {
-            "name": name,
-            "policy": a.decider.policy_name,
-            "model_version": a.decider.model_version,
-            "model_source": a.model_source,
-            "note": a.note,
-        }
-        for name, a in deciders.arms.items()
-    ]
+    arms = deciders.describe()
     notes = [f"{a['name']}: {a['note']}" for a in arms if a["note"]]
     if runtime.last_error:
         notes.append(f"last reload failed: {runtime.last_error}")
