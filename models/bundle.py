@@ -104,7 +104,6 @@ class ModelScorer:
         self.bundle = bundle
         self.spec = bundle.spec
         self.catalog = catalog
-        self._splits: list[np.ndarray | None] | None = None
         self._split_lists: list[list[float] | None] | None = None
         self._native = {
             name: NativePredictor(model.booster_)
@@ -117,23 +116,15 @@ class ModelScorer:
         }
 
     @property
-    def split_points(self) -> list[np.ndarray | None]:
-        """Per feature: the sorted numeric split thresholds of all three outcome models (None
-        for categorical features). Two values with the same ``searchsorted`` position fall on
-        the same side of every split, so every tree routes them alike: the planner's cache key
-        is built on these positions."""
-        if self._splits is None:
-            self._splits = _split_points(
-                self.bundle, len(self.spec.names), self.spec.categorical_indices
-            )
-        return self._splits
-
-    @property
     def split_lists(self) -> list[list[float] | None]:
-        """``split_points`` as Python lists, for ``bisect`` on one value at a time (a numpy
-        call on a scalar costs more than the search)."""
+        """Per feature: the sorted numeric split thresholds of all three outcome models (None
+        for categorical features). Two values with the same ``bisect`` position fall on the
+        same side of every split, so every tree routes them alike: the planner's cache key is
+        built on these positions. Python lists, since ``bisect`` on one value at a time is
+        cheaper than a numpy call on a scalar."""
         if self._split_lists is None:
-            self._split_lists = [None if t is None else t.tolist() for t in self.split_points]
+            points = _split_points(self.bundle, len(self.spec.names), self.spec.categorical_indices)
+            self._split_lists = [None if t is None else t.tolist() for t in points]
         return self._split_lists
 
     def matrix(

@@ -139,28 +139,23 @@ class Planner:
         with ``features.state.time_features`` on exactly the floats the rows will contain.
         Two users with equal keys therefore get identical predictions at every node.
         """
-        splits = getattr(scorer, "split_lists", None)
+        splits = scorer.split_lists
         ctx = scorer.spec.encode_merged(state.context, context)
-        times = _visit_times(state, now, gap, self.depth + self.chain)
-        if splits is None:  # no thresholds known: exact values (still exact, shares less)
-            ctx_key = tuple(None if v != v else v for v in ctx)
-            time_key = tuple(None if v != v else v for row in times for v in row)
-        else:
-            base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
-            ctx_key = tuple(
-                None
-                if v != v  # NaN: missing
-                else v
-                if splits[base + j] is None  # categorical code: exact
-                else bisect_left(splits[base + j], v)
-                for j, v in enumerate(ctx)
-            )
-            thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
-            time_key = tuple(
-                -1 if v != v else bisect_left(thr, v)
-                for row in times
-                for v, thr in zip(row, thresholds, strict=True)
-            )
+        base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
+        ctx_key = tuple(
+            None
+            if v != v  # NaN: missing
+            else v
+            if splits[base + j] is None  # categorical code: exact
+            else bisect_left(splits[base + j], v)
+            for j, v in enumerate(ctx)
+        )
+        thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
+        time_key = tuple(
+            -1 if v != v else bisect_left(thr, v)
+            for row in _visit_times(state, now, gap, self.depth + self.chain)
+            for v, thr in zip(row, thresholds, strict=True)
+        )
         return (
             id(scorer),
             id(catalog),
