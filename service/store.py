@@ -14,10 +14,12 @@ violations are left to the caller, which knows what they mean.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.errors import NextstepError
-from service.group_commit import GroupCommitter, Rows
+from service.group_commit import GroupCommitter, LoopGroupCommitter, Rows
 from service.tables import decisions, idempotency, metadata, outcomes, shadow_decisions
 
 log = logging.getLogger("nextstep.service.store")
@@ -147,12 +149,14 @@ class Store:
         self._write_lock: threading.Lock | None = (
             threading.Lock() if self.dialect == "sqlite" else None
         )
+        # SQLite's hot statements run on one connection per thread (``_ThreadConnections``)
+        self._hot = _ThreadConnections(self.engine) if self.embedded else None
         # The hot path's history read, compiled once for this dialect and run on a pooled
         # DBAPI cursor: SQLAlchemy's per-execution machinery cost five times the query itself.
         compiled = _HISTORY_ONE.compile(dialect=self.engine.dialect)
         self._history_sql = str(compiled)
         self._history_positional = bool(compiled.positional)
-        self._committer: GroupCommitter | None = None
+        self._committer: GroupCommitter | LoopGroupCommitter | None = None
         self._committer_lock = threading.Lock()
         self._checkpointer: _Checkpointer | None = None
         self._insert_cache: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
@@ -205,6 +209,8 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._hot is not None:
+            self._hot.reset()
         self.engine.dispose()
 
     # -- schema ----------------------------------------------------------------------------
@@ -255,7 +261,7 @@ class Store:
         needed; this is what every key-less ``next-step`` runs (tests prove it equals
         ``history``)."""
         params: Any = (user_id,) if self._history_positional else {"uid": user_id}
-        with self._translate(), _raw_cursor(self.engine) as (_raw, cur):
+        with self._translate(), self._hot_cursor() as (_raw, cur):
             cur.execute(self._history_sql, params)
             rows = cur.fetchall()
         return [_history_event(row) for row in rows]
@@ -264,21 +270,22 @@ class Store:
     async def commit_decisions(self, rows: Rows, shadow_rows: Rows = ()) -> None:
         """Insert decisions (and their shadows) durably: returns once they are committed.
 
-        SQLite commits right here, on the caller's thread: a WAL commit without fsync takes
-        about 0.1 ms, less than handing it to another thread and back (measured with wrk at
-        16 connections: 1,130 requests/s inline against 850 through a writer thread; p99 at one
-        connection 1.5 ms against 3.7 ms). A database server pays a round trip and a log flush
-        per commit, so there concurrent requests share commits (``service.group_commit``).
+        Concurrent requests share commits (``service.group_commit``): on SQLite the group is
+        committed on the event loop one iteration later (a WAL commit without fsync is ~0.1
+        ms, less than a hand-off to a thread: measured with wrk at 16 connections, a writer
+        thread served 850 requests/s against 1,130 inline); a database server pays a round
+        trip and a log flush per commit, so there a writer thread commits the groups.
         """
-        if self.embedded:
-            self._start_checkpointer()
-            self.insert_decision_rows(rows, shadow_rows)
-            return
         committer = self._committer
         if committer is None:
+            if self.embedded:
+                self._start_checkpointer()
             with self._committer_lock:
                 if self._committer is None:
-                    self._committer = GroupCommitter(self.insert_decision_rows)
+                    if self.embedded:
+                        self._committer = LoopGroupCommitter(self.insert_decision_rows)
+                    else:
+                        self._committer = GroupCommitter(self.insert_decision_rows)
                 committer = self._committer
         await committer.submit(rows, shadow_rows)
 
@@ -298,6 +305,8 @@ class Store:
                 return
             self._pragmas["wal_autocheckpoint"] = 0
             self.engine.dispose()  # pooled connections reopen with the new pragma
+            if self._hot is not None:
+                self._hot.reset()
             self._checkpointer = _Checkpointer(self.engine)
 
     def insert_decision_rows(self, rows: Rows, shadow_rows: Rows = ()) -> None:
@@ -309,7 +318,7 @@ class Store:
         raw, and this is the one write every next-step makes. A driver's IntegrityError is
         raised as is; other driver errors become ``StoreUnavailable`` (503), as elsewhere.
         """
-        with self._writer(), self._translate(), _raw_cursor(self.engine) as (raw, cur):
+        with self._writer(), self._translate(), self._hot_cursor() as (raw, cur):
             if self.dialect == "sqlite":
                 cur.execute("BEGIN IMMEDIATE")
             try:
@@ -326,6 +335,13 @@ class Store:
             except BaseException:
                 raw.rollback()
                 raise
+
+    def _hot_cursor(self) -> contextlib.AbstractContextManager[tuple[Any, Any]]:
+        """The connection and cursor for the per-request statements (history read, decision
+        insert): this thread's own on SQLite, a pooled one on a server."""
+        if self._hot is not None:
+            return self._hot.cursor()
+        return _raw_cursor(self.engine)
 
     def _insert_sql(self, table: Any, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
         """``INSERT`` of ``columns`` into ``table`` for this dialect, and the parameter order
@@ -415,6 +431,74 @@ def _raw_cursor(engine: Engine) -> Iterator[tuple[Any, Any]]:
             cur.close()
     finally:
         raw.close()
+
+
+class _ThreadConnections:
+    """One SQLite connection per thread for the statements every request runs.
+
+    Checking a connection out of SQLAlchemy's pool and back in (with its reset) cost about
+    as much as the SQLite statements themselves (~25 us each way). On SQLite a request's
+    statements run on the event loop's thread (or a worker thread for a batch), one at a time
+    per thread, so each thread keeps one connection of its own, opened through the engine
+    (same pragmas, same connect hooks) and detached from the pool. It is closed when its
+    thread ends, when it raised (the next use opens another) and on ``reset`` (pragma change,
+    shutdown).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: dict[int, weakref.finalize] = {}
+        self._generation = 0
+
+    @contextmanager
+    def cursor(self) -> Iterator[tuple[Any, Any]]:
+        owned = getattr(self._local, "owned", None)
+        if owned is None or owned.generation != self._generation:
+            owned = self._connect()
+        try:
+            yield owned.conn, owned.cursor
+        except BaseException:
+            self._local.owned = None  # its finalizer closes the connection
+            self._close(id(owned))
+            raise
+
+    def _connect(self) -> _Owned:
+        fairy = self._engine.raw_connection()
+        conn = fairy.driver_connection
+        fairy.detach()  # ours until closed: the pool neither resets nor recycles it
+        owned = _Owned(conn, conn.cursor(), self._generation)
+        with self._lock:
+            self._open[id(owned)] = weakref.finalize(owned, _close_quietly, conn)
+        self._local.owned = owned  # dropped with the thread: the finalizer closes it
+        return owned
+
+    def _close(self, key: int) -> None:
+        with self._lock:
+            fin = self._open.pop(key, None)
+        if fin is not None:
+            fin()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._generation += 1
+            fins, self._open = list(self._open.values()), {}
+        for fin in fins:
+            fin()
+
+
+@dataclass
+class _Owned:
+    conn: Any
+    cursor: Any
+    generation: int
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
+        conn.close()
 
 
 def _make_engine(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from service.group_commit import GroupCommitter
+from service.group_commit import GroupCommitter, LoopGroupCommitter
 from service.store import Store
 
 
@@ -140,9 +140,48 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
     assert _count(store) == 11  # the ten good rows and the one that was there
 
 
+def test_loop_committer_groups_what_one_loop_iteration_queued(store: Store) -> None:
+    """On the event loop: every request that reached its commit before the next loop
+    iteration shares one transaction; requests arriving later get the next one."""
+    calls: list[int] = []
+
+    def write(rows: Any, shadows: Any) -> None:
+        calls.append(len(rows))
+        store.insert_decision_rows(rows, shadows)
+
+    committer = LoopGroupCommitter(write)
+
+    async def main() -> None:
+        first = [asyncio.create_task(committer.submit([_row(f"a{i}", 1.0)])) for i in range(20)]
+        await asyncio.gather(*first)
+        await committer.submit([_row("late", 2.0)], [])
+
+    asyncio.run(main())
+    assert calls == [20, 1]
+    assert _count(store) == 21
+
+
+def test_loop_committer_one_bad_row_fails_alone(store: Store) -> None:
+    taken = _row("dup", 1.0)
+    with store.write() as conn:
+        store.insert_decisions(conn, [taken])
+    committer = LoopGroupCommitter(store.insert_decision_rows)
+
+    async def main() -> list[Any]:
+        rows = [_row(f"ok{i}", 2.0) for i in range(6)]
+        bad = _row("dup", 3.0, decision_id=taken["decision_id"])
+        tasks = [asyncio.create_task(committer.submit([r])) for r in [*rows[:3], bad, *rows[3:]]]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    integrity = (IntegrityError, store.engine.dialect.loaded_dbapi.IntegrityError)
+    assert [isinstance(r, integrity) for r in results] == [False] * 3 + [True] + [False] * 3
+    assert _count(store) == 7  # the six good rows and the one that was there
+
+
 def test_commit_decisions_and_dispose_stops_the_background_threads(store: Store) -> None:
-    """SQLite commits on the caller's thread (and checkpoints in the background); a database
-    server gets the group committer. ``dispose`` stops whichever thread runs."""
+    """SQLite shares commits on the event loop (and checkpoints in a background thread); a
+    database server gets the group committer's thread. ``dispose`` stops whichever runs."""
 
     async def main() -> None:
         await asyncio.gather(*(store.commit_decisions([_row("g", 1.0)]) for _ in range(5)))
@@ -150,7 +189,7 @@ def test_commit_decisions_and_dispose_stops_the_background_threads(store: Store)
     asyncio.run(main())
     assert _count(store) == 5
     if store.embedded:
-        assert store._committer is None
+        assert isinstance(store._committer, LoopGroupCommitter)
         thread = store._checkpointer._thread  # type: ignore[union-attr]
     else:
         assert store._checkpointer is None
