@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
+from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
 from service.middleware import BodyGuard, RequestMetrics
@@ -131,6 +132,7 @@ def create_app(
     }
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, json_paths=json_paths)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(NextStepLane, fastapi_app=app)  # outermost of ours: skips the rest
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -38,7 +38,8 @@ async def _send_problem(send: Send, status: int, detail: str, slug: str) -> None
     await send({"type": "http.response.body", "body": body})
 
 
-def _is_json(content_type: str) -> bool:
+def is_json_media(content_type: str) -> bool:
+    """``application/json`` or any ``application/*+json``, parameters ignored."""
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
@@ -90,24 +91,30 @@ class BodyGuard:
         body = b"".join(chunks)
         if body and scope["path"] in self.json_paths:
             content_type = headers.get("content-type")
-            if content_type is None or not _is_json(content_type):
+            if content_type is None or not is_json_media(content_type):
                 await _send_problem(
                     send, 415, "the request body must be application/json", "unsupported-media-type"
                 )
                 return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     def _too_large(self) -> str:
         return f"the request body exceeds {self.max_bytes} bytes"
+
+
+def replay_body(body: bytes, receive: Receive, *, more: bool = False) -> Receive:
+    """A ``receive`` that first returns the bytes already read (``more``: the stream goes
+    on), then whatever the client sends next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
 
 
 class RequestMetrics:

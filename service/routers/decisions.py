@@ -8,8 +8,12 @@ from starlette.responses import Response
 
 from service import flows
 from service.deps import IdempotencyKey, ServicesDep
+from service.flows import Reply
+from service.metrics import Metrics
 from service.routers import problems, respond, run_flow
+from service.runtime import Deciders
 from service.schemas import BatchRequest, BatchResponse, Decision, NextStepRequest
+from service.store import Store
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
@@ -43,9 +47,18 @@ async def next_step(
                 metrics=metrics,
             )
         )
+    return respond(await serve_next_step(store, deciders, metrics, req))
+
+
+async def serve_next_step(
+    store: Store, deciders: Deciders, metrics: Metrics, req: NextStepRequest
+) -> Reply:
+    """A key-less next-step: decide, commit (shared commits on a server), then answer.
+
+    The route and ``service.fast_lane`` both call this, so they answer alike."""
     prepared = await run_flow(store, flows.decide_next_step, store, deciders, req)
     await store.commit_decisions([prepared.row], prepared.shadow_rows)
-    return respond(flows.decided(prepared, metrics))
+    return flows.decided(prepared, metrics)
 
 
 @router.post(
