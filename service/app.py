@@ -65,7 +65,11 @@ def create_app(
         if settings.catalog is None:
             raise CatalogError("no catalog configured (set NEXTSTEP_CATALOG or --catalog)")
         cat = load_catalog(settings.catalog)
-        store = Store(settings.db_url, sqlite_synchronous=settings.sqlite_synchronous)
+        store = Store(
+            settings.db_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            sqlite_mmap_mib=settings.sqlite_mmap_mib,
+        )
         try:
             store.migrate()
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)

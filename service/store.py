@@ -130,11 +130,15 @@ class Store:
         pool_size: int = 8,
         max_overflow: int = 24,
         sqlite_synchronous: str = "FULL",
+        sqlite_mmap_mib: int = 0,
     ) -> None:
         self.url = url
         # SQLite pragmas applied to every new connection; ``wal_autocheckpoint`` drops to 0
         # once the background checkpointer runs (see ``_start_checkpointer``).
-        self._pragmas: dict[str, str | int] = {"synchronous": sqlite_synchronous}
+        self._pragmas: dict[str, str | int] = {
+            "synchronous": sqlite_synchronous,
+            "mmap_size": int(sqlite_mmap_mib) << 20,
+        }
         self.engine: Engine = _make_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pragmas=self._pragmas
         )
@@ -545,6 +549,7 @@ def _sqlite_on_connect(pragmas: dict[str, str | int], dbapi_conn: Any, _record: 
         cur.execute(f"PRAGMA synchronous={pragmas['synchronous']}")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA mmap_size={int(pragmas.get('mmap_size', 0))}")
         if "wal_autocheckpoint" in pragmas:
             cur.execute(f"PRAGMA wal_autocheckpoint={int(pragmas['wal_autocheckpoint'])}")
     finally:

@@ -225,3 +225,57 @@ def test_sqlite_checkpoints_in_the_background_not_at_commit(sqlite_url: str) -> 
         assert _count(store) == 4000
     finally:
         store.dispose()
+
+
+def test_sqlite_connections_map_the_file_as_configured(sqlite_url: str) -> None:
+    for mib in (0, 64):
+        store = Store(sqlite_url, sqlite_mmap_mib=mib)
+        try:
+            store.migrate()
+            with store._hot_cursor() as (_raw, cur):
+                assert cur.execute("PRAGMA mmap_size").fetchone()[0] == mib << 20
+            with store.read() as conn:
+                assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == mib << 20
+        finally:
+            store.dispose()
+
+
+def test_sqlite_thread_connections_are_per_thread_and_replaced_after_an_error(
+    sqlite_url: str,
+) -> None:
+    """Each thread reads on its own connection; one that raised is not used again; a
+    thread's connection is closed when the thread ends."""
+    import gc
+    import sqlite3
+
+    store = Store(sqlite_url)
+    try:
+        store.migrate()
+        with store._hot_cursor() as (main_conn, _):
+            pass
+        with store._hot_cursor() as (again, _):
+            assert again is main_conn
+        seen: list[Any] = []
+
+        def other() -> None:
+            with store._hot_cursor() as (conn, _):
+                seen.append(conn)
+            store.read_history("u")
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert seen and seen[0] is not main_conn
+        del t
+        gc.collect()
+        with pytest.raises(sqlite3.ProgrammingError):  # closed with its thread
+            seen[0].execute("SELECT 1")
+        with pytest.raises(sqlite3.OperationalError), store._hot_cursor() as (_, cur):
+            cur.execute("SELECT * FROM no_such_table")
+        with store._hot_cursor() as (fresh, cur):
+            assert fresh is not main_conn
+            assert cur.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(sqlite3.ProgrammingError):
+            main_conn.execute("SELECT 1")
+    finally:
+        store.dispose()
