@@ -107,6 +107,8 @@ class Experiment:
     def assign(self, user_id: str) -> Arm:
         cum: tuple[float, ...] = self._cumulative  # type: ignore[attr-defined]
         served: tuple[Arm, ...] = self._served  # type: ignore[attr-defined]
+        if len(served) == 1:  # no experiment running: no hash to compute
+            return served[0]
         i = bisect.bisect_right(cum, self.bucket(user_id))
         return served[min(i, len(served) - 1)]
 
