@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from features.state import CANDIDATE_FEATURES, STATE_FEATURES, UserState, is_missing
+from features.state import CANDIDATE_FEATURES, STATE_FEATURES, StateColumns, UserState, is_missing
 
 MAX_CATEGORIES = 64
 
@@ -164,3 +164,37 @@ def _to_float(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+def candidate_rows(
+    spec: FeatureSpec,
+    catalog: Catalog,
+    states: StateColumns,
+    now: np.ndarray,
+    contexts: np.ndarray,
+    node: np.ndarray,
+    step: np.ndarray,
+) -> np.ndarray:
+    """Feature rows for offering ``step[r]`` to look-ahead node ``node[r]`` at ``now[node[r]]``.
+
+    The columnar twin of ``candidate_block``: ``contexts`` holds each node's encoded context
+    (``FeatureSpec.encode_merged``), one row per node. The numbers are the same, row for row.
+    """
+    n_state = len(STATE_FEATURES)
+    n_base = n_state + len(CANDIDATE_FEATURES)
+    X = np.empty((len(node), len(spec.names)), dtype=np.float64)
+    if len(node) == 0:
+        return X
+    X[:, :n_state] = states.vectors(now)[node]
+    arr = catalog.arrays
+    eff = arr["effort"][step]
+    X[:, n_state] = eff
+    X[:, n_state + 1] = arr["stage"][step]
+    X[:, n_state + 2] = arr["value"][step]
+    X[:, n_state + 3] = arr["is_goal"][step]
+    X[:, n_state + 4] = eff - states.max_effort[node]
+    X[:, n_state + 5] = states.offers[node, step]
+    X[:, n_state + 6] = states.declines[node, step]
+    if spec.context_columns:
+        X[:, n_base:] = contexts[node]
+    return X

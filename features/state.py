@@ -15,9 +15,11 @@ exactly the features the service will give it online. Every quantity here descri
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from features.catalog import Catalog
 
@@ -233,3 +235,168 @@ def fold_history(
 def is_missing(v: Any) -> bool:
     """None or NaN: a context value that says nothing (and must not erase a known one)."""
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+@dataclass(slots=True)
+class StateColumns:
+    """Many ``UserState``s as columns: the planner's look-ahead nodes, one row per node.
+
+    Only what the feature rows and eligibility need is kept (no context, cooldown times or
+    ask times). ``after`` is ``UserState.after`` for many rows at once and ``vectors`` is
+    ``UserState.state_vector``; both do the same float operations in the same order, so every
+    number equals the one the per-state code computes (``tests/models/test_plan_many.py``).
+    """
+
+    n_asks: np.ndarray  # int64, per node
+    n_accepts: np.ndarray
+    n_declines: np.ndarray
+    cons_accepts: np.ndarray
+    cons_declines: np.ndarray
+    max_effort: np.ndarray  # float64
+    value_received: np.ndarray
+    stage_reached: np.ndarray  # int64
+    first_ts: np.ndarray  # float64
+    last_ts: np.ndarray
+    prev_ts: np.ndarray
+    accepted: np.ndarray  # bool (nodes, catalog steps)
+    offers: np.ndarray  # int64 (nodes, catalog steps): step_offers
+    declines: np.ndarray  # int64 (nodes, catalog steps): step_declines
+
+    def __len__(self) -> int:
+        return len(self.n_asks)
+
+    @classmethod
+    def from_states(cls, states: Sequence[UserState], n_steps: int) -> StateColumns:
+        n = len(states)
+        ints = np.array(
+            [
+                (
+                    s.n_asks,
+                    s.n_accepts,
+                    s.n_declines,
+                    s.cons_accepts,
+                    s.cons_declines,
+                    s.stage_reached,
+                )
+                for s in states
+            ],
+            dtype=np.int64,
+        ).reshape(n, 6)
+        floats = np.array(
+            [(s.max_effort, s.value_received, s.first_ts, s.last_ts, s.prev_ts) for s in states],
+            dtype=np.float64,
+        ).reshape(n, 5)
+        accepted = np.zeros((n, n_steps), dtype=bool)
+        offers = np.zeros((n, n_steps), dtype=np.int64)
+        declines = np.zeros((n, n_steps), dtype=np.int64)
+        for i, s in enumerate(states):
+            m = s.accepted_mask
+            while m:
+                low = m & -m
+                accepted[i, low.bit_length() - 1] = True
+                m ^= low
+            for j, c in s.step_offers.items():
+                offers[i, j] = c
+            for j, c in s.step_declines.items():
+                declines[i, j] = c
+        return cls(
+            ints[:, 0].copy(),
+            ints[:, 1].copy(),
+            ints[:, 2].copy(),
+            ints[:, 3].copy(),
+            ints[:, 4].copy(),
+            floats[:, 0].copy(),
+            floats[:, 1].copy(),
+            ints[:, 5].copy(),
+            floats[:, 2].copy(),
+            floats[:, 3].copy(),
+            floats[:, 4].copy(),
+            accepted,
+            offers,
+            declines,
+        )
+
+    def after(
+        self,
+        catalog: Catalog,
+        parent: np.ndarray,
+        step: np.ndarray,
+        accepted: np.ndarray,
+        ts: np.ndarray,
+    ) -> StateColumns:
+        """Row ``r`` is ``UserState.after(step[r], ACCEPTED if accepted[r] else DECLINED,
+        ts[r])`` of node ``parent[r]``."""
+        arr = catalog.arrays
+        r = np.arange(len(parent))
+        acc = accepted
+        dec = ~accepted
+        n_asks = self.n_asks[parent] + 1
+        n_accepts = self.n_accepts[parent] + acc
+        n_declines = self.n_declines[parent] + dec
+        cons_accepts = np.where(acc, self.cons_accepts[parent] + 1, 0)
+        cons_declines = np.where(acc, 0, self.cons_declines[parent] + 1)
+        max_effort = self.max_effort[parent]
+        effort = arr["effort"][step]
+        max_effort = np.where(acc & (effort > max_effort), effort, max_effort)
+        value_received = self.value_received[parent]
+        value_received = np.where(acc, value_received + arr["value"][step], value_received)
+        stage_reached = self.stage_reached[parent]
+        stage = np.asarray(catalog.stage_indices, dtype=np.int64)[step]
+        stage_reached = np.where(acc & (stage > stage_reached), stage, stage_reached)
+        first = self.first_ts[parent]
+        first_ts = np.where(np.isnan(first), ts, first)
+        prev_ts = self.last_ts[parent]
+        mask = self.accepted[parent]
+        mask[r[acc], step[acc]] = True
+        offers = self.offers[parent]
+        offers[r, step] += 1
+        declines = self.declines[parent]
+        declines[r[dec], step[dec]] += 1
+        return StateColumns(
+            n_asks,
+            n_accepts,
+            n_declines,
+            cons_accepts,
+            cons_declines,
+            max_effort,
+            value_received,
+            stage_reached,
+            first_ts,
+            np.asarray(ts, dtype=np.float64),
+            prev_ts,
+            mask,
+            offers,
+            declines,
+        )
+
+    def vectors(self, now: np.ndarray) -> np.ndarray:
+        """The STATE_FEATURES of every node at its own time ``now[i]``: (nodes, 12)."""
+        out = np.empty((len(self), len(STATE_FEATURES)), dtype=np.float64)
+        out[:, 0] = self.n_asks
+        out[:, 1] = self.n_accepts
+        out[:, 2] = self.n_declines
+        out[:, 3] = self.cons_accepts
+        out[:, 4] = self.cons_declines
+        out[:, 5] = self.max_effort
+        out[:, 6] = self.value_received
+        out[:, 7] = self.stage_reached
+        out[:, 8:12] = time_feature_columns(
+            self.n_asks, self.first_ts, self.last_ts, self.prev_ts, now
+        )
+        return out
+
+
+def time_feature_columns(
+    n_asks: np.ndarray, first_ts: np.ndarray, last_ts: np.ndarray, prev_ts: np.ndarray, now: Any
+) -> np.ndarray:
+    """``time_features`` for many nodes at once, (nodes, 4), the same floats element by element."""
+    out = np.full((len(n_asks), 4), math.nan)
+    seen = n_asks > 0
+    out[:, 0] = np.where(seen, (now - first_ts) / HOUR, math.nan)
+    out[:, 1] = np.where(seen, (now - last_ts) / HOUR, math.nan)
+    more = n_asks > 1
+    if more.any():
+        denom = np.where(more, n_asks - 1, 1)
+        out[:, 2] = np.where(more, (last_ts - first_ts) / HOUR / denom, math.nan)
+        out[:, 3] = np.where(more, (last_ts - prev_ts) / HOUR, math.nan)
+    return out

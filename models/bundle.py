@@ -105,6 +105,7 @@ class ModelScorer:
         self.spec = bundle.spec
         self.catalog = catalog
         self._split_lists: list[list[float] | None] | None = None
+        self._split_arrays: list[np.ndarray | None] | None = None
         self._native = {
             name: NativePredictor(model.booster_)
             for name, model in (
@@ -126,6 +127,15 @@ class ModelScorer:
             points = _split_points(self.bundle, len(self.spec.names), self.spec.categorical_indices)
             self._split_lists = [None if t is None else t.tolist() for t in points]
         return self._split_lists
+
+    @property
+    def split_arrays(self) -> list[np.ndarray | None]:
+        """``split_lists`` as numpy arrays, for binning many values at once."""
+        if self._split_arrays is None:
+            self._split_arrays = [
+                None if t is None else np.asarray(t, dtype=np.float64) for t in self.split_lists
+            ]
+        return self._split_arrays
 
     def matrix(
         self,

@@ -20,7 +20,8 @@ from features.catalog import Catalog
 from features.errors import InputError
 from features.state import UserState, fold_history
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
-from models.policies import DecisionInput, PolicyConfig, choose
+from models.planner import Planner
+from models.policies import DecisionInput, PolicyConfig, _Exploration, choose
 
 HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
 
@@ -117,6 +118,67 @@ class Decider:
         explain: bool = False,
     ) -> DecisionResult:
         """Decide for one user. Guardrails (and ``allowed``) remove steps before the policy."""
+        ready = self._ready(user_id, history, now, context, candidates, allowed)
+        if isinstance(ready, DecisionResult):
+            return ready
+        return self._finish(ready, explain)
+
+    def decide_many(self, requests: Sequence[DecisionRequest]) -> list[DecisionResult | InputError]:
+        """``decide`` for many users, the planner's look-ahead for all of them in one pass.
+
+        Each answer equals what ``decide`` returns for that request alone (same guardrails,
+        seeded draw, explanation); a request ``decide`` would reject (an unknown candidate)
+        gets the ``InputError`` in its place instead of failing the others. The planner (bare
+        or inside an exploration wrapper) first plans every user's root with
+        ``Planner.plan_many`` (which also fills its exact cache); each user's plan is handed to
+        the per-user choice that follows (``DecisionInput._planned``), so the policy, its
+        exploration and the seeded draw run exactly as in ``decide`` without planning again.
+        """
+        readied: list[DecisionResult | InputError | _Ready] = []
+        for r in requests:
+            try:
+                readied.append(
+                    self._ready(r.user_id, r.history, r.now, r.context, r.candidates, r.allowed)
+                )
+            except InputError as exc:
+                readied.append(exc)
+        planner, scorer = self._planner()
+        if planner is not None:
+            roots = [
+                (x.inp.state, x.inp.candidates, x.inp.now, x.inp.context)
+                for x in readied
+                if isinstance(x, _Ready)
+            ]
+            planned = planner.plan_many(roots, scorer, self.catalog)
+            plans = iter(planned)
+            for x in readied:
+                if isinstance(x, _Ready):
+                    x.inp._planned = next(plans)
+        return [
+            self._finish(x, r.explain) if isinstance(x, _Ready) else x
+            for x, r in zip(readied, requests, strict=True)
+        ]
+
+    def _planner(self) -> tuple[Any, Any]:
+        """The planner this decider's policy consults (under any exploration) and its scorer."""
+        policy = self.policy
+        while isinstance(policy, _Exploration):
+            policy = policy.base
+        if not isinstance(policy, Planner):
+            return None, None
+        scorer = policy.scorer or self.scorer
+        return (policy, scorer) if scorer is not None else (None, None)
+
+    def _ready(
+        self,
+        user_id: str,
+        history: Iterable[HistoryRow] | UserState,
+        now: float,
+        context: Mapping[str, Any] | None,
+        candidates: Sequence[str] | None,
+        allowed: Sequence[int] | None,
+    ) -> DecisionResult | _Ready:
+        """Everything before the policy: state, eligibility, guardrails (or the early answer)."""
         state = history if isinstance(history, UserState) else self.state_of(history)
         requested = self.candidate_indices(candidates)
         ctx = dict(context or {})
@@ -140,17 +202,32 @@ class Decider:
                 res.suppressed = suppressed
                 return res
         inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
-        seed = _seed_for(self.seed, user_id, state.n_asks)
-        choice = choose(self.policy, inp, lambda: np.random.default_rng(seed))
+        return _Ready(user_id, inp, suppressed)
+
+    def _finish(self, ready: _Ready, explain: bool) -> DecisionResult:
+        """The policy's draw and the result, for a request that reached the policy."""
+        inp = ready.inp
+        state, eligible, now, ctx = inp.state, inp.candidates, inp.now, inp.context
+        user_id = ready.user_id
+        choice = choose(
+            self.policy,
+            inp,
+            lambda: np.random.default_rng(_seed_for(self.seed, user_id, state.n_asks)),
+        )
         p = inp.p_accept()
-        cands = [
-            CandidateScore(
-                step=self.catalog.ids[i],
-                p_accept=None if p is None else round(float(p[k]), 6),
-                score=round(float(choice.output.scores[k]), 6),
-            )
-            for k, i in enumerate(eligible)
-        ]
+        ids = self.catalog.ids
+        scores = choice.output.scores.tolist()  # Python floats: float(x[k]) for every k at once
+        if p is None:
+            cands = [
+                CandidateScore(step=ids[i], p_accept=None, score=round(scores[k], 6))
+                for k, i in enumerate(eligible)
+            ]
+        else:
+            pl = p.tolist()
+            cands = [
+                CandidateScore(step=ids[i], p_accept=round(pl[k], 6), score=round(scores[k], 6))
+                for k, i in enumerate(eligible)
+            ]
         step = self.catalog.steps[choice.step]
         return DecisionResult(
             step=step.id,
@@ -163,7 +240,7 @@ class Decider:
             model_version=self.model_version,
             candidates=cands,
             step_index=choice.step,
-            suppressed=suppressed,
+            suppressed=ready.suppressed,
             explanation=self._explain(state, choice.step, now, ctx) if explain else None,
         )
 
@@ -215,6 +292,28 @@ class Decider:
             candidates=[],
             reason=reason,
         )
+
+
+@dataclass(slots=True)
+class DecisionRequest:
+    """One user's request to ``Decider.decide_many`` (the arguments of ``decide``)."""
+
+    user_id: str
+    history: Iterable[HistoryRow] | UserState
+    now: float
+    context: Mapping[str, Any] | None = None
+    candidates: Sequence[str] | None = None
+    allowed: Sequence[int] | None = None
+    explain: bool = False
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A request past eligibility and guardrails: what the policy decides on."""
+
+    user_id: str
+    inp: DecisionInput
+    suppressed: list[dict[str, str]]
 
 
 def _seed_for(seed: int, user_id: str, n_asks: int) -> int:

@@ -11,27 +11,32 @@ Because readiness is conditioned on everything the user has shown (context, acce
 declines in a row, how fast they come back), the same tree asks a "ready" user for the goal at
 once and walks a hesitant one up the ladder: the adaptation is in the model, the choice is in
 the look-ahead. Every level is scored in one batched call per model, so a decision costs a few
-small LightGBM calls, not hundreds.
+small LightGBM calls, not hundreds. ``Planner.plan_many`` plans many users at once: the nodes of
+all their trees are columns (``features.state.StateColumns``), each level of all of them is one
+call per model, and rows that repeat across users are scored once. A single decision is the
+one-root case of the same code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from features.catalog import Catalog
+from features.spec import candidate_rows
 from features.state import (
-    ACCEPTED,
     CANDIDATE_FEATURES,
-    DECLINED,
     HOUR,
     STATE_FEATURES,
     TIME_FEATURES,
+    StateColumns,
     UserState,
+    time_feature_columns,
     time_features,
 )
 from models.policies import DecisionInput, Ladder, PolicyOutput, _one_hot
@@ -66,7 +71,12 @@ class Planner:
         scorer = self.scorer or inp.scorer
         if scorer is None:
             return Ladder()(inp)
-        out, p = self._plan(inp.state, inp.candidates, inp.now, inp.context, scorer, inp.catalog)
+        planned = inp._planned  # set by Decider.decide_many, which planned this very input
+        if planned is None:
+            planned = self._plan(
+                inp.state, inp.candidates, inp.now, inp.context, scorer, inp.catalog
+            )
+        out, p = planned
         inp._p = p  # the root readiness is the decision's p_accept: no second model call
         return out
 
@@ -80,24 +90,89 @@ class Planner:
         catalog: Catalog,
     ) -> tuple[PolicyOutput, np.ndarray]:
         """The decision and the root readiness, from the cache when this point was planned."""
-        gap = self._gap_seconds(state, scorer)
-        key = self.cache_key(state, candidates, now, context, scorer, catalog, gap)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        q, p = self._expand([(state, now)], [candidates], self.depth, context, scorer, catalog, gap)
-        q, p = q[0], p[0]
-        best = float(q.max())
-        efforts = np.asarray([catalog.efforts[i] for i in candidates])
-        near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
-        k = int(near[np.lexsort((near, efforts[near]))[0]])
-        out = PolicyOutput(_one_hot(len(q), k), q, k)
-        for arr in (out.probs, out.scores, p):  # shared by every later hit: read-only
-            arr.flags.writeable = False
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-        self._cache[key] = (out, p)
-        return out, p
+        return self.plan_many([(state, candidates, now, context)], scorer, catalog)[0]
+
+    def plan_many(
+        self,
+        roots: Sequence[tuple[UserState, Sequence[int], float, Any]],
+        scorer: Any,
+        catalog: Catalog,
+    ) -> list[tuple[PolicyOutput, np.ndarray]]:
+        """``_plan`` for many ``(state, candidates, now, context)`` roots in one pass.
+
+        Roots are keyed with ``cache_key``; those neither cached nor equal to an earlier root of
+        the batch are expanded together, so every level of all their look-ahead trees is one
+        feature block and one call per model. LightGBM scores each row on its own, so every
+        root gets exactly the answer it would get alone.
+        """
+        results: list[tuple[PolicyOutput, np.ndarray] | None] = [None] * len(roots)
+        pending: dict[tuple, list[int]] = {}
+        todo: list[tuple[tuple, int, float, list[float]]] = []
+        cache = self._cache
+        gaps = [self._gap_seconds(r[0], scorer) for r in roots]
+        keys, contexts = self._keys(roots, gaps, scorer, catalog)
+        for i, key in enumerate(keys):
+            hit = cache.get(key)
+            if hit is not None:
+                results[i] = hit
+                continue
+            same = pending.get(key)
+            if same is None:
+                pending[key] = [i]
+                todo.append((key, i, gaps[i], contexts[i]))
+            else:
+                same.append(i)
+        if todo:
+            planned = self._plan_misses(
+                [roots[i] for _, i, _, _ in todo],
+                [gap for _, _, gap, _ in todo],
+                [ctx for _, _, _, ctx in todo],
+                scorer,
+                catalog,
+            )
+            for (key, _, _, _), hit in zip(todo, planned, strict=True):
+                if len(cache) >= self.cache_size:
+                    cache.clear()
+                cache[key] = hit
+                for i in pending[key]:
+                    results[i] = hit
+        return results  # type: ignore[return-value]
+
+    def _plan_misses(
+        self,
+        roots: Sequence[tuple[UserState, Sequence[int], float, Any]],
+        gaps: Sequence[float],
+        contexts: Sequence[list[float]],
+        scorer: Any,
+        catalog: Catalog,
+    ) -> list[tuple[PolicyOutput, np.ndarray]]:
+        """The full look-ahead of every root, all trees together."""
+        states = StateColumns.from_states([r[0] for r in roots], catalog.n)
+        now = np.array([r[2] for r in roots], dtype=np.float64)
+        gap = np.array(gaps, dtype=np.float64)
+        ctx = np.array(contexts, dtype=np.float64).reshape(
+            len(roots), len(scorer.spec.context_columns)
+        )
+        counts = [len(r[1]) for r in roots]
+        node = np.repeat(np.arange(len(roots)), counts)
+        step = np.fromiter((s for r in roots for s in r[1]), dtype=np.int64, count=len(node))
+        tree = _Tree(catalog, scorer, self.retry, self.chain)
+        q_all, p_all = tree.expand(states, now, gap, ctx, node, step, self.depth)
+        out: list[tuple[PolicyOutput, np.ndarray]] = []
+        efforts_all = catalog.arrays["effort"]
+        a = 0
+        for n in counts:
+            q, p = q_all[a : a + n], p_all[a : a + n]
+            efforts = efforts_all[step[a : a + n]]
+            a += n
+            best = float(q.max())
+            near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
+            k = int(near[np.lexsort((near, efforts[near]))[0]])
+            res = PolicyOutput(_one_hot(len(q), k), q, k)
+            for arr in (res.probs, res.scores, p):  # shared by every later hit: read-only
+                arr.flags.writeable = False
+            out.append((res, p))
+        return out
 
     # -- look-ahead ----------------------------------------------------------------------------
     def q_values(
@@ -123,7 +198,7 @@ class Planner:
     def cache_key(
         self,
         state: UserState,
-        candidates: list[int],
+        candidates: Sequence[int],
         now: float,
         context: Any,
         scorer: Any,
@@ -139,143 +214,72 @@ class Planner:
         with ``features.state.time_features`` on exactly the floats the rows will contain.
         Two users with equal keys therefore get identical predictions at every node.
         """
+        return self._keys([(state, candidates, now, context)], [gap], scorer, catalog)[0][0]
+
+    def _keys(
+        self,
+        roots: Sequence[tuple[UserState, Sequence[int], float, Any]],
+        gaps: Sequence[float],
+        scorer: Any,
+        catalog: Catalog,
+    ) -> tuple[list[tuple], list[list[float]]]:
+        """``cache_key`` of every root, and the encoded contexts they were built from (the
+        rows' context part). The time part is binned for all roots at once."""
         splits = scorer.split_lists
-        ctx = scorer.spec.encode_merged(state.context, context)
         base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
-        ctx_key = tuple(
-            None
-            if v != v  # NaN: missing
-            else v
-            if splits[base + j] is None  # categorical code: exact
-            else bisect_left(splits[base + j], v)
-            for j, v in enumerate(ctx)
-        )
-        thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
-        time_key = tuple(
-            -1 if v != v else bisect_left(thr, v)
-            for row in _visit_times(state, now, gap, self.depth + self.chain)
-            for v, thr in zip(row, thresholds, strict=True)
-        )
-        return (
-            id(scorer),
-            id(catalog),
-            tuple(candidates),
-            state.accepted_mask,
-            state.n_asks,
-            state.n_accepts,
-            state.cons_accepts,
-            state.cons_declines,
-            state.max_effort,
-            state.value_received,
-            state.stage_reached,
-            tuple(sorted(state.step_offers.items())),
-            tuple(sorted(state.step_declines.items())),
-            ctx_key,
-            time_key,
-        )
-
-    def _expand(
-        self,
-        nodes: list[tuple[UserState, float]],
-        cands: list[list[int]],
-        depth: int,
-        context: Any,
-        scorer: Any,
-        catalog: Catalog,
-        gap: float,
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Q of every candidate of every node, ``depth`` full levels deep, then chain leaves."""
-        if not any(cands):
-            return [np.zeros(0) for _ in nodes], [np.zeros(0) for _ in nodes]
-        X = scorer.block(nodes, cands, context, catalog)
-        pa = scorer.p_accept_rows(X)
-        pd = scorer.p_drop_rows(X)
-        pb = scorer.p_back_rows(X)
-        flat_steps = [s for cs in cands for s in cs]
-        is_goal = np.array([(catalog.goal_mask >> s) & 1 for s in flat_steps], dtype=bool)
-        reward = np.array([catalog.goal_rewards[s] for s in flat_steps])
-        children: list[tuple[UserState, float]] = []
-        acc_idx = np.full(len(flat_steps), -1)
-        dec_idx = np.full(len(flat_steps), -1)
-        j = 0
-        for (st, t), cs in zip(nodes, cands, strict=True):
-            t_next = t + gap
-            for s in cs:
-                if not (catalog.goal_mask >> s) & 1:
-                    acc_idx[j] = len(children)
-                    children.append((st.after(catalog, s, ACCEPTED, t), t_next))
-                dec_idx[j] = len(children)
-                children.append((st.after(catalog, s, DECLINED, t), t_next))
-                j += 1
-        if depth <= 1:
-            v = self._chain_values(children, context, scorer, catalog, gap)
-        else:
-            child_cands = [catalog.eligible_indices(c.accepted_mask) for c, _ in children]
-            cq, _ = self._expand(children, child_cands, depth - 1, context, scorer, catalog, gap)
-            v = np.array([float(c.max()) if len(c) else 0.0 for c in cq])
-        v_acc = np.where(acc_idx >= 0, v[np.maximum(acc_idx, 0)], 0.0)
-        v_dec = v[dec_idx]
-        q = pa * np.where(is_goal, reward, pb * v_acc) + (1.0 - pa) * (1.0 - pd) * v_dec
-        return _split(q, cands), _split(pa, cands)
-
-    def _chain_values(
-        self,
-        nodes: list[tuple[UserState, float]],
-        context: Any,
-        scorer: Any,
-        catalog: Catalog,
-        gap: float,
-    ) -> np.ndarray:
-        """Leaf values: the best of "ask a goal after k more ladder steps", k = 0..chain.
-
-        Each step of the chain counts one retry after a decline (weighted by ``retry``, since a
-        decline makes the next yes less likely); further branches are ignored, so this is a
-        cautious estimate of what the user's future is worth. It is what lets a short
-        look-ahead see that a hesitant user's goal lies five small steps away.
-        """
-        n = len(nodes)
-        best = np.zeros(n)
-        reach = np.ones(n)  # probability of still walking the chain
-        states = [st for st, _ in nodes]
-        times = [t for _, t in nodes]
-        active = list(range(n))
-        for _ in range(self.chain + 1):
-            if not active:
-                break
-            chain_nodes: list[tuple[UserState, float]] = []
-            chain_cands: list[list[int]] = []
-            meta: list[tuple[int, list[int], int | None]] = []
-            for i in active:
-                elig = catalog.eligible_indices(states[i].accepted_mask)
-                goals = [s for s in elig if (catalog.goal_mask >> s) & 1]
-                rest = [s for s in elig if not (catalog.goal_mask >> s) & 1]
-                step = min(rest, key=lambda s: (catalog.efforts[s], s)) if rest else None
-                cs = goals + ([step] if step is not None else [])
-                chain_nodes.append((states[i], times[i]))
-                chain_cands.append(cs)
-                meta.append((i, goals, step))
-            if not any(chain_cands):
-                break
-            X = scorer.block(chain_nodes, chain_cands, context, catalog)
-            pa = scorer.p_accept_rows(X)
-            pb = scorer.p_back_rows(X)
-            # one retry after a decline, a little less likely to succeed than the first ask
-            pa = pa * (1.0 + (1.0 - pa) * (1.0 - scorer.p_drop_rows(X)) * self.retry)
-            r = 0
-            nxt: list[int] = []
-            for i, goals, step in meta:
-                for g in goals:
-                    best[i] = max(best[i], reach[i] * pa[r] * catalog.goal_rewards[g])
-                    r += 1
-                if step is not None:
-                    reach[i] *= pa[r] * pb[r]
-                    states[i] = states[i].after(catalog, step, ACCEPTED, times[i])
-                    times[i] += gap
-                    r += 1
-                    if reach[i] > best[i]:  # the chain could still beat what we have
-                        nxt.append(i)
-            active = nxt
-        return best
+        horizon = self.depth + self.chain
+        if len(roots) >= _VECTOR_KEYS:
+            time_keys = _time_codes(
+                [r[0] for r in roots],
+                [r[2] for r in roots],
+                gaps,
+                horizon,
+                scorer.split_arrays[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)],
+            ).tolist()
+        else:  # a few roots: numpy's per-call cost would exceed the Python loop's
+            thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
+            time_keys = [
+                [
+                    -1 if v != v else bisect_left(thr, v)
+                    for row in _visit_times(state, now, gap, horizon)
+                    for v, thr in zip(row, thresholds, strict=True)
+                ]
+                for (state, _, now, _), gap in zip(roots, gaps, strict=True)
+            ]
+        encode = scorer.spec.encode_merged
+        keys: list[tuple] = []
+        contexts: list[list[float]] = []
+        for (state, candidates, _, context), time_key in zip(roots, time_keys, strict=True):
+            ctx = encode(state.context, context)
+            ctx_key = tuple(
+                None
+                if v != v  # NaN: missing
+                else v
+                if splits[base + j] is None  # categorical code: exact
+                else bisect_left(splits[base + j], v)
+                for j, v in enumerate(ctx)
+            )
+            keys.append(
+                (
+                    id(scorer),
+                    id(catalog),
+                    tuple(candidates),
+                    state.accepted_mask,
+                    state.n_asks,
+                    state.n_accepts,
+                    state.cons_accepts,
+                    state.cons_declines,
+                    state.max_effort,
+                    state.value_received,
+                    state.stage_reached,
+                    tuple(sorted(state.step_offers.items())),
+                    tuple(sorted(state.step_declines.items())),
+                    ctx_key,
+                    tuple(time_key),
+                )
+            )
+            contexts.append(ctx)
+        return keys, contexts
 
     @staticmethod
     def _gap_seconds(state: UserState, scorer: Any) -> float:
@@ -285,6 +289,192 @@ class Planner:
         return float(scorer.bundle.typical_gap_hours) * HOUR
 
 
+class _Tree:
+    """The look-ahead over columnar nodes: each level of every tree is one block of rows.
+
+    A node is a row of ``StateColumns`` with its clock ``now``, its visit spacing ``gap`` and
+    its encoded context (a row of ``ctx``); a candidate row is a ``(node, step)`` pair. The
+    arithmetic is elementwise and in the order of the per-node formulas, so each root's values
+    do not depend on which other roots share the batch.
+    """
+
+    def __init__(self, catalog: Catalog, scorer: Any, retry: float, chain: int) -> None:
+        self.catalog = catalog
+        self.scorer = scorer
+        self.retry = retry
+        self.chain = chain
+        k = catalog.n
+        self.is_goal = catalog.arrays["is_goal"] > 0
+        self.reward = np.asarray(catalog.goal_rewards, dtype=np.float64)
+        requires = np.zeros((k, k), dtype=np.int64)
+        for i, m in enumerate(catalog.requires_mask):
+            for j in range(k):
+                if (m >> j) & 1:
+                    requires[i, j] = 1
+        self.requires_t = requires.T.copy()
+        self.has_requires = bool(requires.any())
+        effort = catalog.arrays["effort"]
+        self.by_effort = np.lexsort((np.arange(k), effort))  # ladder order: (effort, position)
+
+    def eligible(self, states: StateColumns) -> np.ndarray:
+        """``Catalog.eligible_indices`` of every node, as a (nodes, steps) mask."""
+        acc = states.accepted
+        ok = ~acc & ~(acc & self.is_goal).any(axis=1, keepdims=True)
+        if self.has_requires:
+            ok &= ((~acc).astype(np.int64) @ self.requires_t) == 0
+        return ok
+
+    def rows(
+        self,
+        states: StateColumns,
+        now: np.ndarray,
+        ctx: np.ndarray,
+        node: np.ndarray,
+        step: np.ndarray,
+    ) -> np.ndarray:
+        return candidate_rows(self.scorer.spec, self.catalog, states, now, ctx, node, step)
+
+    def predict(self, X: np.ndarray, back: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P(accept), P(drop | decline) and, where ``back`` is set, P(comes back | accept) of
+        every row (NaN where not asked for).
+
+        Look-ahead trees of different users share many nodes, so equal rows are scored once:
+        a model's prediction depends on nothing but the row, hence scattering the prediction
+        of one copy to all of them gives every row exactly its own prediction.
+        """
+        scorer = self.scorer
+        pb = np.full(len(X), np.nan)
+        if len(X) < _DEDUPE_ROWS:  # one user's tree: finding repeats costs more than scoring
+            pb[back] = scorer.p_back_rows(X[back])
+            return scorer.p_accept_rows(X), scorer.p_drop_rows(X), pb
+        idx, inv = _unique_rows(X)
+        U = X[idx]
+        pa = scorer.p_accept_rows(U)[inv]
+        pd = scorer.p_drop_rows(U)[inv]
+        need = np.zeros(len(U), dtype=bool)
+        need[inv[back]] = True
+        pb_u = np.full(len(U), np.nan)
+        pb_u[need] = scorer.p_back_rows(U[need])
+        return pa, pd, pb_u[inv]
+
+    def expand(
+        self,
+        states: StateColumns,
+        now: np.ndarray,
+        gap: np.ndarray,
+        ctx: np.ndarray,
+        node: np.ndarray,
+        step: np.ndarray,
+        depth: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Q and readiness of every candidate row, ``depth`` full levels deep, then chains."""
+        if len(node) == 0:
+            return np.zeros(0), np.zeros(0)
+        is_goal = self.is_goal[step]
+        pa, pd, pb = self.predict(self.rows(states, now, ctx, node, step), ~is_goal)
+        reward = self.reward[step]
+        acc_rows = np.flatnonzero(~is_goal)  # an accepted goal ends the tree: no child
+        n_acc = len(acc_rows)
+        parent = np.concatenate([node[acc_rows], node])
+        child_step = np.concatenate([step[acc_rows], step])
+        accepted = np.zeros(len(parent), dtype=bool)
+        accepted[:n_acc] = True
+        children = states.after(self.catalog, parent, child_step, accepted, now[parent])
+        c_now = now[parent] + gap[parent]
+        c_gap = gap[parent]
+        c_ctx = ctx[parent]
+        if depth <= 1:
+            v = self.chain_values(children, c_now, c_gap, c_ctx)
+        else:
+            c_node, c_step = np.nonzero(self.eligible(children))
+            cq, _ = self.expand(children, c_now, c_gap, c_ctx, c_node, c_step, depth - 1)
+            v = np.full(len(parent), -np.inf)
+            np.maximum.at(v, c_node, cq)
+            v[np.bincount(c_node, minlength=len(parent)) == 0] = 0.0
+        v_acc = np.zeros(len(node))
+        v_acc[acc_rows] = v[:n_acc]
+        v_dec = v[n_acc:]
+        q = pa * np.where(is_goal, reward, pb * v_acc) + (1.0 - pa) * (1.0 - pd) * v_dec
+        return q, pa
+
+    def chain_values(
+        self, states: StateColumns, now: np.ndarray, gap: np.ndarray, ctx: np.ndarray
+    ) -> np.ndarray:
+        """Leaf values: the best of "ask a goal after k more ladder steps", k = 0..chain.
+
+        Each step of the chain counts one retry after a decline (weighted by ``retry``, since a
+        decline makes the next yes less likely); further branches are ignored, so this is a
+        cautious estimate of what the user's future is worth. It is what lets a short
+        look-ahead see that a hesitant user's goal lies five small steps away.
+        """
+        n = len(states)
+        best = np.zeros(n)
+        reach = np.ones(n)  # probability of still walking the chain
+        active = np.arange(n)  # leaf of each chain node
+        for _ in range(self.chain + 1):
+            if len(active) == 0:
+                break
+            elig = self.eligible(states)
+            goals = elig & self.is_goal
+            rest = (elig & ~self.is_goal)[:, self.by_effort]
+            has_step = rest.any(axis=1)
+            ladder = self.by_effort[rest.argmax(axis=1)]  # cheapest non-goal step
+            g_node, g_step = np.nonzero(goals)
+            s_node = np.flatnonzero(has_step)
+            s_step = ladder[s_node]
+            node = np.concatenate([g_node, s_node])
+            if len(node) == 0:
+                break
+            step = np.concatenate([g_step, s_step])
+            ng = len(g_node)
+            back = np.zeros(len(node), dtype=bool)
+            back[ng:] = True  # the come-back model only matters after a ladder step
+            pa, pd, pb = self.predict(self.rows(states, now, ctx, node, step), back)
+            # one retry after a decline, a little less likely to succeed than the first ask
+            pa = pa * (1.0 + (1.0 - pa) * (1.0 - pd) * self.retry)
+            leaf_g = active[g_node]
+            np.maximum.at(best, leaf_g, reach[leaf_g] * pa[:ng] * self.reward[g_step])
+            leaf_s = active[s_node]
+            reach[leaf_s] *= pa[ng:] * pb[ng:]
+            go = reach[leaf_s] > best[leaf_s]  # the chain could still beat what we have
+            keep = s_node[go]
+            states = states.after(
+                self.catalog,
+                keep,
+                s_step[go],
+                np.ones(len(keep), dtype=bool),
+                now[keep],
+            )
+            now = now[keep] + gap[keep]
+            gap = gap[keep]
+            ctx = ctx[keep]
+            active = active[keep]
+        return best
+
+
+def _unique_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx, inv)`` with ``X[idx][inv]`` bytewise equal to ``X``, ``X[idx]`` without repeats
+    (but for the rare hash collision, whose rows simply stay apart)."""
+    n = len(X)
+    if n < 2:
+        return np.arange(n), np.arange(n)
+    u = np.ascontiguousarray(X).view(np.uint64)  # the bits: NaN equals NaN, -0.0 is not 0.0
+    z = u * ((np.arange(1, u.shape[1] + 1, dtype=np.uint64) * _GOLDEN) | np.uint64(1))
+    z ^= z >> np.uint64(31)  # small integers have all-zero low bits: fold the high ones in
+    z *= _MIX
+    _, first, codes = np.unique(z.sum(axis=1), return_index=True, return_inverse=True)
+    codes = codes.astype(np.int64)
+    apart = np.flatnonzero(~(u == u[first[codes]]).all(axis=1))  # collisions: own rows
+    if len(apart):
+        codes[apart] = len(first) + np.arange(len(apart))
+        first = np.concatenate([first, apart])
+    return first, codes
+
+
+_DEDUPE_ROWS = 128  # from this many rows on, equal rows of a level are scored once
+_VECTOR_KEYS = 16  # from this many roots on, the time part of the keys is binned with numpy
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
 _TIME_COLUMN = STATE_FEATURES.index(TIME_FEATURES[0])
 
 
@@ -296,6 +486,7 @@ def _visit_times(
     Visit ``d`` happens at ``now + gap`` added ``d`` times (the planner advances its clock by
     the same repeated addition) after imagined asks at each earlier visit, so these are the
     exact floats ``UserState.after(...).state_vector(t)`` puts into the look-ahead's rows.
+    ``_time_codes`` bins the same floats for many roots at once.
     """
     rows = [time_features(state.n_asks, state.first_ts, state.last_ts, state.prev_ts, now)]
     first = state.first_ts if state.n_asks else now
@@ -307,10 +498,37 @@ def _visit_times(
     return rows
 
 
-def _split(x: np.ndarray, cands: list[list[int]]) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    i = 0
-    for cs in cands:
-        out.append(x[i : i + len(cs)])
-        i += len(cs)
-    return out
+def _time_codes(
+    states: Sequence[UserState],
+    now: Sequence[float],
+    gap: Sequence[float],
+    horizon: int,
+    thresholds: Sequence[np.ndarray],
+) -> np.ndarray:
+    """Per root, the split position of every TIME_FEATURE of the root and of each imagined
+    later visit, (roots, (horizon + 1) * 4), -1 for NaN (missing).
+
+    Visit ``d`` happens at ``now + gap`` added ``d`` times (the planner advances its clock by
+    the same repeated addition) after imagined asks at each earlier visit, so these are the
+    positions of the exact floats the look-ahead's rows hold (``time_feature_columns`` is
+    ``time_features`` elementwise; ``searchsorted`` on the left is ``bisect_left``).
+    """
+    n_asks = np.fromiter((s.n_asks for s in states), dtype=np.int64, count=len(states))
+    first = np.fromiter((s.first_ts for s in states), dtype=np.float64, count=len(states))
+    last = np.fromiter((s.last_ts for s in states), dtype=np.float64, count=len(states))
+    prev = np.fromiter((s.prev_ts for s in states), dtype=np.float64, count=len(states))
+    t = np.asarray(now, dtype=np.float64)
+    gap_arr = np.asarray(gap, dtype=np.float64)
+    visits = np.empty((len(states), horizon + 1, len(TIME_FEATURES)))
+    visits[:, 0] = time_feature_columns(n_asks, first, last, prev, t)
+    first = np.where(n_asks > 0, first, t)
+    prev, last = last, t
+    for d in range(1, horizon + 1):
+        t = t + gap_arr
+        visits[:, d] = time_feature_columns(n_asks + d, first, last, prev, t)
+        prev, last = last, t
+    codes = np.empty(visits.shape, dtype=np.int64)
+    for j, thr in enumerate(thresholds):
+        codes[:, :, j] = np.searchsorted(thr, visits[:, :, j], side="left")
+    codes[np.isnan(visits)] = -1
+    return codes.reshape(len(states), -1)

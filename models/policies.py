@@ -38,6 +38,7 @@ class DecisionInput:
     context: Mapping[str, Any] = field(default_factory=dict)
     scorer: Any | None = None  # a models.scoring.ModelScorer, or None when there is no model
     _p: np.ndarray | None = None
+    _planned: Any = None  # the planner's (output, readiness) for this input, planned in a batch
 
     def p_accept(self) -> np.ndarray | None:
         """Readiness of each candidate (computed once per decision, None without a model)."""
@@ -254,16 +255,17 @@ def choose(
     """
     out = policy(inp)
     probs = out.probs
-    nz = np.flatnonzero(probs > 0)
+    listed = probs.tolist()  # a few candidates: Python floats are cheaper than numpy calls
+    nz = [i for i, x in enumerate(listed) if x > 0]
     if len(nz) == 1:  # a deterministic choice consumes no randomness
-        k = int(nz[0])
+        k = nz[0]
     else:
         gen = rng if isinstance(rng, np.random.Generator) else rng()
         k = int(gen.choice(len(probs), p=probs / probs.sum()))
     return Choice(
         index=k,
         step=inp.candidates[k],
-        propensity=float(probs[k]),
+        propensity=listed[k],
         explored=k != out.greedy,
         output=out,
     )
