@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from features.catalog import STAGES, Catalog
 from features.errors import InputError
 from features.state import ACCEPTED
-from models.decide import DecisionResult
+from models.decide import DecisionRequest, DecisionResult
 from service.metrics import Metrics
 from service.problems import Conflict, NotFound, Unprocessable, problem_dict
 from service.runtime import ArmRuntime, Deciders
@@ -301,27 +302,54 @@ def next_step_batch(
     """Decide for many users: one read, one write, answers in request order (200).
 
     A request that cannot be answered (unknown candidate) gets a problem object in its place;
-    the others are still decided and stored.
+    the others are still decided and stored. Each arm decides its users with one
+    ``Decider.decide_many`` (the planner's look-ahead for all of them in one pass); each
+    answer is the one ``next-step`` would give that request alone.
     """
     with store.read() as conn:
         histories = store.histories(conn, [r.user_id for r in requests])
     default_now = time.time()
+    n = len(requests)
+    nows: list[float] = []
+    arms: list[ArmRuntime] = []
+    keys: list[tuple | None] = []
+    first_of: dict[tuple, int] = {}  # same-input key -> the request decided for it
+    by_arm: dict[str, list[int]] = {}
+    for i, req in enumerate(requests):
+        now = req.ts if req.ts is not None else default_now
+        arm = deciders.for_user(req.user_id)
+        key = _same_input_key(arm, req, histories.get(req.user_id, []), now)
+        nows.append(now)
+        arms.append(arm)
+        keys.append(key)
+        if key is not None:
+            if key in first_of:
+                continue  # decided with (or, when it drew at random, after) its first request
+            first_of[key] = i
+        by_arm.setdefault(arm.arm.name, []).append(i)
+    decided: list[DecisionResult | InputError | None] = [None] * n
+    for members in by_arm.values():
+        batch = [_decision_request(requests[i], histories, nows[i]) for i in members]
+        for i, res in zip(members, arms[members[0]].decider.decide_many(batch), strict=True):
+            decided[i] = res
     answers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     shadow_rows: list[dict[str, Any]] = []
     same: dict[tuple, DecisionResult] = {}
     rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of a shared result
-    for req in requests:
-        now = req.ts if req.ts is not None else default_now
-        arm = deciders.for_user(req.user_id)
+    for i, req in enumerate(requests):
+        now, arm, key = nows[i], arms[i], keys[i]
         history = histories.get(req.user_id, [])
-        key = _same_input_key(arm, req, history, now)
         try:
-            result = same.get(key) if key is not None else None
-            if result is None:
-                result = _decide(arm, req, history, now)
-                if key is not None and result.propensity in (None, 1.0):
-                    same[key] = result
+            result = decided[i]
+            if result is None:  # a later request with a first request's input
+                result = same.get(key)  # type: ignore[arg-type]
+                if result is None:
+                    result = _decide(arm, req, history, now)
+            elif isinstance(result, InputError):
+                raise _unprocessable(result)
+            if key is not None and result.propensity in (None, 1.0):
+                same.setdefault(key, result)
         except Unprocessable as exc:
             answers.append(
                 problem_dict(422, detail=exc.detail, type_="urn:nextstep:problem:validation")
@@ -335,17 +363,39 @@ def next_step_batch(
         else:
             row, payload = _decision(arm, req, result, now, None)
         rows.append(row)
-        shadow_rows.extend(
-            _shadow_rows(
-                deciders, arm, req, histories.get(req.user_id, []), now, row["decision_id"]
-            )
-        )
+        shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))
         answers.append(payload)
     store.insert_decision_rows(rows, shadow_rows)
-    for payload in answers:
-        if "decision_id" in payload:
-            _count(metrics, payload)
+    if metrics is not None:  # what ``_count`` does per decision, one increment per label set
+        counts = Counter(
+            (p["arm"], p["policy"], p["step"] or "none") for p in answers if "decision_id" in p
+        )
+        for labels, k in counts.items():
+            metrics.decisions.labels(*labels).inc(k)
     return Reply(200, orjson.dumps({"responses": answers}))
+
+
+def _decision_request(
+    req: NextStepRequest, histories: Mapping[str, Sequence[HistoryEvent]], now: float
+) -> DecisionRequest:
+    """What ``_decide`` passes to ``Decider.decide``, for ``Decider.decide_many``."""
+    return DecisionRequest(
+        req.user_id,
+        [e.row() for e in histories.get(req.user_id, [])],
+        now,
+        req.context,
+        req.candidates,
+        None,
+        req.explain,
+    )
+
+
+def _unprocessable(exc: InputError) -> Unprocessable:
+    """The 422 ``_decide`` raises for a request ``Decider`` rejects (an unknown candidate)."""
+    return Unprocessable(
+        exc.message,
+        errors=[{"loc": ["body", "candidates"], "msg": exc.message, "type": "unknown_step"}],
+    )
 
 
 # -- outcomes --------------------------------------------------------------------------------

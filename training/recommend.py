@@ -28,6 +28,7 @@ from features.state import ACCEPTED, UserState
 
 MODEL_POLICIES = ("planner", "greedy")
 OUTPUT_COLUMNS = ("user_id", "step", "stage", "p_accept", "propensity", "policy", "reason")
+CHUNK = 1000  # users decided together: one planner pass per chunk
 
 
 @dataclass
@@ -174,21 +175,29 @@ def recommend_frame(
     progress: object | None = None,
 ) -> pd.DataFrame:
     """One decision per user of a validated frame (see the module docstring)."""
+    from models.decide import DecisionRequest
+
     fs = final_states(frame, catalog, context_columns)
     cols: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
-    decide = decider.decide  # type: ignore[attr-defined]
     n = len(fs.user_ids)
-    for u, (uid, state) in enumerate(zip(fs.user_ids, fs.states, strict=True)):
-        r = decide(uid, state, now=float(fs.last_ts[u]))
-        cols["user_id"].append(uid)
-        cols["step"].append(r.step)
-        cols["stage"].append(r.stage)
-        cols["p_accept"].append(math.nan if r.p_accept is None else r.p_accept)
-        cols["propensity"].append(math.nan if r.propensity is None else r.propensity)
-        cols["policy"].append(r.policy)
-        cols["reason"].append(r.reason)
-        if progress is not None and (u % 1000 == 999 or u == n - 1):
-            progress(u + 1)  # type: ignore[operator]
+    last_ts = fs.last_ts.tolist()
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        requests = [
+            DecisionRequest(fs.user_ids[u], fs.states[u], now=last_ts[u]) for u in range(a, b)
+        ]
+        for r in decider.decide_many(requests):  # type: ignore[attr-defined]
+            if isinstance(r, Exception):  # no candidates are requested: cannot happen
+                raise r
+            cols["step"].append(r.step)
+            cols["stage"].append(r.stage)
+            cols["p_accept"].append(math.nan if r.p_accept is None else r.p_accept)
+            cols["propensity"].append(math.nan if r.propensity is None else r.propensity)
+            cols["policy"].append(r.policy)
+            cols["reason"].append(r.reason)
+        if progress is not None:
+            progress(b)  # type: ignore[operator]
+    cols["user_id"] = list(fs.user_ids)
     text = ("user_id", "step", "stage", "policy", "reason")  # object dtype: None stays None
     return pd.DataFrame(
         {c: pd.Series(v, dtype=object if c in text else np.float64) for c, v in cols.items()}
@@ -212,8 +221,8 @@ def recommend_command(
     from models.decide import Decider
     from models.policies import PolicyConfig
     from service.heap import frozen_heap
-    from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA
     from training.predict import write_table
+    from training.truth import feature_context_columns
 
     try:
         config = PolicyConfig.parse(policy)
@@ -239,7 +248,7 @@ def recommend_command(
         _say_written(result, decider.policy_name, version, out)
         return result
     log = load_events(events, cat, skip_invalid=skip_invalid)
-    ctx = [c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
+    ctx = feature_context_columns(log.context_columns)
     n_users = int(log.frame["user_id"].nunique())
     with Progress(
         *Progress.get_default_columns()[:1],
