@@ -7,11 +7,16 @@ decision's model time. ``NativePredictor`` does the same ``LGBM_BoosterPredictFo
 everything fixed once, and returns exactly the numbers ``booster.predict(X, num_threads=1)``
 returns (``tests/models/test_native.py``). If this LightGBM build lacks the private helpers it
 relies on, it falls back to ``booster.predict``.
+
+Large blocks (``recommend`` and batch look-aheads score thousands of rows per call) run on every
+core: each row is predicted on its own, so the numbers do not depend on the thread count; a
+small block stays on one thread, where starting OpenMP's team would cost more than it saves.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,8 @@ except ImportError:  # pragma: no cover - depends on the installed LightGBM
 _FLOAT64 = 1  # C_API_DTYPE_FLOAT64
 _PREDICT_NORMAL = 0  # C_API_PREDICT_NORMAL: probabilities for a binary objective
 _ROW_MAJOR = 1
+# From this many rows a call is split over the cores (below it one thread is faster).
+PARALLEL_ROWS = 2048
 
 
 class NativePredictor:
@@ -38,6 +45,7 @@ class NativePredictor:
         self._native = _NATIVE and int(booster.num_model_per_iteration()) == 1
         if self._native:
             self._params = _c_str("num_threads=1")
+            self._params_parallel = _c_str(f"num_threads={max(1, os.cpu_count() or 1)}")
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         if not self._native:
@@ -61,7 +69,7 @@ class NativePredictor:
                 ctypes.c_int(_PREDICT_NORMAL),
                 ctypes.c_int(0),
                 ctypes.c_int(self._num_iteration),
-                self._params,
+                self._params_parallel if n >= PARALLEL_ROWS else self._params,
                 ctypes.byref(written),
                 out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
             )

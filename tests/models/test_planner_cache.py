@@ -82,11 +82,12 @@ def test_time_only_enters_through_split_positions(ladder) -> None:
     assert key(1.7e9 + 60) != key(1.7e9 + 60 + 400 * HOUR)
 
 
-def test_native_predictor_equals_booster_predict(ladder) -> None:
+@pytest.mark.parametrize("rows", [500, 5000])  # one thread / every core (PARALLEL_ROWS)
+def test_native_predictor_equals_booster_predict(ladder, rows: int) -> None:
     _, scorer = ladder
     rng = np.random.default_rng(1)
-    X = rng.integers(0, 6, (500, len(scorer.spec.names))).astype(np.float64)
-    X[:, 8:12] = rng.exponential(20.0, (500, 4))
+    X = rng.integers(0, 6, (rows, len(scorer.spec.names))).astype(np.float64)
+    X[:, 8:12] = rng.exponential(20.0, (rows, 4))
     X[rng.random(X.shape) < 0.1] = np.nan
     for model in (scorer.bundle.readiness, scorer.bundle.drop, scorer.bundle.back):
         booster = model.booster_
