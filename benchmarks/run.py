@@ -169,6 +169,21 @@ request = function()
 end
 """
 
+# The same requests, each with a fresh Idempotency-Key: they take FastAPI's route (key lookup,
+# decision and key in one transaction) instead of the fast lane.
+LUA_KEYED = """
+local users = %d
+local counter = 0
+local prefix = tostring(os.time())
+request = function()
+  counter = counter + 1
+  local u = "bench-" .. (counter %% users)
+  local body = '{"user_id":"' .. u .. '","context":{"channel":"email","device":"mobile"}}'
+  local headers = {["Content-Type"]="application/json", ["Idempotency-Key"]=prefix .. "-" .. counter}
+  return wrk.format("POST", "/v1/next-step", headers, body)
+end
+"""
+
 
 def _start_bare_app(port: int) -> subprocess.Popen:
     """The same-run baseline: the bare FastAPI app on one uvicorn worker, access log off."""
@@ -217,6 +232,9 @@ def bench_service(env: Env, seconds: int) -> None:
                         )
         ours16 = _wrk(f"{base}/", 16, seconds, lua)
         ours1 = _wrk(f"{base}/", 1, max(3, seconds // 2), lua)
+        keyed_lua = env.dir / "next_step_keyed.lua"
+        keyed_lua.write_text(LUA_KEYED % users)
+        keyed16 = _wrk(f"{base}/", 16, max(3, seconds // 2), keyed_lua)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -239,7 +257,9 @@ def bench_service(env: Env, seconds: int) -> None:
         p50_ms_1=ours1["p50_ms"],
         p99_ms_1=ours1["p99_ms"],
         bare_p99_ms_1=bare1["p99_ms"],
-        non_2xx=ours16["non_2xx"] + ours1["non_2xx"],
+        keyed_rps_16=round(keyed16["rps"]),
+        keyed_ratio_to_bare=round(keyed16["rps"] / bare16["rps"], 3),
+        non_2xx=ours16["non_2xx"] + ours1["non_2xx"] + keyed16["non_2xx"],
     )
 
 
@@ -303,11 +323,11 @@ def bench_batch(env: Env) -> None:
         "from features.catalog import load_catalog\nfrom features.events import load_events\n"
         "from models.decide import Decider\nfrom models.policies import PolicyConfig\n"
         "from service.heap import frozen_heap\nfrom training.modelio import load_scorer\n"
-        "from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA\n"
+        "from training.truth import feature_context_columns\n"
         "from training.recommend import recommend_frame\n"
         f"cat=load_catalog(Path({str(env.catalog)!r})); sc,v=load_scorer('models:/nextstep@champion', cat)\n"
         f"log=load_events(Path({str(env.events)!r}), cat)\n"
-        "ctx=[c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]\n"
+        "ctx=feature_context_columns(log.context_columns)\n"
         "d=Decider(cat, PolicyConfig.parse('planner'), scorer=sc, model_version=v)\n"
         "t=time.perf_counter()\n"
         "with frozen_heap(): recommend_frame(log.frame, cat, d, ctx)\n"

@@ -273,9 +273,9 @@ def _summary(
 
 def default_context_columns(log: EventLog) -> list[str]:
     """The log's context columns, without the simulator's truth columns."""
-    from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA
+    from training.truth import feature_context_columns
 
-    return [c for c in log.context_columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
+    return feature_context_columns(log.context_columns)
 
 
 def check_world_catalog(world: Any, catalog: Catalog) -> None:

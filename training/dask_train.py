@@ -1196,8 +1196,8 @@ def _recommend_part(
     from models.bundle import ModelScorer
     from models.decide import Decider
     from models.policies import PolicyConfig
-    from training.pipeline import TRUTH_COLUMN, TRUTH_EXTRA
     from training.recommend import OUTPUT_COLUMNS, recommend_frame
+    from training.truth import feature_context_columns
 
     if frame.empty:
         return _recommend_meta()
@@ -1207,15 +1207,9 @@ def _recommend_part(
     )
     from features.events import OPTIONAL, REQUIRED
 
-    ctx = [
-        c
-        for c in frame.columns
-        if c not in REQUIRED
-        and c not in OPTIONAL
-        and c != "row"
-        and c != TRUTH_COLUMN
-        and c not in TRUTH_EXTRA
-    ]
+    ctx = feature_context_columns(
+        c for c in frame.columns if c not in REQUIRED and c not in OPTIONAL and c != "row"
+    )
     out = recommend_frame(frame, catalog, decider, ctx)
     first = frame.groupby("user_id", sort=False)["row"].min()
     out.insert(0, "first_key", first.loc[out["user_id"]].to_numpy(dtype=np.int64))

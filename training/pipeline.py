@@ -52,10 +52,9 @@ from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
 from models.readiness import LogisticBaseline
 from training import evaluate as ev
+from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
 
 HOLDOUT_FRACTION = 0.2
-TRUTH_COLUMN = "true_p_accept"
-TRUTH_EXTRA = ("user_type",)
 PARALLEL_ROWS = 500_000
 HOLDOUT_ARTIFACT_ROWS = 200_000
 MODELS = ("lgbm", "logreg")
