@@ -183,7 +183,7 @@ def _decision(
 
 def _count(metrics: Metrics | None, payload: Mapping[str, Any]) -> None:
     if metrics is not None:
-        metrics.decisions.labels(payload["arm"], payload["policy"], payload["step"] or "none").inc()
+        metrics.count_decisions(payload["arm"], payload["policy"], payload["step"])
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def _digest(req: NextStepRequest) -> str:
 
 
 def _prepare(
-    deciders: Deciders, req: NextStepRequest, history: Sequence[HistoryEvent], digest: str
+    deciders: Deciders, req: NextStepRequest, history: Sequence[HistoryEvent], digest: str | None
 ) -> PreparedDecision:
     now = req.ts if req.ts is not None else time.time()
     arm = deciders.for_user(req.user_id)
@@ -218,9 +218,10 @@ def decide_next_step(store: Store, deciders: Deciders, req: NextStepRequest) -> 
     """The read-and-decide half of a next-step without an Idempotency-Key.
 
     The caller stores ``row`` and ``shadow_rows`` (``Store.commit_decisions``) before
-    answering with ``decided``; nothing here writes.
+    answering with ``decided``; nothing here writes. Without a key there is nothing to
+    compare a retry with, so the row has no request fingerprint (as in a batch).
     """
-    return _prepare(deciders, req, store.read_history(req.user_id), _digest(req))
+    return _prepare(deciders, req, store.read_history(req.user_id), None)
 
 
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
@@ -371,7 +372,7 @@ def next_step_batch(
             (p["arm"], p["policy"], p["step"] or "none") for p in answers if "decision_id" in p
         )
         for labels, k in counts.items():
-            metrics.decisions.labels(*labels).inc(k)
+            metrics.count_decisions(*labels, n=k)
     return Reply(200, orjson.dumps({"responses": answers}))
 
 

@@ -7,6 +7,8 @@ uvicorn workers each process keeps its own counters; scrape each worker or run o
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,6 +33,7 @@ class Metrics:
         self.decisions = Counter(
             "nextstep_decisions", "Decisions served.", ["arm", "policy", "step"], registry=r
         )
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
         self.outcomes = Counter(
             "nextstep_outcomes", "Outcomes recorded.", ["outcome", "source"], registry=r
         )
@@ -59,6 +62,15 @@ class Metrics:
         self.idempotent_replays = Counter(
             "nextstep_idempotent_replays", "Responses replayed for a repeated key.", registry=r
         )
+
+    def count_decisions(self, arm: str, policy: str, step: str | None, n: int = 1) -> None:
+        """``decisions{arm, policy, step}`` += n; each label set is resolved once (a
+        ``labels()`` lookup costs more than the increment, and this runs per decision)."""
+        key = (arm, policy, step or "none")
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc(n)
 
     def set_models(self, deciders: Deciders) -> None:
         self.model_info.clear()
