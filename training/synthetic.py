@@ -6,12 +6,13 @@ place that wires simulator → point-in-time features → ``fit_bundle`` for the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.catalog import Catalog
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
@@ -28,12 +29,26 @@ def simulated_bundle(
     n_jobs: int = 2,
 ) -> ModelBundle:
     """Fit the readiness, drop and come-back models on ``users`` simulated users of ``world``."""
-    cat = world.catalog
     frame = pd.DataFrame(generate_log(world, users, seed))
     frame["row"] = np.arange(1, len(frame) + 1)
-    spec = FeatureSpec.from_frame(frame, ["channel", "device"])
-    off = build_offline_features(frame, cat, spec)
-    is_goal = ((cat.goal_mask >> off.step_index) & 1).astype(bool)
+    return bundle_from_frame(
+        frame, world.catalog, ["channel", "device"], seed=seed, params=params, n_jobs=n_jobs
+    )
+
+
+def bundle_from_frame(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    context_columns: Sequence[str],
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    n_jobs: int = 1,
+) -> ModelBundle:
+    """Fit the three outcome models on an event frame (a validated log's ``frame``)."""
+    spec = FeatureSpec.from_frame(frame, list(context_columns))
+    off = build_offline_features(frame, catalog, spec)
+    is_goal = ((catalog.goal_mask >> off.step_index) & 1).astype(bool)
     return fit_bundle(
         off.X,
         off.accepted,

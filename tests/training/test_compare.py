@@ -18,9 +18,7 @@ from typer.testing import CliRunner
 
 from features.catalog import Catalog, load_catalog
 from features.events import EventLog, load_events, validate_frame
-from features.offline import build_offline_features
-from features.spec import FeatureSpec
-from models.bundle import ModelScorer, fit_bundle
+from models.bundle import ModelScorer
 from models.policies import DecisionInput, PolicyOutput
 from training.compare import CompareError, compare_log
 from training.offpolicy import (
@@ -32,6 +30,7 @@ from training.offpolicy import (
     trajectory,
 )
 from training.simulate import ExactSolver, logging_distribution, write_simulation
+from training.synthetic import bundle_from_frame
 from training.worlds import load_world
 
 WORLD = "ladder"
@@ -62,21 +61,7 @@ def model(
 ) -> tuple[Path, ModelScorer]:
     """A small bundle fitted on the log itself, saved as a directory ``--model`` accepts."""
     _folder, catalog, log = sim
-    frame = log.frame
-    spec = FeatureSpec.from_frame(frame, list(CONTEXT))
-    F = build_offline_features(frame, catalog, spec)
-    is_goal = catalog.arrays["is_goal"][F.step_index] > 0
-    bundle = fit_bundle(
-        F.X,
-        F.accepted,
-        F.dropped,
-        F.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=24.0,
-        n_jobs=1,
-        params={"n_estimators": 40},
-    )
+    bundle = bundle_from_frame(log.frame, catalog, CONTEXT, params={"n_estimators": 40})
     path = bundle.save(tmp_path_factory.mktemp("model") / "bundle")
     return path, ModelScorer(bundle, catalog)
 

@@ -21,11 +21,10 @@ import pandas as pd
 import pytest
 
 from features.events import validate_frame
-from features.offline import build_offline_features
-from features.spec import FeatureSpec
-from models.bundle import ModelScorer, fit_bundle
+from models.bundle import ModelScorer
 from training.offpolicy import build_policy, evaluate_log, one_step, trajectory
 from training.simulate import CAP, Dynamics, ExactSolver, generate_log
+from training.synthetic import bundle_from_frame
 from training.worlds import load_world
 
 pytestmark = pytest.mark.slow
@@ -41,14 +40,7 @@ MIN_COVERAGE = 0.85
 def _scorer(world, catalog):  # type: ignore[no-untyped-def]
     """A readiness model trained on its own log (seed 999), never on the evaluated ones."""
     frame = validate_frame(pd.DataFrame(generate_log(world, 2500, 999)), catalog, source="train")
-    frame = frame.frame
-    spec = FeatureSpec.from_frame(frame, list(CONTEXT))
-    F = build_offline_features(frame, catalog, spec)
-    is_goal = catalog.arrays["is_goal"][F.step_index] > 0
-    bundle = fit_bundle(
-        F.X, F.accepted, F.dropped, F.came_back, is_goal, spec,
-        typical_gap_hours=24.0, n_jobs=1, params={"n_estimators": 60},
-    )  # fmt: skip
+    bundle = bundle_from_frame(frame.frame, catalog, CONTEXT, params={"n_estimators": 60})
     return ModelScorer(bundle, catalog)
 
 

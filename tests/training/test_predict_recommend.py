@@ -19,10 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.events import EventLog, validate_frame, write_events
-from features.offline import build_offline_features
-from features.spec import FeatureSpec
 from features.state import fold_history
-from models.bundle import fit_bundle
 from models.decide import Decider
 from models.policies import PolicyConfig
 from training.cli import app
@@ -30,6 +27,7 @@ from training.modelio import ModelNotFoundError, load_scorer
 from training.predict import predict_frame
 from training.recommend import final_states, recommend_frame
 from training.simulate import generate_log
+from training.synthetic import bundle_from_frame
 from training.worlds import load_world
 
 USERS = 600
@@ -49,20 +47,8 @@ def log(world) -> EventLog:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, world, log) -> Path:
     """A small real bundle (fewer trees than production, same code path) saved to disk."""
-    spec = FeatureSpec.from_frame(log.frame, log.context_columns)
-    F = build_offline_features(log.frame, world.catalog, spec)
-    is_goal = ((world.catalog.goal_mask >> F.step_index) & 1).astype(bool)
-    bundle = fit_bundle(
-        F.X,
-        F.accepted,
-        F.dropped,
-        F.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=24.0,
-        seed=0,
-        n_jobs=1,
-        params={"n_estimators": 40},
+    bundle = bundle_from_frame(
+        log.frame, world.catalog, log.context_columns, params={"n_estimators": 40}
     )
     return bundle.save(tmp_path_factory.mktemp("model") / "bundle")
 

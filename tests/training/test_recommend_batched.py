@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 
 from features.events import EventLog, validate_frame
-from features.offline import build_offline_features
-from features.spec import FeatureSpec
-from models.bundle import ModelScorer, fit_bundle
+from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
 from training import recommend
 from training.recommend import OUTPUT_COLUMNS, final_states, recommend_frame
 from training.simulate import generate_log
+from training.synthetic import bundle_from_frame
 from training.worlds import load_world
 
 
@@ -34,20 +33,8 @@ def log(world) -> EventLog:
 
 @pytest.fixture(scope="module")
 def scorer(world, log) -> ModelScorer:
-    spec = FeatureSpec.from_frame(log.frame, log.context_columns)
-    F = build_offline_features(log.frame, world.catalog, spec)
-    is_goal = ((world.catalog.goal_mask >> F.step_index) & 1).astype(bool)
-    bundle = fit_bundle(
-        F.X,
-        F.accepted,
-        F.dropped,
-        F.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=24.0,
-        seed=0,
-        n_jobs=1,
-        params={"n_estimators": 40},
+    bundle = bundle_from_frame(
+        log.frame, world.catalog, log.context_columns, params={"n_estimators": 40}
     )
     return ModelScorer(bundle, world.catalog)
 
