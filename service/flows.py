@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from features.catalog import STAGES, Catalog
 from features.errors import InputError
 from features.state import ACCEPTED
 from models.decide import DecisionRequest, DecisionResult
+from service.ids import new_decision_id
 from service.metrics import Metrics
 from service.problems import Conflict, NotFound, Unprocessable, problem_dict
 from service.runtime import ArmRuntime, Deciders
@@ -141,7 +141,7 @@ def _decision(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored row and the response payload of one decision (``rendered``: the candidates
     of a decision shared by several requests of a batch, rendered once)."""
-    decision_id = uuid.uuid4().hex
+    decision_id = new_decision_id()
     candidates, candidates_json = rendered or _candidates(result)
     payload = {
         "decision_id": decision_id,
@@ -336,6 +336,7 @@ def next_step_batch(
     answers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     shadow_rows: list[dict[str, Any]] = []
+    shadowed = {name for name in by_arm if deciders.shadows(name)}  # arms that have shadows
     same: dict[tuple, DecisionResult] = {}
     rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of a shared result
     for i, req in enumerate(requests):
@@ -364,7 +365,8 @@ def next_step_batch(
         else:
             row, payload = _decision(arm, req, result, now, None)
         rows.append(row)
-        shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))
+        if arm.arm.name in shadowed:
+            shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))
         answers.append(payload)
     store.insert_decision_rows(rows, shadow_rows)
     if metrics is not None:  # what ``_count`` does per decision, one increment per label set
