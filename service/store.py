@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -329,11 +330,12 @@ class Store:
                 for table, batch in ((decisions, rows), (shadow_decisions, shadow_rows)):
                     if batch:
                         sql, keys = self._insert_sql(table, tuple(batch[0]))
-                        params = (
-                            [tuple(r[k] for k in keys) for r in batch]
-                            if keys
-                            else [dict(r) for r in batch]
-                        )
+                        if len(keys) > 1:  # positional: each row's values in the SQL's order
+                            params = list(map(operator.itemgetter(*keys), batch))
+                        elif keys:
+                            params = [(r[keys[0]],) for r in batch]
+                        else:  # named parameters
+                            params = [dict(r) for r in batch]
                         cur.executemany(sql, params)
                 raw.commit()
             except BaseException:
