@@ -104,7 +104,9 @@ def create_app(
         finally:
             store.dispose()
 
-    app = FastAPI(
+    otel = None if settings.otel else {"tracing": False, "metrics": False, "logs": False}
+    app = NextstepAPI(
+        telemetry=otel,
         title="nextstep",
         version="0.1.0",
         summary="Adaptive next-step recommender: the smallest useful next action for a user.",
@@ -136,9 +138,18 @@ def create_app(
     }
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, json_paths=json_paths)
     app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(NextStepLane, fastapi_app=app)  # outermost of ours: skips the rest
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class NextstepAPI(FastAPI):
+    """FastAPI with the next-step fast lane (``service.fast_lane``) in front of its whole
+    middleware stack, FastAPI's own error, telemetry and body-limit layers included: the lane
+    renders its errors with the app's exception handlers itself, and everything it does not
+    answer enters the stack exactly as before."""
+
+    def build_middleware_stack(self) -> Any:
+        return NextStepLane(super().build_middleware_stack(), fastapi_app=self)
 
 
 def app_from_env() -> FastAPI:

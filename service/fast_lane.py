@@ -1,9 +1,11 @@
 """A pure-ASGI lane for the hottest request: a valid ``POST /v1/next-step`` without a key.
 
 A product backend calls ``next-step`` on every page view. Measured in process, FastAPI's
-path to the handler (routing, the exception and exit-stack middlewares, dependency and body
-solving, our body guard and request metrics) cost about 250 us per request, more than the
-decision itself, and kept one worker at under a third of a bare FastAPI app's throughput.
+path to the handler (its error, telemetry and body-limit layers, routing, the exception and
+exit-stack middlewares, dependency and body solving, our body guard and request metrics) cost
+about 250 us per request, more than the decision itself, and kept one worker at under a third
+of a bare FastAPI app's throughput. ``service.app.NextstepAPI`` puts the lane in front of that
+whole stack.
 
 The lane answers only the requests the route would accept, with the route's own code
 (``decisions.serve_next_step``) and the app's own exception handlers, so its responses are

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # each connection's own 2 MiB cache: the history read of a next-step took 50 us on a
     # 290 MB store with the default cache and 23 us mapped.
     sqlite_mmap_mib: int = Field(default=256, ge=0)
+    # FastAPI's native OpenTelemetry (traces, metrics, logs through the global OTel providers).
+    # Off by default: the service exports Prometheus metrics at /metrics, and with it on FastAPI
+    # asks the OTel providers on every request (about 5% of a next-step's time, measured).
+    otel: bool = False
     # Contact guardrails (models/guardrails.py); none set = only the catalog's per-step rules.
     max_asks_per_period: int | None = Field(default=None, ge=1)
     period_hours: float | None = Field(default=None, gt=0)

@@ -109,3 +109,26 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyP
     bad.write_text("steps: [{id: a, stage: nope, effort: 1}]")
     with pytest.raises(CatalogError, match="stage"):
         run.serve_command(bad, "127.0.0.1", 8000, 1)
+
+
+def test_fastapi_opentelemetry_is_opt_in(
+    monkeypatch: pytest.MonkeyPatch, catalog_path: Path
+) -> None:
+    """Off by default (no per-request provider lookups); NEXTSTEP_OTEL=true hands FastAPI's
+    native telemetry its defaults back."""
+    from service.app import create_app
+
+    off = create_app(Settings(catalog=catalog_path))
+    assert not off._native_telemetry.enabled()
+    assert (off._telemetry["tracing"], off._telemetry["metrics"], off._telemetry["logs"]) == (
+        False,
+        False,
+        False,
+    )
+    monkeypatch.setenv("NEXTSTEP_OTEL", "true")
+    on = create_app(Settings(catalog=catalog_path))
+    assert (on._telemetry["tracing"], on._telemetry["metrics"], on._telemetry["logs"]) == (
+        True,
+        True,
+        True,
+    )
