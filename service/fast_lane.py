@@ -21,6 +21,7 @@ counted and timed in the same Prometheus series as the middleware's.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -36,6 +37,9 @@ from service.schemas import NextStepRequest
 log = logging.getLogger("nextstep.service")
 PATH = "/v1/next-step"
 _JSON = (b"content-type", b"application/json")
+_REPLAYED = (b"idempotent-replayed", b"true")
+# what the route's ``Idempotency-Key`` header accepts (``service.deps.IdempotencyKey``)
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class NextStepLane:
@@ -60,13 +64,19 @@ class NextStepLane:
         length = -1
         json_body = False
         api_key: str | None = None
+        key: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = int(value) if value.isdigit() else -1
             elif name == b"content-type":
                 json_body = is_json_media(value.decode("latin-1"))
-            elif name in (b"idempotency-key", b"transfer-encoding"):
-                length = -1  # the route's path: one transaction with the key / streamed body
+            elif name == b"idempotency-key" and key is None:
+                key = value.decode("latin-1")
+                if not _KEY.fullmatch(key):
+                    length = -1  # the route's 422
+                    break
+            elif name == b"transfer-encoding":
+                length = -1  # a streamed body: the guard's path
                 break
             elif name == b"x-api-key" and api_key is None:
                 api_key = value.decode("latin-1")  # as Starlette decodes it for the route
@@ -80,7 +90,7 @@ class NextStepLane:
         if req is None:
             await self.app(scope, replay_body(body, receive, more=not complete), send)
             return
-        await self._serve(scope, receive, send, state, req, api_key)
+        await self._serve(scope, receive, send, state, req, api_key, key)
 
     async def _serve(
         self,
@@ -90,14 +100,19 @@ class NextStepLane:
         state: Any,
         req: NextStepRequest,
         api_key: str | None,
+        key: str | None,
     ) -> None:
-        from service.routers.decisions import serve_next_step
+        from service.routers.decisions import serve_keyed_next_step, serve_next_step
 
         start = time.perf_counter()
         metrics = state.metrics
         try:
             check_api_key(state.settings.keys, api_key)  # the route's 401, from its handler
-            reply = await serve_next_step(state.store, state.runtime.current, metrics, req)
+            store, deciders = state.store, state.runtime.current
+            if key is None:
+                reply = await serve_next_step(store, deciders, metrics, req)
+            else:
+                reply = await serve_keyed_next_step(store, deciders, metrics, req, key)
         except Exception as exc:  # rendered exactly as the route's exception handlers would
             response = await self._handle(scope, receive, exc)
             await response(scope, receive, send)
@@ -107,7 +122,11 @@ class NextStepLane:
                 {
                     "type": "http.response.start",
                     "status": reply.status,
-                    "headers": [_JSON, (b"content-length", str(len(reply.body)).encode())],
+                    "headers": [
+                        _JSON,
+                        (b"content-length", str(len(reply.body)).encode()),
+                        *((_REPLAYED,) if reply.replayed else ()),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": reply.body})

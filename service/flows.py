@@ -57,7 +57,8 @@ def request_hash(route: str, payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply:
+def replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply:
+    """The stored response of a key (409 if the key came with another request)."""
     if rec.request_hash != digest:
         raise Conflict("this Idempotency-Key was already used with a different request")
     if metrics is not None:
@@ -196,7 +197,7 @@ class PreparedDecision:
     body: bytes
 
 
-def _digest(req: NextStepRequest) -> str:
+def request_digest(req: NextStepRequest) -> str:
     # ``explain`` joins the fingerprint only when set, so keys stored before it existed still match
     return request_hash(
         ROUTE_NEXT_STEP, req.model_dump(mode="json", exclude=None if req.explain else {"explain"})
@@ -214,61 +215,35 @@ def _prepare(
     return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
 
 
-def decide_next_step(store: Store, deciders: Deciders, req: NextStepRequest) -> PreparedDecision:
-    """The read-and-decide half of a next-step without an Idempotency-Key.
+def decide_next_step(
+    store: Store, deciders: Deciders, req: NextStepRequest, digest: str | None = None
+) -> PreparedDecision:
+    """The read-and-decide half of a next-step.
 
     The caller stores ``row`` and ``shadow_rows`` (``Store.commit_decisions``) before
-    answering with ``decided``; nothing here writes. Without a key there is nothing to
-    compare a retry with, so the row has no request fingerprint (as in a batch).
+    answering with ``decided``; nothing here writes. ``digest`` (``request_digest``) is the
+    request's fingerprint when it carries an Idempotency-Key; without a key there is nothing
+    to compare a retry with, so the row has none (as in a batch).
     """
-    return _prepare(deciders, req, store.read_history(req.user_id), None)
+    return _prepare(deciders, req, store.read_history(req.user_id), digest)
+
+
+def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:
+    """The idempotency record that stores a keyed next-step's response with its decision."""
+    return {
+        "key": key,
+        "route": ROUTE_NEXT_STEP,
+        "request_hash": digest,
+        "status": 200,
+        "body": prepared.body,
+        "created_at": time.time(),
+    }
 
 
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
     """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
     _count(metrics, prepared.payload)
     return Reply(200, prepared.body)
-
-
-def next_step(
-    store: Store,
-    deciders: Deciders,
-    req: NextStepRequest,
-    *,
-    idempotency_key: str | None = None,
-    metrics: Metrics | None = None,
-) -> Reply:
-    """Decide for one user and remember the decision (200), in one call and one transaction.
-
-    With an Idempotency-Key the key is looked up first and stored in the decision's own
-    transaction; the HTTP route sends key-less requests through ``decide_next_step`` and the
-    group commit instead.
-    """
-    digest = _digest(req)
-    with store.read() as conn:
-        if idempotency_key is not None:
-            rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)
-            if rec is not None:
-                return _replay(rec, digest, metrics)
-        history = store.history(conn, req.user_id)
-    prepared = _prepare(deciders, req, history, digest)
-    try:
-        with store.write() as conn:
-            store.insert_decisions(conn, [prepared.row])
-            store.insert_shadow_decisions(conn, prepared.shadow_rows)
-            if idempotency_key is not None:
-                store.idempotent_put(
-                    conn, idempotency_key, ROUTE_NEXT_STEP, digest, 200, prepared.body
-                )
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        with store.read() as conn:  # a concurrent retry with the same key won the race
-            rec = store.idempotent_get(conn, idempotency_key, ROUTE_NEXT_STEP)
-        if rec is None:
-            raise
-        return _replay(rec, digest, metrics)
-    return decided(prepared, metrics)
 
 
 def _same_input_key(
@@ -490,7 +465,7 @@ def record_outcome(
             if key is not None:
                 rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
                 if rec is not None:
-                    return _replay(rec, digest, metrics)
+                    return replay(rec, digest, metrics)
             reply = _apply_outcome(store, conn, catalog, req)
             if key is not None:
                 store.idempotent_put(conn, key, ROUTE_OUTCOMES, digest, reply.status, reply.body)
@@ -500,7 +475,7 @@ def record_outcome(
             if key is not None:
                 rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
                 if rec is not None:
-                    return _replay(rec, digest, metrics)
+                    return replay(rec, digest, metrics)
             if isinstance(req, DecisionOutcomeRequest):
                 existing = store.outcome_of(conn, req.decision_id)
                 if existing is not None:

@@ -36,16 +36,18 @@ class _Pending:
     shadow_rows: Rows
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    keys: Rows = ()  # idempotency records committed with the rows
 
 
 class GroupCommitter:
     """A writer thread that commits queued ``(decisions, shadow decisions)`` groups.
 
-    ``write(rows, shadow_rows)`` is the store's one-transaction insert; ``max_rows`` bounds a
-    group so one commit never holds the write lock for long.
+    ``write(rows, shadow_rows, keys)`` is the store's one-transaction insert (``keys``: the
+    idempotency records of keyed requests); ``max_rows`` bounds a group so one commit never
+    holds the write lock for long.
     """
 
-    def __init__(self, write: Callable[[Rows, Rows], None], *, max_rows: int = 512) -> None:
+    def __init__(self, write: Callable[[Rows, Rows, Rows], None], *, max_rows: int = 512) -> None:
         self._write = write
         self._max_rows = max_rows
         self._pending: list[_Pending] = []
@@ -54,10 +56,10 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="nextstep-writer", daemon=True)
         self._thread.start()
 
-    async def submit(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+    async def submit(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
         """Return once the rows are committed; raise what the commit raised."""
         loop = asyncio.get_running_loop()
-        item = _Pending(rows, shadow_rows, loop.create_future(), loop)
+        item = _Pending(rows, shadow_rows, loop.create_future(), loop, keys)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the store is closed")
@@ -103,15 +105,15 @@ class LoopGroupCommitter:
     queued its own. Each loop (a test process may run several apps) has its own queue.
     """
 
-    def __init__(self, write: Callable[[Rows, Rows], None], *, max_rows: int = 512) -> None:
+    def __init__(self, write: Callable[[Rows, Rows, Rows], None], *, max_rows: int = 512) -> None:
         self._write = write
         self._max_rows = max_rows
         self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
 
-    async def submit(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+    async def submit(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
         """Return once the rows are committed; raise what the commit raised."""
         loop = asyncio.get_running_loop()
-        item = _Pending(rows, shadow_rows, loop.create_future(), loop)
+        item = _Pending(rows, shadow_rows, loop.create_future(), loop, keys)
         queue = self._pending.get(loop)
         if queue is None:
             queue = self._pending[loop] = []
@@ -145,12 +147,16 @@ def _take(pending: list[_Pending], max_rows: int) -> list[_Pending]:
 
 
 def _commit_group(
-    write: Callable[[Rows, Rows], None], group: list[_Pending]
+    write: Callable[[Rows, Rows, Rows], None], group: list[_Pending]
 ) -> list[BaseException | None]:
-    """Commit a group in one transaction; if that fails, item by item, so a bad row fails
-    alone. The error (or None) of each item."""
+    """Commit a group in one transaction; if that fails, item by item, so a bad row (or a
+    key another request of the group took first) fails alone. The error (or None) of each."""
     try:
-        write([r for p in group for r in p.rows], [r for p in group for r in p.shadow_rows])
+        write(
+            [r for p in group for r in p.rows],
+            [r for p in group for r in p.shadow_rows],
+            [k for p in group for k in p.keys],
+        )
         return [None] * len(group)
     except Exception as exc:  # handed to the waiting requests
         if len(group) == 1:
@@ -158,7 +164,7 @@ def _commit_group(
     errors: list[BaseException | None] = []
     for p in group:
         try:
-            write(p.rows, p.shadow_rows)
+            write(p.rows, p.shadow_rows, p.keys)
             errors.append(None)
         except Exception as one:
             errors.append(one)

@@ -148,6 +148,11 @@ class Store:
         dbapi = self.engine.dialect.loaded_dbapi
         self._driver_integrity: type[Exception] = getattr(dbapi, "IntegrityError", IntegrityError)
         self._driver_error: type[Exception] = getattr(dbapi, "Error", DBAPIError)
+        # what a unique-key clash raises, from a Core connection or a raw cursor
+        self.integrity_errors: tuple[type[Exception], ...] = (
+            IntegrityError,
+            self._driver_integrity,
+        )
         self.embedded = self.dialect == "sqlite"  # local file: calls are short, no network
         # SQLite has one writer at a time anyway; queueing this process's writers on a lock
         # (instead of SQLite's sleep-and-retry busy handler) keeps the latency tail short.
@@ -160,6 +165,8 @@ class Store:
         # DBAPI cursor: SQLAlchemy's per-execution machinery cost five times the query itself.
         compiled = _HISTORY_ONE.compile(dialect=self.engine.dialect)
         self._history_sql = str(compiled)
+        key_sql = _IDEMPOTENT_GET.compile(dialect=self.engine.dialect)
+        self._key_sql, self._key_order = str(key_sql), tuple(key_sql.positiontup or ())
         self._history_positional = bool(compiled.positional)
         self._committer: GroupCommitter | LoopGroupCommitter | None = None
         self._committer_lock = threading.Lock()
@@ -215,7 +222,7 @@ class Store:
             self._checkpointer.stop()
             self._checkpointer = None
         if self._hot is not None:
-            self._hot.reset()
+            self._hot.close_all()
         self.engine.dispose()
 
     # -- schema ----------------------------------------------------------------------------
@@ -271,9 +278,20 @@ class Store:
             rows = cur.fetchall()
         return [_history_event(row) for row in rows]
 
+    def read_idempotent(self, key: str, route: str) -> IdempotentRecord | None:
+        """``idempotent_get`` outside any transaction, on the hot cursor (keyed next-steps)."""
+        values = {"key": key, "route": route}
+        params: Any = tuple(values[k] for k in self._key_order) if self._key_order else values
+        with self._translate(), self._hot_cursor() as (_raw, cur):
+            cur.execute(self._key_sql, params)
+            row = cur.fetchone()
+        return None if row is None else IdempotentRecord(row[0], int(row[1]), bytes(row[2]))
+
     # -- decisions ---------------------------------------------------------------------------
-    async def commit_decisions(self, rows: Rows, shadow_rows: Rows = ()) -> None:
-        """Insert decisions (and their shadows) durably: returns once they are committed.
+    async def commit_decisions(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
+        """Insert decisions (and their shadows, and the idempotency ``keys`` records of keyed
+        requests, in the same transaction) durably: returns once they are committed. A key
+        another request stored first raises ``IntegrityError`` for this request alone.
 
         Concurrent requests share commits (``service.group_commit``): on SQLite the group is
         committed on the event loop one iteration later (a WAL commit without fsync is ~0.1
@@ -292,7 +310,7 @@ class Store:
                     else:
                         self._committer = GroupCommitter(self.insert_decision_rows)
                 committer = self._committer
-        await committer.submit(rows, shadow_rows)
+        await committer.submit(rows, shadow_rows, keys)
 
     def _start_checkpointer(self) -> None:
         """Move SQLite's WAL checkpoints off the commit path.
@@ -309,12 +327,10 @@ class Store:
             if self._checkpointer is not None:
                 return
             self._pragmas["wal_autocheckpoint"] = 0
-            self.engine.dispose()  # pooled connections reopen with the new pragma
-            if self._hot is not None:
-                self._hot.reset()
+            self.engine.dispose()  # every connection reopens with the new pragma
             self._checkpointer = _Checkpointer(self.engine)
 
-    def insert_decision_rows(self, rows: Rows, shadow_rows: Rows = ()) -> None:
+    def insert_decision_rows(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
         """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection
         (every next-step's write, and a whole ``next-step:batch``).
 
@@ -327,7 +343,11 @@ class Store:
             if self.dialect == "sqlite":
                 cur.execute("BEGIN IMMEDIATE")
             try:
-                for table, batch in ((decisions, rows), (shadow_decisions, shadow_rows)):
+                for table, batch in (
+                    (decisions, rows),
+                    (shadow_decisions, shadow_rows),
+                    (idempotency, keys),
+                ):
                     if batch:
                         sql, keys = self._insert_sql(table, tuple(batch[0]))
                         if len(keys) > 1:  # positional: each row's values in the SQL's order
@@ -447,8 +467,9 @@ class _ThreadConnections:
     statements run on the event loop's thread (or a worker thread for a batch), one at a time
     per thread, so each thread keeps one connection of its own, opened through the engine
     (same pragmas, same connect hooks) and detached from the pool. It is closed when its
-    thread ends, when it raised (the next use opens another) and on ``reset`` (pragma change,
-    shutdown).
+    thread ends, when it raised (the next use opens another), by its own thread at its next
+    use after ``engine.dispose()`` (as pooled connections are: new pragmas, a test's connect
+    hook), and by ``close_all`` at shutdown.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -457,11 +478,22 @@ class _ThreadConnections:
         self._lock = threading.Lock()
         self._open: dict[int, weakref.finalize] = {}
         self._generation = 0
+        event.listen(engine, "engine_disposed", self._stale)
+
+    def _stale(self, _engine: Engine) -> None:
+        """``engine.dispose()``: every thread replaces its connection at its next use (not
+        closed here: another thread may be using it right now)."""
+        with self._lock:
+            self._generation += 1
 
     @contextmanager
     def cursor(self) -> Iterator[tuple[Any, Any]]:
         owned = getattr(self._local, "owned", None)
-        if owned is None or owned.generation != self._generation:
+        if owned is not None and owned.generation != self._generation:
+            self._local.owned = None
+            self._close(id(owned))
+            owned = None
+        if owned is None:
             owned = self._connect()
         try:
             yield owned.conn, owned.cursor
@@ -486,7 +518,8 @@ class _ThreadConnections:
         if fin is not None:
             fin()
 
-    def reset(self) -> None:
+    def close_all(self) -> None:
+        """Close every thread's connection (shutdown: no request is running any more)."""
         with self._lock:
             self._generation += 1
             fins, self._open = list(self._open.values()), {}

@@ -34,19 +34,11 @@ async def next_step(
     The decision is stored before the response is sent; report what the user did with
     ``POST /v1/outcomes`` and its ``decision_id``.
     """
+    # Valid requests are normally answered by ``service.fast_lane`` with the same ``serve_*``
+    # functions; this route is the contract (OpenAPI, validation) and answers everything else.
     store, deciders, metrics = services.store, services.deciders, services.metrics
-    if idempotency_key is not None:  # key, effect and response in one transaction
-        return respond(
-            await run_flow(
-                store,
-                flows.next_step,
-                store,
-                deciders,
-                req,
-                idempotency_key=idempotency_key,
-                metrics=metrics,
-            )
-        )
+    if idempotency_key is not None:
+        return respond(await serve_keyed_next_step(store, deciders, metrics, req, idempotency_key))
     return respond(await serve_next_step(store, deciders, metrics, req))
 
 
@@ -58,6 +50,33 @@ async def serve_next_step(
     The route and ``service.fast_lane`` both call this, so they answer alike."""
     prepared = await run_flow(store, flows.decide_next_step, store, deciders, req)
     await store.commit_decisions([prepared.row], prepared.shadow_rows)
+    return flows.decided(prepared, metrics)
+
+
+async def serve_keyed_next_step(
+    store: Store, deciders: Deciders, metrics: Metrics, req: NextStepRequest, key: str
+) -> Reply:
+    """A next-step with an Idempotency-Key: the key's first response byte for byte (409 if
+    the key came with another request), or a new decision committed together with the key.
+
+    The decision row and the key's record are one transaction, shared with concurrent
+    requests like any decision; a concurrent retry that stored the key first makes this
+    commit fail alone, and this request then answers with that retry's response.
+    """
+    digest = flows.request_digest(req)
+    record = await run_flow(store, store.read_idempotent, key, flows.ROUTE_NEXT_STEP)
+    if record is not None:
+        return flows.replay(record, digest, metrics)
+    prepared = await run_flow(store, flows.decide_next_step, store, deciders, req, digest)
+    try:
+        await store.commit_decisions(
+            [prepared.row], prepared.shadow_rows, [flows.key_record(key, digest, prepared)]
+        )
+    except store.integrity_errors:
+        record = await run_flow(store, store.read_idempotent, key, flows.ROUTE_NEXT_STEP)
+        if record is None:
+            raise
+        return flows.replay(record, digest, metrics)
     return flows.decided(prepared, metrics)
 
 

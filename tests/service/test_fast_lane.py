@@ -126,14 +126,41 @@ def test_requests_the_lane_does_not_take_get_the_routes_answer(
     assert len(served) == (1 if "nope" in body.decode() else 0)
 
 
-def test_idempotent_requests_take_the_route(pair: Any, served: list[int]) -> None:
-    lane, _ = pair()
-    h = {"Idempotency-Key": "k-1"}
-    first = lane.post("/v1/next-step", json={"user_id": "u"}, headers=h)
-    again = lane.post("/v1/next-step", json={"user_id": "u"}, headers=h)
-    assert first.status_code == again.status_code == 200
-    assert again.headers.get("Idempotent-Replayed") == "true"
-    assert again.content == first.content
+def test_keyed_requests_replay_and_conflict_as_through_the_route(
+    pair: Any, served: list[int]
+) -> None:
+    lane, route = pair()
+    steps = [
+        ({"user_id": "u"}, {"Idempotency-Key": "k-1"}, 200),
+        ({"user_id": "u"}, {"Idempotency-Key": "k-1"}, 200),  # a replay, byte for byte
+        ({"user_id": "u", "context": {"c": 1}}, {"Idempotency-Key": "k-1"}, 409),  # other body
+        ({"user_id": "u"}, {"Idempotency-Key": "k-2"}, 200),
+    ]
+    first: dict[str, bytes] = {}
+    for body, headers, status in steps:
+        a = lane.post("/v1/next-step", json=body, headers=headers)
+        b = route.post("/v1/next-step", json=body, headers=headers)
+        assert a.status_code == b.status_code == status, a.text
+        assert a.headers.get("Idempotent-Replayed") == b.headers.get("Idempotent-Replayed")
+        if status == 200:
+            key = headers["Idempotency-Key"]
+            if key in first:
+                assert a.headers["Idempotent-Replayed"] == "true"
+                assert a.content == first[key]
+            first.setdefault(key, a.content)
+        _same(a, b)
+    assert len(served) == len(steps)
+    with lane.app.state.store.read() as conn:  # the key's record holds the first response
+        rec = lane.app.state.store.idempotent_get(conn, "k-1", "next-step")
+    assert rec is not None and rec.body == first["k-1"]
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "tab\there"])
+def test_malformed_keys_get_the_routes_422(pair: Any, served: list[int], key: str) -> None:
+    lane, route = pair()
+    a = lane.post("/v1/next-step", json={"user_id": "u"}, headers={"Idempotency-Key": key})
+    assert a.status_code == 422
+    _same(a, route.post("/v1/next-step", json={"user_id": "u"}, headers={"Idempotency-Key": key}))
     assert served == []
 
 

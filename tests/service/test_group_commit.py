@@ -88,10 +88,10 @@ def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
     calls: list[int] = []
     gate = threading.Event()
 
-    def write(rows: Any, shadows: Any) -> None:
+    def write(rows: Any, shadows: Any, keys: Any = ()) -> None:
         gate.wait(5)  # the first commit waits until every request has queued behind it
         calls.append(len(rows))
-        store.insert_decision_rows(rows, shadows)
+        store.insert_decision_rows(rows, shadows, keys)
 
     committer = GroupCommitter(write)
 
@@ -116,9 +116,9 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
         store.insert_decisions(conn, [taken])
     gate = threading.Event()
 
-    def write(rows: Any, shadows: Any) -> None:
+    def write(rows: Any, shadows: Any, keys: Any = ()) -> None:
         gate.wait(5)
-        store.insert_decision_rows(rows, shadows)
+        store.insert_decision_rows(rows, shadows, keys)
 
     committer = GroupCommitter(write)
 
@@ -145,9 +145,9 @@ def test_loop_committer_groups_what_one_loop_iteration_queued(store: Store) -> N
     iteration shares one transaction; requests arriving later get the next one."""
     calls: list[int] = []
 
-    def write(rows: Any, shadows: Any) -> None:
+    def write(rows: Any, shadows: Any, keys: Any = ()) -> None:
         calls.append(len(rows))
-        store.insert_decision_rows(rows, shadows)
+        store.insert_decision_rows(rows, shadows, keys)
 
     committer = LoopGroupCommitter(write)
 
@@ -277,5 +277,10 @@ def test_sqlite_thread_connections_are_per_thread_and_replaced_after_an_error(
             assert cur.execute("SELECT 1").fetchone() == (1,)
         with pytest.raises(sqlite3.ProgrammingError):
             main_conn.execute("SELECT 1")
+        store.engine.dispose()  # like pooled connections: replaced at the next use
+        with store._hot_cursor() as (after_dispose, _):
+            assert after_dispose is not fresh
+        with pytest.raises(sqlite3.ProgrammingError):
+            fresh.execute("SELECT 1")
     finally:
         store.dispose()

@@ -3,6 +3,7 @@ races, survival across restarts, pruning; and the one-outcome-per-decision race.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 
 from service import flows
 from service.problems import Conflict
+from service.routers.decisions import serve_keyed_next_step
 from service.schemas import DecisionOutcomeRequest, NextStepRequest
 from service.tables import decisions, idempotency, outcomes
 from tests.service.helpers import decide
@@ -132,10 +134,20 @@ def test_concurrent_retries_with_one_key_have_one_effect(client: TestClient) -> 
     store, deciders = app.state.store, app.state.runtime.current
     req = NextStepRequest(user_id="race1")
     before = _count(client, decisions)
-    replies = _race(16, lambda i: flows.next_step(store, deciders, req, idempotency_key="rk"))
+
+    async def retries() -> list[Any]:  # 16 concurrent retries: one commit group on SQLite
+        return await asyncio.gather(
+            *(serve_keyed_next_step(store, deciders, None, req, "rk") for _ in range(16)),
+            return_exceptions=True,
+        )
+
+    replies = asyncio.run(retries())
     assert all(isinstance(r, flows.Reply) for r in replies), replies
     assert len({r.body for r in replies}) == 1
+    assert sum(not r.replayed for r in replies) == 1  # one decision, fifteen replays of it
     assert _count(client, decisions) == before + 1
+    with store.read() as conn:
+        assert store.idempotent_get(conn, "rk", flows.ROUTE_NEXT_STEP).body == replies[0].body
 
     d = decide(client, "race2")
     oreq = DecisionOutcomeRequest(decision_id=d["decision_id"], outcome="accepted")
