@@ -1,4 +1,4 @@
-"""A pure-ASGI lane for the hottest request: a valid ``POST /v1/next-step`` without a key.
+"""A pure-ASGI lane for the hottest request: a valid ``POST /v1/next-step``.
 
 A product backend calls ``next-step`` on every page view. Measured in process, FastAPI's
 path to the handler (its error, telemetry and body-limit layers, routing, the exception and
@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.deps import check_api_key
 from service.middleware import is_json_media, replay_body
 from service.problems import problem_response
+from service.routers.decisions import serve_keyed_next_step, serve_next_step
 from service.schemas import NextStepRequest
 
 log = logging.getLogger("nextstep.service")
@@ -43,11 +44,11 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class NextStepLane:
-    """Serve valid, key-less ``POST /v1/next-step`` requests directly (see module docstring).
+    """Serve valid ``POST /v1/next-step`` requests directly (see the module docstring).
 
-    ``app`` is the rest of the middleware stack; ``state`` the FastAPI app's ``state`` (store,
-    runtime, metrics, settings), read per request so a model reload is seen at once;
-    ``handlers`` the app's exception handlers, which render errors raised while serving.
+    ``app`` is the rest of the middleware stack; ``fastapi_app`` the app whose ``state``
+    (store, runtime, metrics, settings; read per request, so a model reload is seen at once)
+    and exception handlers (which render errors raised while serving) the lane uses.
     """
 
     def __init__(self, app: ASGIApp, *, fastapi_app: Any) -> None:
@@ -102,8 +103,6 @@ class NextStepLane:
         api_key: str | None,
         key: str | None,
     ) -> None:
-        from service.routers.decisions import serve_keyed_next_step, serve_next_step
-
         start = time.perf_counter()
         metrics = state.metrics
         try:
