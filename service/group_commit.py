@@ -131,7 +131,23 @@ class LoopGroupCommitter:
         while queue:
             group = _take(queue, self._max_rows)
             for p, err in zip(group, _commit_group(self._write, group), strict=True):
-                _settle(p.future, err)
+                _settle_from_here(p, err)
+
+
+def _settle_from_here(p: _Pending, error: BaseException | None) -> None:
+    """Settle on the request's loop: directly from its own thread (a scheduled flush), else
+    through ``call_soon_threadsafe`` (``close`` from another thread)."""
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if here is p.loop:
+        _settle(p.future, error)
+        return
+    try:
+        p.loop.call_soon_threadsafe(_settle, p.future, error)
+    except RuntimeError:  # the request's event loop is gone (shutdown): nobody waits
+        log.debug("decision committed after its event loop closed")
 
 
 def _take(pending: list[_Pending], max_rows: int) -> list[_Pending]:
