@@ -267,10 +267,11 @@ class Store:
         return out
 
     def read_history(self, user_id: str) -> list[HistoryEvent]:
-        """``history`` for one user outside any transaction, on a raw pooled cursor.
+        """``history`` for one user outside any transaction, on the hot cursor (this thread's
+        own SQLite connection, a pooled one on a server).
 
         One SELECT is its own consistent snapshot on both back ends, so no BEGIN/COMMIT is
-        needed; this is what every key-less ``next-step`` runs (tests prove it equals
+        needed; this is what every ``next-step`` runs (tests prove it equals
         ``history``)."""
         params: Any = (user_id,) if self._history_positional else {"uid": user_id}
         with self._translate(), self._hot_cursor() as (_raw, cur):
