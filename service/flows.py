@@ -34,7 +34,7 @@ from service.schemas import (
     OrganicOutcomeRequest,
     OutcomeRequest,
 )
-from service.store import HistoryEvent, IdempotentRecord, Store, dumps
+from service.store import HistoryEvent, IdempotentRecord, Store, dumps, idempotency_row
 from service.timeutil import iso
 
 ROUTE_NEXT_STEP = "next-step"
@@ -230,14 +230,7 @@ def decide_next_step(
 
 def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:
     """The idempotency record that stores a keyed next-step's response with its decision."""
-    return {
-        "key": key,
-        "route": ROUTE_NEXT_STEP,
-        "request_hash": digest,
-        "status": 200,
-        "body": prepared.body,
-        "created_at": time.time(),
-    }
+    return idempotency_row(key, ROUTE_NEXT_STEP, digest, 200, prepared.body)
 
 
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:

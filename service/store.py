@@ -112,6 +112,25 @@ class IdempotentRecord:
     status: int
     body: bytes
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any] | None) -> IdempotentRecord | None:
+        """A ``_IDEMPOTENT_GET`` row as a record (None: the key is not stored)."""
+        return None if row is None else cls(row[0], int(row[1]), bytes(row[2]))
+
+
+def idempotency_row(
+    key: str, route: str, request_hash: str, status: int, body: bytes
+) -> dict[str, Any]:
+    """The ``idempotency`` table row that remembers a keyed request's response."""
+    return {
+        "key": key,
+        "route": route,
+        "request_hash": request_hash,
+        "status": status,
+        "body": body,
+        "created_at": time.time(),
+    }
+
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -163,11 +182,8 @@ class Store:
         self._hot = _ThreadConnections(self.engine) if self.embedded else None
         # The hot path's history read, compiled once for this dialect and run on a pooled
         # DBAPI cursor: SQLAlchemy's per-execution machinery cost five times the query itself.
-        compiled = _HISTORY_ONE.compile(dialect=self.engine.dialect)
-        self._history_sql = str(compiled)
-        key_sql = _IDEMPOTENT_GET.compile(dialect=self.engine.dialect)
-        self._key_sql, self._key_order = str(key_sql), tuple(key_sql.positiontup or ())
-        self._history_positional = bool(compiled.positional)
+        self._history_sql = _raw_sql(_HISTORY_ONE, self.engine.dialect)
+        self._key_sql = _raw_sql(_IDEMPOTENT_GET, self.engine.dialect)
         self._committer: GroupCommitter | LoopGroupCommitter | None = None
         self._committer_lock = threading.Lock()
         self._checkpointer: _Checkpointer | None = None
@@ -273,20 +289,19 @@ class Store:
         One SELECT is its own consistent snapshot on both back ends, so no BEGIN/COMMIT is
         needed; this is what every ``next-step`` runs (tests prove it equals
         ``history``)."""
-        params: Any = (user_id,) if self._history_positional else {"uid": user_id}
+        sql, order = self._history_sql
         with self._translate(), self._hot_cursor() as (_raw, cur):
-            cur.execute(self._history_sql, params)
+            cur.execute(sql, _bind(order, {"uid": user_id}))
             rows = cur.fetchall()
         return [_history_event(row) for row in rows]
 
     def read_idempotent(self, key: str, route: str) -> IdempotentRecord | None:
         """``idempotent_get`` outside any transaction, on the hot cursor (keyed next-steps)."""
-        values = {"key": key, "route": route}
-        params: Any = tuple(values[k] for k in self._key_order) if self._key_order else values
+        sql, order = self._key_sql
         with self._translate(), self._hot_cursor() as (_raw, cur):
-            cur.execute(self._key_sql, params)
+            cur.execute(sql, _bind(order, {"key": key, "route": route}))
             row = cur.fetchone()
-        return None if row is None else IdempotentRecord(row[0], int(row[1]), bytes(row[2]))
+        return IdempotentRecord.from_row(row)
 
     # -- decisions ---------------------------------------------------------------------------
     async def commit_decisions(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
@@ -332,8 +347,8 @@ class Store:
             self._checkpointer = _Checkpointer(self.engine)
 
     def insert_decision_rows(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
-        """One transaction of decisions and shadow decisions on a raw pooled DBAPI connection
-        (every next-step's write, and a whole ``next-step:batch``).
+        """One transaction of decisions, shadow decisions and idempotency records on the hot
+        cursor (every next-step's write, and a whole ``next-step:batch``).
 
         The statements are SQLAlchemy's own, compiled once for this dialect; running them
         through a Core ``Connection`` cost 355 us per single-row commit here against 99 us
@@ -350,11 +365,11 @@ class Store:
                     (idempotency, keys),
                 ):
                     if batch:
-                        sql, keys = self._insert_sql(table, tuple(batch[0]))
-                        if len(keys) > 1:  # positional: each row's values in the SQL's order
-                            params = list(map(operator.itemgetter(*keys), batch))
-                        elif keys:
-                            params = [(r[keys[0]],) for r in batch]
+                        sql, order = self._insert_sql(table, tuple(batch[0]))
+                        if len(order) > 1:  # positional: each row's values in the SQL's order
+                            params = list(map(operator.itemgetter(*order), batch))
+                        elif order:
+                            params = [(r[order[0]],) for r in batch]
                         else:  # named parameters
                             params = [dict(r) for r in batch]
                         cur.executemany(sql, params)
@@ -376,9 +391,9 @@ class Store:
         key = (table.name, columns)
         cached = self._insert_cache.get(key)
         if cached is None:
-            compiled = insert(table).compile(dialect=self.engine.dialect, column_keys=columns)
-            order = tuple(compiled.positiontup or ()) if compiled.positional else ()
-            cached = self._insert_cache[key] = (str(compiled), order)
+            cached = self._insert_cache[key] = _raw_sql(
+                insert(table), self.engine.dialect, column_keys=columns
+            )
         return cached
 
     def insert_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -412,22 +427,12 @@ class Store:
     # -- idempotency -------------------------------------------------------------------------
     def idempotent_get(self, conn: Connection, key: str, route: str) -> IdempotentRecord | None:
         row = conn.execute(_IDEMPOTENT_GET, {"key": key, "route": route}).first()
-        return None if row is None else IdempotentRecord(row[0], int(row[1]), bytes(row[2]))
+        return IdempotentRecord.from_row(row)
 
     def idempotent_put(
         self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
     ) -> None:
-        conn.execute(
-            _INSERT_IDEMPOTENT,
-            {
-                "key": key,
-                "route": route,
-                "request_hash": request_hash,
-                "status": status,
-                "body": body,
-                "created_at": time.time(),
-            },
-        )
+        conn.execute(_INSERT_IDEMPOTENT, idempotency_row(key, route, request_hash, status, body))
 
     def prune_idempotency(self, ttl_seconds: float) -> int:
         """Forget idempotency keys older than the TTL; returns how many went."""
@@ -435,6 +440,18 @@ class Store:
         with self.write() as conn:
             result = conn.execute(delete(idempotency).where(idempotency.c.created_at < cutoff))
             return int(result.rowcount or 0)
+
+
+def _raw_sql(stmt: Any, dialect: Any, **compile_kw: Any) -> tuple[str, tuple[str, ...]]:
+    """A SQLAlchemy statement as this dialect's SQL for a raw DBAPI cursor, with its parameter
+    names in order (empty when the driver takes named parameters)."""
+    compiled = stmt.compile(dialect=dialect, **compile_kw)
+    return str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else ()
+
+
+def _bind(order: tuple[str, ...], values: Mapping[str, Any]) -> Any:
+    """``values`` as the parameters of a ``_raw_sql`` statement."""
+    return tuple(values[k] for k in order) if order else values
 
 
 def _history_event(row: Sequence[Any]) -> HistoryEvent:
