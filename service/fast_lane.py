@@ -54,7 +54,6 @@ class NextStepLane:
     def __init__(self, app: ASGIApp, *, fastapi_app: Any) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._children: dict[int, tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
@@ -130,9 +129,7 @@ class NextStepLane:
             )
             await send({"type": "http.response.body", "body": reply.body})
             status = reply.status
-        latency, counter = self._series(metrics, status)
-        latency.observe(time.perf_counter() - start)
-        counter.inc()
+        metrics.observe_request("POST", PATH, status, time.perf_counter() - start)
 
     async def _handle(self, scope: Scope, receive: Receive, exc: Exception) -> Any:
         handlers = self.fastapi_app.exception_handlers
@@ -142,18 +139,6 @@ class NextStepLane:
                 return await handler(Request(scope, receive), exc)
         log.exception("unexpected error on POST %s", PATH)  # pragma: no cover - Exception is mapped
         return problem_response(500, detail="internal error")
-
-    def _series(self, metrics: Any, status: int) -> tuple[Any, Any]:
-        """The latency and count series of this route and status (labels resolved once)."""
-        hit = self._children.get(status)
-        if hit is None or hit[0] is not metrics:
-            series = (
-                metrics.latency.labels("POST", PATH),
-                metrics.requests.labels("POST", PATH, str(status)),
-            )
-            self._children[status] = (metrics, series)
-            return series
-        return hit[1]
 
 
 def _parse(body: bytes) -> NextStepRequest | None:

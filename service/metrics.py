@@ -34,6 +34,7 @@ class Metrics:
             "nextstep_decisions", "Decisions served.", ["arm", "policy", "step"], registry=r
         )
         self._decision_children: dict[tuple[str, str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.outcomes = Counter(
             "nextstep_outcomes", "Outcomes recorded.", ["outcome", "source"], registry=r
         )
@@ -62,6 +63,18 @@ class Metrics:
         self.idempotent_replays = Counter(
             "nextstep_idempotent_replays", "Responses replayed for a repeated key.", registry=r
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request: its latency and its count (label sets resolved once each)."""
+        key = (method, route, status)
+        pair = self._request_children.get(key)
+        if pair is None:
+            pair = self._request_children[key] = (
+                self.latency.labels(method, route),
+                self.requests.labels(method, route, str(status)),
+            )
+        pair[0].observe(seconds)
+        pair[1].inc()
 
     def count_decisions(self, arm: str, policy: str, step: str | None, n: int = 1) -> None:
         """``decisions{arm, policy, step}`` += n; each label set is resolved once (a
