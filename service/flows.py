@@ -77,20 +77,18 @@ def _num(x: float | None) -> float | int | None:
 def _decide(
     arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
 ) -> DecisionResult:
+    r = _decision_request(req, history, now)
     try:
         return arm.decider.decide(
-            req.user_id,
-            [e.row() for e in history],
-            now=now,
-            context=req.context,
-            candidates=req.candidates,
-            explain=req.explain,
+            r.user_id,
+            r.history,
+            now=r.now,
+            context=r.context,
+            candidates=r.candidates,
+            explain=r.explain,
         )
     except InputError as exc:
-        raise Unprocessable(
-            exc.message,
-            errors=[{"loc": ["body", "candidates"], "msg": exc.message, "type": "unknown_step"}],
-        ) from None
+        raise _unprocessable(exc) from None
 
 
 def _shadow_rows(
@@ -298,7 +296,10 @@ def next_step_batch(
         by_arm.setdefault(arm.arm.name, []).append(i)
     decided: list[DecisionResult | InputError | None] = [None] * n
     for members in by_arm.values():
-        batch = [_decision_request(requests[i], histories, nows[i]) for i in members]
+        batch = [
+            _decision_request(requests[i], histories.get(requests[i].user_id, []), nows[i])
+            for i in members
+        ]
         for i, res in zip(members, arms[members[0]].decider.decide_many(batch), strict=True):
             decided[i] = res
     answers: list[dict[str, Any]] = []
@@ -347,12 +348,12 @@ def next_step_batch(
 
 
 def _decision_request(
-    req: NextStepRequest, histories: Mapping[str, Sequence[HistoryEvent]], now: float
+    req: NextStepRequest, history: Sequence[HistoryEvent], now: float
 ) -> DecisionRequest:
-    """What ``_decide`` passes to ``Decider.decide``, for ``Decider.decide_many``."""
+    """A next-step request as ``Decider`` takes it (``_decide`` and ``Decider.decide_many``)."""
     return DecisionRequest(
         req.user_id,
-        [e.row() for e in histories.get(req.user_id, [])],
+        [e.row() for e in history],
         now,
         req.context,
         req.candidates,
@@ -362,7 +363,7 @@ def _decision_request(
 
 
 def _unprocessable(exc: InputError) -> Unprocessable:
-    """The 422 ``_decide`` raises for a request ``Decider`` rejects (an unknown candidate)."""
+    """The 422 for a request ``Decider`` rejects (an unknown candidate)."""
     return Unprocessable(
         exc.message,
         errors=[{"loc": ["body", "candidates"], "msg": exc.message, "type": "unknown_step"}],
