@@ -134,16 +134,14 @@ def candidate_block(
     S = np.array([nodes[i][0].state_vector(nodes[i][1]) for i in keep], dtype=np.float64)
     X[:, :n_state] = np.repeat(S, kept_counts, axis=0)
     steps = np.fromiter((s for i in keep for s in cands[i]), dtype=np.int64, count=total)
-    arr = catalog.arrays
-    max_eff = np.repeat(np.array([nodes[i][0].max_effort for i in keep]), kept_counts)
-    eff = arr["effort"][steps]
-    X[:, n_state] = eff
-    X[:, n_state + 1] = arr["stage"][steps]
-    X[:, n_state + 2] = arr["value"][steps]
-    X[:, n_state + 3] = arr["is_goal"][steps]
-    X[:, n_state + 4] = eff - max_eff
-    X[:, n_state + 5] = [nodes[i][0].step_offers.get(s, 0) for i in keep for s in cands[i]]
-    X[:, n_state + 6] = [nodes[i][0].step_declines.get(s, 0) for i in keep for s in cands[i]]
+    _candidate_columns(
+        X,
+        catalog,
+        steps,
+        np.repeat(np.array([nodes[i][0].max_effort for i in keep]), kept_counts),
+        [nodes[i][0].step_offers.get(s, 0) for i in keep for s in cands[i]],
+        [nodes[i][0].step_declines.get(s, 0) for i in keep for s in cands[i]],
+    )
     if spec.context_columns:
         cache: dict[int, list[float]] = {}
         rows = []
@@ -186,15 +184,36 @@ def candidate_rows(
     if len(node) == 0:
         return X
     X[:, :n_state] = states.vectors(now)[node]
-    arr = catalog.arrays
-    eff = arr["effort"][step]
-    X[:, n_state] = eff
-    X[:, n_state + 1] = arr["stage"][step]
-    X[:, n_state + 2] = arr["value"][step]
-    X[:, n_state + 3] = arr["is_goal"][step]
-    X[:, n_state + 4] = eff - states.max_effort[node]
-    X[:, n_state + 5] = states.offers[node, step]
-    X[:, n_state + 6] = states.declines[node, step]
+    _candidate_columns(
+        X,
+        catalog,
+        step,
+        states.max_effort[node],
+        states.offers[node, step],
+        states.declines[node, step],
+    )
     if spec.context_columns:
         X[:, n_base:] = contexts[node]
     return X
+
+
+def _candidate_columns(
+    X: np.ndarray,
+    catalog: Catalog,
+    steps: np.ndarray,
+    max_effort: Any,
+    offers: Any,
+    declines: Any,
+) -> None:
+    """Fill the CANDIDATE_FEATURES columns of ``X`` for the offered ``steps`` (each row's
+    user's max accepted effort and offer/decline counts of that step given per row)."""
+    col = len(STATE_FEATURES)
+    arr = catalog.arrays
+    eff = arr["effort"][steps]
+    X[:, col] = eff
+    X[:, col + 1] = arr["stage"][steps]
+    X[:, col + 2] = arr["value"][steps]
+    X[:, col + 3] = arr["is_goal"][steps]
+    X[:, col + 4] = eff - max_effort
+    X[:, col + 5] = offers
+    X[:, col + 6] = declines
