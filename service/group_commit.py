@@ -89,12 +89,8 @@ class GroupCommitter:
         return _take(self._pending, self._max_rows)
 
     def _commit(self, group: list[_Pending]) -> None:
-        errors = _commit_group(self._write, group)
-        for p, err in zip(group, errors, strict=True):
-            try:
-                p.loop.call_soon_threadsafe(_settle, p.future, err)
-            except RuntimeError:  # the request's event loop is gone (shutdown): nobody waits
-                log.debug("decision committed after its event loop closed")
+        for p, err in zip(group, _commit_group(self._write, group), strict=True):
+            _settle_from_here(p, err)
 
 
 class LoopGroupCommitter:
@@ -136,7 +132,7 @@ class LoopGroupCommitter:
 
 def _settle_from_here(p: _Pending, error: BaseException | None) -> None:
     """Settle on the request's loop: directly from its own thread (a scheduled flush), else
-    through ``call_soon_threadsafe`` (``close`` from another thread)."""
+    through ``call_soon_threadsafe`` (the writer thread, or ``close`` from another thread)."""
     try:
         here = asyncio.get_running_loop()
     except RuntimeError:
