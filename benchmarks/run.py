@@ -5,6 +5,8 @@ to them are not. Sections (select with ``--only``):
 
 * ``service``  – next-step throughput and p50/p99 at 16 connections (wrk, users with histories,
   real model and SQLite store) against a bare FastAPI app parsing the same body; p99 at 1 connection.
+* ``misses``   – next-steps that are all planner misses (returning users, varied histories), at
+  16 connections, with concurrent misses planned together against each planned alone.
 * ``batch``    – ``next-step:batch`` decisions/s against single calls; ``recommend`` users/s.
 * ``features`` – point-in-time features for N events against a plain pandas per-user group-by.
 * ``train``    – fitting the bundle on 1M offers against one plain LightGBM fit.
@@ -126,10 +128,11 @@ class Env:
         self.catalog = data / "catalog.yaml"
         self.events = data / "events.csv"
 
-    def serve(self, port: int) -> subprocess.Popen:
+    def serve(self, port: int, **settings: str) -> subprocess.Popen:
+        """``nextstep serve`` on this home; ``settings`` as NEXTSTEP_* variables."""
         return subprocess.Popen(
             [NS, "serve", "--catalog", str(self.catalog), "--port", str(port)],
-            env=self.env,
+            env={**self.env, **{f"NEXTSTEP_{k.upper()}": v for k, v in settings.items()}},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -183,6 +186,93 @@ request = function()
   return wrk.format("POST", "/v1/next-step", headers, body)
 end
 """
+
+
+# Returning users whose every visit is a planner miss: users with varied histories (so no two
+# share a look-ahead), each coming back ``users`` minutes after their previous visit (a new
+# point on the time features' split grid, so the planner's cache cannot answer).
+LUA_MISSES = """
+local users = %d
+local counter = 0
+local base = %d
+request = function()
+  counter = counter + 1
+  local u = "miss-" .. (counter %% users)
+  local ts = base + counter * 60
+  local body = '{"user_id":"' .. u .. '","context":{"channel":"email"},"ts":' .. ts .. '}'
+  return wrk.format("POST", "/v1/next-step", {["Content-Type"]="application/json"}, body)
+end
+"""
+
+
+def _returning_users(c: Any, users: int, now: float) -> None:
+    """``users`` users with two answered offers each, at varied times and outcomes."""
+    for i in range(users):
+        t = now - (i % 97 + 1) * 3700.0
+        for k in range(2):
+            d = c.post(
+                "/v1/next-step",
+                json={"user_id": f"miss-{i}", "context": {"channel": "email"}, "ts": t},
+            ).json()
+            if d["step"] is not None:
+                outcome = ("accepted", "declined")[(i >> k) & 1]
+                c.post(
+                    "/v1/outcomes",
+                    json={"decision_id": d["decision_id"], "outcome": outcome, "ts": t + 60},
+                )
+            t += (i % 13 + 1) * 1800.0
+
+
+def _plan_passes(c: Any) -> tuple[float, float]:
+    """(passes, roots) from the service's ``nextstep_planner_pass_roots`` histogram."""
+    text = c.get("/metrics").text
+    count = re.search(r"^nextstep_planner_pass_roots_count (\S+)", text, re.M)
+    total = re.search(r"^nextstep_planner_pass_roots_sum (\S+)", text, re.M)
+    return float(count.group(1)), float(total.group(1))
+
+
+def bench_misses(env: Env, seconds: int) -> None:
+    """Next-steps that are all planner misses, with concurrent misses planned together (the
+    default) and each alone (``NEXTSTEP_PLAN_BATCH_MAX=1``), in the same run."""
+    import httpx
+
+    if shutil.which("wrk") is None:
+        _record("misses", skipped="wrk is not installed (apt-get install -y wrk)")
+        return
+    users = 500
+    runs: dict[str, dict[str, float]] = {}
+    for name, batch_max in (("batched", "64"), ("alone", "1")):
+        now = int(time.time())
+        lua = env.dir / f"misses_{name}.lua"
+        lua.write_text(LUA_MISSES % (users, now))
+        port = _free_port()
+        proc = env.serve(port, plan_batch_max=batch_max)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait(f"{base}/readyz", proc)
+            with httpx.Client(base_url=base) as c:
+                _returning_users(c, users, now)
+                before = _plan_passes(c)
+                runs[name] = _wrk(f"{base}/", 16, seconds, lua)
+                after = _plan_passes(c)
+            runs[name]["roots_per_pass"] = (after[1] - before[1]) / max(after[0] - before[0], 1)
+            runs[name]["miss_share"] = (after[1] - before[1]) / max(runs[name]["rps"] * seconds, 1)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    b, a = runs["batched"], runs["alone"]
+    _record(
+        "misses",
+        rps_16=round(b["rps"]),
+        alone_rps_16=round(a["rps"]),
+        ratio_to_alone=round(b["rps"] / a["rps"], 2),
+        p50_ms_16=b["p50_ms"],
+        p99_ms_16=b["p99_ms"],
+        alone_p99_ms_16=a["p99_ms"],
+        roots_per_pass=round(b["roots_per_pass"], 1),
+        planner_miss_share=round(min(b["miss_share"], 1.0), 2),
+        non_2xx=b["non_2xx"] + a["non_2xx"],
+    )
 
 
 def _start_bare_app(port: int) -> subprocess.Popen:
@@ -522,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="nextstep benchmarks (ratios against same-run baselines)"
     )
-    ap.add_argument("--only", default="service,batch,features,train,ope,startup")
+    ap.add_argument("--only", default="service,misses,batch,features,train,ope,startup")
     ap.add_argument(
         "--events", type=int, default=10_000_000, help="events for the features section"
     )
@@ -537,11 +627,13 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    env = Env(3000) if only & {"service", "batch", "startup"} else None
+    env = Env(3000) if only & {"service", "misses", "batch", "startup"} else None
     if "startup" in only:
         bench_startup(env)
     if "service" in only:
         bench_service(env, args.seconds)
+    if "misses" in only:
+        bench_misses(env, args.seconds)
     if "batch" in only:
         bench_batch(env)
     if "ope" in only:

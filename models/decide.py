@@ -121,7 +121,36 @@ class Decider:
         ready = self._ready(user_id, history, now, context, candidates, allowed)
         if isinstance(ready, DecisionResult):
             return ready
-        return self._finish(ready, explain)
+        return self.finish(ready, explain)
+
+    def ready(self, request: DecisionRequest) -> DecisionResult | Ready:
+        """The first half of ``decide``: state, eligibility and guardrails.
+
+        Either the final answer (nothing to offer) or a ``Ready`` decision for ``plan_job``
+        and ``finish``. The halves let a caller that can wait (the service's event loop) plan
+        the misses of concurrent requests together; ``decide`` is ``ready`` then ``finish``.
+        Raises ``UnknownCandidateError`` as ``decide`` does.
+        """
+        r = request
+        return self._ready(r.user_id, r.history, r.now, r.context, r.candidates, r.allowed)
+
+    def plan_job(self, ready: Ready) -> PlanJob | None:
+        """What this decision still needs planned before ``finish``, if anything.
+
+        None when the policy plans nothing or the planner's cache holds this root (the plan is
+        then attached to the decision); otherwise the root for ``Planner.plan_many``, whose
+        answer goes to ``PlanJob.attach``. ``finish`` gives the same decision either way.
+        """
+        planner, scorer = self._planner()
+        if planner is None:
+            return None
+        inp = ready.inp
+        root = (inp.state, inp.candidates, inp.now, inp.context)
+        hit = planner.cached(root, scorer, self.catalog)
+        if hit is not None:
+            inp._planned = hit
+            return None
+        return PlanJob(planner, scorer, self.catalog, root, inp)
 
     def decide_many(self, requests: Sequence[DecisionRequest]) -> list[DecisionResult | InputError]:
         """``decide`` for many users, the planner's look-ahead for all of them in one pass.
@@ -134,7 +163,7 @@ class Decider:
         the per-user choice that follows (``DecisionInput._planned``), so the policy, its
         exploration and the seeded draw run exactly as in ``decide`` without planning again.
         """
-        readied: list[DecisionResult | InputError | _Ready] = []
+        readied: list[DecisionResult | InputError | Ready] = []
         for r in requests:
             try:
                 readied.append(
@@ -147,15 +176,15 @@ class Decider:
             roots = [
                 (x.inp.state, x.inp.candidates, x.inp.now, x.inp.context)
                 for x in readied
-                if isinstance(x, _Ready)
+                if isinstance(x, Ready)
             ]
             planned = planner.plan_many(roots, scorer, self.catalog)
             plans = iter(planned)
             for x in readied:
-                if isinstance(x, _Ready):
+                if isinstance(x, Ready):
                     x.inp._planned = next(plans)
         return [
-            self._finish(x, r.explain) if isinstance(x, _Ready) else x
+            self.finish(x, r.explain) if isinstance(x, Ready) else x
             for x, r in zip(readied, requests, strict=True)
         ]
 
@@ -177,7 +206,7 @@ class Decider:
         context: Mapping[str, Any] | None,
         candidates: Sequence[str] | None,
         allowed: Sequence[int] | None,
-    ) -> DecisionResult | _Ready:
+    ) -> DecisionResult | Ready:
         """Everything before the policy: state, eligibility, guardrails (or the early answer)."""
         state = history if isinstance(history, UserState) else self.state_of(history)
         requested = self.candidate_indices(candidates)
@@ -202,10 +231,11 @@ class Decider:
                 res.suppressed = suppressed
                 return res
         inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
-        return _Ready(user_id, inp, suppressed)
+        return Ready(user_id, inp, suppressed)
 
-    def _finish(self, ready: _Ready, explain: bool) -> DecisionResult:
-        """The policy's draw and the result, for a request that reached the policy."""
+    def finish(self, ready: Ready, explain: bool) -> DecisionResult:
+        """The policy's draw and the result, for a request that reached the policy (the
+        second half of ``decide``; a plan attached by ``plan_job`` is used, not recomputed)."""
         inp = ready.inp
         state, eligible, now, ctx = inp.state, inp.candidates, inp.now, inp.context
         user_id = ready.user_id
@@ -308,12 +338,27 @@ class DecisionRequest:
 
 
 @dataclass(slots=True)
-class _Ready:
+class Ready:
     """A request past eligibility and guardrails: what the policy decides on."""
 
     user_id: str
     inp: DecisionInput
     suppressed: list[dict[str, str]]
+
+
+@dataclass(slots=True)
+class PlanJob:
+    """A planner miss of one decision: ``planner.plan_many([root, ...], scorer, catalog)``
+    plans it (with others sharing the planner), ``attach`` hands the plan to the decision."""
+
+    planner: Planner
+    scorer: Any
+    catalog: Catalog
+    root: tuple[UserState, list[int], float, Mapping[str, Any]]
+    inp: DecisionInput
+
+    def attach(self, planned: tuple[Any, np.ndarray]) -> None:
+        self.inp._planned = planned
 
 
 def _seed_for(seed: int, user_id: str, n_asks: int) -> int:

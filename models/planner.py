@@ -138,6 +138,20 @@ class Planner:
                     results[i] = hit
         return results  # type: ignore[return-value]
 
+    def cached(
+        self,
+        root: tuple[UserState, Sequence[int], float, Any],
+        scorer: Any,
+        catalog: Catalog,
+    ) -> tuple[PolicyOutput, np.ndarray] | None:
+        """The cached plan of one ``(state, candidates, now, context)`` root, or None on a miss.
+
+        Lets a caller that can wait (the service's event loop) collect misses of concurrent
+        requests and hand them to ``plan_many`` together, while a hit answers at once.
+        """
+        keys, _ = self._keys([root], [self._gap_seconds(root[0], scorer)], scorer, catalog)
+        return self._cache.get(keys[0])
+
     def _plan_misses(
         self,
         roots: Sequence[tuple[UserState, Sequence[int], float, Any]],

@@ -27,6 +27,7 @@ from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
 from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
+from service.plan_batcher import LoopPlanBatcher
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from service.routers import admin, catalog, decisions, ops, outcomes, problems, users
 from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
@@ -102,6 +103,7 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
         finally:
+            app.state.planning.close()
             store.dispose()
 
     otel = None if settings.otel else {"tracing": False, "metrics": False, "logs": False}
@@ -116,6 +118,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.observe_plan_pass)
     install_problem_handlers(app)
 
     guarded: list[Any] = []

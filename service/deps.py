@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader
 
 from features.catalog import Catalog
 from service.metrics import Metrics
+from service.plan_batcher import LoopPlanBatcher
 from service.problems import Unauthorized
 from service.runtime import Deciders, Runtime
 from service.settings import Settings
@@ -62,11 +63,14 @@ class Services:
     deciders: Deciders
     metrics: Metrics
     catalog: Catalog
+    planning: LoopPlanBatcher
 
 
 async def get_services(request: Request) -> Services:
     state = request.app.state
-    return Services(state.store, state.runtime.current, state.metrics, state.catalog)
+    return Services(
+        state.store, state.runtime.current, state.metrics, state.catalog, state.planning
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

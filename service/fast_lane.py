@@ -106,11 +106,11 @@ class NextStepLane:
         metrics = state.metrics
         try:
             check_api_key(state.settings.keys, api_key)  # the route's 401, from its handler
-            store, deciders = state.store, state.runtime.current
+            store, deciders, planning = state.store, state.runtime.current, state.planning
             if key is None:
-                reply = await serve_next_step(store, deciders, metrics, req)
+                reply = await serve_next_step(store, deciders, metrics, planning, req)
             else:
-                reply = await serve_keyed_next_step(store, deciders, metrics, req, key)
+                reply = await serve_keyed_next_step(store, deciders, metrics, planning, req, key)
         except Exception as exc:  # rendered exactly as the route's exception handlers would
             response = await self._handle(scope, receive, exc)
             await response(scope, receive, send)

@@ -26,6 +26,7 @@ from features.state import ACCEPTED
 from models.decide import DecisionRequest, DecisionResult
 from service.ids import new_decision_id
 from service.metrics import Metrics
+from service.plan_batcher import LoopPlanBatcher
 from service.problems import Conflict, NotFound, Unprocessable, problem_dict
 from service.runtime import ArmRuntime, Deciders
 from service.schemas import (
@@ -202,28 +203,40 @@ def request_digest(req: NextStepRequest) -> str:
     )
 
 
-def _prepare(
-    deciders: Deciders, req: NextStepRequest, history: Sequence[HistoryEvent], digest: str | None
+async def prepare_next_step(
+    deciders: Deciders,
+    req: NextStepRequest,
+    history: Sequence[HistoryEvent],
+    planning: LoopPlanBatcher,
+    digest: str | None = None,
 ) -> PreparedDecision:
+    """The decision half of a next-step, on the event loop.
+
+    The caller read ``history`` (``Store.read_history``) and stores ``row`` and
+    ``shadow_rows`` (``Store.commit_decisions``) before answering with ``decided``; nothing
+    here writes. A planner miss waits for ``planning``, which plans it together with the misses
+    of concurrent requests (the same plan it would get alone); everything else is
+    ``Decider.decide``. ``digest`` (``request_digest``) is the request's fingerprint when it
+    carries an Idempotency-Key; without a key there is nothing to compare a retry with, so the
+    row has none (as in a batch).
+    """
     now = req.ts if req.ts is not None else time.time()
     arm = deciders.for_user(req.user_id)
-    result = _decide(arm, req, history, now)
+    decider = arm.decider
+    try:
+        ready = decider.ready(_decision_request(req, history, now))
+    except InputError as exc:
+        raise _unprocessable(exc) from None
+    if isinstance(ready, DecisionResult):
+        result = ready
+    else:
+        job = decider.plan_job(ready)
+        if job is not None:
+            await planning.plan(job)
+        result = decider.finish(ready, req.explain)
     row, payload = _decision(arm, req, result, now, digest)
     shadow_rows = _shadow_rows(deciders, arm, req, history, now, row["decision_id"])
     return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
-
-
-def decide_next_step(
-    store: Store, deciders: Deciders, req: NextStepRequest, digest: str | None = None
-) -> PreparedDecision:
-    """The read-and-decide half of a next-step.
-
-    The caller stores ``row`` and ``shadow_rows`` (``Store.commit_decisions``) before
-    answering with ``decided``; nothing here writes. ``digest`` (``request_digest``) is the
-    request's fingerprint when it carries an Idempotency-Key; without a key there is nothing
-    to compare a retry with, so the row has none (as in a batch).
-    """
-    return _prepare(deciders, req, store.read_history(req.user_id), digest)
 
 
 def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:

@@ -60,9 +60,18 @@ class Metrics:
         self.store_errors = Counter(
             "nextstep_store_errors", "Requests refused because the store was unusable.", registry=r
         )
+        self.plan_passes = Histogram(
+            "nextstep_planner_pass_roots",
+            "Planner misses planned together in one pass (concurrent next-steps).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.idempotent_replays = Counter(
             "nextstep_idempotent_replays", "Responses replayed for a repeated key.", registry=r
         )
+
+    def observe_plan_pass(self, roots: int) -> None:
+        self.plan_passes.observe(roots)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request: its latency and its count (label sets resolved once each)."""

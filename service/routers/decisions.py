@@ -10,6 +10,7 @@ from service import flows
 from service.deps import IdempotencyKey, ServicesDep
 from service.flows import Reply
 from service.metrics import Metrics
+from service.plan_batcher import LoopPlanBatcher
 from service.routers import problems, respond, run_flow
 from service.runtime import Deciders
 from service.schemas import BatchRequest, BatchResponse, Decision, NextStepRequest
@@ -37,24 +38,49 @@ async def next_step(
     # Valid requests are normally answered by ``service.fast_lane`` with the same ``serve_*``
     # functions; this route is the contract (OpenAPI, validation) and answers everything else.
     store, deciders, metrics = services.store, services.deciders, services.metrics
+    planning = services.planning
     if idempotency_key is not None:
-        return respond(await serve_keyed_next_step(store, deciders, metrics, req, idempotency_key))
-    return respond(await serve_next_step(store, deciders, metrics, req))
+        return respond(
+            await serve_keyed_next_step(store, deciders, metrics, planning, req, idempotency_key)
+        )
+    return respond(await serve_next_step(store, deciders, metrics, planning, req))
 
 
 async def serve_next_step(
-    store: Store, deciders: Deciders, metrics: Metrics, req: NextStepRequest
+    store: Store,
+    deciders: Deciders,
+    metrics: Metrics,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
 ) -> Reply:
-    """A key-less next-step: decide, commit (shared commits on a server), then answer.
+    """A key-less next-step: read, decide, commit (shared commits on a server), then answer.
 
     The route and ``service.fast_lane`` both call this, so they answer alike."""
-    prepared = await run_flow(store, flows.decide_next_step, store, deciders, req)
+    prepared = await _prepare(store, deciders, planning, req, None)
     await store.commit_decisions([prepared.row], prepared.shadow_rows)
     return flows.decided(prepared, metrics)
 
 
+async def _prepare(
+    store: Store,
+    deciders: Deciders,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
+    digest: str | None,
+) -> flows.PreparedDecision:
+    """The user's history (read as ``run_flow`` reads), then the decision on the event loop,
+    where a planner miss is planned together with concurrent requests' misses."""
+    history = await run_flow(store, store.read_history, req.user_id)
+    return await flows.prepare_next_step(deciders, req, history, planning, digest)
+
+
 async def serve_keyed_next_step(
-    store: Store, deciders: Deciders, metrics: Metrics, req: NextStepRequest, key: str
+    store: Store,
+    deciders: Deciders,
+    metrics: Metrics,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
+    key: str,
 ) -> Reply:
     """A next-step with an Idempotency-Key: the key's first response byte for byte (409 if
     the key came with another request), or a new decision committed together with the key.
@@ -67,7 +93,7 @@ async def serve_keyed_next_step(
     record = await run_flow(store, store.read_idempotent, key, flows.ROUTE_NEXT_STEP)
     if record is not None:
         return flows.replay(record, digest, metrics)
-    prepared = await run_flow(store, flows.decide_next_step, store, deciders, req, digest)
+    prepared = await _prepare(store, deciders, planning, req, digest)
     try:
         await store.commit_decisions(
             [prepared.row], prepared.shadow_rows, [flows.key_record(key, digest, prepared)]

@@ -137,7 +137,10 @@ def test_concurrent_retries_with_one_key_have_one_effect(client: TestClient) -> 
 
     async def retries() -> list[Any]:  # 16 concurrent retries: one commit group on SQLite
         return await asyncio.gather(
-            *(serve_keyed_next_step(store, deciders, None, req, "rk") for _ in range(16)),
+            *(
+                serve_keyed_next_step(store, deciders, None, app.state.planning, req, "rk")
+                for _ in range(16)
+            ),
             return_exceptions=True,
         )
 
