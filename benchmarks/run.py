@@ -426,6 +426,10 @@ def bench_batch(env: Env) -> None:
         "t=time.perf_counter()\n"
         "with frozen_heap(): recommend_frame(log.frame, cat, d, ctx)\n"
         "print(time.perf_counter()-t)\n"
+        "g=Decider(cat, PolicyConfig.parse('greedy'), scorer=sc, model_version=v)\n"
+        "t=time.perf_counter()\n"
+        "with frozen_heap(): recommend_frame(log.frame, cat, g, ctx)\n"
+        "print(time.perf_counter()-t)\n"
         "print(n); print(base); print(el)\n"
     )
     out = subprocess.run(
@@ -436,7 +440,8 @@ def bench_batch(env: Env) -> None:
         env=env.env,
         cwd=ROOT,
     ).stdout.split()
-    decide_s, n, base_s, el = float(out[-4]), int(out[-3]), float(out[-2]), float(out[-1])
+    decide_s, greedy_s = float(out[-5]), float(out[-4])
+    n, base_s, el = int(out[-3]), float(out[-2]), float(out[-1])
     _record(
         "batch",
         batch_decisions_per_s=round(batch_rate),
@@ -447,6 +452,7 @@ def bench_batch(env: Env) -> None:
         recommend_users=n,
         recommend_users_per_s=round(n / el),
         recommend_decide_phase_users_per_s=round(n / decide_s),
+        recommend_greedy_decide_phase_users_per_s=round(n / greedy_s),
         recommend_ratio_to_pandas_read_and_groupby=round(base_s / el, 3),
     )
 

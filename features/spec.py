@@ -164,6 +164,43 @@ def _to_float(v: Any) -> float:
         return math.nan
 
 
+@dataclass(frozen=True)
+class RootBlock:
+    """Many users' decision points as columns: their states, clocks and encoded contexts (one
+    row per user), and one ``(node, step)`` pair per candidate, users in order."""
+
+    states: StateColumns
+    now: np.ndarray
+    contexts: np.ndarray
+    node: np.ndarray
+    step: np.ndarray
+    counts: list[int]
+
+
+def root_block(
+    spec: FeatureSpec,
+    catalog: Catalog,
+    roots: Sequence[tuple[UserState, Sequence[int], float, Mapping[str, Any] | None]],
+    contexts: Sequence[Sequence[float]] | None = None,
+) -> RootBlock:
+    """``(state, candidates, now, context)`` roots as a ``RootBlock``; ``contexts`` are the
+    roots' encoded contexts when the caller has them (``FeatureSpec.encode_merged``)."""
+    if contexts is None:
+        contexts = [spec.encode_merged(r[0].context, r[3]) for r in roots]
+    counts = [len(r[1]) for r in roots]
+    node = np.repeat(np.arange(len(roots)), counts)
+    return RootBlock(
+        states=StateColumns.from_states([r[0] for r in roots], catalog.n),
+        now=np.array([r[2] for r in roots], dtype=np.float64),
+        contexts=np.array(contexts, dtype=np.float64).reshape(
+            len(roots), len(spec.context_columns)
+        ),
+        node=node,
+        step=np.fromiter((s for r in roots for s in r[1]), dtype=np.int64, count=len(node)),
+        counts=counts,
+    )
+
+
 def candidate_rows(
     spec: FeatureSpec,
     catalog: Catalog,

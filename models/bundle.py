@@ -17,7 +17,13 @@ import numpy as np
 
 from features.catalog import Catalog
 from features.errors import NextstepError
-from features.spec import FeatureSpec, candidate_block, candidate_matrix
+from features.spec import (
+    FeatureSpec,
+    candidate_block,
+    candidate_matrix,
+    candidate_rows,
+    root_block,
+)
 from features.state import UserState
 from models.native import NativePredictor
 from models.readiness import ReadinessModel
@@ -169,6 +175,25 @@ class ModelScorer:
         context: Mapping[str, Any],
     ) -> np.ndarray:
         return self.p_accept_rows(self.matrix(state, candidates, now, context))
+
+    def p_accept_many(
+        self, roots: Sequence[tuple[UserState, Sequence[int], float, Mapping[str, Any]]]
+    ) -> list[np.ndarray]:
+        """``p_accept`` of many ``(state, candidates, now, context)`` roots with one model call
+        (each row is scored on its own, so each root gets exactly its ``p_accept``)."""
+        assert self.catalog is not None, "ModelScorer needs a catalog"
+        block = root_block(self.spec, self.catalog, roots)
+        X = candidate_rows(
+            self.spec,
+            self.catalog,
+            block.states,
+            block.now,
+            block.contexts,
+            block.node,
+            block.step,
+        )
+        p = self.p_accept_rows(X)
+        return np.split(p, np.cumsum(block.counts)[:-1]) if roots else []
 
     def p_accept_rows(self, X: np.ndarray) -> np.ndarray:
         return self.bundle.readiness.calibrate(self._native["accept"](X))

@@ -152,7 +152,9 @@ class Decider:
             return None
         return PlanJob(planner, scorer, self.catalog, root, inp)
 
-    def decide_many(self, requests: Sequence[DecisionRequest]) -> list[DecisionResult | InputError]:
+    def decide_many(
+        self, requests: Sequence[DecisionRequest], *, scores: bool = True
+    ) -> list[DecisionResult | InputError]:
         """``decide`` for many users, the planner's look-ahead for all of them in one pass.
 
         Each answer equals what ``decide`` returns for that request alone (same guardrails,
@@ -162,6 +164,9 @@ class Decider:
         ``Planner.plan_many`` (which also fills its exact cache); each user's plan is handed to
         the per-user choice that follows (``DecisionInput._planned``), so the policy, its
         exploration and the seeded draw run exactly as in ``decide`` without planning again.
+        Any other policy on a model gets every user's readiness from one model call
+        (``ModelScorer.p_accept_many``) instead of one call per user. ``scores`` False leaves
+        every result's ``candidates`` empty (see ``finish``).
         """
         readied: list[DecisionResult | InputError | Ready] = []
         for r in requests:
@@ -171,20 +176,18 @@ class Decider:
                 )
             except InputError as exc:
                 readied.append(exc)
+        ready = [x for x in readied if isinstance(x, Ready)]
+        roots = [(x.inp.state, x.inp.candidates, x.inp.now, x.inp.context) for x in ready]
         planner, scorer = self._planner()
         if planner is not None:
-            roots = [
-                (x.inp.state, x.inp.candidates, x.inp.now, x.inp.context)
-                for x in readied
-                if isinstance(x, Ready)
-            ]
-            planned = planner.plan_many(roots, scorer, self.catalog)
-            plans = iter(planned)
-            for x in readied:
-                if isinstance(x, Ready):
-                    x.inp._planned = next(plans)
+            for x, plan in zip(ready, planner.plan_many(roots, scorer, self.catalog), strict=True):
+                x.inp._planned = plan
+        elif self.scorer is not None and hasattr(self.scorer, "p_accept_many"):
+            # every other policy reads (or reports) readiness: one model call for all users
+            for x, p in zip(ready, self.scorer.p_accept_many(roots), strict=True):
+                x.inp._p = p
         return [
-            self.finish(x, r.explain) if isinstance(x, Ready) else x
+            self.finish(x, r.explain, scores=scores) if isinstance(x, Ready) else x
             for x, r in zip(readied, requests, strict=True)
         ]
 
@@ -233,9 +236,10 @@ class Decider:
         inp = DecisionInput(self.catalog, state, eligible, now, ctx, self.scorer)
         return Ready(user_id, inp, suppressed)
 
-    def finish(self, ready: Ready, explain: bool) -> DecisionResult:
+    def finish(self, ready: Ready, explain: bool, *, scores: bool = True) -> DecisionResult:
         """The policy's draw and the result, for a request that reached the policy (the
-        second half of ``decide``; a plan attached by ``plan_job`` is used, not recomputed)."""
+        second half of ``decide``; a plan attached by ``plan_job`` is used, not recomputed).
+        ``scores`` False leaves ``candidates`` empty (``recommend`` writes none of them)."""
         inp = ready.inp
         state, eligible, now, ctx = inp.state, inp.candidates, inp.now, inp.context
         user_id = ready.user_id
@@ -245,19 +249,7 @@ class Decider:
             lambda: np.random.default_rng(_seed_for(self.seed, user_id, state.n_asks)),
         )
         p = inp.p_accept()
-        ids = self.catalog.ids
-        scores = choice.output.scores.tolist()  # Python floats: float(x[k]) for every k at once
-        if p is None:
-            cands = [
-                CandidateScore(step=ids[i], p_accept=None, score=round(scores[k], 6))
-                for k, i in enumerate(eligible)
-            ]
-        else:
-            pl = p.tolist()
-            cands = [
-                CandidateScore(step=ids[i], p_accept=round(pl[k], 6), score=round(scores[k], 6))
-                for k, i in enumerate(eligible)
-            ]
+        cands = self._candidate_scores(eligible, p, choice.output.scores) if scores else []
         step = self.catalog.steps[choice.step]
         return DecisionResult(
             step=step.id,
@@ -273,6 +265,22 @@ class Decider:
             suppressed=ready.suppressed,
             explanation=self._explain(state, choice.step, now, ctx) if explain else None,
         )
+
+    def _candidate_scores(
+        self, eligible: list[int], p: np.ndarray | None, scores: np.ndarray
+    ) -> list[CandidateScore]:
+        ids = self.catalog.ids
+        sl = scores.tolist()  # Python floats: float(x[k]) for every k at once
+        if p is None:
+            return [
+                CandidateScore(step=ids[i], p_accept=None, score=round(sl[k], 6))
+                for k, i in enumerate(eligible)
+            ]
+        pl = p.tolist()
+        return [
+            CandidateScore(step=ids[i], p_accept=round(pl[k], 6), score=round(sl[k], 6))
+            for k, i in enumerate(eligible)
+        ]
 
     def _explain(
         self, state: UserState, step: int, now: float, context: Mapping[str, Any], top: int = 5

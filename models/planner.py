@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from features.spec import candidate_rows
+from features.spec import candidate_rows, root_block
 from features.state import (
     CANDIDATE_FEATURES,
     HOUR,
@@ -161,21 +161,17 @@ class Planner:
         catalog: Catalog,
     ) -> list[tuple[PolicyOutput, np.ndarray]]:
         """The full look-ahead of every root, all trees together."""
-        states = StateColumns.from_states([r[0] for r in roots], catalog.n)
-        now = np.array([r[2] for r in roots], dtype=np.float64)
+        block = root_block(scorer.spec, catalog, roots, contexts)
         gap = np.array(gaps, dtype=np.float64)
-        ctx = np.array(contexts, dtype=np.float64).reshape(
-            len(roots), len(scorer.spec.context_columns)
-        )
-        counts = [len(r[1]) for r in roots]
-        node = np.repeat(np.arange(len(roots)), counts)
-        step = np.fromiter((s for r in roots for s in r[1]), dtype=np.int64, count=len(node))
         tree = _Tree(catalog, scorer, self.retry, self.chain)
-        q_all, p_all = tree.expand(states, now, gap, ctx, node, step, self.depth)
+        step = block.step
+        q_all, p_all = tree.expand(
+            block.states, block.now, gap, block.contexts, block.node, step, self.depth
+        )
         out: list[tuple[PolicyOutput, np.ndarray]] = []
         efforts_all = catalog.arrays["effort"]
         a = 0
-        for n in counts:
+        for n in block.counts:
             q, p = q_all[a : a + n], p_all[a : a + n]
             efforts = efforts_all[step[a : a + n]]
             a += n

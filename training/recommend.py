@@ -186,7 +186,7 @@ def recommend_frame(
         requests = [
             DecisionRequest(fs.user_ids[u], fs.states[u], now=last_ts[u]) for u in range(a, b)
         ]
-        for r in decider.decide_many(requests):  # type: ignore[attr-defined]
+        for r in decider.decide_many(requests, scores=False):  # type: ignore[attr-defined]
             if isinstance(r, Exception):  # no candidates are requested: cannot happen
                 raise r
             cols["step"].append(r.step)

@@ -337,8 +337,28 @@ def _rows(cat, state: UserState) -> list:
     return rows
 
 
+def test_p_accept_many_equals_p_accept(world_scorer) -> None:
+    """Readiness of many users in one model call, bit for bit each user's own ``p_accept``
+    (what ``decide_many`` hands to every policy but the planner)."""
+    cat, scorer = world_scorer
+    roots = _roots(cat, 300, seed=11)
+    got = scorer.p_accept_many(roots)
+    assert len(got) == len(roots)
+    for (state, cands, now, ctx), p in zip(roots, got, strict=True):
+        np.testing.assert_array_equal(p, scorer.p_accept(state, cands, now, ctx))
+    assert scorer.p_accept_many([]) == []
+
+
 @pytest.mark.parametrize(
-    "policy", ["planner", "planner+epsilon=0.2", "planner+softmax=0.05", "greedy", "ladder"]
+    "policy",
+    [
+        "planner",
+        "planner+epsilon=0.2",
+        "planner+softmax=0.05",
+        "greedy",
+        "greedy+epsilon=0.2",
+        "ladder",
+    ],
 )
 def test_decide_many_equals_decide(world_scorer, policy) -> None:
     cat, scorer = world_scorer
@@ -369,3 +389,11 @@ def test_decide_many_equals_decide(world_scorer, policy) -> None:
     assert {r.reason for r in got if not isinstance(r, InputError)} >= {None, "converted"}
     if "epsilon" in policy:
         assert n_explored > 0  # the seeded draws happened, and agreed
+    # without the candidate scores (what ``recommend`` asks for): the same decisions
+    lean = Decider(cat, config, scorer=scorer, model_version="v", seed=4)
+    for res, bare in zip(got, lean.decide_many(requests, scores=False), strict=True):
+        if isinstance(res, InputError):
+            assert isinstance(bare, InputError)
+            continue
+        assert bare.candidates == [] and (bare.step is None or res.candidates)
+        assert dataclasses.replace(bare, candidates=res.candidates) == res
