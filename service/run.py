@@ -7,11 +7,13 @@ keys the service is meant for loopback only: binding anywhere else works but pri
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.settings import Settings
 
@@ -27,6 +29,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus a handler for the ``nextstep`` loggers.
+
+    uvicorn applies this dictionary in every worker process it starts; with ``--workers`` 2 or
+    more the workers are fresh interpreters, so the ``basicConfig`` above never reaches them,
+    and without a handler of their own the service's INFO lines (model swaps, reloads, pruned
+    keys) were dropped.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["nextstep"] = {"format": LOG_FORMAT}
+    config["handlers"]["nextstep"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "nextstep",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["nextstep"] = {
+        "handlers": ["nextstep"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 def serve_command(catalog: Path | str, host: str, port: int, workers: int = 1) -> None:
     """Validate the settings and the catalog here (a clear error, exit 2), then run uvicorn."""
     import uvicorn
@@ -36,9 +66,7 @@ def serve_command(catalog: Path | str, host: str, port: int, workers: int = 1) -
     os.environ["NEXTSTEP_CATALOG"] = str(Path(catalog).resolve())
     settings = Settings()
     load_catalog(settings.catalog)  # fail fast with the catalog's own message
-    logging.basicConfig(
-        level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT)
     if not settings.auth_enabled and not is_loopback(host):
         print(
             f"warning: binding {host}:{port} without NEXTSTEP_API_KEYS: anyone who can reach "
@@ -52,6 +80,7 @@ def serve_command(catalog: Path | str, host: str, port: int, workers: int = 1) -
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=log_config(settings.log_level),
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,

@@ -234,6 +234,8 @@ def test_two_workers_share_one_postgres(served) -> None:
         assert 'nextstep_model_info{arm="champion",model_version="1"' in metrics
     log = served["log"].read_text(errors="replace")
     assert "Traceback" not in log and " 500 " not in log
+    # every worker logs through the service's own handler (model swaps at INFO)
+    assert log.count("INFO nextstep.service.runtime: serving generation 1") == 2, log[-3000:]
 
 
 def test_idempotency_keys_hold_across_workers(served) -> None:

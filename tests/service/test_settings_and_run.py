@@ -91,6 +91,7 @@ def test_serve_warns_on_open_bind_without_keys(
             "port": 8123,
             "workers": 2,
             "log_level": "info",
+            "log_config": run.log_config("INFO"),
             "proxy_headers": False,
             "server_header": False,
             "timeout_graceful_shutdown": 10,
