@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 from models.decide import PlanJob
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("nextstep.service.plan_batcher")
 
 _Item = tuple[PlanJob, "asyncio.Future[None] | None"]
 
@@ -42,9 +43,9 @@ class _LoopQueue:
 
 
 class LoopPlanBatcher:
-    """Plans misses in passes on one planner thread, at most ``max_roots`` roots per call.
+    """Plans misses in passes on one planner thread, at most ``max_roots`` roots per pass.
 
-    ``max_roots`` 1 plans every miss alone, inline on the caller's thread (the old behaviour).
+    ``max_roots`` 1 plans every miss alone, inline on the caller's thread (the event loop).
     ``on_pass`` (if given) hears the number of roots of each ``plan_many`` call, for the
     metrics. ``close`` stops the planner thread (the app's shutdown).
     """
@@ -56,6 +57,7 @@ class LoopPlanBatcher:
         self._on_pass = on_pass
         self._queues: dict[asyncio.AbstractEventLoop, _LoopQueue] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     async def plan(self, job: PlanJob) -> None:
         """Return once ``job`` is planned and its plan attached; raise what planning raised."""
@@ -77,23 +79,29 @@ class LoopPlanBatcher:
 
     def close(self) -> None:
         """Wait for a running pass and stop the planner thread (a later miss starts a new one)."""
-        executor, self._executor = self._executor, None
+        with self._lock:
+            executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
 
     # -- on the event loop ---------------------------------------------------------------------
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hand every live queued miss to the planner thread (or go idle if there is none)."""
+        """Hand up to ``max_roots`` live queued misses to the planner thread (the rest wait for
+        the next pass, so no answer waits for more than one call), or go idle."""
         queue = self._queues[loop]
-        items = [(job, fut) for job, fut in queue.items if fut is not None and not fut.done()]
-        queue.items = []
+        live = [(job, fut) for job, fut in queue.items if fut is not None and not fut.done()]
+        items, queue.items = live[: self.max_roots], live[self.max_roots :]
         if not items:  # all cancelled (clients gone), or nothing arrived during the last pass
             queue.busy = False
             del self._queues[loop]
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="nextstep-planner")
-        running = loop.run_in_executor(self._executor, self._plan_pass, items)
+        try:
+            running = loop.run_in_executor(self._planner_thread(), self._plan_pass, items)
+        except BaseException as exc:  # no thread to plan on: fail these, stay usable
+            for _, future in items:
+                _settle(future, exc)
+            loop.call_soon(self._start, loop)
+            return
         running.add_done_callback(lambda done: self._finished(loop, items, done))
 
     def _finished(
@@ -103,16 +111,23 @@ class LoopPlanBatcher:
         done: asyncio.Future[list[tuple[_Item, BaseException | None]]],
     ) -> None:
         """Settle a pass's requests, then start the next pass with what arrived meanwhile."""
-        if done.cancelled():
-            settled = [(item, asyncio.CancelledError()) for item in items]
-        elif done.exception() is not None:  # a bug in the pass itself: nobody may wait forever
-            log.error("planning pass failed", exc_info=done.exception())
-            settled = [(item, done.exception()) for item in items]
-        else:
-            settled = done.result()
-        for (_, future), error in settled:
-            _settle(future, error)
-        self._start(loop)
+        try:
+            error = done.exception()
+            if error is not None:  # a bug in the pass itself: nobody may wait forever
+                log.error("planning pass failed", exc_info=error)
+                settled: list[tuple[_Item, BaseException | None]] = [(i, error) for i in items]
+            else:
+                settled = done.result()
+            for (_, future), err in settled:
+                _settle(future, err)
+        finally:
+            self._start(loop)
+
+    def _planner_thread(self) -> ThreadPoolExecutor:
+        with self._lock:  # event loops of several threads may share one batcher
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="nextstep-planner")
+            return self._executor
 
     # -- on the planner thread -------------------------------------------------------------
     def _plan_pass(self, items: list[_Item]) -> list[tuple[_Item, BaseException | None]]:
@@ -152,5 +167,7 @@ def _settle(future: Any, error: BaseException | None) -> None:
         return
     if error is None:
         future.set_result(None)
+    elif isinstance(error, StopIteration):  # a future refuses it (it would end a coroutine)
+        future.set_exception(RuntimeError(f"planning raised {error!r}"))
     else:
         future.set_exception(error)

@@ -328,6 +328,77 @@ def test_a_broken_pass_settles_every_waiter(world) -> None:
     batcher.close()
 
 
+def test_no_planner_thread_fails_the_waiting_misses_and_nothing_else(world) -> None:
+    """If the planner thread cannot start (a pids limit, interpreter shutdown), the misses
+    waiting for it fail at once, and the next miss is planned normally."""
+    cat, scorer = world
+    reqs = _requests(cat, 4, seed=17)
+    d = Decider(cat, PLANNER, scorer=scorer, model_version="v", seed=4)
+    batcher = LoopPlanBatcher(64)
+    real = batcher._planner_thread
+    failures = [RuntimeError("can't start new thread")]
+
+    def flaky() -> Any:
+        if failures:
+            raise failures.pop()
+        return real()
+
+    batcher._planner_thread = flaky  # type: ignore[method-assign]
+
+    async def run() -> tuple[list[Any], Any]:
+        first = await asyncio.wait_for(
+            asyncio.gather(*(_via(batcher, d, r) for r in reqs[:3]), return_exceptions=True), 5
+        )
+        later = await asyncio.wait_for(_via(batcher, d, reqs[3]), 5)
+        return first, later
+
+    first, later = asyncio.run(run())
+    assert all(isinstance(g, RuntimeError) for g in first), first
+    _assert_alone(cat, scorer, reqs[3:], [later])
+    batcher.close()
+
+
+def test_a_root_raising_stop_iteration_fails_alone(world) -> None:
+    """``StopIteration`` cannot be set on a future (it would end the coroutine): that root
+    gets a RuntimeError, the others their plans, and the batcher keeps working."""
+    cat, scorer = world
+    reqs = _requests(cat, 4, seed=18)
+    d = Decider(cat, PLANNER, scorer=scorer, model_version="v", seed=4)
+    planner, _ = d._planner()
+    real = planner.plan_many
+    bad = reqs[1].user_id
+    bad_state: list[Any] = []
+
+    def picky(roots: Any, sc: Any, catalog: Any) -> Any:
+        if any(r[0] is bad_state[0] for r in roots):
+            raise StopIteration
+        return real(roots, sc, catalog)
+
+    object.__setattr__(planner, "plan_many", picky)
+    batcher = LoopPlanBatcher(64)
+
+    async def via(r: DecisionRequest) -> Any:
+        ready = d.ready(r)
+        assert isinstance(ready, Ready)
+        if r.user_id == bad:
+            bad_state.append(ready.inp.state)
+        job = d.plan_job(ready)
+        assert job is not None
+        await batcher.plan(job)
+        return d.finish(ready, False)
+
+    async def run() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(via(r) for r in reqs), return_exceptions=True), 5
+        )
+
+    got = asyncio.run(run())
+    assert isinstance(got[1], RuntimeError), got[1]
+    del got[1]
+    _assert_alone(cat, scorer, [r for r in reqs if r.user_id != bad], got)
+    batcher.close()
+
+
 def test_a_failing_metrics_callback_fails_no_request(world) -> None:
     cat, scorer = world
     reqs = _requests(cat, 4, seed=16)
@@ -480,10 +551,14 @@ def apps(
     def factory(catalog: Catalog, arm: Arm) -> Decider:
         return Decider(catalog, arm.policy, scorer=ModelScorer(bundle, catalog), model_version="1")
 
-    def make(plan_batch_max: int) -> TestClient:
+    def make(plan_batch_max: int, experiment: dict[str, Any] | None = None) -> TestClient:
         db = f"sqlite:///{tmp_path / f'store{len(clients)}' / 'service.db'}"
+        extra: dict[str, Any] = {}
+        if experiment is not None:
+            extra["experiments"] = tmp_path / f"experiment{len(clients)}.yaml"
+            extra["experiments"].write_text(yaml.safe_dump(experiment), encoding="utf-8")
         settings = make_settings(
-            db, catalog=catalog_path, policy="planner", plan_batch_max=plan_batch_max
+            db, catalog=catalog_path, policy="planner", plan_batch_max=plan_batch_max, **extra
         )
         client = TestClient(create_app(settings, decider_factory=factory))
         client.__enter__()
@@ -595,3 +670,49 @@ def test_concurrent_next_steps_share_a_pass_and_answer_as_alone(apps: Any) -> No
                 body["propensity"],
                 body["p_accept"],
             )
+
+
+def test_a_planner_shadow_plans_through_the_batcher(apps: Any) -> None:
+    """A planner shadow's misses join the passes too (they were planned one by one on the
+    loop), and each shadow row is what the planner decides for that request alone."""
+    experiment = {
+        "name": "shadowed",
+        "arms": [
+            {"name": "champion", "policy": "ladder"},
+            {"name": "plan-shadow", "policy": "planner", "shadow_of": "champion"},
+        ],
+    }
+    client = apps(64, experiment)
+    _histories(client)
+    app = client.app
+    store, deciders = app.state.store, app.state.runtime.current
+    before = _pass_roots(client)
+
+    async def concurrent() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                serve_next_step(store, deciders, None, app.state.planning, _final(u))
+                for u in range(USERS)
+            )
+        )
+
+    replies = asyncio.run(concurrent())
+    after = _pass_roots(client)
+    assert after["count"] - before["count"] == 1  # the eight shadow misses: one pass
+    assert after["sum"] - before["sum"] == USERS
+    shadow = deciders.arms["plan-shadow"].decider
+    with store.read() as conn:
+        for u, reply in enumerate(replies):
+            body = orjson.loads(reply.body)
+            assert body["arm"] == "champion" and body["policy"] == "ladder"
+            row = conn.exec_driver_sql(
+                "SELECT step, propensity FROM shadow_decisions WHERE decision_id = ?",
+                (body["decision_id"],),
+            ).one()
+            req = _final(u)
+            fresh = Decider(
+                shadow.catalog, PLANNER, scorer=shadow.scorer, model_version="1", seed=shadow.seed
+            )
+            history = [e.row() for e in store.read_history(req.user_id)]
+            want = fresh.decide(req.user_id, history, now=req.ts, context=req.context)
+            assert (row.step, row.propensity) == (want.step, want.propensity), u
