@@ -110,17 +110,19 @@ def _shadow_rows(
             res = _decide(shadow, req, history, now)
         except Exception:  # a shadow must never break the served decision
             continue
-        rows.append(
-            {
-                "decision_id": decision_id,
-                "arm": shadow.arm.name,
-                "policy": res.policy,
-                "model_version": res.model_version,
-                "step": res.step,
-                "propensity": res.propensity,
-            }
-        )
+        rows.append(_shadow_row(decision_id, shadow, res))
     return rows
+
+
+def _shadow_row(decision_id: str, shadow: ArmRuntime, res: DecisionResult) -> dict[str, Any]:
+    return {
+        "decision_id": decision_id,
+        "arm": shadow.arm.name,
+        "policy": res.policy,
+        "model_version": res.model_version,
+        "step": res.step,
+        "propensity": res.propensity,
+    }
 
 
 def _candidates(result: DecisionResult) -> tuple[list[dict[str, Any]], str]:
@@ -222,21 +224,37 @@ async def prepare_next_step(
     """
     now = req.ts if req.ts is not None else time.time()
     arm = deciders.for_user(req.user_id)
+    result = await _decide_on_loop(arm, req, history, now, planning)
+    row, payload = _decision(arm, req, result, now, digest)
+    shadow_rows: list[dict[str, Any]] = []
+    for shadow in deciders.shadows(arm.arm.name):  # what each would have offered, logged only
+        try:
+            res = await _decide_on_loop(shadow, req, history, now, planning)
+        except Exception:  # a shadow must never break the served decision
+            continue
+        shadow_rows.append(_shadow_row(row["decision_id"], shadow, res))
+    return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
+
+
+async def _decide_on_loop(
+    arm: ArmRuntime,
+    req: NextStepRequest,
+    history: Sequence[HistoryEvent],
+    now: float,
+    planning: LoopPlanBatcher,
+) -> DecisionResult:
+    """``_decide``, with a planner miss planned by ``planning`` (with concurrent misses)."""
     decider = arm.decider
     try:
         ready = decider.ready(_decision_request(req, history, now))
     except InputError as exc:
         raise _unprocessable(exc) from None
     if isinstance(ready, DecisionResult):
-        result = ready
-    else:
-        job = decider.plan_job(ready)
-        if job is not None:
-            await planning.plan(job)
-        result = decider.finish(ready, req.explain)
-    row, payload = _decision(arm, req, result, now, digest)
-    shadow_rows = _shadow_rows(deciders, arm, req, history, now, row["decision_id"])
-    return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
+        return ready
+    job = decider.plan_job(ready)
+    if job is not None:
+        await planning.plan(job)
+    return decider.finish(ready, req.explain)
 
 
 def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:
