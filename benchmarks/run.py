@@ -207,8 +207,8 @@ end
 
 def _returning_users(c: Any, users: int, now: float) -> None:
     """``users`` users with two answered offers each, at varied times and outcomes."""
-    for i in range(users):
-        t = now - (i % 97 + 1) * 3700.0
+    for i in range(users):  # every history ends before the first measured visit (now + 60 s)
+        t = now - (i % 97 + 1) * 3700.0 - 2 * (i % 13 + 1) * 1800.0 - 60.0
         for k in range(2):
             d = c.post(
                 "/v1/next-step",

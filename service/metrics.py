@@ -62,7 +62,8 @@ class Metrics:
         )
         self.plan_passes = Histogram(
             "nextstep_planner_pass_roots",
-            "Planner misses planned together in one pass (concurrent next-steps).",
+            "Roots per planner call of the next-step planning passes (misses of concurrent "
+            "requests planned together).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
