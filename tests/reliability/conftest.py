@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.service import fixtures as _shared
+from tests.service.helpers import StartedClients
 
 _clean_env = _shared._clean_env  # autouse: no NEXTSTEP_* from the developer's shell
 catalog_path = _shared.catalog_path
@@ -23,7 +24,7 @@ PROBLEM = "application/problem+json"
 @pytest.fixture
 def make_client(tmp_path: Path, catalog_path: Path) -> Iterator[Callable[..., TestClient]]:
     """``make(db=None, **settings)``: a started app (SQLite under tmp_path unless ``db``)."""
-    clients: list[TestClient] = []
+    clients = StartedClients()
 
     def make(db: str | None = None, **overrides: Any) -> TestClient:
         values: dict[str, Any] = {
@@ -32,14 +33,10 @@ def make_client(tmp_path: Path, catalog_path: Path) -> Iterator[Callable[..., Te
             "database_url": db or f"sqlite:///{tmp_path / 'store' / 'service.db'}",
         }
         values.update(overrides)
-        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
+        return clients.start(create_app(Settings(**values)), raise_server_exceptions=False)
 
     yield make
-    for c in reversed(clients):
-        c.__exit__(None, None, None)
+    clients.stop()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.service import fixtures as _shared
+from tests.service.helpers import StartedClients
 
 _clean_env = _shared._clean_env  # autouse: no NEXTSTEP_* from the developer's shell
 catalog_path = _shared.catalog_path
@@ -81,18 +82,14 @@ def make_client(
     make_settings: Callable[..., Settings], db_url: str
 ) -> Iterator[Callable[..., TestClient]]:
     """Start an app on this test's store; several calls share the store (a "restart")."""
-    clients: list[TestClient] = []
+    clients = StartedClients()
 
     def make(*, decider_factory: Any = None, **overrides: Any) -> TestClient:
         settings = make_settings(db_url, **overrides)
-        client = TestClient(create_app(settings, decider_factory=decider_factory))
-        client.__enter__()
-        clients.append(client)
-        return client
+        return clients.start(create_app(settings, decider_factory=decider_factory))
 
     yield make
-    for c in reversed(clients):
-        c.__exit__(None, None, None)
+    clients.stop()
 
 
 @pytest.fixture

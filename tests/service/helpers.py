@@ -24,6 +24,28 @@ CATALOG: dict[str, Any] = {
 GOAL = "purchase"
 
 
+class StartedClients:
+    """TestClients started for one test (their apps' lifespans entered), stopped in reverse
+    order at its end."""
+
+    def __init__(self) -> None:
+        self._clients: list[TestClient] = []
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def start(self, app: Any, **options: Any) -> TestClient:
+        client = TestClient(app, **options)
+        client.__enter__()
+        self._clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for c in reversed(self._clients):
+            c.__exit__(None, None, None)
+        self._clients.clear()
+
+
 class FakeScorer:
     """A model stand-in: fixed readiness per step id (default 0.5), no LightGBM needed."""
 

@@ -38,7 +38,7 @@ from service.routers.decisions import serve_next_step
 from service.schemas import NextStepRequest
 from service.settings import Settings
 from service.tables import decisions
-from tests.service.helpers import decide, outcome
+from tests.service.helpers import StartedClients, decide, outcome
 
 T0 = 1.7e9
 PLANNER = PolicyConfig.parse("planner")
@@ -546,7 +546,7 @@ def apps(
     cat, bundle = model
     catalog_path = tmp_path / "world.yaml"
     catalog_path.write_text(yaml.safe_dump({"steps": cat.to_list()}, sort_keys=False))
-    clients: list[TestClient] = []
+    clients = StartedClients()
 
     def factory(catalog: Catalog, arm: Arm) -> Decider:
         return Decider(catalog, arm.policy, scorer=ModelScorer(bundle, catalog), model_version="1")
@@ -560,14 +560,10 @@ def apps(
         settings = make_settings(
             db, catalog=catalog_path, policy="planner", plan_batch_max=plan_batch_max, **extra
         )
-        client = TestClient(create_app(settings, decider_factory=factory))
-        client.__enter__()
-        clients.append(client)
-        return client
+        return clients.start(create_app(settings, decider_factory=factory))
 
     yield make
-    for c in reversed(clients):
-        c.__exit__(None, None, None)
+    clients.stop()
 
 
 def _pass_roots(client: TestClient) -> dict[str, float]:
