@@ -7,8 +7,9 @@ plans many roots in one pass for a fraction of that per root (16 roots: ~0.6 ms 
 answer for each root is exactly the one it would get alone.
 
 ``LoopPlanBatcher`` gives concurrent requests that pass. Misses queue on their event loop; a
-pass runs on the batcher's planner thread and takes every miss queued when it starts; misses
-that arrive while it runs wait for the next pass, which starts as soon as this one ends. So a
+pass runs on the batcher's planner thread and takes the misses queued when it starts (up to
+``max_roots``); misses that arrive while it runs wait for the next pass, which starts as soon
+as this one ends. So a
 lone miss is planned at once (one thread hop, ~0.1 ms), and under load a pass holds the misses
 that arrived during the previous one: passes grow with the load instead of the load queueing
 behind single plans. (Passes run on the loop itself kept their size at the few requests that
@@ -131,17 +132,13 @@ class LoopPlanBatcher:
 
     # -- on the planner thread -------------------------------------------------------------
     def _plan_pass(self, items: list[_Item]) -> list[tuple[_Item, BaseException | None]]:
-        """Plan ``items`` (grouped by planner, ``max_roots`` per call); each item's error."""
+        """Plan ``items`` (one ``plan_many`` call per planner); each item's error or None."""
         groups: dict[tuple[int, int, int], list[_Item]] = {}
         for item in items:
             job = item[0]
             key = (id(job.planner), id(job.scorer), id(job.catalog))
             groups.setdefault(key, []).append(item)
-        settled: list[tuple[_Item, BaseException | None]] = []
-        for group in groups.values():
-            for start in range(0, len(group), self.max_roots):
-                settled.extend(self._plan_call(group[start : start + self.max_roots]))
-        return settled
+        return [r for group in groups.values() for r in self._plan_call(group)]
 
     def _plan_call(self, items: list[_Item]) -> list[tuple[_Item, BaseException | None]]:
         """One ``plan_many`` call; if it fails, each root alone, so a bad root fails alone."""
