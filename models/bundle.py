@@ -177,15 +177,18 @@ class ModelScorer:
         return self.p_accept_rows(self.matrix(state, candidates, now, context))
 
     def p_accept_many(
-        self, roots: Sequence[tuple[UserState, Sequence[int], float, Mapping[str, Any]]]
+        self,
+        roots: Sequence[tuple[UserState, Sequence[int], float, Mapping[str, Any]]],
+        catalog: Catalog | None = None,
     ) -> list[np.ndarray]:
         """``p_accept`` of many ``(state, candidates, now, context)`` roots with one model call
         (each row is scored on its own, so each root gets exactly its ``p_accept``)."""
-        assert self.catalog is not None, "ModelScorer needs a catalog"
-        block = root_block(self.spec, self.catalog, roots)
+        cat = catalog or self.catalog
+        assert cat is not None, "ModelScorer needs a catalog"
+        block = root_block(self.spec, cat, roots)
         X = candidate_rows(
             self.spec,
-            self.catalog,
+            cat,
             block.states,
             block.now,
             block.contexts,

@@ -184,7 +184,7 @@ class Decider:
                 x.inp._planned = plan
         elif self.scorer is not None and hasattr(self.scorer, "p_accept_many"):
             # every other policy reads (or reports) readiness: one model call for all users
-            for x, p in zip(ready, self.scorer.p_accept_many(roots), strict=True):
+            for x, p in zip(ready, self.scorer.p_accept_many(roots, self.catalog), strict=True):
                 x.inp._p = p
         return [
             self.finish(x, r.explain, scores=scores) if isinstance(x, Ready) else x
