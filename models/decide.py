@@ -145,12 +145,11 @@ class Decider:
         if planner is None:
             return None
         inp = ready.inp
-        root = (inp.state, inp.candidates, inp.now, inp.context)
-        hit = planner.cached(root, scorer, self.catalog)
+        hit = planner.cached(inp.root, scorer, self.catalog)
         if hit is not None:
             inp._planned = hit
             return None
-        return PlanJob(planner, scorer, self.catalog, root, inp)
+        return PlanJob(planner, scorer, self.catalog, inp.root, inp)
 
     def decide_many(
         self, requests: Sequence[DecisionRequest], *, scores: bool = True
@@ -171,13 +170,11 @@ class Decider:
         readied: list[DecisionResult | InputError | Ready] = []
         for r in requests:
             try:
-                readied.append(
-                    self._ready(r.user_id, r.history, r.now, r.context, r.candidates, r.allowed)
-                )
+                readied.append(self.ready(r))
             except InputError as exc:
                 readied.append(exc)
         ready = [x for x in readied if isinstance(x, Ready)]
-        roots = [(x.inp.state, x.inp.candidates, x.inp.now, x.inp.context) for x in ready]
+        roots = [x.inp.root for x in ready]
         planner, scorer = self._planner()
         if planner is not None:
             for x, plan in zip(ready, planner.plan_many(roots, scorer, self.catalog), strict=True):

@@ -40,6 +40,11 @@ class DecisionInput:
     _p: np.ndarray | None = None
     _planned: Any = None  # the planner's (output, readiness) for this input, planned in a batch
 
+    @property
+    def root(self) -> tuple[UserState, list[int], float, Mapping[str, Any]]:
+        """The ``(state, candidates, now, context)`` the planner plans this decision from."""
+        return (self.state, self.candidates, self.now, self.context)
+
     def p_accept(self) -> np.ndarray | None:
         """Readiness of each candidate (computed once per decision, None without a model)."""
         if self.scorer is None:
