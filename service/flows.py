@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from features.catalog import STAGES, Catalog
 from features.errors import InputError
 from features.state import ACCEPTED
-from models.decide import DecisionRequest, DecisionResult
+from models.decide import DecisionRequest, DecisionResult, Ready
 from service.ids import new_decision_id
 from service.metrics import Metrics
 from service.plan_batcher import LoopPlanBatcher
@@ -78,16 +78,17 @@ def _num(x: float | None) -> float | int | None:
 def _decide(
     arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
 ) -> DecisionResult:
-    r = _decision_request(req, history, now)
+    """``Decider.decide`` for a next-step request (an unknown candidate is the 422)."""
+    ready = _ready(arm, req, history, now)
+    return ready if isinstance(ready, DecisionResult) else arm.decider.finish(ready, req.explain)
+
+
+def _ready(
+    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+) -> DecisionResult | Ready:
+    """``Decider.ready`` for a next-step request, a rejected request as the 422."""
     try:
-        return arm.decider.decide(
-            r.user_id,
-            r.history,
-            now=r.now,
-            context=r.context,
-            candidates=r.candidates,
-            explain=r.explain,
-        )
+        return arm.decider.ready(_decision_request(req, history, now))
     except InputError as exc:
         raise _unprocessable(exc) from None
 
@@ -244,17 +245,13 @@ async def _decide_on_loop(
     planning: LoopPlanBatcher,
 ) -> DecisionResult:
     """``_decide``, with a planner miss planned by ``planning`` (with concurrent misses)."""
-    decider = arm.decider
-    try:
-        ready = decider.ready(_decision_request(req, history, now))
-    except InputError as exc:
-        raise _unprocessable(exc) from None
+    ready = _ready(arm, req, history, now)
     if isinstance(ready, DecisionResult):
         return ready
-    job = decider.plan_job(ready)
+    job = arm.decider.plan_job(ready)
     if job is not None:
         await planning.plan(job)
-    return decider.finish(ready, req.explain)
+    return arm.decider.finish(ready, req.explain)
 
 
 def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:
@@ -381,7 +378,7 @@ def next_step_batch(
 def _decision_request(
     req: NextStepRequest, history: Sequence[HistoryEvent], now: float
 ) -> DecisionRequest:
-    """A next-step request as ``Decider`` takes it (``_decide`` and ``Decider.decide_many``)."""
+    """A next-step request as ``Decider`` takes it (``_ready`` and ``Decider.decide_many``)."""
     return DecisionRequest(
         req.user_id,
         [e.row() for e in history],
