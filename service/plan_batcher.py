@@ -25,7 +25,6 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from models.decide import PlanJob
@@ -33,14 +32,6 @@ from models.decide import PlanJob
 log = logging.getLogger("nextstep.service.plan_batcher")
 
 _Item = tuple[PlanJob, "asyncio.Future[None] | None"]
-
-
-@dataclass
-class _LoopQueue:
-    """One event loop's waiting misses, and whether a pass is scheduled or running for it."""
-
-    items: list[_Item] = field(default_factory=list)
-    busy: bool = False
 
 
 class LoopPlanBatcher:
@@ -56,7 +47,8 @@ class LoopPlanBatcher:
             raise ValueError("max_roots must be at least 1")
         self.max_roots = max_roots
         self._on_pass = on_pass
-        self._queues: dict[asyncio.AbstractEventLoop, _LoopQueue] = {}
+        # a loop's waiting misses; a loop is here exactly while a pass is scheduled or running
+        self._queues: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -69,13 +61,11 @@ class LoopPlanBatcher:
             return
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = _LoopQueue()
-        future: asyncio.Future[None] = loop.create_future()
-        queue.items.append((job, future))
-        if not queue.busy:  # start after the requests runnable now have queued theirs
-            queue.busy = True
+        if queue is None:  # start after the requests runnable now have queued theirs
+            queue = self._queues[loop] = []
             loop.call_soon(self._start, loop)
+        future: asyncio.Future[None] = loop.create_future()
+        queue.append((job, future))
         await future
 
     def close(self) -> None:
@@ -90,10 +80,9 @@ class LoopPlanBatcher:
         """Hand up to ``max_roots`` live queued misses to the planner thread (the rest wait for
         the next pass, so no answer waits for more than one call), or go idle."""
         queue = self._queues[loop]
-        live = [(job, fut) for job, fut in queue.items if fut is not None and not fut.done()]
-        items, queue.items = live[: self.max_roots], live[self.max_roots :]
+        live = [(job, fut) for job, fut in queue if fut is not None and not fut.done()]
+        items, queue[:] = live[: self.max_roots], live[self.max_roots :]
         if not items:  # all cancelled (clients gone), or nothing arrived during the last pass
-            queue.busy = False
             del self._queues[loop]
             return
         try:
