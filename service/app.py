@@ -118,7 +118,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.observe_plan_pass)
+    app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.plan_passes.observe)
     install_problem_handlers(app)
 
     guarded: list[Any] = []

@@ -71,9 +71,6 @@ class Metrics:
             "nextstep_idempotent_replays", "Responses replayed for a repeated key.", registry=r
         )
 
-    def observe_plan_pass(self, roots: int) -> None:
-        self.plan_passes.observe(roots)
-
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request: its latency and its count (label sets resolved once each)."""
         key = (method, route, status)
