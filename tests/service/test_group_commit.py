@@ -284,3 +284,37 @@ def test_sqlite_thread_connections_are_per_thread_and_replaced_after_an_error(
             fresh.execute("SELECT 1")
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("path", ["batch", "outcomes"])
+def test_sqlite_checkpoints_in_the_background_for_every_write_path(
+    sqlite_url: str, path: str
+) -> None:
+    """A ``next-step:batch`` (``insert_decision_rows`` from a worker thread) or an outcome
+    (``Store.write``) starts the background checkpointer as a next-step's commit does: with only
+    batches arriving, SQLite's own autocheckpoint used to stall every sixth batch of 1,000."""
+    store = Store(sqlite_url)
+    try:
+        store.migrate()
+        if path == "batch":
+            store.insert_decision_rows([_row(f"b{j}", 1.0) for j in range(50)])
+        else:
+            with store.write() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        assert store._checkpointer is not None and store._checkpointer._thread.is_alive()
+        with store._hot_cursor() as (_raw, cur):  # the connection a batch's insert runs on
+            assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        with store.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    finally:
+        store.dispose()
+
+
+def test_a_store_that_only_reads_starts_no_checkpointer(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    try:
+        with store.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        assert store._checkpointer is None
+    finally:
+        store.dispose()
