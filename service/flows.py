@@ -24,7 +24,7 @@ from features.catalog import STAGES, Catalog
 from features.errors import InputError
 from features.state import ACCEPTED
 from models.decide import DecisionRequest, DecisionResult, Ready
-from service.ids import new_decision_id
+from service.ids import new_decision_id, new_decision_ids
 from service.metrics import Metrics
 from service.plan_batcher import LoopPlanBatcher
 from service.problems import Conflict, NotFound, Unprocessable, problem_dict
@@ -141,10 +141,12 @@ def _decision(
     now: float,
     digest: str | None,
     rendered: tuple[list[dict[str, Any]], str] | None = None,
+    decision_id: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored row and the response payload of one decision (``rendered``: the candidates
-    of a decision shared by several requests of a batch, rendered once)."""
-    decision_id = new_decision_id()
+    of a decision shared by several requests of a batch, rendered once; ``decision_id``: one
+    of a batch's ``new_decision_ids``)."""
+    decision_id = decision_id or new_decision_id()
     candidates, candidates_json = rendered or _candidates(result)
     payload = {
         "decision_id": decision_id,
@@ -336,6 +338,7 @@ def next_step_batch(
     shadowed = {name for name in by_arm if deciders.shadows(name)}  # arms that have shadows
     same: dict[tuple, DecisionResult] = {}
     rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of a shared result
+    ids = new_decision_ids(n)
     for i, req in enumerate(requests):
         now, arm, key = nows[i], arms[i], keys[i]
         history = histories.get(req.user_id, [])
@@ -358,9 +361,9 @@ def next_step_batch(
             shared = rendered.get(id(result))
             if shared is None:
                 shared = rendered[id(result)] = _candidates(result)
-            row, payload = _decision(arm, req, result, now, None, shared)
+            row, payload = _decision(arm, req, result, now, None, shared, ids[i])
         else:
-            row, payload = _decision(arm, req, result, now, None)
+            row, payload = _decision(arm, req, result, now, None, None, ids[i])
         rows.append(row)
         if arm.arm.name in shadowed:
             shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))

@@ -19,12 +19,28 @@ import time
 _VERSION = 0x7 << 76  # version nibble (bits 76-79 of the 128-bit value)
 _VARIANT = 0b10 << 62  # RFC 9562 variant (bits 62-63)
 _RAND_B = (1 << 62) - 1  # 62 random bits after the variant
+_MS = (1 << 48) - 1  # the clock's 48 bits
 
 
 def new_decision_id() -> str:
     """32 lowercase hex digits: 48 bits of Unix milliseconds, version 7, 74 random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 62 for rand_b, the next 12 rand_a
-    rand_a = (rand >> 62) & 0xFFF
-    value = (ms & ((1 << 48) - 1)) << 80 | _VERSION | rand_a << 64 | _VARIANT | rand & _RAND_B
-    return f"{value:032x}"
+    return _hex(_clock(), int.from_bytes(os.urandom(10), "big"))
+
+
+def new_decision_ids(n: int) -> list[str]:
+    """``n`` ids of this millisecond (a batch's decisions): one clock read and one
+    ``os.urandom`` call for all of them, which took a tenth of a 1,000-decision batch's
+    flow when each id made its own."""
+    head = _clock()
+    pool = os.urandom(10 * n)
+    return [_hex(head, int.from_bytes(pool[i : i + 10], "big")) for i in range(0, 10 * n, 10)]
+
+
+def _clock() -> int:
+    """The id's fixed bits: this millisecond, the version and the variant."""
+    return (time.time_ns() // 1_000_000 & _MS) << 80 | _VERSION | _VARIANT
+
+
+def _hex(head: int, rand: int) -> str:
+    """The id of ``rand``'s 80 random bits: 62 for rand_b, the next 12 for rand_a."""
+    return f"{head | ((rand >> 62) & 0xFFF) << 64 | rand & _RAND_B:032x}"

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
-from service.ids import new_decision_id
+import pytest
+
+from service.ids import new_decision_id, new_decision_ids
 
 
-def test_ids_are_version_7_uuids_as_32_hex_digits() -> None:
-    for _ in range(1000):
-        d = new_decision_id()
+def _singles(n: int) -> list[str]:
+    return [new_decision_id() for _ in range(n)]
+
+
+# one id per call (a next-step) and many of one call (a batch) must look alike
+GENERATORS = pytest.mark.parametrize("ids_of", [_singles, new_decision_ids])
+
+
+@GENERATORS
+def test_ids_are_version_7_uuids_as_32_hex_digits(ids_of: Callable[[int], list[str]]) -> None:
+    for d in ids_of(1000):
         assert len(d) == 32 and d == d.lower()
         u = uuid.UUID(hex=d)
         assert u.version == 7 and u.variant == uuid.RFC_4122
@@ -26,8 +37,9 @@ def test_ids_lead_with_the_clock_and_sort_by_it() -> None:
     assert first < second  # a later millisecond sorts later: inserts append to the index
 
 
-def test_the_random_part_varies_in_every_random_bit() -> None:
-    ids = [int(new_decision_id(), 16) for _ in range(4000)]
+@GENERATORS
+def test_the_random_part_varies_in_every_random_bit(ids_of: Callable[[int], list[str]]) -> None:
+    ids = [int(d, 16) for d in ids_of(4000)]
     assert len(set(ids)) == len(ids)
     random_bits = [*range(0, 62), *range(64, 76)]  # rand_b, then rand_a
     for bit in random_bits:  # each of the 74 bits is sometimes 0 and sometimes 1
@@ -35,3 +47,11 @@ def test_the_random_part_varies_in_every_random_bit() -> None:
         assert 1500 < ones < 2500, bit
     fixed = {(i >> 76) & 0xF for i in ids} | {(i >> 62) & 0b11 for i in ids}
     assert fixed == {0x7, 0b10}
+
+
+def test_a_batch_of_ids_shares_this_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = new_decision_ids(500)
+    after = time.time_ns() // 1_000_000
+    assert len({d[:12] for d in ids}) == 1 and before <= int(ids[0][:12], 16) <= after
+    assert new_decision_ids(0) == []
