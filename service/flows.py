@@ -303,8 +303,7 @@ def next_step_batch(
     ``Decider.decide_many`` (the planner's look-ahead for all of them in one pass); each
     answer is the one ``next-step`` would give that request alone.
     """
-    with store.read() as conn:
-        histories = store.histories(conn, [r.user_id for r in requests])
+    histories = store.read_histories([r.user_id for r in requests])
     default_now = time.time()
     n = len(requests)
     nows: list[float] = []

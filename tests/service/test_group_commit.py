@@ -84,6 +84,34 @@ def test_fast_history_read_equals_the_transactional_one(store: Store) -> None:
     assert store.read_history("u1")[0].context == {"channel": "email"}  # the decision's
 
 
+@pytest.mark.parametrize("chunk", [500, 2])
+def test_batch_history_read_equals_the_transactional_one(
+    store: Store, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_histories`` (a batch's read, on the hot cursor) answers as ``histories`` does,
+    in one chunk or in several of different lengths (a snapshot across them on SQLite)."""
+    monkeypatch.setattr("service.store._CHUNK", chunk)
+    rows = [_row(f"u{i % 3}", 100.0 + i) for i in range(7)]
+    with store.write() as conn:
+        store.insert_decisions(conn, rows)
+        for i, r in enumerate(rows):
+            store.insert_outcome(
+                conn,
+                {"decision_id": r["decision_id"], "user_id": r["user_id"], "step": r["step"],
+                 "outcome": "accepted" if i % 2 else "declined", "ts": 300.0 - i,
+                 "context": None, "created_at": float(i)},
+            )  # fmt: skip
+    users = ["u2", "nobody", "u0", "o'brien; DROP TABLE outcomes", "u1", "u0"]
+    with store.read() as conn:
+        expected = store.histories(conn, users)
+    got = store.read_histories(users)
+    assert got == expected and list(got) == list(expected)
+    assert [len(got[u]) for u in ("u0", "u1", "u2", "nobody")] == [3, 2, 2, 0]
+    assert [e.ts for e in got["u0"]] == sorted(e.ts for e in got["u0"])
+    assert store.read_histories(["u1"]) == {"u1": expected["u1"]}  # another length, cached
+    assert store.read_histories([]) == {}
+
+
 def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
     calls: list[int] = []
     gate = threading.Event()
