@@ -39,6 +39,7 @@ from service.store import HistoryEvent, IdempotentRecord, Store, dumps, idempote
 from service.timeutil import iso
 
 ROUTE_NEXT_STEP = "next-step"
+ROUTE_BATCH = "next-step:batch"
 ROUTE_OUTCOMES = "outcomes"
 
 
@@ -289,12 +290,18 @@ def _same_input_key(
     )
 
 
+def batch_digest(requests: Sequence[NextStepRequest]) -> str:
+    """The fingerprint of a batch (``request_hash`` of its validated requests)."""
+    return request_hash(ROUTE_BATCH, {"requests": [r.model_dump(mode="json") for r in requests]})
+
+
 def next_step_batch(
     store: Store,
     deciders: Deciders,
     requests: Sequence[NextStepRequest],
     *,
     metrics: Metrics | None = None,
+    idempotency_key: str | None = None,
 ) -> Reply:
     """Decide for many users: one read, one write, answers in request order (200).
 
@@ -302,7 +309,18 @@ def next_step_batch(
     the others are still decided and stored. Each arm decides its users with one
     ``Decider.decide_many`` (the planner's look-ahead for all of them in one pass); each
     answer is the one ``next-step`` would give that request alone.
+
+    With an ``idempotency_key`` a retried batch gets the first response byte for byte (409
+    with another batch) and decides nothing again: the key's record is stored in the same
+    transaction as the decisions, and a concurrent retry that stored it first makes this
+    commit fail, after which this call answers with that retry's response.
     """
+    digest = ""
+    if idempotency_key is not None:
+        digest = batch_digest(requests)
+        record = store.read_idempotent(idempotency_key, ROUTE_BATCH)
+        if record is not None:
+            return replay(record, digest, metrics)
     histories = store.read_histories([r.user_id for r in requests])
     default_now = time.time()
     n = len(requests)
@@ -367,14 +385,25 @@ def next_step_batch(
         if arm.arm.name in shadowed:
             shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))
         answers.append(payload)
-    store.insert_decision_rows(rows, shadow_rows)
+    body = orjson.dumps({"responses": answers})
+    if idempotency_key is None:
+        store.insert_decision_rows(rows, shadow_rows)
+    else:
+        record_row = idempotency_row(idempotency_key, ROUTE_BATCH, digest, 200, body)
+        try:
+            store.insert_decision_rows(rows, shadow_rows, [record_row])
+        except store.integrity_errors:
+            record = store.read_idempotent(idempotency_key, ROUTE_BATCH)
+            if record is None:
+                raise
+            return replay(record, digest, metrics)
     if metrics is not None:  # what ``_count`` does per decision, one increment per label set
         counts = Counter(
             (p["arm"], p["policy"], p["step"] or "none") for p in answers if "decision_id" in p
         )
         for labels, k in counts.items():
             metrics.count_decisions(*labels, n=k)
-    return Reply(200, orjson.dumps({"responses": answers}))
+    return Reply(200, body)
 
 
 def _decision_request(

@@ -109,11 +109,19 @@ async def serve_keyed_next_step(
 @router.post(
     "/next-step:batch",
     response_model=BatchResponse,
-    responses=problems(400, 413, 415, 422, 503),
+    responses=problems(400, 409, 413, 415, 422, 503),
     summary="Next steps for up to 1,000 users",
 )
-async def next_step_batch(batch: BatchRequest, services: ServicesDep) -> Response:
-    """One answer per request, in order: a decision, or a problem object for that item."""
+async def next_step_batch(
+    batch: BatchRequest,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """One answer per request, in order: a decision, or a problem object for that item.
+
+    With an ``Idempotency-Key`` a retried batch gets the first response and decides nothing
+    again; the same key with another batch is 409.
+    """
     # up to 1,000 decisions: always in the thread pool, so the event loop keeps serving
     return respond(
         await run_in_threadpool(
@@ -122,5 +130,6 @@ async def next_step_batch(batch: BatchRequest, services: ServicesDep) -> Respons
             services.deciders,
             batch.requests,
             metrics=services.metrics,
+            idempotency_key=idempotency_key,
         )
     )

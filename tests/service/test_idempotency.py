@@ -92,14 +92,84 @@ def test_bad_keys_are_422(client: TestClient, key: str) -> None:
     assert r.status_code == 422
 
 
-def test_replay_survives_a_restart(make_client: Callable[..., TestClient]) -> None:
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/next-step", {"user_id": "i7"}),
+        ("/v1/next-step:batch", {"requests": [{"user_id": "i7"}, {"user_id": "i7b"}]}),
+    ],
+)
+def test_replay_survives_a_restart(
+    make_client: Callable[..., TestClient], route: str, body: dict[str, Any]
+) -> None:
     c1 = make_client()
     h = {"Idempotency-Key": "restart"}
-    first = c1.post("/v1/next-step", json={"user_id": "i7"}, headers=h)
+    first = c1.post(route, json=body, headers=h)
+    assert first.status_code == 200
     c1.__exit__(None, None, None)
     c2 = make_client()
-    again = c2.post("/v1/next-step", json={"user_id": "i7"}, headers=h)
+    again = c2.post(route, json=body, headers=h)
     assert again.content == first.content
+    assert again.headers.get("idempotent-replayed") == "true"
+
+
+# -- next-step:batch ----------------------------------------------------------------------------
+def test_batch_replay_is_byte_identical_and_decides_once(client: TestClient) -> None:
+    batch = {
+        "requests": [
+            {"user_id": "b1", "context": {"channel": "email"}, "ts": "2025-03-04T10:11:12Z"},
+            {"user_id": "b2", "candidates": ["no_such_step"]},  # answered by a 422 item
+            {"user_id": "b3"},
+        ]
+    }
+    before, keys_before = _count(client, decisions), _count(client, idempotency)
+    h = {"Idempotency-Key": "batch-1"}
+    first = client.post("/v1/next-step:batch", json=batch, headers=h)
+    assert first.status_code == 200
+    answers = first.json()["responses"]
+    assert [a.get("status") for a in answers] == [None, 422, None]
+    assert _count(client, decisions) == before + 2
+    again = client.post("/v1/next-step:batch", json=batch, headers=h)
+    assert again.status_code == 200 and again.content == first.content
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert "idempotent-replayed" not in first.headers
+    respelled = {  # key order and the ts spelling do not make another batch
+        "requests": [
+            {"ts": 1741083072, "context": {"channel": "email"}, "user_id": "b1"},
+            {"candidates": ["no_such_step"], "user_id": "b2"},
+            {"user_id": "b3", "explain": False},
+        ]
+    }
+    assert client.post("/v1/next-step:batch", json=respelled, headers=h).content == first.content
+    assert _count(client, decisions) == before + 2  # nothing decided again
+    assert _count(client, idempotency) == keys_before + 1
+    other = client.post("/v1/next-step:batch", json={"requests": [{"user_id": "b1"}]}, headers=h)
+    assert other.status_code == 409
+    assert other.headers["content-type"].startswith("application/problem+json")
+    assert "Idempotency-Key" in other.json()["detail"]
+    # without a key the same batch is new decisions, and nothing is remembered
+    fresh = client.post("/v1/next-step:batch", json=batch)
+    assert fresh.json()["responses"][0]["decision_id"] != answers[0]["decision_id"]
+    assert _count(client, decisions) == before + 4
+    assert _count(client, idempotency) == keys_before + 1
+
+
+def test_batch_and_next_step_keys_are_separate(client: TestClient) -> None:
+    h = {"Idempotency-Key": "both"}
+    one = client.post("/v1/next-step", json={"user_id": "s1"}, headers=h)
+    many = client.post("/v1/next-step:batch", json={"requests": [{"user_id": "s1"}]}, headers=h)
+    assert one.status_code == many.status_code == 200
+    assert many.json()["responses"][0]["decision_id"] != one.json()["decision_id"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space"])
+def test_bad_batch_keys_are_422(client: TestClient, key: str) -> None:
+    r = client.post(
+        "/v1/next-step:batch",
+        json={"requests": [{"user_id": "s2"}]},
+        headers={"Idempotency-Key": key},
+    )
+    assert r.status_code == 422
 
 
 def test_expired_keys_are_pruned(client: TestClient) -> None:
@@ -158,6 +228,21 @@ def test_concurrent_retries_with_one_key_have_one_effect(client: TestClient) -> 
     replies = _race(16, lambda i: flows.record_outcome(store, cat, oreq, idempotency_key="ok"))
     assert all(isinstance(r, flows.Reply) and r.status == 201 for r in replies), replies
     assert len({r.body for r in replies}) == 1
+
+
+def test_concurrent_batch_retries_with_one_key_have_one_effect(client: TestClient) -> None:
+    app = client.app
+    store, deciders = app.state.store, app.state.runtime.current
+    requests = [NextStepRequest(user_id=f"race-b{i}") for i in range(20)]
+    before = _count(client, decisions)
+    replies = _race(
+        8,
+        lambda i: flows.next_step_batch(store, deciders, requests, idempotency_key="brk"),
+    )
+    assert all(isinstance(r, flows.Reply) and r.status == 200 for r in replies), replies
+    assert len({r.body for r in replies}) == 1
+    assert sum(not r.replayed for r in replies) == 1  # one batch decided, seven replays of it
+    assert _count(client, decisions) == before + 20
 
 
 def test_concurrent_different_outcomes_exactly_one_wins(client: TestClient) -> None:
