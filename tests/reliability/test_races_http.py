@@ -4,7 +4,8 @@ barrier hit ``nextstep serve`` over sockets.
 
 * many concurrent, different outcomes for one decision: exactly one outcome wins; every request
   carrying the winning outcome gets 201 with the same record, every other one 409 problem+json;
-* many concurrent retries with one ``Idempotency-Key``: one decision stored, identical bytes.
+* many concurrent retries with one ``Idempotency-Key``: one decision stored, identical bytes;
+  the same for a keyed ``next-step:batch`` (one decision per user of the batch).
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ def _races(tmp_path: Path, catalog_path: Path, db_url: str | None) -> int:
             tried += 1
             assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
             assert len({r.content for r in replies}) == 1
+
+            batch = {"requests": [{"user_id": f"idem-b{trial}-{u}"} for u in range(5)]}
+            replies = _race(
+                server.base,
+                THREADS,
+                lambda c, i, key=key, batch=batch: c.post(
+                    "/v1/next-step:batch", json=batch, headers={"Idempotency-Key": key}
+                ),
+            )
+            tried += 1
+            assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
+            assert len({r.content for r in replies}) == 1
+            assert sum(r.headers.get("idempotent-replayed") != "true" for r in replies) == 1
         http.close()
     finally:
         server.stop()
@@ -99,6 +113,15 @@ def _races(tmp_path: Path, catalog_path: Path, db_url: str | None) -> int:
                     ).all()
                 )
                 assert n == 1, (trial, n)  # one effect
+                for u in range(5):  # one decision per user of the raced batch
+                    n = len(
+                        conn.execute(
+                            select(decisions.c.decision_id).where(
+                                decisions.c.user_id == f"idem-b{trial}-{u}"
+                            )
+                        ).all()
+                    )
+                    assert n == 1, (trial, u, n)
     finally:
         store.dispose()
     print(f"http races tried: {tried} x {THREADS} threads")
@@ -106,10 +129,10 @@ def _races(tmp_path: Path, catalog_path: Path, db_url: str | None) -> int:
 
 
 def test_http_races_sqlite(tmp_path: Path, catalog_path: Path) -> None:
-    assert _races(tmp_path, catalog_path, None) == 2 * TRIALS
+    assert _races(tmp_path, catalog_path, None) == 3 * TRIALS
 
 
 @pytest.mark.postgres
 @pytest.mark.xdist_group("postgres")
 def test_http_races_postgres(tmp_path: Path, catalog_path: Path, postgres_db: str) -> None:
-    assert _races(tmp_path, catalog_path, postgres_db) == 2 * TRIALS
+    assert _races(tmp_path, catalog_path, postgres_db) == 3 * TRIALS
