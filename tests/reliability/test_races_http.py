@@ -42,6 +42,17 @@ def _race(base: str, n: int, call: Any) -> list[httpx.Response]:
         return list(pool.map(run, range(n)))
 
 
+def _keyed_race(base: str, route: str, body: dict[str, Any], key: str) -> None:
+    """``THREADS`` concurrent retries of one keyed request: all 200 with identical bytes, and
+    exactly one of them is not a replay (the one whose decisions were stored)."""
+    replies = _race(
+        base, THREADS, lambda c, i: c.post(route, json=body, headers={"Idempotency-Key": key})
+    )
+    assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
+    assert len({r.content for r in replies}) == 1
+    assert sum(r.headers.get("idempotent-replayed") != "true" for r in replies) == 1
+
+
 def _races(tmp_path: Path, catalog_path: Path, db_url: str | None) -> int:
     env = {"NEXTSTEP_HOME": str(tmp_path / "home"), "NEXTSTEP_LOG_LEVEL": "WARNING"}
     if db_url:
@@ -75,53 +86,22 @@ def _races(tmp_path: Path, catalog_path: Path, db_url: str | None) -> int:
 
             key = f"same-key-{trial}"
             body = {"user_id": f"idem-{trial}", "context": {"trial": trial}}
-            replies = _race(
-                server.base,
-                THREADS,
-                lambda c, i, key=key, body=body: c.post(
-                    "/v1/next-step", json=body, headers={"Idempotency-Key": key}
-                ),
-            )
-            tried += 1
-            assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
-            assert len({r.content for r in replies}) == 1
-
+            _keyed_race(server.base, "/v1/next-step", body, key)
             batch = {"requests": [{"user_id": f"idem-b{trial}-{u}"} for u in range(5)]}
-            replies = _race(
-                server.base,
-                THREADS,
-                lambda c, i, key=key, batch=batch: c.post(
-                    "/v1/next-step:batch", json=batch, headers={"Idempotency-Key": key}
-                ),
-            )
-            tried += 1
-            assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
-            assert len({r.content for r in replies}) == 1
-            assert sum(r.headers.get("idempotent-replayed") != "true" for r in replies) == 1
+            _keyed_race(server.base, "/v1/next-step:batch", batch, key)
+            tried += 2
         http.close()
     finally:
         server.stop()
     store = Store(db_url or f"sqlite:///{tmp_path / 'home' / 'service.db'}")
     try:
         with store.read() as conn:
-            for trial in range(TRIALS):
-                n = len(
-                    conn.execute(
-                        select(decisions.c.decision_id).where(
-                            decisions.c.user_id == f"idem-{trial}"
-                        )
+            for trial in range(TRIALS):  # one effect: one decision per user of each race
+                for user in [f"idem-{trial}", *(f"idem-b{trial}-{u}" for u in range(5))]:
+                    found = conn.execute(
+                        select(decisions.c.decision_id).where(decisions.c.user_id == user)
                     ).all()
-                )
-                assert n == 1, (trial, n)  # one effect
-                for u in range(5):  # one decision per user of the raced batch
-                    n = len(
-                        conn.execute(
-                            select(decisions.c.decision_id).where(
-                                decisions.c.user_id == f"idem-b{trial}-{u}"
-                            )
-                        ).all()
-                    )
-                    assert n == 1, (trial, u, n)
+                    assert len(found) == 1, (user, len(found))
     finally:
         store.dispose()
     print(f"http races tried: {tried} x {THREADS} threads")
