@@ -194,7 +194,8 @@ class Store:
     # -- transactions ------------------------------------------------------------------------
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read transaction (a consistent snapshot on both back ends)."""
+        """A read transaction: one snapshot on SQLite; on PostgreSQL (read committed) each
+        statement sees its own."""
         with self._translate(), self.engine.connect() as conn, conn.begin():
             yield conn
 
@@ -304,8 +305,8 @@ class Store:
 
         SQLAlchemy expanded the ``IN`` list of every chunk and set up its execution each
         time, a tenth of a 1,000-user batch's flow; here the SQL of each chunk length is
-        expanded once. On SQLite the chunks are read in one read transaction, so a batch
-        sees one snapshot as ``histories`` does (tests prove the two equal).
+        expanded once. On SQLite the chunks are read in one read transaction (one snapshot,
+        as ``histories`` under ``read``); tests prove the two equal.
         """
         wanted = list(dict.fromkeys(user_ids))
         out: dict[str, list[HistoryEvent]] = {u: [] for u in wanted}

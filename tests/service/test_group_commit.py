@@ -110,6 +110,46 @@ def test_batch_history_read_equals_the_transactional_one(
     assert [e.ts for e in got["u0"]] == sorted(e.ts for e in got["u0"])
     assert store.read_histories(["u1"]) == {"u1": expected["u1"]}  # another length, cached
     assert store.read_histories([]) == {}
+    if store.embedded:
+        with store._hot_cursor() as (raw, _cur):  # the read left no transaction open...
+            assert not raw.in_transaction
+    store.insert_decision_rows([_row("after", 1.0)])  # ...so this thread can still write
+    assert _count(store) == len(rows) + 1
+
+
+def test_a_multi_chunk_batch_read_is_one_snapshot_on_sqlite(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome committed by another connection between two chunks of one ``read_histories``
+    is not seen by it (SQLite: one read transaction), and is seen by the next read."""
+    monkeypatch.setattr("service.store._CHUNK", 1)
+    store, other = Store(sqlite_url), Store(sqlite_url)
+    try:
+        store.migrate()
+        row = _row("late", 5.0)
+        other.insert_decision_rows([row])
+        sql_of = store._histories_sql
+        calls: list[int] = []
+
+        def between_chunks(n: int) -> Any:
+            calls.append(n)
+            if len(calls) == 2:  # the first chunk ("early") has been read
+                with other.write() as conn:
+                    other.insert_outcome(
+                        conn,
+                        {"decision_id": row["decision_id"], "user_id": "late",
+                         "step": row["step"], "outcome": "accepted", "ts": 6.0,
+                         "context": None, "created_at": 6.0},
+                    )  # fmt: skip
+            return sql_of(n)
+
+        monkeypatch.setattr(store, "_histories_sql", between_chunks)
+        assert store.read_histories(["early", "late"]) == {"early": [], "late": []}
+        assert len(calls) == 2
+        assert [e.outcome for e in store.read_histories(["late"])["late"]] == ["accepted"]
+    finally:
+        store.dispose()
+        other.dispose()
 
 
 def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
@@ -321,9 +361,13 @@ def test_sqlite_checkpoints_in_the_background_for_every_write_path(
     """A ``next-step:batch`` (``insert_decision_rows`` from a worker thread) or an outcome
     (``Store.write``) starts the background checkpointer as a next-step's commit does: with only
     batches arriving, SQLite's own autocheckpoint used to stall every sixth batch of 1,000."""
+    schema = Store(sqlite_url)
+    schema.migrate()  # a write itself: the schema comes from another store
+    schema.dispose()
     store = Store(sqlite_url)
     try:
-        store.migrate()
+        assert store.read_history("u") == []  # a hot connection opened before any write
+        assert store._checkpointer is None
         if path == "batch":
             store.insert_decision_rows([_row(f"b{j}", 1.0) for j in range(50)])
         else:
