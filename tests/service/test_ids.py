@@ -55,3 +55,18 @@ def test_a_batch_of_ids_shares_this_millisecond() -> None:
     after = time.time_ns() // 1_000_000
     assert len({d[:12] for d in ids}) == 1 and before <= int(ids[0][:12], 16) <= after
     assert new_decision_ids(0) == []
+
+
+def test_a_batch_is_the_ids_one_call_each_would_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the same clock and the same random bytes, ``new_decision_ids(n)`` is ``n`` calls
+    of ``new_decision_id``: each id takes its own 10 bytes, none shared or skipped."""
+    import service.ids as ids
+
+    pool = bytes((7 * i + 3) % 256 for i in range(10 * 50))
+    monkeypatch.setattr(ids.time, "time_ns", lambda: 1_741_083_072_123_456_789)
+    monkeypatch.setattr(ids.os, "urandom", lambda n: pool[:n])
+    batch = ids.new_decision_ids(50)
+    windows = iter(pool[i : i + 10] for i in range(0, len(pool), 10))
+    monkeypatch.setattr(ids.os, "urandom", lambda n: next(windows))
+    assert batch == [ids.new_decision_id() for _ in range(50)]
+    assert len(set(batch)) == 50 and batch[0][:12] == f"{1_741_083_072_123:012x}"
