@@ -22,8 +22,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-EPS = 1e-4
-TIE_BREAK = 1e-6
+from models.calibration import EPS, TIE_BREAK, calibrated
+
+__all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel"]
 
 
 class ReadinessModel(ClassifierMixin, BaseEstimator):
@@ -125,10 +126,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the booster's raw output (``booster_.predict``)."""
-        if self.calibration_x_ is not None:
-            # isotonic steps create ties; a tiny share of the raw score keeps the order (AUC)
-            raw = np.interp(raw, self.calibration_x_, self.calibration_y_) + TIE_BREAK * (raw - 0.5)
-        return np.clip(raw, EPS, 1 - EPS)
+        return calibrated(raw, self.calibration_x_, self.calibration_y_)
 
     def predict(self, X: Any) -> np.ndarray:
         p = self.predict_proba(X)[:, 1]
