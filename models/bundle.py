@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +26,9 @@ from features.spec import (
 )
 from features.state import UserState
 from models.native import NativePredictor
-from models.readiness import ReadinessModel
+
+if TYPE_CHECKING:  # scikit-learn is imported where models are fitted, not where they serve
+    from models.readiness import ReadinessModel
 
 BUNDLE_FILE = "bundle.joblib"
 META_FILE = "meta.json"
@@ -57,7 +59,18 @@ class ModelBundle:
         joblib.dump(self, p / BUNDLE_FILE, compress=3)
         meta = {"format": FORMAT_VERSION, "features": self.spec.names, **self.meta}
         (p / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        from models.serving import save_serving
+
+        save_serving(self, p)
         return p
+
+
+def find_bundle_file(path: str | Path) -> Path | None:
+    """The bundle file of a bundle directory (or the first in any directory containing one)."""
+    root = Path(path)
+    if (root / BUNDLE_FILE).exists():
+        return root / BUNDLE_FILE
+    return next(iter(sorted(root.rglob(BUNDLE_FILE))), None) if root.is_dir() else None
 
 
 def load_bundle(path: str | Path) -> ModelBundle:
@@ -65,9 +78,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     import joblib
 
     root = Path(path)
-    found = root / BUNDLE_FILE if (root / BUNDLE_FILE).exists() else None
-    if found is None and root.is_dir():
-        found = next(iter(sorted(root.rglob(BUNDLE_FILE))), None)
+    found = find_bundle_file(root)
     if found is None:
         raise ModelLoadError(f"no {BUNDLE_FILE} under {root}")
     try:
@@ -90,13 +101,18 @@ def load_bundle(path: str | Path) -> ModelBundle:
 def load_bundle_dir(path: str | Path, catalog: Catalog | None = None) -> tuple[ModelScorer, dict]:
     """For the service: ``(scorer, meta)`` from a downloaded model directory."""
     bundle = load_bundle(path)
+    return checked_scorer(bundle, catalog), dict(bundle.meta)
+
+
+def checked_scorer(bundle: Any, catalog: Catalog | None) -> ModelScorer:
+    """The scorer of a loaded bundle, after a smoke prediction proves it runs on ``catalog``."""
     scorer = ModelScorer(bundle, catalog)
-    if catalog is not None:  # a smoke prediction proves the model runs on this catalog
+    if catalog is not None:
         try:
             scorer.p_accept(UserState(), list(range(catalog.n)), 0.0, {})
         except Exception as exc:
             raise ModelLoadError(f"model cannot score this catalog: {exc}") from None
-    return scorer, dict(bundle.meta)
+    return scorer
 
 
 class ModelScorer:
@@ -256,6 +272,8 @@ def fit_bundle(
     * drop: declined or dropped offers, label = dropped;
     * back: accepted non-goal offers, label = the user had a later event.
     """
+    from models.readiness import ReadinessModel
+
     cats = tuple(spec.categorical_indices)
     kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
     readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
@@ -279,6 +297,8 @@ def fit_bundle(
 
 
 def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
+    from models.readiness import ReadinessModel
+
     y = y.astype(int)
     if len(y) < 50 or y.min() == y.max():
         return None

@@ -224,9 +224,10 @@ def local_artifact_dir(location: str) -> Path | None:
 
 
 def _default_bundle_loader(path: Path, catalog: Catalog) -> tuple[Any, Mapping[str, Any]]:
-    from models.bundle import load_bundle_dir
+    # the serving artifact when the model has one: no scikit-learn, pandas or SciPy imports
+    from models.serving import load_serving_dir
 
-    return load_bundle_dir(path, catalog)
+    return load_serving_dir(path, catalog)
 
 
 class ModelLoader:

@@ -1,0 +1,146 @@
+"""The serving artifact (``models.serving``) serves exactly the bundle's model, without
+importing scikit-learn, SciPy, pandas or LightGBM's Python package; models without it, or
+with a broken one, load the bundle as before."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.state import ACCEPTED, DECLINED, HOUR, UserState
+from models.bundle import ModelBundle, ModelLoadError, load_bundle_dir
+from models.decide import Decider
+from models.policies import PolicyConfig
+from models.serving import SERVING_DIR, ServingBundle, load_serving_dir
+from training.synthetic import simulated_bundle
+from training.worlds import load_world
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    world = load_world("ladder")
+    bundle = simulated_bundle(world, 3000, 5, params={"n_estimators": 60})
+    bundle.meta.update(version="7", metrics={"auc": 0.8123456789012345})
+    path = bundle.save(tmp_path_factory.mktemp("model") / "bundle")
+    return world.catalog, path
+
+
+def _rows(n: int, width: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 6, (n, width)).astype(np.float64)
+    X[:, 8:12] = rng.exponential(20.0, (n, 4))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    return X
+
+
+@pytest.mark.parametrize("rows", [300, 5000])  # one thread / every core
+def test_served_probabilities_and_contributions_equal_the_bundles(saved, rows: int) -> None:
+    catalog, path = saved
+    full, full_meta = load_bundle_dir(path, catalog)
+    lean, lean_meta = load_serving_dir(path, catalog)
+    assert isinstance(lean.bundle, ServingBundle) and isinstance(full.bundle, ModelBundle)
+    assert lean_meta == full_meta and lean.spec.names == full.spec.names
+    assert lean.bundle.typical_gap_hours == full.bundle.typical_gap_hours
+    assert dict(lean.bundle.base_rates) == dict(full.bundle.base_rates)
+    X = _rows(rows, len(full.spec.names))
+    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
+        np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
+    np.testing.assert_array_equal(
+        lean.bundle.readiness.contributions(X[:40]), full.bundle.readiness.contributions(X[:40])
+    )
+    for a, b in zip(lean.split_arrays, full.split_arrays, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_served_decisions_and_explanations_equal_the_bundles(saved) -> None:
+    catalog, path = saved
+    full, _ = load_bundle_dir(path, catalog)
+    lean, _ = load_serving_dir(path, catalog)
+    policy = PolicyConfig.parse("planner")
+    deciders = [Decider(catalog, policy, scorer=s, model_version="7") for s in (full, lean)]
+    rng = np.random.default_rng(3)
+    for u in range(40):
+        state, t = UserState(), 1.7e9 + u * 977.0
+        for _ in range(int(rng.integers(0, 4))):
+            eligible = catalog.eligible_indices(state.accepted_mask)
+            if not eligible or state.converted(catalog):
+                break
+            outcome = ACCEPTED if rng.random() < 0.5 else DECLINED
+            state.apply(catalog, int(rng.choice(eligible)), outcome, t, {"channel": "email"})
+            t += float(rng.choice([0.2, 3.0, 40.0])) * HOUR
+        a, b = (
+            d.decide(f"u{u}", state, now=t + HOUR, context={"channel": "search"}, explain=True)
+            for d in deciders
+        )
+        assert a == b
+
+
+def test_a_served_model_imports_no_scikit_learn(saved) -> None:
+    """What a server imports to load it: not scikit-learn, SciPy, pandas or ``lightgbm``."""
+    _, path = saved
+    code = (
+        "import sys\n"
+        "from models.serving import load_serving_dir\n"
+        f"scorer, _ = load_serving_dir({str(path)!r})\n"
+        "print(type(scorer.bundle).__name__)\n"
+        "print(sorted({'sklearn', 'scipy', 'pandas', 'lightgbm', 'joblib'} & set(sys.modules)))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    ).stdout.split("\n")
+    assert out[:2] == ["ServingBundle", "[]"]
+
+
+def test_models_without_a_usable_artifact_load_the_bundle(
+    saved, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog, path = saved
+    import shutil
+
+    old = shutil.copytree(path, tmp_path / "old")  # trained before the artifact existed
+    shutil.rmtree(old / SERVING_DIR)
+    scorer, _ = load_serving_dir(old, catalog)
+    assert isinstance(scorer.bundle, ModelBundle)
+
+    broken = shutil.copytree(path, tmp_path / "broken")
+    index = broken / SERVING_DIR / "serving.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 99}))
+    with caplog.at_level(logging.WARNING, logger="nextstep.models"):
+        scorer, _ = load_serving_dir(broken, catalog)
+    assert isinstance(scorer.bundle, ModelBundle)
+    assert "loading the bundle" in caplog.text
+
+    (broken / SERVING_DIR / "readiness.txt").write_text("not a model")
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))
+    scorer, _ = load_serving_dir(broken, catalog)
+    assert isinstance(scorer.bundle, ModelBundle)
+
+
+def test_a_model_for_other_features_is_still_refused(saved, tmp_path: Path) -> None:
+    """The artifact cannot make a model pass that the bundle's own checks refuse."""
+    catalog, path = saved
+    bundle = load_bundle_dir(path)[0].bundle
+    spec = dataclasses.replace(bundle.spec, context_columns=(*bundle.spec.context_columns, "x"))
+    other = dataclasses.replace(bundle, spec=spec).save(tmp_path / "other")
+    with pytest.raises(ModelLoadError):
+        load_serving_dir(other, catalog)
+
+
+def test_missing_drop_and_come_back_models_use_the_base_rates(saved, tmp_path: Path) -> None:
+    catalog, path = saved
+    bundle = load_bundle_dir(path)[0].bundle
+    small = dataclasses.replace(bundle, drop=None, back=None).save(tmp_path / "small")
+    full, _ = load_bundle_dir(small, catalog)
+    lean, _ = load_serving_dir(small, catalog)
+    assert isinstance(lean.bundle, ServingBundle)
+    X = _rows(50, len(full.spec.names))
+    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
+        np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
