@@ -5,7 +5,7 @@ imports scikit-learn, SciPy, pandas and LightGBM's Python package, about 2.9 s o
 from ``nextstep serve`` to ready on the bench machine. So ``ModelBundle.save`` also writes
 ``serving/`` beside it:
 - each outcome model's LightGBM model text, best iteration and isotonic knots;
-- the feature spec, and the bundle's other numbers.
+- the feature spec and meta (pickled, as the bundle holds them), and the bundle's numbers.
 
 ``load_serving_dir`` builds the same ``ModelScorer`` from that, through LightGBM's C library
 (``models.native.NativeBooster``) and the calibration formula training uses
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from models.native import NativeBooster
 log = logging.getLogger("nextstep.models")
 SERVING_DIR = "serving"
 _INDEX = "serving.json"
-_SPEC = "spec.pkl"
+_OBJECTS = "objects.pkl"
 _FORMAT = 1
 _MODELS = ("readiness", "drop", "back")
 
@@ -70,9 +72,26 @@ class ServingBundle:
 
 
 def save_serving(bundle: ModelBundle, path: Path) -> Path:
-    """Write ``path/serving/`` for ``bundle`` (called by ``ModelBundle.save``)."""
-    out = path / SERVING_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``path/serving/`` for ``bundle`` (called by ``ModelBundle.save``, after the bundle).
+
+    It is written beside and then renamed into place, after the old one is removed: a save
+    that fails half-way leaves no artifact (the bundle is then served), never a mix of this
+    model's files with an older index.
+    """
+    out, tmp = path / SERVING_DIR, path / f"{SERVING_DIR}.tmp"
+    for stale in (out, tmp):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write_serving(bundle, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_serving(bundle: ModelBundle, out: Path) -> None:
     models: dict[str, Any] = {}
     for name in _MODELS:
         model = getattr(bundle, name)
@@ -89,16 +108,16 @@ def save_serving(bundle: ModelBundle, path: Path) -> Path:
             # floats as JSON: Python writes the shortest text that reads back to the same bits
             "knots": None if knots[0] is None else [np.asarray(k).tolist() for k in knots],
         }
-    (out / _SPEC).write_bytes(pickle.dumps(bundle.spec, protocol=pickle.HIGHEST_PROTOCOL))
+    # the spec and meta as the bundle holds them (meta may carry numpy numbers, tuples)
+    objects = {"spec": bundle.spec, "meta": bundle.meta}
+    (out / _OBJECTS).write_bytes(pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL))
     index = {
         "format": _FORMAT,
         "models": models,
         "typical_gap_hours": float(bundle.typical_gap_hours),
         "base_rates": {k: float(v) for k, v in bundle.base_rates.items()},
-        "meta": bundle.meta,
     }
-    (out / _INDEX).write_text(json.dumps(index, default=str), encoding="utf-8")
-    return out
+    (out / _INDEX).write_text(json.dumps(index), encoding="utf-8")
 
 
 def load_serving(directory: Path) -> ServingBundle:
@@ -106,7 +125,8 @@ def load_serving(directory: Path) -> ServingBundle:
     index = json.loads((directory / _INDEX).read_text(encoding="utf-8"))
     if index.get("format") != _FORMAT:
         raise ValueError(f"serving format {index.get('format')!r}, this code reads {_FORMAT}")
-    spec = pickle.loads((directory / _SPEC).read_bytes())
+    objects = pickle.loads((directory / _OBJECTS).read_bytes())
+    spec = objects["spec"]
     models: dict[str, ServingModel | None] = {}
     for name in _MODELS:
         entry = index["models"].get(name)
@@ -130,7 +150,7 @@ def load_serving(directory: Path) -> ServingBundle:
         back=models["back"],
         typical_gap_hours=float(index["typical_gap_hours"]),
         base_rates=index["base_rates"],
-        meta=index["meta"],
+        meta=objects["meta"],
     )
 
 

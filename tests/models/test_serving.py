@@ -27,7 +27,10 @@ from training.worlds import load_world
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     world = load_world("ladder")
     bundle = simulated_bundle(world, 3000, 5, params={"n_estimators": 60})
-    bundle.meta.update(version="7", metrics={"auc": 0.8123456789012345})
+    # an early-stopped readiness model: prediction stops at its best iteration
+    bundle.readiness.booster_.best_iteration = 41
+    bundle.back.calibration_x_ = bundle.back.calibration_y_ = None  # an uncalibrated one
+    bundle.meta.update(version="7", metrics={"auc": 0.8123456789012345}, rows=np.int64(3000))
     path = bundle.save(tmp_path_factory.mktemp("model") / "bundle")
     return world.catalog, path
 
@@ -46,7 +49,8 @@ def test_served_probabilities_and_contributions_equal_the_bundles(saved, rows: i
     full, full_meta = load_bundle_dir(path, catalog)
     lean, lean_meta = load_serving_dir(path, catalog)
     assert isinstance(lean.bundle, ServingBundle) and isinstance(full.bundle, ModelBundle)
-    assert lean_meta == full_meta and lean.spec.names == full.spec.names
+    assert lean_meta == full_meta and type(lean_meta["rows"]) is np.int64
+    assert lean.spec == full.spec
     assert lean.bundle.typical_gap_hours == full.bundle.typical_gap_hours
     assert dict(lean.bundle.base_rates) == dict(full.bundle.base_rates)
     X = _rows(rows, len(full.spec.names))
@@ -144,3 +148,38 @@ def test_missing_drop_and_come_back_models_use_the_base_rates(saved, tmp_path: P
     X = _rows(50, len(full.spec.names))
     for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
         np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
+
+
+def test_the_best_iteration_is_honoured(saved) -> None:
+    """The served readiness model stops where the trained one does (41 of 60 iterations)."""
+    catalog, path = saved
+    full, _ = load_bundle_dir(path, catalog)
+    lean, _ = load_serving_dir(path, catalog)
+    X = _rows(200, len(full.spec.names))
+    booster = full.bundle.readiness.booster_
+    assert not np.array_equal(booster.predict(X, num_iteration=60), booster.predict(X))
+    np.testing.assert_array_equal(lean.bundle.readiness.booster_.predict(X), booster.predict(X))
+    assert len(lean.bundle.readiness.booster_.dump_model()["tree_info"]) == 41
+
+
+def test_a_failed_save_leaves_no_artifact_to_serve(
+    saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saving again over a model directory: if writing the artifact fails, the old one is gone
+    too (the new bundle is served), never a mix of old and new files."""
+    catalog, path = saved
+    import shutil
+
+    import models.serving as serving
+
+    again = shutil.copytree(path, tmp_path / "again")
+    bundle = load_bundle_dir(again)[0].bundle
+
+    def broken(*_args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serving, "_write_serving", broken)
+    with pytest.raises(OSError):
+        bundle.save(again)
+    assert not (again / SERVING_DIR).exists() and not (again / f"{SERVING_DIR}.tmp").exists()
+    assert isinstance(load_serving_dir(again, catalog)[0].bundle, ModelBundle)
