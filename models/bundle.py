@@ -29,6 +29,7 @@ from models.native import NativePredictor
 
 if TYPE_CHECKING:  # scikit-learn is imported where models are fitted, not where they serve
     from models.readiness import ReadinessModel
+    from models.serving import ServingModel
 
 BUNDLE_FILE = "bundle.joblib"
 META_FILE = "meta.json"
@@ -41,12 +42,16 @@ class ModelLoadError(NextstepError):
 
 @dataclass
 class ModelBundle:
-    """Everything the planner needs from training. ``meta`` is JSON-able (metrics, data hash)."""
+    """Everything the planner needs from training. ``meta`` is JSON-able (metrics, data hash).
 
-    readiness: ReadinessModel
+    The models are the fitted ``ReadinessModel``s, or their serving halves
+    (``models.serving.ServingModel``) in a bundle a server loaded from its serving artifact.
+    """
+
+    readiness: ReadinessModel | ServingModel
     spec: FeatureSpec
-    drop: ReadinessModel | None = None
-    back: ReadinessModel | None = None
+    drop: ReadinessModel | ServingModel | None = None
+    back: ReadinessModel | ServingModel | None = None
     typical_gap_hours: float = 24.0
     base_rates: Mapping[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)

@@ -21,15 +21,13 @@ import logging
 import os
 import pickle
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from features.catalog import Catalog
-from features.spec import FeatureSpec
 from models.bundle import ModelBundle, ModelScorer, checked_scorer, find_bundle_file
 from models.calibration import calibrated
 from models.native import NativeBooster
@@ -56,19 +54,6 @@ class ServingModel:
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature SHAP contributions (raw log-odds), last column the bias."""
         return self.booster_.predict(X, pred_contrib=True, num_threads=1)
-
-
-@dataclass
-class ServingBundle:
-    """``ModelBundle`` with ``ServingModel``s: the fields ``ModelScorer`` reads."""
-
-    readiness: ServingModel
-    spec: FeatureSpec
-    drop: ServingModel | None = None
-    back: ServingModel | None = None
-    typical_gap_hours: float = 24.0
-    base_rates: Mapping[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def save_serving(bundle: ModelBundle, path: Path) -> Path:
@@ -120,8 +105,8 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
     (out / _INDEX).write_text(json.dumps(index), encoding="utf-8")
 
 
-def load_serving(directory: Path) -> ServingBundle:
-    """The ``ServingBundle`` of a ``serving/`` directory (errors as raised)."""
+def load_serving(directory: Path) -> ModelBundle:
+    """The bundle of a ``serving/`` directory, with ``ServingModel``s (errors as raised)."""
     index = json.loads((directory / _INDEX).read_text(encoding="utf-8"))
     if index.get("format") != _FORMAT:
         raise ValueError(f"serving format {index.get('format')!r}, this code reads {_FORMAT}")
@@ -143,7 +128,7 @@ def load_serving(directory: Path) -> ServingBundle:
     readiness = models["readiness"]
     if readiness is None:
         raise ValueError("no readiness model")
-    return ServingBundle(
+    return ModelBundle(
         readiness=readiness,
         spec=spec,
         drop=models["drop"],

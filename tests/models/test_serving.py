@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from features.state import ACCEPTED, DECLINED, HOUR, UserState
-from models.bundle import ModelBundle, ModelLoadError, load_bundle_dir
+from models.bundle import ModelLoadError, load_bundle_dir
 from models.decide import Decider
 from models.policies import PolicyConfig
-from models.serving import SERVING_DIR, ServingBundle, load_serving_dir
+from models.serving import SERVING_DIR, ServingModel, load_serving_dir
 from training.synthetic import simulated_bundle
 from training.worlds import load_world
 
@@ -48,7 +48,8 @@ def test_served_probabilities_and_contributions_equal_the_bundles(saved, rows: i
     catalog, path = saved
     full, full_meta = load_bundle_dir(path, catalog)
     lean, lean_meta = load_serving_dir(path, catalog)
-    assert isinstance(lean.bundle, ServingBundle) and isinstance(full.bundle, ModelBundle)
+    assert isinstance(lean.bundle.readiness, ServingModel)
+    assert not isinstance(full.bundle.readiness, ServingModel)
     assert lean_meta == full_meta and type(lean_meta["rows"]) is np.int64
     assert lean.spec == full.spec
     assert lean.bundle.typical_gap_hours == full.bundle.typical_gap_hours
@@ -93,14 +94,14 @@ def test_a_served_model_imports_no_scikit_learn(saved) -> None:
         "import sys\n"
         "from models.serving import load_serving_dir\n"
         f"scorer, _ = load_serving_dir({str(path)!r})\n"
-        "print(type(scorer.bundle).__name__)\n"
+        "print(type(scorer.bundle.readiness).__name__)\n"
         "print(sorted({'sklearn', 'scipy', 'pandas', 'lightgbm', 'joblib'} & set(sys.modules)))\n"
     )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     ).stdout.split("\n")
-    assert out[:2] == ["ServingBundle", "[]"]
+    assert out[:2] == ["ServingModel", "[]"]
 
 
 def test_models_without_a_usable_artifact_load_the_bundle(
@@ -112,20 +113,20 @@ def test_models_without_a_usable_artifact_load_the_bundle(
     old = shutil.copytree(path, tmp_path / "old")  # trained before the artifact existed
     shutil.rmtree(old / SERVING_DIR)
     scorer, _ = load_serving_dir(old, catalog)
-    assert isinstance(scorer.bundle, ModelBundle)
+    assert not isinstance(scorer.bundle.readiness, ServingModel)
 
     broken = shutil.copytree(path, tmp_path / "broken")
     index = broken / SERVING_DIR / "serving.json"
     index.write_text(json.dumps({**json.loads(index.read_text()), "format": 99}))
     with caplog.at_level(logging.WARNING, logger="nextstep.models"):
         scorer, _ = load_serving_dir(broken, catalog)
-    assert isinstance(scorer.bundle, ModelBundle)
+    assert not isinstance(scorer.bundle.readiness, ServingModel)
     assert "loading the bundle" in caplog.text
 
     (broken / SERVING_DIR / "readiness.txt").write_text("not a model")
     index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))
     scorer, _ = load_serving_dir(broken, catalog)
-    assert isinstance(scorer.bundle, ModelBundle)
+    assert not isinstance(scorer.bundle.readiness, ServingModel)
 
 
 def test_a_model_for_other_features_is_still_refused(saved, tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_missing_drop_and_come_back_models_use_the_base_rates(saved, tmp_path: P
     small = dataclasses.replace(bundle, drop=None, back=None).save(tmp_path / "small")
     full, _ = load_bundle_dir(small, catalog)
     lean, _ = load_serving_dir(small, catalog)
-    assert isinstance(lean.bundle, ServingBundle)
+    assert isinstance(lean.bundle.readiness, ServingModel)
     X = _rows(50, len(full.spec.names))
     for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
         np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
@@ -182,4 +183,4 @@ def test_a_failed_save_leaves_no_artifact_to_serve(
     with pytest.raises(OSError):
         bundle.save(again)
     assert not (again / SERVING_DIR).exists() and not (again / f"{SERVING_DIR}.tmp").exists()
-    assert isinstance(load_serving_dir(again, catalog)[0].bundle, ModelBundle)
+    assert not isinstance(load_serving_dir(again, catalog)[0].bundle.readiness, ServingModel)
