@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from models.bundle import ModelBundle, ModelScorer, checked_scorer, find_bundle_file
+from models.bundle import (
+    ModelBundle,
+    ModelScorer,
+    checked_scorer,
+    find_bundle_file,
+    load_bundle_dir,
+)
 from models.calibration import calibrated
 from models.native import NativeBooster
 
@@ -148,8 +154,6 @@ def load_serving_dir(
     when it cannot be read or cannot score ``catalog``, the bundle is loaded instead (and
     reports its own errors).
     """
-    from models.bundle import load_bundle_dir
-
     found = find_bundle_file(path)
     directory = None if found is None else found.parent / SERVING_DIR
     if directory is None or not (directory / _INDEX).is_file():
