@@ -8,6 +8,7 @@ subclass and becomes one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -196,8 +197,11 @@ def compare(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
     max_weight: Annotated[
-        float, typer.Option(min=1.0, help="Clip of a user's trajectory importance weight.")
-    ] = 100.0,
+        float,
+        typer.Option(
+            min=1.0, help="Clip of a user's trajectory importance weight (default: no clip)."
+        ),
+    ] = math.inf,
     rollout_users: Annotated[
         int, typer.Option(min=1, help="Simulated users per model policy with --world.")
     ] = 2000,

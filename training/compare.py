@@ -10,9 +10,12 @@ user and asks the policy for its distribution at every logged offer. Then:
     term is biased by an in-sample model). With an out-of-sample model on simulator logs, DR
     had the same spread as SNIPW (about 0.014 over 20 seeds, 1,200 offers each); DR is still
     logged next to it.
-(b) **conversion** over whole user trajectories: clipped per-decision importance sampling,
-    self-normalised (``snpdis``), with the effective sample size of the user weights and a
-    bootstrap over users (see ``training.offpolicy`` for the estimands and the clipping).
+(b) **conversion** (expected goal worth; the conversion rate when goals carry no value) over
+    whole user trajectories: per-decision IS, weighted PDIS and, with a readiness model, the
+    doubly robust DR and WDR (``training.trajectory_ope``), a bootstrap over users and the
+    effective sample size. Headline: **WDR** with a model, else **WPDIS**. When the weights leave
+    too few effective users the estimate is flagged ``low_overlap``: its reported interval is
+    then everything the log allows ([0, the largest goal worth]), never a tight, wrong one.
 (c) with ``world``: the same policies in the simulator. Policies that need no model are valued
     exactly by dynamic programming (``training.simulate.ExactSolver``); model-based ones by
     Monte Carlo with the service's ``Decider`` (``training.rollout``); both next to the
@@ -21,9 +24,9 @@ user and asks the policy for its distribution at every logged offer. Then:
 MLflow: a parent run in experiment ``nextstep-compare`` (params, data fingerprint, the chart
 ``comparison.png``, the table ``comparison.csv`` and the contract JSON ``comparison.json``) with
 one nested run per policy (params: the policy config; metrics ``accept_rate*``,
-``conversion*``, ``ess``). ``--json`` writes the contract shape, exactly
+``conversion*``, ``ess``). ``--json`` writes the contract shape,
 ``{"policies": {name: {"accept_rate": {estimator, value, low, high},
-"conversion": {estimator, value, low, high, ess}}}}``.
+"conversion": {estimator, value, low, high, ess, low_overlap}}}}``.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class PolicyResult:
             "conversion_high": c.headline.high,
             "conversion_clipped_share": c.clipped_share,
             "conversion_supported_share": c.supported_share,
+            "conversion_low_overlap": float(c.low_overlap),
             "ess": c.ess,
         }
         for name, est in a.estimates.items():
@@ -423,7 +427,7 @@ def log_comparison(
         "seed": comp.seed,
         "max_weight": comp.max_weight,
         "accept_rate_estimator": "snipw",
-        "conversion_estimator": "snpdis",
+        "conversion_estimator": _conversion_estimator(comp),
         "reward_model": comp.reward_model,
         "model_version": comp.model_version or "-",
         "world": comp.world or "-",
@@ -469,6 +473,11 @@ def log_comparison(
         return str(parent.info.run_id)
 
 
+def _conversion_estimator(comp: Comparison) -> str:
+    """The conversion headline's estimator name (the same for every policy of a comparison)."""
+    return next(iter(comp.policies.values())).conversion.headline.estimator
+
+
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
@@ -486,7 +495,7 @@ def print_table(comp: Comparison, console: Any | None = None) -> None:
     t.add_column("accept rate (snipw) [95% CI]", justify="right")
     if comp.reward_model:
         t.add_column("accept rate (dr)", justify="right")
-    t.add_column("conversion (snpdis) [95% CI]", justify="right")
+    t.add_column(f"conversion ({_conversion_estimator(comp)}) [95% CI]", justify="right")
     t.add_column("ESS users", justify="right")
     if comp.world is not None:
         t.add_column(f"simulated in {comp.world}", justify="right")
@@ -496,7 +505,12 @@ def print_table(comp: Comparison, console: Any | None = None) -> None:
         row = [name, f"{a.value:.3f} [{a.low:.3f}, {a.high:.3f}]"]
         if comp.reward_model:
             row.append(f"{r.accept_rate.estimates['dr']['value']:.3f}")
-        row += [f"{c.value:.3f} [{c.low:.3f}, {c.high:.3f}]", f"{r.conversion.ess:.1f}"]
+        conv = (
+            f"{c.value:.3f} untrusted: low overlap"
+            if r.conversion.low_overlap
+            else f"{c.value:.3f} [{c.low:.3f}, {c.high:.3f}]"
+        )
+        row += [conv, f"{r.conversion.ess:.1f}"]
         if comp.world is not None:
             s = r.simulated or {}
             se = f" ± {s['se']:.3f}" if s.get("method") == "monte_carlo" else " (exact)"
@@ -511,8 +525,15 @@ def print_table(comp: Comparison, console: Any | None = None) -> None:
     notes = [
         f"logged: accept rate {comp.logged_accept_rate:.3f}, "
         f"conversion {comp.logged_conversion:.3f}",
-        f"trajectory weights clipped at {comp.max_weight:g}",
     ]
+    if math.isfinite(comp.max_weight):
+        notes.append(f"trajectory weights clipped at {comp.max_weight:g}")
+    untrusted = [n for n, r in comp.policies.items() if r.conversion.low_overlap]
+    if untrusted:
+        notes.append(
+            f"conversion of {', '.join(untrusted)} cannot be trusted: too little overlap with "
+            "the logged policy (ESS below the minimum); its interval is reported as [0, max]"
+        )
     if comp.excluded_rows:
         notes.append(
             f"left out {comp.excluded_users} users ({comp.excluded_rows} offers) with an offer "

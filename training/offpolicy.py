@@ -23,21 +23,18 @@ Estimands, stated once:
   the conversion estimate and ``--world`` rollouts are for). Rows are martingale differences
   given the logged states, so the row bootstrap of ``training.ope`` is a valid (if slightly
   conservative) interval for it.
-* **Conversion** (``trajectory``): the share of users who would accept a goal if the target
-  policy made every offer. Per-decision importance sampling weights the reward at offer t with
-  the product of ``w = target_propensity / propensity`` over the user's offers up to t. The
-  reward (accepting a goal) happens at most once per user and ends the trajectory, so it is
-  weighted by the product over the user's whole trajectory: the user-level weight
-  ``W_u = min(prod_t w_ut, max_weight)`` (clipped; default ``MAX_WEIGHT`` = 100). The headline
-  is self-normalised, ``sum_u W_u c_u / sum_u W_u`` (weighted per-decision IS, "snpdis"); the
-  unnormalised ``mean_u W_u c_u`` is reported as "pdis". Clipping trades variance for bias:
-  it shrinks long trajectories most, and conversion under a step-by-step policy *needs* long
-  trajectories. Measured on 2,000-user simulator logs (ladder world, logging 70% uniform):
-  ``ladder``'s true conversion 0.358 was estimated 0.23 with a cap of 20 (1 of 10 intervals
-  covering) and 0.342 with 100 (10 of 10); ``big_ask`` in the eager world 0.586 / 0.561 against
-  0.505. Hence 100; the share of users at the cap is reported next to the estimate. Intervals are a
-  bootstrap over users; the effective sample size is Kish's ``(sum W)^2 / sum W^2``. Users
-  still active when the log ends count as not converted, as they would on-policy.
+* **Conversion** (``trajectory``): the expected worth of the goal a user would reach if the
+  target policy made every offer (the conversion rate when goals carry no value, see
+  ``Catalog.goal_rewards``). Estimated over whole user walks by ``training.trajectory_ope``:
+  per-decision IS, weighted PDIS and, with a readiness model, DR and weighted DR, a bootstrap
+  over users and Kish's effective sample size of the whole-walk weights. A walk that ends (goal,
+  drop, attrition, horizon, a user who never came back) keeps its last weight in every later
+  step's normalisation; weights are not clipped unless ``max_weight`` asks for it (a cap of 100
+  shrank long walks and biased the estimate of step-by-step policies); too little overlap is
+  flagged ``low_overlap`` instead. Users still active when the log ends count as reaching no
+  goal, as they would on-policy. Each offer's target probabilities come from the logged state
+  folded exactly as the service folds it, with the catalog's guardrails (cooldowns, per-step
+  caps) holding steps back as the service does.
 
 Rows without a logged propensity cannot be weighted, and neither can their user's trajectory:
 by default they are an error naming the first such row; with ``missing_propensity="exclude"``
@@ -58,13 +55,18 @@ import pandas as pd
 from features.catalog import Catalog
 from features.errors import EventLogError, InputError
 from features.state import ACCEPTED, UserState, is_missing
-from models.policies import DecisionInput, PolicyConfig
+from models.guardrails import apply_guardrails, has_step_rules
+from models.planner import Planner
+from models.policies import DecisionInput, PolicyConfig, _Exploration
 from training.ope import LoggedData, effective_sample_size, estimate_all
+from training.trajectory_ope import Walks, walks
+from training.trajectory_ope import estimate as trajectory_estimates
+from training.trajectory_ope import overlap as trajectory_overlap
 
-MAX_WEIGHT = 100.0  # trajectory weight cap; see the module docstring for why not 20
+MAX_WEIGHT = math.inf  # no cap on walk weights by default (see training.trajectory_ope)
 ACCEPT_HEADLINE = "snipw"
-CONVERSION_HEADLINE = "snpdis"
-CONVERSION_ESTIMATORS = {"pdis": "ipw", "snpdis": "snipw"}  # ours -> training.ope's name
+CONVERSION_HEADLINE = "wpdis"  # without a reward model
+CONVERSION_MODEL_HEADLINE = "wdr"  # with one
 CHUNK_ROWS = 20_000  # rows whose states are held (and scored in one model call) at once
 
 Progress = Callable[[int, int], None]  # (rows done, rows to do)
@@ -134,6 +136,10 @@ class Decisions:
     q_hat: np.ndarray | None
     target: dict[str, np.ndarray]
     q_target: dict[str, np.ndarray]
+    goal_reward: np.ndarray | None = None  # worth of the goal accepted at the row, else 0
+    q_goal: np.ndarray | None = None  # model: expected goal reward of the logged offer
+    v_goal: dict[str, np.ndarray] = field(default_factory=dict)  # same under each policy
+    max_goal_reward: float = 1.0  # the most a user can be worth (bounds every value)
     excluded_rows: int = 0
     excluded_users: int = 0
     eligible: list[list[int]] | None = None
@@ -204,7 +210,9 @@ def evaluate_log(
     names = list(policies)
     target = {k: np.zeros(n) for k in names}
     q_target = {k: np.zeros(n) for k in names}
+    v_goal = {k: np.zeros(n) for k in names}
     q_hat = np.zeros(n) if scorer is not None else None
+    worth = np.asarray(catalog.goal_rewards, dtype=np.float64)
     logged_eligible = np.zeros(n, dtype=bool)
     kept = _Kept() if keep else None
     folder = _Folder(catalog)
@@ -216,23 +224,27 @@ def evaluate_log(
             end += 1
         chunk = folder.fold(rows, start, end)
         p_rows = _readiness(scorer, catalog, chunk, rows.step[start:end])
+        plans = _plans(policies, catalog, chunk, rows.ts[start:end])
         for j, i in enumerate(range(start, end)):
             elig = chunk.eligible[j]
             k_logged = elig.index(rows.step[i]) if rows.step[i] in elig else -1
             logged_eligible[i] = k_logged >= 0
-            p_elig = None
+            p_elig = goal_elig = None
             if p_rows is not None and q_hat is not None:
                 p_elig = p_rows[j][: len(elig)]
+                goal_elig = p_elig * worth[elig]
                 q_hat[i] = p_rows[j][k_logged] if k_logged >= 0 else p_rows[j][-1]
             inp = DecisionInput(
                 catalog, chunk.states[j], elig, rows.ts[i], chunk.contexts[j], scorer
             )
             for name in names:
+                inp._planned = plans[name][j] if name in plans else None
                 probs = _distribution(policies[name], inp, p_elig)
                 if k_logged >= 0:
                     target[name][i] = probs[k_logged]
-                if p_elig is not None and len(probs):
+                if p_elig is not None and goal_elig is not None and len(probs):
                     q_target[name][i] = float(probs @ p_elig)
+                    v_goal[name][i] = float(probs @ goal_elig)
                 if kept is not None:
                     kept.distributions.setdefault(name, []).append(probs)
         if kept is not None:
@@ -244,18 +256,23 @@ def evaluate_log(
 
     for name in names:  # exact policies can be off by an ulp: keep LoggedData's [0, 1] happy
         np.clip(target[name], 0.0, 1.0, out=target[name])
+    goal_accepted = accepted & (catalog.arrays["is_goal"][step] > 0)
     return Decisions(
         row=sel.rows[order],
         user=np.cumsum(sel.new_user) - 1,
         user_ids=sel.user_ids,
         step=step,
         reward=accepted.astype(np.float64),
-        goal_accepted=accepted & (catalog.arrays["is_goal"][step] > 0),
+        goal_accepted=goal_accepted,
         propensity=sel.propensity[order],
         logged_eligible=logged_eligible,
         q_hat=q_hat,
         target=target,
         q_target=q_target if scorer is not None else {},
+        goal_reward=np.where(goal_accepted, worth[step], 0.0),
+        q_goal=None if q_hat is None else q_hat * worth[step],
+        v_goal=v_goal if scorer is not None else {},
+        max_goal_reward=float(worth.max()) if len(worth) else 1.0,
         excluded_rows=sel.excluded_rows,
         excluded_users=sel.excluded_users,
         eligible=None if kept is None else kept.eligible,
@@ -365,6 +382,7 @@ class _Folder:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.state = UserState()
+        self.guarded = has_step_rules(catalog)  # the service holds these steps back too
 
     def fold(self, rows: _Rows, start: int, end: int) -> _Chunk:
         chunk = _Chunk([], [], [], [])
@@ -377,7 +395,10 @@ class _Folder:
             chunk.states.append(snap)
             chunk.times.append(rows.ts[i])
             chunk.contexts.append(ctx)
-            chunk.eligible.append(self.catalog.eligible_indices(self.state.accepted_mask))
+            eligible = self.catalog.eligible_indices(self.state.accepted_mask)
+            if self.guarded and eligible:
+                eligible = apply_guardrails(self.catalog, self.state, eligible, rows.ts[i])[0]
+            chunk.eligible.append(eligible)
             self.state.apply(self.catalog, rows.step[i], rows.outcome[i], rows.ts[i], ctx)
         return chunk
 
@@ -395,6 +416,32 @@ def _readiness(
     p = scorer.p_accept_rows(scorer.block(nodes, cands, None, catalog))
     bounds = np.cumsum([0] + [len(c) for c in cands]).tolist()
     return [p[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _plans(
+    policies: Mapping[str, Any], catalog: Catalog, chunk: _Chunk, times: list[float]
+) -> dict[str, list[Any]]:
+    """Per planner policy, the plan of every row of a chunk, planned in one pass.
+
+    ``Planner.plan_many`` gives each root exactly the plan it would get alone (as the service's
+    ``Decider.decide_many`` relies on), so the distributions are the ones ``decide`` gives; a
+    planner asked row by row costs milliseconds per logged offer.
+    """
+    out: dict[str, list[Any]] = {}
+    for name, policy in policies.items():
+        base = policy
+        while isinstance(base, _Exploration):
+            base = base.base
+        if not isinstance(base, Planner) or base.scorer is None:
+            continue
+        rows = [j for j, e in enumerate(chunk.eligible) if e]
+        roots = [(chunk.states[j], chunk.eligible[j], times[j], chunk.contexts[j]) for j in rows]
+        planned = base.plan_many(roots, base.scorer, catalog) if roots else []
+        per_row: list[Any] = [None] * len(chunk.eligible)
+        for j, plan in zip(rows, planned, strict=True):
+            per_row[j] = plan
+        out[name] = per_row
+    return out
 
 
 def _distribution(policy: Any, inp: DecisionInput, p_elig: np.ndarray | None) -> np.ndarray:
@@ -415,6 +462,7 @@ class Estimate:
     low: float
     high: float
     ess: float | None = None
+    low_overlap: bool | None = None  # conversion only: True when the estimate is not trusted
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -425,6 +473,8 @@ class Estimate:
         }
         if self.ess is not None:
             out["ess"] = self.ess
+        if self.low_overlap is not None:
+            out["low_overlap"] = self.low_overlap
         return out
 
 
@@ -449,6 +499,8 @@ class Trajectory:
     clipped_share: float  # share of users whose trajectory weight hit ``max_weight``
     supported_share: float  # share of users whose weight is > 0
     max_weight: float
+    low_overlap: bool = False  # too little overlap: the estimate cannot be trusted
+    overlap_note: str | None = None  # why, in words
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -467,19 +519,12 @@ def one_step(dec: Decisions, name: str, *, n_boot: int = 200, seed: int = 0) -> 
 
 
 def trajectory_weights(dec: Decisions, name: str, max_weight: float = MAX_WEIGHT) -> np.ndarray:
-    """Clipped user-level weights ``min(prod_t w_ut, max_weight)``, shape (n_users,).
+    """Whole-walk user weights ``min(prod_t w_ut, max_weight)``, shape (n_users,).
 
     The product is taken in log space (no overflow); a zero ratio (the target never makes a
     logged offer) gives weight 0.
     """
-    if not (max_weight >= 1.0 and math.isfinite(max_weight)):
-        raise InputError(f"max_weight must be a finite number >= 1, got {max_weight!r}")
-    w = dec.target[name] / dec.propensity
-    with np.errstate(divide="ignore"):
-        logw = np.log(w)
-    starts = np.flatnonzero(np.r_[True, dec.user[1:] != dec.user[:-1]])
-    log_total = np.add.reduceat(logw, starts)
-    return np.exp(np.minimum(log_total, math.log(max_weight)))
+    return _walks(dec, name, max_weight, model=False).final_weights
 
 
 def converted(dec: Decisions) -> np.ndarray:
@@ -490,6 +535,27 @@ def converted(dec: Decisions) -> np.ndarray:
     return goals > 0
 
 
+def goal_value(dec: Decisions) -> np.ndarray:
+    """Worth of the goal each user reached in the log (0 for none), shape (n_users,)."""
+    reward = dec.goal_reward if dec.goal_reward is not None else dec.goal_accepted * 1.0
+    return np.bincount(dec.user, weights=reward, minlength=dec.n_users)
+
+
+def _walks(dec: Decisions, name: str, max_weight: float, *, model: bool) -> Walks:
+    if not max_weight >= 1.0:
+        raise InputError(f"max_weight must be a number >= 1, got {max_weight!r}")
+    reward = dec.goal_reward if dec.goal_reward is not None else dec.goal_accepted * 1.0
+    use_model = model and dec.q_goal is not None and name in dec.v_goal
+    return walks(
+        dec.user,
+        dec.target[name] / dec.propensity,
+        reward,
+        q=dec.q_goal if use_model else None,
+        v=dec.v_goal[name] if use_model else None,
+        max_weight=max_weight,
+    )
+
+
 def trajectory(
     dec: Decisions,
     name: str,
@@ -498,32 +564,31 @@ def trajectory(
     seed: int = 0,
     max_weight: float = MAX_WEIGHT,
 ) -> Trajectory:
-    """Conversion of policy ``name`` by clipped per-decision IS over user trajectories.
+    """Conversion (expected goal worth) of policy ``name`` over user walks.
 
-    Users are the rounds: each is encoded for ``training.ope`` as one row with reward
-    ``converted``, ``propensity = 1/max_weight`` and ``target_propensity = W_u/max_weight``, so
-    the importance weight is exactly the clipped trajectory weight ``W_u`` and the public
-    estimators give ``pdis = mean(W c)`` (IPW) and ``snpdis = sum(W c)/sum(W)`` (SNIPW), with
-    the same user-level bootstrap and Kish ESS as the one-step estimates.
+    PDIS and WPDIS always, DR and WDR with a reward model (``training.trajectory_ope``), all on
+    the same bootstrap over users. The headline is WDR with a model, else WPDIS; it is flagged
+    ``low_overlap`` when the whole-walk weights leave too few effective users to trust it.
     """
-    weights = trajectory_weights(dec, name, max_weight)
-    conv = converted(dec).astype(np.float64)
-    data = LoggedData(
-        reward=conv,
-        propensity=np.full(len(weights), 1.0 / max_weight),
-        target_propensity=np.minimum(weights / max_weight, 1.0),
-    )
-    result = estimate_all(data, n_boot=n_boot, seed=seed)["estimates"]
-    est = {ours: result[theirs] for ours, theirs in CONVERSION_ESTIMATORS.items()}
-    ess = effective_sample_size(data)
-    h = est[CONVERSION_HEADLINE]
+    w = _walks(dec, name, max_weight, model=True)
+    est = trajectory_estimates(w, n_boot=n_boot, seed=seed)
+    ov = trajectory_overlap(w)
+    headline = CONVERSION_MODEL_HEADLINE if "wdr" in est else CONVERSION_HEADLINE
+    h = est[headline]
+    # untrusted: the interval says what the log supports (anything), not a tight bootstrap
+    low, high = (0.0, dec.max_goal_reward) if ov.low_overlap else (h["low"], h["high"])
+    final = w.final_weights
     return Trajectory(
-        headline=Estimate(CONVERSION_HEADLINE, h["value"], h["low"], h["high"], ess),
+        headline=Estimate(headline, h["value"], low, high, ov.ess, low_overlap=ov.low_overlap),
         estimates=est,
-        ess=ess,
+        ess=ov.ess,
         users=dec.n_users,
-        clipped_share=float(np.mean(weights >= max_weight * (1 - 1e-12))),
-        supported_share=float(np.mean(weights > 0)),
+        clipped_share=(
+            float(np.mean(final >= max_weight * (1 - 1e-12))) if math.isfinite(max_weight) else 0.0
+        ),
+        supported_share=ov.supported_share,
         max_weight=max_weight,
-        extra={"logged_conversion": float(conv.mean())},
+        low_overlap=ov.low_overlap,
+        overlap_note=ov.reason,
+        extra={"logged_conversion": float(goal_value(dec).mean())},
     )

@@ -436,6 +436,21 @@ def _percentile_interval(replicates: FloatArray, alpha: float) -> tuple[float, f
     return float(low), float(high)
 
 
+def bootstrap_totals(statistics: FloatArray, n_boot: int, seed: int) -> FloatArray:
+    """Column totals of per-unit ``statistics`` (n_stats, n_units) over ``n_boot`` resamples of
+    the units, shape (n_boot, n_stats): the bootstrap of ``estimate_all``, for other estimators
+    built from totals (``training.trajectory_ope`` resamples users)."""
+    _check_options(n_boot, seed, DEFAULT_ALPHA)
+    return _bootstrap_totals(statistics, n_boot, seed)
+
+
+def percentile_interval(
+    replicates: FloatArray, alpha: float = DEFAULT_ALPHA
+) -> tuple[float, float]:
+    """The ``alpha/2`` and ``1 - alpha/2`` percentiles of bootstrap replicates."""
+    return _percentile_interval(replicates, alpha)
+
+
 def estimate_all(
     data: LoggedData,
     n_boot: int = DEFAULT_N_BOOT,

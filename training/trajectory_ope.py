@@ -1,0 +1,211 @@
+"""Off-policy value of a policy over whole user trajectories (the conversion of ``compare``).
+
+A user's logged walk is ``(s_1, a_1, r_1), ..., (s_T, a_T, r_T)``: ``r_t`` is the worth of the
+goal accepted at offer t (1 when goals carry no value, so the value is the conversion rate) and
+0 otherwise. With ``w_t = pi(a_t | s_t) / mu(a_t | s_t)`` (target over logged propensity) and
+the cumulative weight ``rho_t = w_1 ... w_t`` (``rho_0 = 1``), the estimators are the ones the
+field uses for sequential decisions (Precup et al. 2000; Jiang & Li 2016; Thomas & Brunskill
+2016), over n users:
+
+    PDIS  = (1/n) sum_u sum_t rho_ut r_ut                       per-decision IS
+    WPDIS = sum_t  sum_u rho_ut r_ut / sum_u rho_ut             weighted per-decision IS
+    DR    = (1/n) sum_u sum_t [rho_ut (r_ut - Q_ut) + rho_u,t-1 V_ut]
+    WDR   = sum_t [sum_u rho_ut (r_ut - Q_ut) / sum_u rho_ut
+                   + sum_u rho_u,t-1 V_ut / sum_u rho_u,t-1]
+
+``Q_ut`` is the model's value of the logged offer and ``V_ut = sum_a pi(a | s_ut) Q(s_ut, a)``
+its value under the target policy. The model part is the learned readiness model's expected
+goal reward of the offer made now (``P(accept) * worth`` for a goal, 0 otherwise); whatever the
+model, DR stays unbiased (each correction has mean zero given the state), the model only takes
+variance away, most for policies that ask for the goal.
+
+**Trajectories that end.** A walk ends by a goal accepted, a drop, attrition after an accept,
+the horizon, or a user who never came back. After its end a user is in an absorbing state where
+every policy does the same nothing: the ratio is 1, so ``rho_ut`` stays at the weight of the last
+offer, the reward and the model terms are 0, and the user stays in every later denominator of the
+weighted estimators. Dropping ended users from later denominators (or clipping the product of a
+long walk) is what biased the earlier estimate: long walks are not a random subset of walks.
+
+**No clipping by default.** The weights are exact (logged propensities), so clipping only adds
+bias; instead, when the weights leave too few effective users, the estimate is flagged
+``low_overlap`` (untrusted) rather than shown with a tight interval. ``max_weight`` still caps
+``rho_t`` for whoever wants the variance-for-bias trade.
+
+Intervals: a percentile bootstrap over users (each user's whole walk is resampled), all
+estimators on the same resamples. Every estimate is a function of per-user column totals, so a
+resample is one count vector dotted with a (n_columns, n_users) matrix (``training.ope``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.errors import InputError
+from training.ope import DEFAULT_ALPHA, bootstrap_totals, percentile_interval
+
+ESTIMATORS = ("pdis", "wpdis", "dr", "wdr")
+MIN_ESS = 50.0  # fewer effective users than this: the estimate is flagged, not trusted
+MIN_SUPPORT_SHARE = 0.02  # ... or fewer than 2% of users carry any weight at all
+
+
+@dataclass(frozen=True)
+class Walks:
+    """Per-user, per-offer matrices of shape (n_users, horizon), padded after a walk's end.
+
+    ``rho`` is the cumulative weight (carried forward after the end), ``reward`` the goal worth
+    earned at each offer, ``q`` and ``v`` the model terms (None without a model).
+    """
+
+    rho: np.ndarray
+    reward: np.ndarray
+    q: np.ndarray | None
+    v: np.ndarray | None
+
+    @property
+    def n_users(self) -> int:
+        return int(self.rho.shape[0])
+
+    @property
+    def final_weights(self) -> np.ndarray:
+        """Each user's whole-walk weight, shape (n_users,)."""
+        return self.rho[:, -1]
+
+
+def walks(
+    user: np.ndarray,
+    ratio: np.ndarray,
+    reward: np.ndarray,
+    q: np.ndarray | None = None,
+    v: np.ndarray | None = None,
+    max_weight: float = math.inf,
+) -> Walks:
+    """Lay rows (sorted by user, then time; ``user`` numbered 0.. contiguously) out as walks.
+
+    ``ratio`` is ``w_t`` per row, ``reward`` ``r_t``, ``q``/``v`` the model terms per row.
+    Cumulative weights are products in log space (no overflow), capped at ``max_weight``.
+    """
+    if not (max_weight >= 1.0):
+        raise InputError(f"max_weight must be a number >= 1, got {max_weight!r}")
+    n_rows = len(user)
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    n_users = len(starts)
+    lengths = np.diff(np.r_[starts, n_rows])
+    pos = np.arange(n_rows) - np.repeat(starts, lengths)
+    horizon = int(lengths.max())
+    with np.errstate(divide="ignore"):
+        logw = np.log(ratio)
+    zero = logw == -np.inf  # the target never makes this offer: the walk's weight is 0 from here
+    # cumulative sum per user: global cumsum minus the total before the user's first row
+    cum = np.cumsum(np.where(zero, 0.0, logw))
+    first = np.repeat(starts, lengths)
+    logrho = cum - np.r_[0.0, cum][first]
+    last_zero = np.maximum.accumulate(np.where(zero, np.arange(n_rows), -1))
+    logrho[last_zero >= first] = -np.inf
+    rho_rows = np.exp(np.minimum(logrho, math.log(max_weight)))
+
+    def lay(values: np.ndarray, carry: bool) -> np.ndarray:
+        out = np.zeros((n_users, horizon))
+        out[user, pos] = values
+        if carry:  # after the end: the last weight (an absorbing state has ratio 1)
+            last = out[np.arange(n_users), lengths - 1]
+            after = np.arange(horizon)[None, :] >= lengths[:, None]
+            out = np.where(after, last[:, None], out)
+        return out
+
+    return Walks(
+        rho=lay(rho_rows, carry=True),
+        reward=lay(reward, carry=False),
+        q=None if q is None else lay(q, carry=False),
+        v=None if v is None else lay(v, carry=False),
+    )
+
+
+def _columns(w: Walks) -> np.ndarray:
+    """Per-user statistics, shape (n_columns, n_users): ones, then per offer t the columns
+    rho*r, rho, and with a model rho*q and rho_prev*v."""
+    rho_prev = np.concatenate([np.ones((w.n_users, 1)), w.rho[:, :-1]], axis=1)
+    blocks = [np.ones((1, w.n_users)), (w.rho * w.reward).T, w.rho.T, rho_prev.T]
+    if w.q is not None and w.v is not None:
+        blocks += [(w.rho * w.q).T, (rho_prev * w.v).T]
+    return np.concatenate(blocks, axis=0)
+
+
+def _values(totals: np.ndarray, horizon: int, model: bool) -> dict[str, np.ndarray]:
+    """Every estimator from column totals, shape (n_resamples, n_columns) -> (n_resamples,)."""
+    h = horizon
+    n = totals[:, 0]
+    rr = totals[:, 1 : 1 + h]
+    rho = totals[:, 1 + h : 1 + 2 * h]
+    rho_prev = totals[:, 1 + 2 * h : 1 + 3 * h]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(rho > 0, rr / np.where(rho > 0, rho, 1.0), 0.0)
+    out = {"pdis": rr.sum(axis=1) / n, "wpdis": share.sum(axis=1)}
+    if model:
+        rq = totals[:, 1 + 3 * h : 1 + 4 * h]
+        pv = totals[:, 1 + 4 * h : 1 + 5 * h]
+        out["dr"] = (rr.sum(axis=1) - rq.sum(axis=1) + pv.sum(axis=1)) / n
+        safe = np.where(rho > 0, rho, 1.0)
+        safe_prev = np.where(rho_prev > 0, rho_prev, 1.0)
+        corr = np.where(rho > 0, (rr - rq) / safe, 0.0)
+        base = np.where(rho_prev > 0, pv / safe_prev, 0.0)
+        out["wdr"] = (corr + base).sum(axis=1)
+    return out
+
+
+def kish_ess(weights: np.ndarray) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0)."""
+    top = float(np.max(weights)) if len(weights) else 0.0
+    if top <= 0.0:
+        return 0.0
+    scaled = weights / top
+    return float(np.sum(scaled)) ** 2 / float(np.dot(scaled, scaled))
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How much of the log speaks for the target policy."""
+
+    ess: float  # Kish ESS of the whole-walk weights, in users
+    supported_share: float  # share of users whose whole walk has weight > 0
+    low_overlap: bool
+
+    @property
+    def reason(self) -> str | None:
+        if not self.low_overlap:
+            return None
+        return (
+            f"too little overlap with the logging policy: {self.ess:.0f} effective users "
+            f"(at least {MIN_ESS:.0f} needed), {self.supported_share:.1%} of users supported"
+        )
+
+
+def overlap(w: Walks) -> Overlap:
+    """ESS and support of the whole-walk weights, and whether they are too small to trust."""
+    final = w.final_weights
+    ess = kish_ess(final)
+    support = float(np.mean(final > 0)) if len(final) else 0.0
+    return Overlap(ess, support, ess < MIN_ESS or support < MIN_SUPPORT_SHARE)
+
+
+def estimate(
+    w: Walks, *, n_boot: int = 200, seed: int = 0, alpha: float = DEFAULT_ALPHA
+) -> dict[str, dict[str, float]]:
+    """``{estimator: {value, low, high}}`` for PDIS, WPDIS (and DR, WDR with a model)."""
+    model = w.q is not None and w.v is not None
+    cols = _columns(w)
+    horizon = w.rho.shape[1]
+    point = _values(cols.sum(axis=1)[None, :], horizon, model)
+    boot = None
+    if n_boot > 0:
+        boot = _values(bootstrap_totals(cols, n_boot, seed), horizon, model)
+    out: dict[str, dict[str, float]] = {}
+    for name, value in point.items():
+        v = float(value[0])
+        low, high = (v, v) if boot is None else percentile_interval(boot[name], alpha)
+        if not all(math.isfinite(x) for x in (v, low, high)):
+            raise InputError(f"the {name} estimate overflowed: importance weights are too large")
+        out[name] = {"value": v, "low": min(low, v), "high": max(high, v)}
+    return out
