@@ -58,6 +58,8 @@ class Arm:
     model: str | None = None  # None: the settings' model URI
     weight: float = 1.0
     shadow_of: str | None = None  # a shadow arm: decides beside this arm, is never served
+    # no policy was configured: serve the policy the model's training run recommends, if any
+    follow_model: bool = False
 
     @property
     def exploration(self) -> dict[str, Any] | None:
@@ -116,16 +118,18 @@ class Experiment:
         return tuple(a for a in self.arms if a.shadow_of == arm_name)
 
 
-def default_experiment(policy: str) -> Experiment:
-    return Experiment(
-        name="default", salt="default", arms=(Arm("champion", PolicyConfig.parse(policy)),)
-    )
+def default_experiment(policy: str, *, follow_model: bool = False) -> Experiment:
+    arm = Arm("champion", PolicyConfig.parse(policy), follow_model=follow_model)
+    return Experiment(name="default", salt="default", arms=(arm,))
 
 
-def load_experiment(path: str | Path | None, *, default_policy: str) -> Experiment:
-    """The experiment in ``path``, or the single-arm default when there is no file."""
+def load_experiment(
+    path: str | Path | None, *, default_policy: str, follow_model: bool = False
+) -> Experiment:
+    """The experiment in ``path``, or the single-arm default when there is no file (which
+    serves the model's recommended policy when ``follow_model``, i.e. no policy was set)."""
     if path is None:
-        return default_experiment(default_policy)
+        return default_experiment(default_policy, follow_model=follow_model)
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -23,6 +23,7 @@ from typing import Any
 
 from features.catalog import Catalog
 from models.decide import Decider
+from models.policies import POLICIES, PolicyConfig
 from service.experiments import Arm, Experiment, load_experiment
 from service.model_loader import ModelLoader, ModelRef, ModelRefused, Resolution, parse_ref
 from service.settings import Settings
@@ -102,7 +103,7 @@ class ModelDeciderFactory:
         model = res.model
         return Decider(
             catalog,
-            arm.policy,
+            served_policy(arm, None if model is None else model.meta),
             scorer=None if model is None else model.scorer,
             model_version=None if model is None else model.version,
             seed=self.settings.seed,
@@ -144,6 +145,16 @@ class ModelDeciderFactory:
 
     def probe(self, arm: Arm) -> str | None:
         return self.loader.current_version(parse_ref(arm.model, self.settings.model_uri))
+
+
+def served_policy(arm: Arm, meta: Mapping[str, Any] | None) -> PolicyConfig:
+    """The arm's policy; for an arm without a configured policy, the one the model's training
+    run recommends (bundle meta ``recommended_policy``), keeping the arm's exploration."""
+    rec = (meta or {}).get("recommended_policy") if arm.follow_model else None
+    if not isinstance(rec, str) or rec not in POLICIES:
+        return arm.policy
+    p = arm.policy
+    return PolicyConfig(name=rec, exploration=p.exploration, value=p.value)
 
 
 class Runtime:
@@ -257,7 +268,11 @@ class Runtime:
         return dataclasses.replace(cur, arms=arms)
 
     def _experiment(self) -> Experiment:
-        return load_experiment(self.settings.experiments, default_policy=self.settings.policy)
+        return load_experiment(
+            self.settings.experiments,
+            default_policy=self.settings.policy,
+            follow_model="policy" not in self.settings.model_fields_set,
+        )
 
     def _build_arm(self, arm: Arm, *, starting: bool = False) -> ArmRuntime:
         build: Any = getattr(self.factory, "for_start", None) if starting else None

@@ -108,11 +108,19 @@ def train(
         float, typer.Option(help="Promotion gate: allowed holdout log-loss increase.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    policy_gate: Annotated[
+        bool,
+        typer.Option(
+            help="Promotion gate: also require the recommended policy to be no worse than the "
+            "champion's by trajectory OPE on the holdout."
+        ),
+    ] = False,
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
 
     train_command(
+        policy_gate=policy_gate,
         events=events,
         catalog=catalog,
         experiment=experiment,

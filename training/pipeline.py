@@ -52,6 +52,7 @@ from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
 from models.readiness import LogisticBaseline
 from training import evaluate as ev
+from training import policy_eval
 from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
 
 HOLDOUT_FRACTION = 0.2
@@ -322,6 +323,8 @@ class TrainResult:
     fingerprint: dict[str, Any]
     aliases: list[str] = field(default_factory=list)
     champion_logloss: float | None = None
+    recommended_policy: str | None = None  # by holdout trajectory OPE; None when not evaluable
+    recommended_trusted: bool = False  # the recommendation rests on trusted estimates
 
 
 def train_log(
@@ -334,6 +337,7 @@ def train_log(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    policy_gate: bool = False,
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
@@ -350,6 +354,7 @@ def train_log(
         tolerance=tolerance,
         seed=seed,
         progress=say,
+        policy_gate=policy_gate,
     )
 
 
@@ -366,6 +371,7 @@ def log_training(
     seed: int = 0,
     engine: str = "local",
     progress: Progress | None = None,
+    policy_gate: bool = False,
 ) -> TrainResult:
     """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
 
@@ -374,6 +380,11 @@ def log_training(
     holdout users' validated events (for the run's ``data/holdout.parquet``) and
     ``score_champion()`` scores the current champion on this run's holdout (the contract of
     ``champion_on_holdout``).
+
+    The candidate policies are valued on the holdout users by trajectory OPE
+    (``training.policy_eval``); the recommended one is recorded in the bundle's meta (the service
+    serves it unless configured otherwise) and as the version's ``recommended_policy`` tag. With
+    ``policy_gate`` the promotion also requires it to be no worse than the champion's policy.
     """
     from training import tracking
 
@@ -404,8 +415,15 @@ def log_training(
         mlflow.log_metrics(metrics)
         plots = _plots(out, Path(tmp) / "plots")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        data_dir = _holdout_artifacts(holdout_events(), catalog, fp, Path(tmp) / "data")
+        holdout_frame = holdout_events()
+        data_dir = _holdout_artifacts(holdout_frame, catalog, fp, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
+        say("valuing candidate policies on the holdout users")
+        evaluation = _evaluate_policies(out, holdout_frame, catalog, seed, Path(tmp) / "policies")
+        rec = None if isinstance(evaluation, str) else evaluation.recommendation
+        recommended = None if rec is None else rec.policy
+        if rec is not None and rec.trusted:  # what the service serves unless configured
+            out.bundle.meta[policy_eval.META_KEY] = rec.policy
 
         out.bundle.meta.update(
             run_id=run_id,
@@ -433,6 +451,8 @@ def log_training(
                 )
             else:
                 g = gate(lgbm["logloss"], champ_ll, tolerance, champ_version)
+            if policy_gate and g.promote and champ_version is not None:
+                g = _gate_policy(g, evaluation, holdout_frame, catalog, out, seed)
             alias = tracking.CHAMPION if g.promote else tracking.CHALLENGER
             tracking.set_alias(alias, version)
             if g.promote and tracking.alias_version(tracking.CHALLENGER) == version:
@@ -447,6 +467,7 @@ def log_training(
                 "nextstep.promotion": decision,
                 "nextstep.promotion_reason": reason,
                 "nextstep.model_version": version,
+                "nextstep.recommended_policy": recommended or "-",
             }
         )
         client = tracking.client()
@@ -456,6 +477,8 @@ def log_training(
             "holdout_logloss": f"{lgbm['logloss']:.6f}",
             "holdout_auc": f"{lgbm['auc']:.6f}",
             "data_sha256": fp["sha256"],
+            policy_eval.META_KEY: recommended or "-",
+            f"{policy_eval.META_KEY}_trusted": str(rec is not None and rec.trusted).lower(),
         }.items():
             client.set_model_version_tag(tracking.MODEL_NAME, version, k, v)
     return TrainResult(
@@ -468,7 +491,57 @@ def log_training(
         fingerprint=fp,
         aliases=aliases,
         champion_logloss=champ_ll,
+        recommended_policy=recommended,
+        recommended_trusted=rec is not None and rec.trusted,
     )
+
+
+def _evaluate_policies(
+    out: TrainingOutcome, holdout: pd.DataFrame, catalog: Catalog, seed: int, folder: Path
+) -> policy_eval.PolicyEvaluation | str:
+    """Value the candidates on the holdout and log table, chart and metrics to the active run;
+    the reason instead when the log cannot be evaluated (no propensities)."""
+    import mlflow
+
+    from models.bundle import ModelScorer
+
+    evaluation = policy_eval.try_evaluate(
+        holdout,
+        catalog,
+        ModelScorer(out.bundle, catalog),
+        context_columns=out.spec.context_columns,
+        seed=seed,
+    )
+    if isinstance(evaluation, str):
+        mlflow.set_tag("nextstep.policy_evaluation", evaluation[:500])
+        return evaluation
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluation.table().to_csv(folder / policy_eval.TABLE, index=False)
+    policy_eval.plot(evaluation, folder / policy_eval.CHART)
+    mlflow.log_artifacts(str(folder), artifact_path="policies")
+    mlflow.log_metrics(ev.finite(evaluation.metrics()))
+    return evaluation
+
+
+def _gate_policy(
+    g: GateDecision,
+    evaluation: policy_eval.PolicyEvaluation | str,
+    holdout: pd.DataFrame,
+    catalog: Catalog,
+    out: TrainingOutcome,
+    seed: int,
+) -> GateDecision:
+    """The log-loss gate's decision, refused when the OPE gate refuses."""
+    if isinstance(evaluation, str):
+        return GateDecision(False, f"{g.reason}; {evaluation}", g.champion_version)
+    version, _policy, champ, problem = policy_eval.champion_policy_value(
+        holdout, catalog, context_columns=out.spec.context_columns, seed=seed
+    )
+    if problem is not None:
+        reason = f"policy gate: champion v{version} cannot be valued ({problem})"
+        return GateDecision(True, f"{g.reason}; {reason}", g.champion_version, g.champion_logloss)
+    ok, reason = policy_eval.policy_gate(evaluation, champ, version)
+    return GateDecision(ok, f"{g.reason}; {reason}", g.champion_version, g.champion_logloss)
 
 
 def train_command(
@@ -480,11 +553,14 @@ def train_command(
     skip_invalid: bool = False,
     tolerance: float = 0.0,
     seed: int = 0,
+    policy_gate: bool = False,
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise NextstepError("--tolerance must be a finite number >= 0")
+    if policy_gate and dask:
+        raise NextstepError("--policy-gate is not available with --dask yet")
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -515,6 +591,7 @@ def train_command(
                 tolerance=tolerance,
                 seed=seed,
                 progress=say,
+                policy_gate=policy_gate,
             )
             skipped = log.skipped
     if skipped:
@@ -692,6 +769,12 @@ def _print_summary(result: TrainResult) -> None:
     console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
     alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
     console.print(f"promotion: {result.decision}{alias}: {result.reason}")
+    if result.recommended_policy is not None:
+        trust = "" if result.recommended_trusted else " (untrusted: too little overlap; not served)"
+        console.print(
+            f"recommended policy (best lower bound of holdout trajectory OPE): "
+            f"{result.recommended_policy}{trust}"
+        )
 
 
 def _fmt(v: float | None) -> str:

@@ -4,9 +4,10 @@ A learned planner is not always the best use of a model: on some logs a fixed ru
 ``nextstep train`` therefore values each candidate on the held-out users (``training.offpolicy``
 trajectory estimates) and recommends the one whose 95% lower bound is highest. The lower bound,
 not the point estimate, because a recommendation must survive the noise of the log; an estimate
-flagged ``low_overlap`` reports the trivial lower bound 0, so a policy the log cannot speak for
-is never recommended over one it can. Ties (lower bounds within ``TIE``) go to the simpler
-policy, in the order of ``CANDIDATES``.
+flagged ``low_overlap`` does not compete, so a policy the log cannot speak for is never
+recommended over one it can; when the log speaks for none, the recommendation is marked
+untrusted and the service keeps its configured default. Ties (lower bounds within ``TIE``) go
+to the simpler policy, in the order of ``CANDIDATES``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 CANDIDATES: tuple[str, ...] = ("ladder", "big_ask", "greedy", "planner")  # simplest first
 FIXED: tuple[str, ...] = ("ladder", "big_ask")  # need no model
 TIE = 1e-9
-TAG = "nextstep.recommended_policy"  # model-version tag holding the recommendation
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,16 @@ def simplicity(name: str) -> int:
 
 
 def recommend(results: Mapping[str, Any]) -> Recommendation:
-    """The candidate with the best reported lower bound (``Trajectory`` results by name)."""
+    """The candidate with the best reported lower bound (``Trajectory`` results by name).
+
+    Only trusted estimates compete; when none is trusted the simplest candidate is returned
+    with ``trusted`` False, and callers should not act on it (the service keeps its default).
+    """
     if not results:
         raise ValueError("no candidate policies to choose from")
-    best_low = max(r.headline.low for r in results.values())
-    tied = [n for n, r in results.items() if r.headline.low >= best_low - TIE]
+    pool = {n: r for n, r in results.items() if not r.low_overlap} or dict(results)
+    best_low = max(r.headline.low for r in pool.values())
+    tied = [n for n, r in pool.items() if r.headline.low >= best_low - TIE]
     name = min(tied, key=simplicity)
     h = results[name].headline
     return Recommendation(name, float(h.low), float(h.value), not results[name].low_overlap)

@@ -345,3 +345,51 @@ def test_plots_are_png_files(tmp_path):
     ]
     for path in paths:
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_train_values_candidate_policies_and_tags_the_recommendation(home, trained, client):
+    from training.policy_choice import CANDIDATES
+
+    first, _ = trained
+    run = client.get_run(first.run_id)
+    arts = {a.path for a in client.list_artifacts(first.run_id, "policies")}
+    assert arts == {"policies/policy_ope.csv", "policies/policy_ope.png"}
+    local = client.download_artifacts(first.run_id, "policies/policy_ope.csv", str(home / "dl"))
+    table = pd.read_csv(local)
+    assert table["policy"].tolist() == list(CANDIDATES)
+    for name in CANDIDATES:
+        assert run.data.metrics[f"ope_{name}"] == pytest.approx(
+            float(table.loc[table["policy"] == name, "value"].iloc[0])
+        )
+    assert (table["low"] <= table["value"] + 1e-12).all()
+    assert (table["value"] <= table["high"] + 1e-12).all()
+    # the recommendation follows the rule on the logged table: best trusted lower bound
+    pool = table[~table["low_overlap"]] if (~table["low_overlap"]).any() else table
+    best = pool[pool["low"] >= pool["low"].max() - 1e-9]["policy"]
+    expected = min(best, key=list(CANDIDATES).index)
+    assert first.recommended_policy == expected
+    assert table.loc[table["recommended"], "policy"].tolist() == [expected]
+    tags = client.get_model_version("nextstep", first.version).tags
+    assert tags["recommended_policy"] == expected
+    assert tags["recommended_policy_trusted"] == str(first.recommended_trusted).lower()
+    assert run.data.tags["nextstep.recommended_policy"] == expected
+
+
+def test_policy_gate_refuses_a_clearly_worse_recommended_policy():
+    from training.offpolicy import Estimate, Trajectory
+    from training.policy_choice import recommend
+    from training.policy_eval import PolicyEvaluation, policy_gate
+
+    def result(value: float, half: float) -> Trajectory:
+        est = Estimate("wdr", value, value - half, value + half, 500.0, low_overlap=False)
+        return Trajectory(est, {}, 500.0, 1000, 0.0, 1.0, math.inf)
+
+    cand = {"ladder": result(0.20, 0.02)}
+    evaluation = PolicyEvaluation(cand, recommend(cand), 1000)
+    ok, reason = policy_gate(evaluation, result(0.30, 0.02), "1")
+    assert not ok and "ladder" in reason and "champion v1" in reason and "<" in reason
+    ok, _ = policy_gate(evaluation, result(0.21, 0.02), "1")  # within the noise: no worse
+    assert ok
+    ok, reason = policy_gate(evaluation, None, None)
+    assert ok and "no champion" in reason
