@@ -571,7 +571,7 @@ def trajectory(
     ``low_overlap`` when the whole-walk weights leave too few effective users to trust it.
     """
     w = _walks(dec, name, max_weight, model=True)
-    est = trajectory_estimates(w, n_boot=n_boot, seed=seed)
+    est = trajectory_estimates(w, n_boot=n_boot, seed=seed, max_reward=dec.max_goal_reward)
     ov = trajectory_overlap(w)
     headline = CONVERSION_MODEL_HEADLINE if "wdr" in est else CONVERSION_HEADLINE
     h = est[headline]

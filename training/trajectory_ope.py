@@ -49,6 +49,9 @@ from training.ope import DEFAULT_ALPHA, bootstrap_totals, percentile_interval
 ESTIMATORS = ("pdis", "wpdis", "dr", "wdr")
 MIN_ESS = 50.0  # fewer effective users than this: the estimate is flagged, not trusted
 MIN_SUPPORT_SHARE = 0.02  # ... or fewer than 2% of users carry any weight at all
+FEW_EVENTS = 5  # fewer weighted users with a goal: the bootstrap alone is not an interval
+# exact 97.5% Poisson upper limits of a count k = 0..4 (chi2.ppf(0.975, 2k + 2) / 2)
+POISSON_UPPER = (3.689, 5.572, 7.225, 8.767, 10.242)
 
 
 @dataclass(frozen=True)
@@ -191,9 +194,19 @@ def overlap(w: Walks) -> Overlap:
 
 
 def estimate(
-    w: Walks, *, n_boot: int = 200, seed: int = 0, alpha: float = DEFAULT_ALPHA
+    w: Walks,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    max_reward: float = 1.0,
 ) -> dict[str, dict[str, float]]:
-    """``{estimator: {value, low, high}}`` for PDIS, WPDIS (and DR, WDR with a model)."""
+    """``{estimator: {value, low, high}}`` for PDIS, WPDIS (and DR, WDR with a model).
+
+    With fewer than ``FEW_EVENTS`` weighted users reaching a goal, resampling users cannot show
+    how uncertain the estimate is (no goal in the log gives the interval [0, 0]); the upper bound
+    is then at least the exact Poisson upper bound of that count over the effective users.
+    """
     model = w.q is not None and w.v is not None
     cols = _columns(w)
     horizon = w.rho.shape[1]
@@ -208,4 +221,12 @@ def estimate(
         if not all(math.isfinite(x) for x in (v, low, high)):
             raise InputError(f"the {name} estimate overflowed: importance weights are too large")
         out[name] = {"value": v, "low": min(low, v), "high": max(high, v)}
+    events = int(np.sum((w.final_weights > 0) & (w.reward.sum(axis=1) > 0)))
+    if events < FEW_EVENTS:
+        ess = kish_ess(w.final_weights)
+        floor = (
+            max_reward if ess <= 0 else min(max_reward, max_reward * POISSON_UPPER[events] / ess)
+        )
+        for d in out.values():
+            d["high"] = max(d["high"], floor)
     return out

@@ -158,3 +158,17 @@ def _old_snpdis(dec, name):  # type: ignore[no-untyped-def]
         idx = rng.integers(0, len(w), len(w))
         reps.append((w[idx] * c[idx]).sum() / max(w[idx].sum(), 1e-300))
     return np.percentile(reps, [2.5, 97.5])
+
+
+def test_no_goal_in_the_log_still_gives_an_upper_bound_above_zero() -> None:
+    n = 400
+    w = walks(np.arange(n), np.ones(n), np.zeros(n))
+    est = estimate(w, n_boot=100, seed=0, max_reward=1.0)
+    for name in ("pdis", "wpdis"):
+        assert est[name]["value"] == 0.0 and est[name]["low"] == 0.0
+        # no conversion in 400 users: 0 is likely, but rates up to ~3.7/400 are not excluded
+        assert est[name]["high"] == pytest.approx(3.689 / n, rel=1e-3)
+    some = np.zeros(n)
+    some[:40] = 1.0  # plenty of goals: the bootstrap interval stands on its own
+    est = estimate(walks(np.arange(n), np.ones(n), some), n_boot=100, seed=0)
+    assert est["wpdis"]["high"] < 0.2
