@@ -149,6 +149,10 @@ def one_world(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def summarise(rows: list[dict[str, Any]]) -> str:
     df = pd.DataFrame(rows)
+    # a Monte Carlo truth is itself uncertain: covered when within 2 of its SEs of the interval
+    slack = 2 * df["truth_se"]
+    df["covered_mc"] = (df["low"] - slack <= df["truth"]) & (df["truth"] <= df["high"] + slack)
+    df["covered_reported_mc"] = df["covered_reported"] | df["covered_mc"]
     out = []
     g = df.groupby(["policy", "band"])
     table = g.agg(
@@ -156,6 +160,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         flagged=("low_overlap", "sum"),
         covered_raw=("covered", "mean"),
         covered_reported=("covered_reported", "mean"),
+        covered_reported_mc=("covered_reported_mc", "mean"),
     )
     trusted = df[~df["low_overlap"]].groupby(["policy", "band"])["covered"].mean()
     table["covered_trusted"] = trusted
@@ -165,6 +170,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         flagged=("low_overlap", "sum"),
         covered_raw=("covered", "mean"),
         covered_reported=("covered_reported", "mean"),
+        covered_reported_mc=("covered_reported_mc", "mean"),
     )
     per_policy["covered_trusted"] = df[~df["low_overlap"]].groupby("policy")["covered"].mean()
     out.append(per_policy.round(3).to_string())
@@ -183,8 +189,9 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         rec = w[w["recommended"]].iloc[0]
         fixed = w[w["policy"].isin(["ladder", "big_ask"])]
         best_fixed = fixed.loc[fixed["truth"].idxmax()]
-        se_best = (best["high"] - best["low"]) / 3.92
-        se_fixed = (best_fixed["high"] - best_fixed["low"]) / 3.92
+        mc = rec["truth_se"] ** 2
+        se_best = math.sqrt(((best["high"] - best["low"]) / 3.92) ** 2 + best["truth_se"] ** 2 + mc)
+        se_fixed = math.sqrt(((best_fixed["high"] - best_fixed["low"]) / 3.92) ** 2 + mc)
         sel.append(
             {
                 "world": k,
