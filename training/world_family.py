@@ -18,7 +18,7 @@ The distribution, per world (U = uniform, logU = log-uniform, all from one seede
 * **dynamics**: each effect is on or off per world and drawn in strength when on, then scaled per
   type by U(0.3, 1.7): momentum per consecutive accept (on w.p. 0.7, U(0.1, 0.5)); resistance
   per consecutive decline (0.7, U(0.2, 0.8)); resistance per unit of effort gap above the largest
-  step accepted so far (0.85, U(0.1, 0.8) per tenth of the largest goal effort); value received
+  step accepted so far (0.85, U(0.1, 0.5) per tenth of the largest goal effort); value received
   making asks easier (0.6, U(0.02, 0.3)); fatigue per offer made (0.5, U(0.05, 0.3)); drop after a
   decline rising with the effort gap (0.7) and with earlier declines (0.7).
 * **population**: T ~ U{2..5} hidden types, weights Dirichlet(2); per type a base logit
@@ -52,7 +52,7 @@ def random_world_data(seed: int) -> dict[str, Any]:
     effects = {
         "momentum": _effect(rng, 0.7, 0.1, 0.5),
         "decline_penalty": _effect(rng, 0.7, 0.2, 0.8),
-        "resistance": _effect(rng, 0.85, 0.1, 0.8) / scale,
+        "resistance": _effect(rng, 0.85, 0.1, 0.5) / scale,
         "value_coef": _effect(rng, 0.6, 0.02, 0.3),
         "fatigue": _effect(rng, 0.5, 0.05, 0.3),
     }
