@@ -35,7 +35,7 @@ from models.decide import Decider, DecisionRequest
 from models.policies import PolicyConfig
 from training.compare import exact_policy
 from training.offpolicy import build_policy, evaluate_log, trajectory
-from training.policy_choice import CANDIDATES, recommend
+from training.policy_choice import CANDIDATES, TIE, recommend, selection_low, simplicity
 from training.simulate import START, Dynamics, ExactSolver, generate_log, make_user
 from training.synthetic import bundle_from_frame
 from training.worlds import load_world
@@ -182,11 +182,15 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     )
     est_cols = [c for c in df.columns if c.endswith("_covered") and c != "covered"]
     out.append("per estimator (all pairs): " + str(df[est_cols].mean().round(3).to_dict()))
-    # selection
+    # selection, by the rule of training.policy_choice on the measured estimates
+    df["selection_low"] = [
+        selection_low(r.value, r.low, r.ess, bool(r.low_overlap)) for r in df.itertuples()
+    ]
     sel = []
     for k, w in df.groupby("world"):
         best = w.loc[w["truth"].idxmax()]
-        rec = w[w["recommended"]].iloc[0]
+        top = w[w["selection_low"] >= w["selection_low"].max() - TIE]
+        rec = top.loc[min(top.index, key=lambda i: simplicity(top.loc[i, "policy"]))]
         fixed = w[w["policy"].isin(["ladder", "big_ask"])]
         best_fixed = fixed.loc[fixed["truth"].idxmax()]
         mc = rec["truth_se"] ** 2
@@ -196,6 +200,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
             {
                 "world": k,
                 "recommended": rec["policy"],
+                "trusted": not rec["low_overlap"],
                 "best": best["policy"],
                 "regret": best["truth"] - rec["truth"],
                 "within_2se_of_best": best["truth"] - rec["truth"] <= 2 * se_best,
@@ -208,8 +213,10 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         f"selection over {len(s)} worlds: within 2 SE of the best {s['within_2se_of_best'].mean():.3f}; "
         f"never below best fixed by > 2 SE: {bool(s['not_below_fixed_2se'].all())} "
         f"({int((~s['not_below_fixed_2se']).sum())} worlds); mean regret {s['regret'].mean():.4f}; "
-        f"recommended {s['recommended'].value_counts().to_dict()}"
+        f"recommended {s['recommended'].value_counts().to_dict()}; "
+        f"trusted recommendations {int(s['trusted'].sum())}"
     )
+    out.append(s.round(4).to_string())
     return "\n\n".join(out)
 
 

@@ -590,5 +590,8 @@ def trajectory(
         max_weight=max_weight,
         low_overlap=ov.low_overlap,
         overlap_note=ov.reason,
-        extra={"logged_conversion": float(goal_value(dec).mean())},
+        extra={
+            "logged_conversion": float(goal_value(dec).mean()),
+            "max_reward": dec.max_goal_reward,
+        },
     )

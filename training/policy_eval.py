@@ -18,7 +18,7 @@ import pandas as pd
 from features.catalog import Catalog
 from features.errors import InputError
 from training.offpolicy import Trajectory, build_policy, evaluate_log, trajectory
-from training.policy_choice import CANDIDATES, Recommendation, recommend
+from training.policy_choice import CANDIDATES, Recommendation, recommend, selection_low
 
 N_BOOT = 200
 META_KEY = "recommended_policy"  # in the bundle meta and as a model-version tag
@@ -47,6 +47,13 @@ class PolicyEvaluation:
                     "high": h.high,
                     "ess": r.ess,
                     "low_overlap": r.low_overlap,
+                    "selection_low": selection_low(
+                        h.value,
+                        r.estimates[h.estimator]["low"],
+                        r.ess,
+                        r.low_overlap,
+                        float(r.extra.get("max_reward", 1.0)),
+                    ),
                     "recommended": name == self.recommendation.policy,
                 }
             )

@@ -364,9 +364,12 @@ def test_train_values_candidate_policies_and_tags_the_recommendation(home, train
         )
     assert (table["low"] <= table["value"] + 1e-12).all()
     assert (table["value"] <= table["high"] + 1e-12).all()
-    # the recommendation follows the rule on the logged table: best trusted lower bound
-    pool = table[~table["low_overlap"]] if (~table["low_overlap"]).any() else table
-    best = pool[pool["low"] >= pool["low"].max() - 1e-9]["policy"]
+    # the recommendation follows the rule on the logged table: best lower bound, then simplest
+    trusted = ~table["low_overlap"]
+    assert (table.loc[trusted, "selection_low"] == table.loc[trusted, "low"]).all()
+    assert (table.loc[~trusted, "selection_low"] <= table.loc[~trusted, "value"]).all()
+    lows = table["selection_low"]
+    best = table[lows >= lows.max() - 1e-9]["policy"]
     expected = min(best, key=list(CANDIDATES).index)
     assert first.recommended_policy == expected
     assert table.loc[table["recommended"], "policy"].tolist() == [expected]
