@@ -419,7 +419,9 @@ def log_training(
         data_dir = _holdout_artifacts(holdout_frame, catalog, fp, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
         say("valuing candidate policies on the holdout users")
+        t_ope = time.perf_counter()
         evaluation = _evaluate_policies(out, holdout_frame, catalog, seed, Path(tmp) / "policies")
+        mlflow.log_metric("seconds_policy_ope", time.perf_counter() - t_ope)
         rec = None if isinstance(evaluation, str) else evaluation.recommendation
         recommended = None if rec is None else rec.policy
         if rec is not None and rec.trusted:  # what the service serves unless configured
