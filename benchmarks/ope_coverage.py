@@ -116,7 +116,8 @@ def one_world(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     rec = recommend(results)
     rows = []
     for name, r in results.items():
-        truth, se = truth_of(world, name, scorer, args.mc_users, seed=11 + k)
+        known = args.known_truths.get((k, name))
+        truth, se = known or truth_of(world, name, scorer, args.mc_users, seed=11 + k)
         h = r.headline
         raw = r.estimates[h.estimator]
         width = raw["high"] - raw["low"]
@@ -229,7 +230,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mc-users", type=int, default=20000, help="Monte Carlo users per model policy")
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    p.add_argument(
+        "--truths",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier --out files whose true values to reuse (same worlds, models and seeds: "
+        "the Monte Carlo values are deterministic), so only the estimates are recomputed",
+    )
     args = p.parse_args(argv)
+    args.known_truths = {
+        (r["world"], r["policy"]): (r["truth"], r["truth_se"])
+        for f in args.truths
+        for r in json.loads(f.read_text(encoding="utf-8"))
+    }
     rows: list[dict[str, Any]] = []
     if args.out is not None and args.out.exists():  # resume: worlds already measured
         rows = json.loads(args.out.read_text(encoding="utf-8"))

@@ -31,6 +31,10 @@ bias; instead, when the weights leave too few effective users, the estimate is f
 ``low_overlap`` (untrusted) rather than shown with a tight interval. ``max_weight`` still caps
 ``rho_t`` for whoever wants the variance-for-bias trade.
 
+**Missing mass.** Whole-walk weights average 1 under the logging policy; when they average less
+in the log, part of the target policy's walks were never logged (long walks the logging policy
+rarely follows) and the interval is widened by what that part could earn (see ``estimate``).
+
 Intervals: a percentile bootstrap over users (each user's whole walk is resampled), all
 estimators on the same resamples. Every estimate is a function of per-user column totals, so a
 resample is one count vector dotted with a (n_columns, n_users) matrix (``training.ope``).
@@ -47,6 +51,7 @@ from features.errors import InputError
 from training.ope import DEFAULT_ALPHA, bootstrap_totals, percentile_interval
 
 ESTIMATORS = ("pdis", "wpdis", "dr", "wdr")
+SELF_NORMALISED = ("wpdis", "wdr")
 MIN_ESS = 50.0  # fewer effective users than this: the estimate is flagged, not trusted
 MIN_SUPPORT_SHARE = 0.02  # ... or fewer than 2% of users carry any weight at all
 FEW_EVENTS = 5  # fewer weighted users with a goal: the bootstrap alone is not an interval
@@ -158,6 +163,12 @@ def _values(totals: np.ndarray, horizon: int, model: bool) -> dict[str, np.ndarr
     return out
 
 
+def missing_mass(w: Walks) -> float:
+    """``1 - mean whole-walk weight`` when positive (see ``estimate``), else 0."""
+    final = w.final_weights
+    return max(0.0, 1.0 - float(np.mean(final))) if len(final) else 1.0
+
+
 def kish_ess(weights: np.ndarray) -> float:
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0)."""
     top = float(np.max(weights)) if len(weights) else 0.0
@@ -206,6 +217,15 @@ def estimate(
     With fewer than ``FEW_EVENTS`` weighted users reaching a goal, resampling users cannot show
     how uncertain the estimate is (no goal in the log gives the interval [0, 0]); the upper bound
     is then at least the exact Poisson upper bound of that count over the effective users.
+
+    **Missing mass.** Under the logging policy the whole-walk weights average exactly 1, so a
+    sample mean ``m_w < 1`` says that a share ``1 - m_w`` of the target policy's walks is missing
+    from the log: long walks the logging policy rarely follows, each with a huge weight, most
+    logs contain none of (a long horizon with little exploration). A resample of users cannot
+    see what is not there, and the estimates then run low with a confident interval. Whatever
+    those walks earn lies in [0, max_reward], so the interval is widened to hold it: for the
+    self-normalised estimators ``[low (1 - m), high (1 - m) + m max_reward]`` with
+    ``m = 1 - m_w``, for the unnormalised ones ``[low, high + m max_reward]``.
     """
     model = w.q is not None and w.v is not None
     cols = _columns(w)
@@ -214,13 +234,19 @@ def estimate(
     boot = None
     if n_boot > 0:
         boot = _values(bootstrap_totals(cols, n_boot, seed), horizon, model)
+    missing = missing_mass(w)
     out: dict[str, dict[str, float]] = {}
     for name, value in point.items():
         v = float(value[0])
         low, high = (v, v) if boot is None else percentile_interval(boot[name], alpha)
         if not all(math.isfinite(x) for x in (v, low, high)):
             raise InputError(f"the {name} estimate overflowed: importance weights are too large")
-        out[name] = {"value": v, "low": min(low, v), "high": max(high, v)}
+        low, high = min(low, v), max(high, v)
+        if name in SELF_NORMALISED:
+            low, high = low * (1 - missing), high * (1 - missing) + missing * max_reward
+        else:
+            high = high + missing * max_reward
+        out[name] = {"value": v, "low": low, "high": min(high, max(max_reward, v))}
     events = int(np.sum((w.final_weights > 0) & (w.reward.sum(axis=1) > 0)))
     if events < FEW_EVENTS:
         ess = kish_ess(w.final_weights)

@@ -15,7 +15,7 @@ from features.errors import InputError
 from features.events import validate_frame
 from training.offpolicy import build_policy, evaluate_log, trajectory
 from training.simulate import ExactSolver, generate_log
-from training.trajectory_ope import MIN_ESS, estimate, kish_ess, overlap, walks
+from training.trajectory_ope import MIN_ESS, estimate, kish_ess, missing_mass, overlap, walks
 from training.worlds import BUILTIN, world_from_dict
 
 
@@ -172,3 +172,19 @@ def test_no_goal_in_the_log_still_gives_an_upper_bound_above_zero() -> None:
     some[:40] = 1.0  # plenty of goals: the bootstrap interval stands on its own
     est = estimate(walks(np.arange(n), np.ones(n), some), n_boot=100, seed=0)
     assert est["wpdis"]["high"] < 0.2
+
+
+def test_missing_target_mass_widens_the_interval_by_what_it_could_earn() -> None:
+    n = 400
+    user = np.arange(n)
+    reward = np.tile([1.0, 0.0], n // 2)
+    ratio = np.full(n, 0.5)  # every walk observed at half its mass: half the mass is missing
+    w = walks(user, ratio, reward)
+    assert missing_mass(w) == pytest.approx(0.5)
+    est = estimate(w, n_boot=200, seed=0, max_reward=1.0)
+    full = estimate(walks(user, np.ones(n), reward), n_boot=200, seed=0)
+    # same self-normalised value, but the missing half may earn anything in [0, 1]
+    assert est["wpdis"]["value"] == pytest.approx(full["wpdis"]["value"])
+    assert est["wpdis"]["low"] == pytest.approx(0.5 * full["wpdis"]["low"])
+    assert est["wpdis"]["high"] == pytest.approx(0.5 * full["wpdis"]["high"] + 0.5)
+    assert missing_mass(walks(user, np.full(n, 2.0), reward)) == 0.0
