@@ -54,6 +54,7 @@ ESTIMATORS = ("pdis", "wpdis", "dr", "wdr")
 SELF_NORMALISED = ("wpdis", "wdr")
 MIN_ESS = 50.0  # fewer effective users than this: the estimate is flagged, not trusted
 MIN_SUPPORT_SHARE = 0.02  # ... or fewer than 2% of users carry any weight at all
+MAX_MISSING = 0.3  # ... or the log lacks more than 30% of the target's walks (missing mass)
 FEW_EVENTS = 5  # fewer weighted users with a goal: the bootstrap alone is not an interval
 # exact 97.5% Poisson upper limits of a count k = 0..4 (chi2.ppf(0.975, 2k + 2) / 2)
 POISSON_UPPER = (3.689, 5.572, 7.225, 8.767, 10.242)
@@ -185,6 +186,7 @@ class Overlap:
     ess: float  # Kish ESS of the whole-walk weights, in users
     supported_share: float  # share of users whose whole walk has weight > 0
     low_overlap: bool
+    missing: float = 0.0  # share of the target's walks the log lacks (``missing_mass``)
 
     @property
     def reason(self) -> str | None:
@@ -192,7 +194,8 @@ class Overlap:
             return None
         return (
             f"too little overlap with the logging policy: {self.ess:.0f} effective users "
-            f"(at least {MIN_ESS:.0f} needed), {self.supported_share:.1%} of users supported"
+            f"(at least {MIN_ESS:.0f} needed), {self.supported_share:.1%} of users supported, "
+            f"{self.missing:.0%} of the policy's walks missing from the log"
         )
 
 
@@ -201,7 +204,9 @@ def overlap(w: Walks) -> Overlap:
     final = w.final_weights
     ess = kish_ess(final)
     support = float(np.mean(final > 0)) if len(final) else 0.0
-    return Overlap(ess, support, ess < MIN_ESS or support < MIN_SUPPORT_SHARE)
+    missing = missing_mass(w)
+    low = ess < MIN_ESS or support < MIN_SUPPORT_SHARE or missing > MAX_MISSING
+    return Overlap(ess, support, low, missing)
 
 
 def estimate(

@@ -188,3 +188,5 @@ def test_missing_target_mass_widens_the_interval_by_what_it_could_earn() -> None
     assert est["wpdis"]["low"] == pytest.approx(0.5 * full["wpdis"]["low"])
     assert est["wpdis"]["high"] == pytest.approx(0.5 * full["wpdis"]["high"] + 0.5)
     assert missing_mass(walks(user, np.full(n, 2.0), reward)) == 0.0
+    ov = overlap(w)  # 400 effective users, but half the policy's walks are not in the log
+    assert ov.ess == pytest.approx(n) and ov.low_overlap and "50%" in (ov.reason or "")
