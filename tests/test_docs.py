@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from service.app import create_app
+from service.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 # Case-sensitive on purpose: ``docs/design.md`` is the repository's own design document.
@@ -109,3 +112,10 @@ def test_the_link_checks_can_fail(tmp_path: Path) -> None:
     assert "1-the-domain-the-micro-commitment-funnel" in _anchors(
         "## 1. The domain: the micro-commitment funnel\n"
     )
+
+
+def test_the_openapi_description_points_to_the_design_doc(tmp_path: Path) -> None:
+    app = create_app(Settings(home=tmp_path))  # the schema needs no lifespan, no model
+    description = app.openapi()["info"]["description"]
+    assert "docs/design.md" in description
+    assert (ROOT / "docs" / "design.md").is_file()
