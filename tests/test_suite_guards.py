@@ -56,7 +56,8 @@ def test_a_process_left_running_fails_the_session(tmp_path: Path) -> None:
     )
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-         "-p", "no:xdist", "--rootdir", str(tmp_path), str(tmp_path / "test_leak.py")],
+         "-p", "no:xdist", "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "inner"),
+         str(tmp_path / "test_leak.py")],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
