@@ -67,3 +67,12 @@ def test_a_process_left_running_fails_the_session(tmp_path: Path) -> None:
     assert run.returncode != 0, run.stdout
     assert "left child processes running" in run.stdout, run.stdout
     assert "sleep 120" in run.stdout
+
+
+def test_every_test_has_a_time_limit(request: pytest.FixtureRequest) -> None:
+    """pyproject's ``timeout`` covers every test; slow and e2e ones get the longer limit."""
+    assert float(request.config.getini("timeout")) == 300
+    for item in request.session.items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("e2e"):
+            marker = item.get_closest_marker("timeout")
+            assert marker is not None and marker.args[0] >= root.SLOW_TIMEOUT, item.nodeid
