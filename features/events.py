@@ -229,6 +229,15 @@ def _csv_error(exc: BaseException, source: str, names: list[str] | None = None) 
 
 
 def _check_names(names: list[str], source: str) -> None:
+    if len(names) == 1:  # a header that does not split on commas: say why before "missing user_id"
+        sep = next((c for c in (";", "\t", "|") if c in names[0]), None)
+        if sep is not None:
+            shown = {"\t": "tab"}.get(sep, repr(sep))
+            raise EventLogError(
+                f"the CSV header {_show(names[0])} does not split on commas; it seems to use "
+                f"{shown} as the separator: an event log CSV is comma-separated",
+                source=source,
+            )
     seen: set[str] = set()
     for n in names:
         if n in seen:

@@ -273,6 +273,19 @@ def test_unreadable_files_are_event_log_errors(
     assert info.value.source == str(path)
 
 
+@pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
+def test_a_header_that_does_not_split_on_commas_names_the_separator(
+    tmp_path: Path, catalog: Catalog, sep: str, shown: str
+) -> None:
+    text = sep.join(["user_id", "ts", "step", "outcome"]) + "\n"
+    text += sep.join(["u1", "1", "intro", "accepted"]) + "\n"
+    with pytest.raises(EventLogError) as info:
+        load_events(write(tmp_path, text), catalog)
+    message = str(info.value)
+    assert f"seems to use {shown} as the separator" in message
+    assert "comma-separated" in message and "missing" not in message
+
+
 def test_missing_file_and_directory(tmp_path: Path, catalog: Catalog) -> None:
     with pytest.raises(EventLogError, match="file not found"):
         load_events(tmp_path / "nope.csv", catalog)
