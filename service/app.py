@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
+from service.degraded import log_start
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
@@ -81,6 +82,7 @@ def create_app(
             )
             runtime = Runtime(settings, cat, factory, on_swap=_on_swap)
             await asyncio.to_thread(runtime.start)
+            log_start(runtime.current, settings)
             app.state.settings = settings
             app.state.store = store
             app.state.catalog = cat

@@ -266,13 +266,19 @@ class ArmStatus(BaseModel):
 class Readiness(BaseModel):
     """``model`` null and ``policy`` "ladder" mean: no model, serving the ladder baseline."""
 
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="ready: store and models usable. degraded (HTTP 200): an arm serves the "
+        "ladder baseline because its model is missing, see reason. unavailable (503): the "
+        "store does not answer."
+    )
     store: str
     model: str | None
     policy: str
     arms: list[ArmStatus]
     notes: list[str]
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why the status is not ready (null when it is)."
+    )
 
 
 class ReloadOut(BaseModel):
