@@ -7,6 +7,7 @@ accepted steps rather than on strings and sets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -144,6 +145,20 @@ class Catalog:
     # -- (de)serialisation -----------------------------------------------------------------
     def to_list(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.steps]
+
+    def canonical_json(self) -> str:
+        """The catalog as one canonical JSON document (``{"steps": [...]}``, sorted keys): equal
+        catalogs give equal text, so its SHA-256 identifies what a service served."""
+        return json.dumps(
+            {"steps": self.to_list()},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=str,
+        )
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
     @classmethod
     def from_data(cls, data: Any, *, source: str = "catalog") -> Catalog:

@@ -74,6 +74,7 @@ def create_app(
         )
         try:
             store.migrate()
+            store.remember_catalog(cat.canonical_json(), cat.sha256(), str(settings.catalog))
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
             if pruned:
                 log.info("pruned %d expired idempotency keys", pruned)

@@ -221,7 +221,11 @@ def report(
     since: Annotated[str | None, typer.Option(help="Only decisions at or after this time.")] = None,
     control: Annotated[str | None, typer.Option(help="Control arm (default: the first).")] = None,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML (goals); default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML (goals); default: the catalog the service served (kept in its "
+            "store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Online experiment report from the service's decision log, logged to MLflow."""
@@ -286,7 +290,11 @@ def promote(
     ] = None,
     margin: Annotated[float, typer.Option(help="Allowed loss (lower bound of difference).")] = 0.0,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML for --evidence; default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML for --evidence; default: the catalog the service served (kept in "
+            "its store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Move alias 'champion' to a version when the evidence says it is not worse."""
@@ -302,7 +310,10 @@ def export(
     since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
     catalog: Annotated[
         Path | None,
-        typer.Option(help="Catalog YAML to validate against (default: NEXTSTEP_CATALOG)."),
+        typer.Option(
+            help="Catalog YAML to validate against (default: the catalog the service served, "
+            "kept in its store, else NEXTSTEP_CATALOG)."
+        ),
     ] = None,
     wait_hours: Annotated[
         float, typer.Option(help="Hours after which a decision without outcome is 'no response'.")

@@ -152,7 +152,7 @@ def online_evidence(
     from training.export import read_store, resolve_catalog, store_url
     from training.report import build_report
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     decisions, outcomes = read_store(store_url(url))
     if decisions.empty:
         raise PromotionError("the service's store has no decisions: no online evidence")
@@ -201,7 +201,7 @@ def ope_evidence(
     from training.export import export_log, resolve_catalog
     from training.modelio import load_model_bundle
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     champion = tracking.alias_version(tracking.CHAMPION)
     if champion is None:
         raise PromotionError("no champion to compare with: promote without --evidence")

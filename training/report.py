@@ -426,7 +426,7 @@ def report_command(
     url: str | None = None,
 ) -> OnlineReport:
     """CLI entry point (``nextstep report``): build, print, log to MLflow."""
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     url = store_url(url)
     decisions, outcomes = read_store(url)
     t = _parse_since(since)
