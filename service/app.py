@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from features.catalog import load_catalog
 from features.errors import CatalogError
 from service.degraded import log_start
+from service.docs import install_docs
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
@@ -116,6 +117,7 @@ def create_app(
         version="0.1.0",
         summary="Adaptive next-step recommender: the smallest useful next action for a user.",
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves /docs and /redoc from packaged assets, not a CDN
         redoc_url=None,
         redirect_slashes=False,  # "/v1/users" is not "/v1/users/": 404, not a redirect
     )
@@ -123,6 +125,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.plan_passes.observe)
     install_problem_handlers(app)
+    install_docs(app, title="nextstep")
 
     guarded: list[Any] = []
     guarded_responses: dict[int | str, dict[str, Any]] = {}
