@@ -380,11 +380,18 @@ def demo(
     users: Annotated[int, typer.Option(min=100, help="Simulated users for the demo log.")] = 4000,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start over: remove the demo data, the local MLflow store and the service store "
+            "under NEXTSTEP_HOME first."
+        ),
+    ] = False,
 ) -> None:
     """Simulate demo data if missing, train and promote if there is no champion, then serve."""
     from training.demo import demo_command
 
-    demo_command(world=world, users=users, host=host, port=port)
+    demo_command(world=world, users=users, host=host, port=port, fresh=fresh)
 
 
 def main() -> None:
