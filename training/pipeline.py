@@ -522,6 +522,14 @@ def train_command(
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
+    from rich.markup import escape
+
+    from training.train_warnings import record_warnings, training_warnings
+
+    warnings = training_warnings(result.metrics, result.fingerprint)
+    for w in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
+    record_warnings(result.run_id, warnings)
     return result
 
 
