@@ -26,6 +26,8 @@ GOAL_STAGE = "convert"
 _KNOWN_FIELDS = frozenset({"id", "stage", "effort", "value", "requires"})
 #: Keys with a meaning somewhere (contract fields, guardrail settings): an unknown key that is a
 #: close match of one of these is a typo and refused; any other unknown key is kept in ``extra``.
+#: The longest step id the HTTP API accepts (requests name steps by id).
+MAX_STEP_ID_LENGTH = 256
 _MEANINGFUL_KEYS = _KNOWN_FIELDS | {"available_when", "cooldown", "max_asks"}
 
 
@@ -214,6 +216,13 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
     if not isinstance(raw_id, str) or not raw_id.strip():
         raise CatalogError(f"step #{pos} needs a non-empty string id", source=source, field="id")
     sid = raw_id
+    if len(sid) > MAX_STEP_ID_LENGTH:
+        raise CatalogError(
+            f"step #{pos}: id has {len(sid)} characters; at most {MAX_STEP_ID_LENGTH} (the "
+            "API's limit)",
+            source=source,
+            field="id",
+        )
     stage = item.get("stage")
     if not isinstance(stage, str) or stage not in STAGE_INDEX:
         raise CatalogError(

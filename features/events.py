@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from features.catalog import Catalog
 from features.errors import EventLogError
+from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
 
 OUTCOMES: tuple[str, ...] = ("accepted", "declined", "dropped")
 REQUIRED: tuple[str, ...] = ("user_id", "ts", "step", "outcome")
@@ -39,16 +40,20 @@ REASONS: tuple[str, ...] = (
     "unknown_outcome",
     "bad_ts",
     "bad_propensity",
+    "long_id",
     "after_conversion",
 )
+#: The longest user id (characters) the HTTP API accepts; the offline log refuses longer ones
+#: too, so a log the CLI reads can be replayed against the service.
+MAX_ID_LENGTH = 256
 #: The dtype of user_id, step and outcome: pandas' ``str`` (pyarrow-backed, NaN for missing).
 STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # Epoch seconds must be a date between years 1 and 9999: catches milliseconds passed as seconds.
-_TS_MIN = -62135596800.0
-_TS_MAX = 253402300799.999
+_TS_MIN = TS_MIN  # features.timerange: the same range as the API
+_TS_MAX = TS_MAX
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
@@ -341,6 +346,7 @@ def _validate(
         (~outcome.isin(OUTCOMES)).to_numpy(dtype=bool),
         ts_bad,
         prop_bad,
+        (user_id.str.len() > MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool),
     ]
     reason = np.zeros(n, dtype=np.int8)  # index into REASONS; 0 (malformed_row) means valid here
     for k in range(len(checks) - 1, -1, -1):  # last check first, so the first failing one wins
@@ -652,17 +658,19 @@ def _raise_for_row(
         value = df["ts"].iloc[i]
         if isinstance(value, str):
             value = value.strip() or None
-        number = _maybe_number(value)
-        if number is not None and np.isfinite(number) and not np.isnan(ts[i]):
-            fail(
-                "ts",
-                f"ts {_show(value)} is out of range for epoch seconds (years 1-9999; "
-                "milliseconds?)",
-            )
+        if np.isfinite(ts[i]):  # read, but outside the accepted range
+            number = _maybe_number(value)
+            hint = "; milliseconds?" if number is not None and ts[i] > TS_MAX else ""
+            fail("ts", f"ts {_show(value)} is outside {TS_RANGE_TEXT}{hint}")
         fail(
             "ts",
             f"cannot read ts {_show(value)}: expected ISO-8601 (e.g. 2025-03-04T10:11:12Z) "
             "or epoch seconds",
+        )
+    if reason == "long_id":
+        length = len(str(df["user_id"].iloc[i]))
+        fail(
+            "user_id", f"user_id has {length} characters; at most {MAX_ID_LENGTH} (the API's limit)"
         )
     if reason == "bad_propensity":
         value = df["propensity"].iloc[i]
@@ -717,7 +725,7 @@ def write_events(frame: pd.DataFrame | EventLog, path: str | Path) -> None:
         ) from None
     if not np.all((ts >= _TS_MIN) & (ts <= _TS_MAX)):
         raise EventLogError(
-            "ts must be finite epoch seconds between years 1 and 9999", source=source, column="ts"
+            f"ts must be finite epoch seconds in {TS_RANGE_TEXT}", source=source, column="ts"
         )
     try:
         if kind == "csv":

@@ -20,6 +20,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from features.timerange import TS_ISO_PATTERN
 from service.timeutil import MAX_TS, MIN_TS, parse_ts
 
 MAX_BATCH = 1000
@@ -69,10 +70,11 @@ Timestamp = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date-time", "pattern": TS_ISO_PATTERN},
                 {"type": "number", "minimum": MIN_TS, "maximum": MAX_TS},
             ],
-            "description": "ISO-8601 (offsets allowed, UTC if none) or epoch seconds",
+            "description": "ISO-8601 (offsets allowed, UTC if none) or epoch seconds, in the "
+            "years 1970 to 2099",
             "examples": ["2025-03-04T10:11:12Z"],
         }
     ),

@@ -337,3 +337,13 @@ def test_json_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     path.write_text('{"steps": [\n  {"id": "a",}\n]}', encoding="utf-8")
     with pytest.raises(CatalogError, match=r"line 2, column \d+: "):
         load_catalog(path)
+
+
+def test_a_step_id_longer_than_the_api_allows_is_refused() -> None:
+    steps = good_steps()
+    steps[0]["id"] = "x" * 257
+    with pytest.raises(CatalogError, match=r"step #1: id has 257 characters; at most 256"):
+        Catalog.from_data(steps)
+    steps[0]["id"] = "x" * 256
+    steps[2]["requires"] = ["x" * 256]
+    assert Catalog.from_data(steps).ids[0] == "x" * 256

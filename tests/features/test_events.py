@@ -127,7 +127,30 @@ BAD_LOGS: list[tuple[str, str, int | None, str, str]] = [
         HEADER + "u1,1741083072000,intro,accepted,\n",
         1,
         "ts",
-        r"ts '1741083072000' is out of range for epoch seconds .*milliseconds\?",
+        r"ts '1741083072000' is outside 1969-12-31T00:00:00Z \.\. 2100-01-02T00:00:00Z; "
+        r"milliseconds\?",
+    ),
+    (
+        "ts in year 9999",
+        HEADER + "u1,2025-03-04T10:11:12Z,intro,accepted,\nu1,9999-01-01T00:00:00Z,tip,declined,\n",
+        2,
+        "ts",
+        r"ts '9999-01-01T00:00:00Z' is outside 1969-12-31T00:00:00Z \.\. 2100",
+    ),
+    (
+        "user_id longer than the API allows",
+        HEADER + "u1,1,intro,accepted,\n" + "x" * 257 + ",2,intro,accepted,\n",
+        2,
+        "user_id",
+        r"user_id has 257 characters; at most 256 \(the API's limit\)",
+    ),
+    ("ts before 1970", HEADER + "u1,-172800,intro,accepted,\n", 1, "ts", r"'-172800' is outside"),
+    (
+        "ts after 2100",
+        HEADER + "u1,2100-01-03T00:00:00Z,intro,accepted,\n",
+        1,
+        "ts",
+        r"is outside 1969-12-31T00:00:00Z \.\. 2100-01-02T00:00:00Z$",
     ),
     (
         "propensity not a number",
