@@ -118,6 +118,7 @@ def _read_csv(
     ``infer_context`` is False: the Dask reader decides that over all files at once)."""
     import pyarrow.csv as pacsv
 
+    _refuse_binary(p, source)
     try:
         skip_all = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=_skip_row)
         with _quiet_row_decoding(), pacsv.open_csv(p, parse_options=skip_all) as reader:
@@ -152,6 +153,25 @@ def _read_csv(
         else:
             columns[name] = _infer_context(col)
     return pd.DataFrame(columns, columns=names, copy=False), rows, pre_skipped
+
+
+def _refuse_binary(p: Path, source: str) -> None:
+    """A NUL byte in the first 8 KiB means binary content (an image, a spreadsheet, a Parquet
+    file named .csv): say so, instead of a parse error quoting garbage or "empty file"."""
+    if p.name.lower().endswith(".gz"):
+        return  # compressed: pyarrow decompresses, and its errors say so
+    try:
+        with p.open("rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        raise EventLogError(f"cannot read file ({exc})", source=source) from None
+    if b"\x00" in head:
+        kind = " (it looks like Parquet: name it .parquet)" if head.startswith(b"PAR1") else ""
+        raise EventLogError(
+            f"binary content, not CSV text{kind}: an event log CSV is UTF-8 text with a header "
+            "line",
+            source=source,
+        )
 
 
 def _skip_row(row: Any) -> str:

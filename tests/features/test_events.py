@@ -296,6 +296,25 @@ def test_unreadable_files_are_event_log_errors(
     assert info.value.source == str(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (bytes(range(256)) * 8, r"binary content, not CSV text: "),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary content"),
+        (b"PAR1\x15\x04\x15\x00", r"it looks like Parquet: name it \.parquet"),
+        (b"\x00" * 64, r"binary content"),
+    ],
+)
+def test_a_binary_file_is_named_binary_not_empty(
+    tmp_path: Path, catalog: Catalog, content: bytes, pattern: str
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(content)
+    with pytest.raises(EventLogError, match=pattern) as info:
+        load_events(path, catalog)
+    assert "empty" not in str(info.value)
+
+
 @pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
 def test_a_header_that_does_not_split_on_commas_names_the_separator(
     tmp_path: Path, catalog: Catalog, sep: str, shown: str
