@@ -130,7 +130,8 @@ def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
 
     info = mlflow.models.get_model_info("models:/nextstep/1")
     assert info.signature is not None
-    assert [c.name for c in info.signature.outputs.inputs] == ["p_accept"]
+    outputs = [c.name for c in info.signature.outputs.inputs]
+    assert outputs == ["user_id", "ts", "step", "p_accept"]  # readiness per offer of a raw log
     reqs = Path(
         mlflow.artifacts.download_artifacts(
             "models:/nextstep/1/requirements.txt",
