@@ -72,6 +72,17 @@ def _friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+REFUSED_EXIT_CODE = 1
+
+
+def _exit_if_refused(decision: str) -> None:
+    """One rule for ``train --promote``, ``retrain`` and ``promote``: a refused promotion is not
+    an input error, but a script must be able to tell it from success, so it exits 1 (the
+    reason is already printed)."""
+    if decision == "refused":
+        raise typer.Exit(code=REFUSED_EXIT_CODE)
+
+
 EventsOpt = Annotated[Path, typer.Option("--events", help="Event log (CSV or Parquet).")]
 CatalogOpt = Annotated[Path, typer.Option("--catalog", help="Step catalog (YAML or JSON).")]
 SkipOpt = Annotated[
@@ -141,7 +152,7 @@ def train(
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
 
-    train_command(
+    result = train_command(
         events=events,
         catalog=catalog,
         experiment=experiment,
@@ -151,6 +162,7 @@ def train(
         tolerance=tolerance,
         seed=seed,
     )
+    _exit_if_refused(result.decision)
 
 
 @app.command()
@@ -380,7 +392,7 @@ def retrain(
     """Export, train, gate and promote in one step."""
     from training.retrain import retrain_command
 
-    retrain_command(catalog=catalog, since=since, tolerance=tolerance)
+    _exit_if_refused(retrain_command(catalog=catalog, since=since, tolerance=tolerance).decision)
 
 
 @app.command()
