@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from features.catalog import load_catalog
 from features.errors import CatalogError
 from service.degraded import log_start
-from service.docs import install_docs
+from service.docs import install_docs, with_catalog
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
@@ -88,6 +88,7 @@ def create_app(
             app.state.settings = settings
             app.state.store = store
             app.state.catalog = cat
+            app.openapi_schema = None  # rebuilt with the served catalog's step ids (service.docs)
             app.state.runtime = runtime
             app.state.metrics = metrics
             app.state.steps_body = orjson.dumps({"steps": cat.to_list()}, default=str)
@@ -230,5 +231,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    catalog = getattr(app.state, "catalog", None)
+    if catalog is not None:  # started: describe the served catalog's step ids
+        with_catalog(schema, catalog)
     app.openapi_schema = schema
     return schema

@@ -10,12 +10,15 @@ The pages load nothing from outside the service: no fonts, and no Swagger valida
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
+
+from features.catalog import Catalog
 
 ASSETS = Path(__file__).parent / "static" / "docs"
 ASSETS_URL = "/docs/assets"
@@ -49,3 +52,24 @@ def install_docs(app: FastAPI, *, title: str) -> None:
             redoc_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"),
             with_google_fonts=False,
         )
+
+
+def with_catalog(schema: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+    """The OpenAPI document of a service serving ``catalog``: request fields that name a step
+    (``candidates`` of a next-step request, ``step`` of an organic outcome) list the served
+    step ids as an enum, and the examples use them, so a client generated from the schema (or
+    schemathesis) sends only ids this service knows. Changes ``schema`` in place."""
+    ids = list(catalog.ids)
+    step = {"type": "string", "enum": ids, "description": "A step id of the served catalog."}
+    parts = schema.get("components", {}).get("schemas", {})
+    request = parts.get("NextStepRequest", {})
+    for option in request.get("properties", {}).get("candidates", {}).get("anyOf", []):
+        if option.get("type") == "array":
+            option["items"] = dict(step)
+    for example in request.get("examples", []):
+        if isinstance(example, dict) and "candidates" in example:
+            example["candidates"] = ids[:2]
+    organic = parts.get("OrganicOutcomeRequest", {}).get("properties", {})
+    if "step" in organic:
+        organic["step"] = {**step, "title": "Step"}
+    return schema

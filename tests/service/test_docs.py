@@ -60,3 +60,15 @@ def test_response_fields_are_described_and_score_is_explained(
     assert "planner" in score and "least effort" in score and "lower score" in score
     ready = schemas["Readiness"]["properties"]["status"]
     assert "degraded" in ready["description"]
+
+
+def test_the_schema_lists_the_served_step_ids(make_client: Callable[..., TestClient]) -> None:
+    from tests.service.helpers import CATALOG
+
+    ids = [s["id"] for s in CATALOG["steps"]]
+    schemas = make_client().get("/openapi.json").json()["components"]["schemas"]
+    request = schemas["NextStepRequest"]
+    (array,) = [o for o in request["properties"]["candidates"]["anyOf"] if o["type"] == "array"]
+    assert array["items"]["enum"] == ids
+    assert all(set(e["candidates"]) <= set(ids) for e in request["examples"])
+    assert schemas["OrganicOutcomeRequest"]["properties"]["step"]["enum"] == ids
