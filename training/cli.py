@@ -416,6 +416,18 @@ def demo(
     demo_command(world=world, users=users, host=host, port=port, fresh=fresh)
 
 
+@app.command()
+@_friendly_errors
+def ui(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """The MLflow UI on nextstep's tracking store (NEXTSTEP_HOME or MLFLOW_TRACKING_URI)."""
+    from training.ui import ui_command
+
+    ui_command(host=host, port=port)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
