@@ -129,3 +129,14 @@ def test_promote_ope_needs_a_champion_and_data(store: tuple[str, Path]) -> None:
     _, cat = store
     with pytest.raises(PromotionError, match="no model registry"):
         promote_with_evidence("2", "ope", 0.0, catalog=cat)
+
+
+def test_the_report_table_is_not_cut_at_80_columns(
+    store: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cat = store
+    report_command(catalog=cat, control="control")
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "Δ conversion vs control" in out and "asks/conversion" in out
+    assert "100.0% [" in out  # the control arm's conversion with its interval, whole
