@@ -1,4 +1,4 @@
-"""The ``nextstep`` command line (DESIGN.md section 5, a contract).
+"""The ``nextstep`` command line (docs/design.md section 5, a contract).
 
 Every command imports its implementation lazily, so ``nextstep --help`` stays fast (MLflow,
 LightGBM and pandas cost seconds to import). Every deliberate error is an ``InputError``

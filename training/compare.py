@@ -140,7 +140,7 @@ class Comparison:
     organic_rows: int = 0  # organic outcomes folded into states, not evaluated
 
     def to_json(self) -> dict[str, Any]:
-        """The contract shape (DESIGN.md section 5), nothing more."""
+        """The contract shape (docs/design.md section 5), nothing more."""
         return {
             "policies": {
                 name: {
