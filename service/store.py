@@ -47,7 +47,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.errors import NextstepError
 from service.group_commit import GroupCommitter, LoopGroupCommitter, Rows
-from service.tables import decisions, idempotency, metadata, outcomes, shadow_decisions
+from service.tables import (
+    decisions,
+    idempotency,
+    metadata,
+    outcomes,
+    served_catalogs,
+    shadow_decisions,
+)
 
 log = logging.getLogger("nextstep.service.store")
 _MIGRATION_LOCK = 0x6E657874  # "next": serialises start-up migrations of several workers
@@ -478,6 +485,37 @@ class Store:
         self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
     ) -> None:
         conn.execute(_INSERT_IDEMPOTENT, idempotency_row(key, route, request_hash, status, body))
+
+    # -- served catalog ----------------------------------------------------------------------
+    def remember_catalog(self, content: str, sha256: str, source: str | None = None) -> None:
+        """Record that this catalog is being served (export and report read it back)."""
+        now = time.time()
+        t = served_catalogs
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    insert(t).values(
+                        sha256=sha256,
+                        content=content,
+                        source=source,
+                        first_served_at=now,
+                        last_served_at=now,
+                    )
+                )
+        except IntegrityError:  # served before (or another worker recorded it just now)
+            with self.write() as conn:
+                conn.execute(
+                    t.update().where(t.c.sha256 == sha256).values(last_served_at=now, source=source)
+                )
+
+    def served_catalog(self) -> tuple[str, str] | None:
+        """``(content, sha256)`` of the catalog served last, or None."""
+        t = served_catalogs
+        with self.read() as conn:
+            row = conn.execute(
+                select(t.c.content, t.c.sha256).order_by(t.c.last_served_at.desc()).limit(1)
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def prune_idempotency(self, ttl_seconds: float) -> int:
         """Forget idempotency keys older than the TTL; returns how many went."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -554,4 +555,5 @@ def ope_command(input: Path, n_boot: int, seed: int) -> None:
     """``nextstep ope``: print the contract JSON ``{"rows": n, "estimates": {...}}`` to stdout."""
     data = read_logged_data(input)
     result = estimate_all(data, n_boot=n_boot, seed=seed)
-    print(json.dumps(result, allow_nan=False))
+    # one line for pipes and scripts, indented for a person at a terminal; the same JSON
+    print(json.dumps(result, allow_nan=False, indent=2 if sys.stdout.isatty() else None))

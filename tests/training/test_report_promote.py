@@ -165,3 +165,14 @@ def test_promote_ope_refuses_without_outcomes(
     with pytest.raises(NextstepError, match=r"no outcomes|no data rows"):
         promote_with_evidence("2", "ope", 0.0, catalog=cat)
     assert tracking.alias_version(tracking.CHAMPION) == "1"
+
+
+def test_the_report_table_is_not_cut_at_80_columns(
+    store: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cat = store
+    report_command(catalog=cat, control="control")
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "Δ conversion vs control" in out and "asks/conversion" in out
+    assert "100.0% [" in out  # the control arm's conversion with its interval, whole

@@ -144,3 +144,18 @@ def test_simulate_cli_writes_valid_files(tmp_path) -> None:
         app, ["simulate", "--world", "nope", "--users", "2", "--out", str(tmp_path)]
     )
     assert res.exit_code == 2
+
+
+def test_simulate_exact_prints_only_json_on_stdout(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    args = ["simulate", "--world", "ladder", "--users", "20", "--out", str(tmp_path), "--exact"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)  # nothing else mixed in
+    assert "ladder" in table
+    assert result.stderr.startswith("wrote ")
