@@ -94,7 +94,7 @@ def build_offline_features(
     tables = _Tables.of(catalog, step, acc)
     step_small = step.astype(tables.step_dtype)
     context = [
-        _category_codes(frame[c], spec.categories[c])
+        _category_codes(frame[c], spec.categories[c], spec.other_code(c))
         if spec.categories.get(c) is not None
         else _numbers(frame[c])
         for c in spec.context_columns
@@ -502,8 +502,16 @@ def _scaled_ints(values: Sequence[float]) -> tuple[int, list[int]] | None:
     return k, [int(math.ldexp(v, k)) for v in values]
 
 
-def _category_codes(col: pd.Series, cats: Sequence[str]) -> np.ndarray:
-    """Per-row category position (int32): -1 for missing, -2 for a value not in ``cats``."""
+def _category_codes(col: pd.Series, cats: Sequence[str], other: int | None = None) -> np.ndarray:
+    """Per-row category position (int32): -1 for missing; a value not in ``cats`` gets
+    ``other`` (a pooled column's "other" category), else -2 (unknown: NaN)."""
+    out = _raw_category_codes(col, cats)
+    if other is not None:
+        out[out == -2] = other
+    return out
+
+
+def _raw_category_codes(col: pd.Series, cats: Sequence[str]) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(cats)}
     dtype = col.dtype
     infer = pd.api.types.infer_dtype

@@ -4,6 +4,20 @@ A ``FeatureSpec`` is learned from the training log (which context columns exist,
 of the string ones) and travels with the model, so the service encodes a request's context exactly
 as training did. Unknown categories become NaN, which LightGBM treats as missing: a new channel
 is a prior, never an error.
+
+Every context column is kept, whatever its width (a column is left out only when it has no
+value at all, and that is reported):
+
+* numbers stay numbers (LightGBM splits on them; NaN is missing);
+* text with at most ``MAX_CATEGORIES`` distinct values: one category per value;
+* wider text: the ``MAX_CATEGORIES - 1`` most frequent values (ties by value) each keep a
+  category and every other value, seen in training or new, shares one "other" category (code
+  ``len(categories)``). A long tail of rare values carries little signal per value and would
+  let the trees memorise noise; pooled, it is one well-estimated group. All categories go to
+  LightGBM as categorical features, regularised by its ``cat_smooth`` and
+  ``min_data_per_group`` (``models.readiness``).
+
+``describe()`` says, per column, what was done; ``nextstep train`` prints it and logs it.
 """
 
 from __future__ import annotations
@@ -23,10 +37,29 @@ MAX_CATEGORIES = 64
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Feature layout: state features, candidate features, then one column per context field."""
+    """Feature layout: state features, candidate features, then one column per context field.
+
+    ``pooled`` names the categorical columns whose values outside ``categories`` share one
+    "other" code; ``notes`` says in words how each context column of the training log was
+    treated (including any left out)."""
 
     context_columns: tuple[str, ...] = ()
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pooled: frozenset[str] = frozenset()
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def other_code(self, column: str) -> int | None:
+        """The code of the pooled "other" category of ``column`` (None when it has none)."""
+        return len(self.categories[column]) if column in self.pooled else None
+
+    def describe(self) -> dict[str, str]:
+        """Per context column of the training log: what became of it, in words."""
+        out = dict(self.notes)
+        for c in self.context_columns:
+            out.setdefault(
+                c, _values(len(self.categories[c])) if c in self.categories else "numeric"
+            )
+        return out
 
     @property
     def names(self) -> list[str]:
@@ -47,7 +80,7 @@ class FeatureSpec:
                 try:
                     out.append(float(cats.index(str(v))) if v is not None else math.nan)
                 except ValueError:
-                    out.append(math.nan)
+                    out.append(float(len(cats)) if col in self.pooled else math.nan)
             else:
                 out.append(_to_float(v))
         return out
@@ -66,6 +99,8 @@ class FeatureSpec:
         return {
             "context_columns": list(self.context_columns),
             "categories": {k: list(v) for k, v in self.categories.items()},
+            "pooled": sorted(self.pooled),
+            "notes": dict(self.notes),
         }
 
     @classmethod
@@ -73,6 +108,8 @@ class FeatureSpec:
         return cls(
             context_columns=tuple(data.get("context_columns", ())),
             categories={k: tuple(v) for k, v in data.get("categories", {}).items()},
+            pooled=frozenset(data.get("pooled", ())),
+            notes=dict(data.get("notes", {})),
         )
 
     @classmethod
@@ -80,18 +117,71 @@ class FeatureSpec:
         """Learn the context layout from a validated event frame (pandas)."""
         import pandas as pd
 
-        cols: list[str] = []
-        cats: dict[str, tuple[str, ...]] = {}
+        numeric: set[str] = set()
+        counts: dict[str, dict[str, int]] = {}
         for c in context_columns:
             s = frame[c]
             if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                cols.append(c)
+                if s.notna().any():
+                    numeric.add(c)
+                else:
+                    counts[c] = {}
                 continue
-            values = sorted({str(v) for v in s.dropna().unique()})
-            if 0 < len(values) <= MAX_CATEGORIES:
+            counts[c] = value_counts(s)
+        return cls.from_counts(context_columns, numeric, counts)
+
+    @classmethod
+    def from_counts(
+        cls,
+        context_columns: Sequence[str],
+        numeric: set[str],
+        counts: Mapping[str, Mapping[str, int]],
+    ) -> FeatureSpec:
+        """The layout from per-column facts: which columns are numeric (with a value) and, for
+        the others, how many rows carry each text value. Shared by both training engines."""
+        cols: list[str] = []
+        cats: dict[str, tuple[str, ...]] = {}
+        pooled: set[str] = set()
+        notes: dict[str, str] = {}
+        for c in context_columns:
+            if c in numeric:
                 cols.append(c)
-                cats[c] = tuple(values)
-        return cls(context_columns=tuple(cols), categories=cats)
+                notes[c] = "numeric"
+                continue
+            vc = counts.get(c, {})
+            if not vc:
+                notes[c] = "left out: no value in the training log"
+                continue
+            cols.append(c)
+            if len(vc) <= MAX_CATEGORIES:
+                cats[c] = tuple(sorted(vc))
+                notes[c] = _values(len(vc))
+                continue
+            top = sorted(vc.items(), key=lambda kv: (-kv[1], kv[0]))[: MAX_CATEGORIES - 1]
+            cats[c] = tuple(sorted(k for k, _ in top))
+            pooled.add(c)
+            share = sum(n for _, n in top) / sum(vc.values())
+            notes[c] = (
+                f"categorical, {len(vc)} values: the {len(top)} most frequent kept "
+                f"({100 * share:.1f}% of rows), the other {len(vc) - len(top)} pooled as 'other'"
+            )
+        return cls(
+            context_columns=tuple(cols), categories=cats, pooled=frozenset(pooled), notes=notes
+        )
+
+
+def _values(n: int) -> str:
+    return f"categorical, {n} value{'' if n == 1 else 's'}"
+
+
+def value_counts(s: Any) -> dict[str, int]:
+    """Rows per text value of a pandas Series (missing values left out)."""
+    vc = s.value_counts(dropna=True, sort=False)
+    out: dict[str, int] = {}
+    for k, n in zip(vc.index, vc.to_numpy(), strict=True):
+        key = str(k)
+        out[key] = out.get(key, 0) + int(n)
+    return out
 
 
 def candidate_matrix(

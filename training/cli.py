@@ -102,6 +102,24 @@ def train(
         float, typer.Option(help="Promotion gate: allowed holdout log-loss increase.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    holdout_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Calendar cut (ISO-8601 or epoch seconds): offers at or after it are the "
+            "holdout, none of them trains."
+        ),
+    ] = None,
+    holdout_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Holdout size: the cut is the time that starts the last F of the offers "
+            "(default 0.2); with --holdout-by arrival, the latest users making up F of the rows."
+        ),
+    ] = None,
+    holdout_by: Annotated[
+        str,
+        typer.Option(help="'time' (calendar cut) or 'arrival' (the latest-arriving whole users)."),
+    ] = "time",
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
@@ -115,6 +133,9 @@ def train(
         skip_invalid=skip_invalid,
         tolerance=tolerance,
         seed=seed,
+        holdout_by=holdout_by,
+        holdout_fraction=holdout_fraction,
+        holdout_from=holdout_from,
     )
 
 

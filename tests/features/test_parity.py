@@ -54,12 +54,15 @@ def test_offline_equals_online_fold(events, seen) -> None:
     frame["ts"] = frame["ts"].astype(float)
     frame["score"] = frame["score"].astype(float)
     frame["row"] = np.arange(1, len(frame) + 1)
-    spec = FeatureSpec(
-        context_columns=("channel", "score"), categories={"channel": ("email", "social")}
-    )
-    off = build_offline_features(frame, CATALOG, spec)
-    on = online_features(frame, spec)
-    np.testing.assert_array_equal(off.X, on)
+    for pooled in (frozenset(), frozenset({"channel"})):  # unknown values: NaN, or "other"
+        spec = FeatureSpec(
+            context_columns=("channel", "score"),
+            categories={"channel": ("email", "social")},
+            pooled=pooled,
+        )
+        off = build_offline_features(frame, CATALOG, spec)
+        on = online_features(frame, spec)
+        np.testing.assert_array_equal(off.X, on)
 
 
 def test_features_never_see_the_future() -> None:
