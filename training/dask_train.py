@@ -1009,7 +1009,7 @@ def fit_and_evaluate_dask(
     rate = min(1.0, LOGREG_MAX_ROWS / max(n_train, 1))
     sample = feats[train & (feats["u_sample"] < rate)] if rate < 1 else feats[train]
     sample = sample[[*cols, "key", "accepted"]].compute().sort_values("key", kind="stable")
-    baseline = LogisticBaseline(random_state=seed).fit(
+    baseline = LogisticBaseline(categorical_features=cats, random_state=seed).fit(
         sample[cols].to_numpy(dtype=np.float64), sample["accepted"].to_numpy(dtype=int)
     )
     seconds["fit_logreg"] = time.perf_counter() - t

@@ -217,7 +217,9 @@ def fit_and_evaluate(
     seconds["fit_lgbm"] = time.perf_counter() - t
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
-    baseline = LogisticBaseline(random_state=seed).fit(X_tr, y_tr.astype(int))
+    baseline = LogisticBaseline(
+        categorical_features=tuple(spec.categorical_indices), random_state=seed
+    ).fit(X_tr, y_tr.astype(int))
     seconds["fit_logreg"] = time.perf_counter() - t
 
     say("evaluating on the holdout")
