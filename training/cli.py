@@ -168,6 +168,13 @@ def recommend(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
     dask: DaskOpt = None,
+    candidates_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Log column with each user's allowed step ids ('a|b', 'a,b' or a JSON list); "
+            "the latest non-empty value per user restricts the choice."
+        ),
+    ] = None,
 ) -> None:
     """Batch decisions: for each user, the state after their history and the next step."""
     from training.recommend import recommend_command
@@ -181,6 +188,7 @@ def recommend(
         seed=seed,
         skip_invalid=skip_invalid,
         dask=dask,
+        candidates_column=candidates_column,
     )
 
 

@@ -262,8 +262,13 @@ class SimUser:
         self.ts = round(self.ts)
 
     def stop_if_no_eligible(self) -> None:
-        if not self.world.catalog.eligible_indices(self.state[0]):
+        if not self.world.catalog.eligible_indices(self.state[0], self.available):
             self.done = True
+
+    @property
+    def available(self) -> int:
+        """The catalog's ``available_when`` mask for this user's context."""
+        return self.world.catalog.available(self.context)
 
 
 def make_user(world: World, dyn: Dynamics, seed: int, i: int, prefix: str = "u") -> SimUser:
@@ -324,7 +329,7 @@ def generate_log(
         u = make_user(world, dyn, seed, i)
         n = 0
         while not u.done:
-            eligible = catalog.eligible_indices(u.state[0])
+            eligible = catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             probs = logging_distribution(world, eligible)
@@ -356,7 +361,7 @@ def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tup
     for i in range(users):
         u = make_user(world, dyn, seed, i)
         while not u.done:
-            eligible = world.catalog.eligible_indices(u.state[0])
+            eligible = world.catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             choice = policy(world.catalog, u.state, eligible)
