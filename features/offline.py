@@ -72,7 +72,8 @@ def build_offline_features(
     """
     n = len(frame)
     names = spec.names
-    assert len(names) == 19 + len(spec.context_columns), "the X column layout below is fixed"
+    n_ctx = len(spec.context_columns)
+    assert len(names) == 19 + n_ctx + bool(spec.step_ids), "the X column layout below is fixed"
     ts_all = frame["ts"].to_numpy(dtype=np.float64)
     step = _step_codes(frame["step"], catalog)  # original order, like everything not named _s
     acc = _equals(frame["outcome"], ACCEPTED)
@@ -146,7 +147,9 @@ def build_offline_features(
         np.subtract(x[:, 12], x[:, 5], out=x[:, 16])
         x[:, 17:19] = ib[:, 5:7]
         np.not_equal(ib[:, 7], 0, out=came_back[r0:r1])
-        x[:, 19:] = fb[:, 5:]
+        x[:, 19 : 19 + n_ctx] = fb[:, 5:]
+    if spec.step_ids:
+        X[:, -1] = spec.step_codes(catalog)[step]
     return OfflineFeatures(
         X=X,
         accepted=acc,

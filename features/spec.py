@@ -18,6 +18,12 @@ value at all, and that is reported):
   ``min_data_per_group`` (``models.readiness``).
 
 ``describe()`` says, per column, what was done; ``nextstep train`` prints it and logs it.
+
+Step identity (optional, ``step_ids``): a last column ``step_id``, the offered step's position
+among the steps of the training log, categorical. The attribute columns (effort, stage, value,
+is-goal) stay, so a step the model never saw (NaN here, missing to LightGBM) still gets the
+prior its attributes give; steps with equal attributes but different appeal become different.
+Positions are by id, not by catalog order, so a reordered or extended catalog keeps its codes.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ class FeatureSpec:
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     pooled: frozenset[str] = frozenset()
     notes: Mapping[str, str] = field(default_factory=dict)
+    step_ids: tuple[str, ...] = ()  # non-empty: the step_id feature (see the module docstring)
+
+    def step_codes(self, catalog: Catalog) -> np.ndarray:
+        """Per catalog position: the ``step_id`` feature value (NaN for a step new to it)."""
+        pos = {sid: float(i) for i, sid in enumerate(self.step_ids)}
+        return np.array([pos.get(sid, math.nan) for sid in catalog.ids], dtype=np.float64)
 
     def other_code(self, column: str) -> int | None:
         """The code of the pooled "other" category of ``column`` (None when it has none)."""
@@ -63,12 +75,17 @@ class FeatureSpec:
 
     @property
     def names(self) -> list[str]:
-        return [*STATE_FEATURES, *CANDIDATE_FEATURES, *(f"ctx_{c}" for c in self.context_columns)]
+        step = ["step_id"] if self.step_ids else []
+        ctx = (f"ctx_{c}" for c in self.context_columns)
+        return [*STATE_FEATURES, *CANDIDATE_FEATURES, *ctx, *step]
 
     @property
     def categorical_indices(self) -> list[int]:
         base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
-        return [base + i for i, c in enumerate(self.context_columns) if c in self.categories]
+        out = [base + i for i, c in enumerate(self.context_columns) if c in self.categories]
+        if self.step_ids:
+            out.append(base + len(self.context_columns))
+        return out
 
     def encode_context(self, context: Mapping[str, Any]) -> list[float]:
         """Context values in feature order: category codes or numbers, NaN when unknown."""
@@ -101,6 +118,7 @@ class FeatureSpec:
             "categories": {k: list(v) for k, v in self.categories.items()},
             "pooled": sorted(self.pooled),
             "notes": dict(self.notes),
+            "step_ids": list(self.step_ids),
         }
 
     @classmethod
@@ -110,6 +128,7 @@ class FeatureSpec:
             categories={k: tuple(v) for k, v in data.get("categories", {}).items()},
             pooled=frozenset(data.get("pooled", ())),
             notes=dict(data.get("notes", {})),
+            step_ids=tuple(data.get("step_ids", ())),
         )
 
     @classmethod
@@ -226,6 +245,7 @@ def candidate_block(
     steps = np.fromiter((s for i in keep for s in cands[i]), dtype=np.int64, count=total)
     _candidate_columns(
         X,
+        spec,
         catalog,
         steps,
         np.repeat(np.array([nodes[i][0].max_effort for i in keep]), kept_counts),
@@ -241,7 +261,9 @@ def candidate_block(
             if enc is None:
                 enc = cache[id(st.context)] = spec.encode_merged(st.context, context)
             rows.append(enc)
-        X[:, n_base:] = np.repeat(np.array(rows, dtype=np.float64), kept_counts, axis=0)
+        X[:, n_base : n_base + len(spec.context_columns)] = np.repeat(
+            np.array(rows, dtype=np.float64), kept_counts, axis=0
+        )
     return X
 
 
@@ -313,6 +335,7 @@ def candidate_rows(
     X[:, :n_state] = states.vectors(now)[node]
     _candidate_columns(
         X,
+        spec,
         catalog,
         step,
         states.max_effort[node],
@@ -320,12 +343,13 @@ def candidate_rows(
         states.declines[node, step],
     )
     if spec.context_columns:
-        X[:, n_base:] = contexts[node]
+        X[:, n_base : n_base + len(spec.context_columns)] = contexts[node]
     return X
 
 
 def _candidate_columns(
     X: np.ndarray,
+    spec: FeatureSpec,
     catalog: Catalog,
     steps: np.ndarray,
     max_effort: Any,
@@ -333,7 +357,8 @@ def _candidate_columns(
     declines: Any,
 ) -> None:
     """Fill the CANDIDATE_FEATURES columns of ``X`` for the offered ``steps`` (each row's
-    user's max accepted effort and offer/decline counts of that step given per row)."""
+    user's max accepted effort and offer/decline counts of that step given per row), and the
+    ``step_id`` column when the spec has one."""
     col = len(STATE_FEATURES)
     arr = catalog.arrays
     eff = arr["effort"][steps]
@@ -344,3 +369,5 @@ def _candidate_columns(
     X[:, col + 4] = eff - max_effort
     X[:, col + 5] = offers
     X[:, col + 6] = declines
+    if spec.step_ids:
+        X[:, -1] = spec.step_codes(catalog)[steps]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
@@ -150,13 +150,40 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         return tags
 
 
+class OneHotWithPrior(TransformerMixin, BaseEstimator):
+    """One-hot columns in which a value not seen in ``fit`` gets its column's training
+    frequencies (the expected one-hot vector) instead of zeros.
+
+    With zeros, a linear model gives a new value (a course that starts after training) the
+    effect of "no category at all", which its coefficients never had to make sensible; with the
+    frequencies, it gets the average effect of the known ones: the prior."""
+
+    def fit(self, X: Any, y: Any = None) -> OneHotWithPrior:
+        self.encoder_ = OneHotEncoder(
+            handle_unknown="ignore", sparse_output=False, dtype=np.float64
+        ).fit(X)
+        self.means_ = self.encoder_.transform(X).mean(axis=0)
+        self.bounds_ = np.cumsum([0, *(len(c) for c in self.encoder_.categories_)])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        Z = self.encoder_.transform(X)
+        for a, b in zip(self.bounds_[:-1], self.bounds_[1:], strict=True):
+            unknown = Z[:, a:b].sum(axis=1) == 0
+            if unknown.any():
+                Z[unknown, a:b] = self.means_[a:b]
+        return Z
+
+
 class LogisticBaseline(ClassifierMixin, BaseEstimator):
     """Logistic regression on the same features, encoded the way a linear model needs them.
 
     A linear model cannot use a category code as a number (region 0-12 as one slope), so the
-    ``categorical_features`` columns are one-hot encoded (missing is its own column, a value not
-    seen in training is all zeros); the other columns are median-imputed with a missing-value
-    indicator and standardised. One ``ColumnTransformer`` in a ``Pipeline`` (``pipeline_``).
+    ``categorical_features`` columns are one-hot encoded (missing is its own column; a value not
+    seen in training gets the average effect, see ``OneHotWithPrior``); the other columns are
+    median-imputed with a missing-value indicator and standardised. One ``ColumnTransformer``
+    in a ``Pipeline`` (``pipeline_``).
     """
 
     def __init__(
@@ -185,7 +212,7 @@ class LogisticBaseline(ClassifierMixin, BaseEstimator):
         if cats:
             categorical = make_pipeline(
                 SimpleImputer(strategy="constant", fill_value=-1.0, keep_empty_features=True),
-                OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64),
+                OneHotWithPrior(),
             )
             parts.append(("categorical", categorical, cats))
         self.pipeline_ = make_pipeline(

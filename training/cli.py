@@ -120,6 +120,13 @@ def train(
         str,
         typer.Option(help="'time' (calendar cut) or 'arrival' (the latest-arriving whole users)."),
     ] = "time",
+    step_feature: Annotated[
+        bool,
+        typer.Option(
+            help="Give the readiness model the step id as a categorical feature, next to the "
+            "step's attributes (a step new to the log keeps the attributes' prior)."
+        ),
+    ] = True,
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
@@ -136,6 +143,7 @@ def train(
         holdout_by=holdout_by,
         holdout_fraction=holdout_fraction,
         holdout_from=holdout_from,
+        step_feature=step_feature,
     )
 
 

@@ -34,6 +34,7 @@ the workers. Paths must be readable by the client and every worker (a shared vol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -682,7 +683,7 @@ def _features_part(
         accepted=F.accepted.astype(np.int8),
         dropped=F.dropped.astype(np.int8),
         came_back=F.came_back.astype(np.int8),
-        goal=((catalog.goal_mask >> F.step_index) & 1).astype(bool),
+        goal=catalog.arrays["is_goal"][F.step_index] > 0,
         stage=np.asarray(catalog.stage_indices, dtype=np.int16)[F.step_index],
         holdout=_holdout_rows(frame, split),
         u=_uniform(keys, seed, 1),
@@ -693,9 +694,9 @@ def _features_part(
 
 
 @on_cluster
-def spec_for(dlog: DaskLog) -> FeatureSpec:
-    """``FeatureSpec.from_frame`` over the whole distributed log (categories from every
-    partition, numeric columns as they are)."""
+def spec_for(dlog: DaskLog, split: Split | None = None) -> FeatureSpec:
+    """``FeatureSpec.from_frame`` over the distributed log's training rows (all rows without
+    ``split``): categories from every partition, numeric columns as they are."""
     import dask
 
     from training.pipeline import feature_context_columns
@@ -708,7 +709,11 @@ def spec_for(dlog: DaskLog) -> FeatureSpec:
         if not (pd.api.types.is_numeric_dtype(meta[c]) and not pd.api.types.is_bool_dtype(meta[c]))
     ]
 
+    def training(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame if split is None or frame.empty else frame.loc[~_holdout_rows(frame, split)]
+
     def counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+        frame = training(frame)
         return {c: value_counts(frame[c]) for c in text}
 
     per_part = dask.compute(*[dask.delayed(counts)(p) for p in dlog.frames.to_delayed()])
@@ -721,7 +726,10 @@ def spec_for(dlog: DaskLog) -> FeatureSpec:
     numeric = set(cols) - set(text)
     if numeric:
         present = dask.compute(
-            *[dask.delayed(_present)(p, sorted(numeric)) for p in dlog.frames.to_delayed()]
+            *[
+                dask.delayed(_present)(training(p), sorted(numeric))
+                for p in dlog.frames.to_delayed()
+            ]
         )
         numeric = {c for c in numeric if any(part[c] for part in present)}
     return FeatureSpec.from_counts(cols, numeric, merged)
@@ -932,6 +940,7 @@ def fit_and_evaluate_dask(
     holdout: Any = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    step_feature: bool = True,
 ) -> Any:
     """The Dask twin of ``training.pipeline.fit_and_evaluate`` (returns a ``TrainingOutcome``
     with ``n_train``/``n_holdout`` and ``extra["split"]``, the holdout boundary); ``holdout``
@@ -946,8 +955,15 @@ def fit_and_evaluate_dask(
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     say("dask: building point-in-time features")
-    spec = spec_for(dlog)
     split = split_for(dlog, plan)
+    spec = spec_for(dlog, split)  # learned from the training rows, as on one machine
+    if step_feature:
+        steps = dlog.frames.map_partitions(
+            lambda f: f.loc[~_holdout_rows(f, split), "step"] if len(f) else f["step"],
+            meta=("step", dlog.frames._meta["step"].dtype),
+        )
+        seen = set(steps.unique().compute().tolist())
+        spec = dataclasses.replace(spec, step_ids=tuple(s for s in catalog.ids if s in seen))
     feats = dlog.frames.map_partitions(
         _features_part, catalog, spec, split, seed, meta=_features_meta(spec)
     )
@@ -1182,6 +1198,7 @@ def train_on_dask(
     params: Mapping[str, Any] | None = None,
     npartitions: int | None = None,
     holdout: Any = None,
+    step_feature: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
@@ -1197,7 +1214,14 @@ def train_on_dask(
         )
         fp = fingerprint_dask(dlog, catalog)
         out = fit_and_evaluate_dask(
-            client, dlog, catalog, seed=seed, holdout=holdout, params=params, progress=say
+            client,
+            dlog,
+            catalog,
+            seed=seed,
+            holdout=holdout,
+            params=params,
+            progress=say,
+            step_feature=step_feature,
         )
         split = out.extra["split"]
         out.extra.pop("features", None)  # release the feature partitions before logging

@@ -47,9 +47,13 @@ class Dynamics:
     catalog: Catalog = field(init=False)
     _value: list[float] = field(init=False)
     _maxeff: dict[int, float] = field(init=False, default_factory=dict)
+    _appeal: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = self.world.catalog
+        # optional per-step ``appeal`` (catalog field, a logit added for every type): steps
+        # alike in every attribute a model sees may still differ in how readily users take them
+        self._appeal = [float(s.extra.get("appeal", 0.0)) for s in self.catalog]
 
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)
@@ -73,6 +77,7 @@ class Dynamics:
             - t.decline_penalty * min(cd, CAP)
             + t.value_coef * self.value_received(mask)
             - t.resistance * gap
+            + self._appeal[step]
         )
         return _sigmoid(logit)
 

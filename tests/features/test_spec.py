@@ -115,3 +115,25 @@ def test_narrow_columns_are_unchanged():
     spec = FeatureSpec.from_frame(frame, ["city"])
     assert len(spec.categories["city"]) == MAX_CATEGORIES and spec.pooled == frozenset()
     assert math.isnan(spec.encode_context({"city": "new"})[0])
+
+
+def test_step_id_feature_is_coded_by_id_and_new_steps_are_missing(wide):
+    frame, spec = wide
+    with_id = FeatureSpec.from_dict({**spec.to_dict(), "step_ids": ["g", "a"]})
+    assert with_id.names == [*spec.names, "step_id"]
+    assert with_id.categorical_indices == [*spec.categorical_indices, len(spec.names)]
+    X = build_offline_features(frame, CATALOG, with_id).X
+    assert (X[:, -1] == 1.0).all()  # every row offers "a", the second trained step
+    np.testing.assert_array_equal(X[:, :-1], build_offline_features(frame, CATALOG, spec).X)
+    # a catalog in another order, with a step the model never saw: codes follow the ids
+    other = Catalog.from_data(
+        [
+            {"id": "new", "stage": "start", "effort": 1},
+            {"id": "g", "stage": "convert", "effort": 5},
+            {"id": "a", "stage": "start", "effort": 1},
+        ]
+    )
+    codes = with_id.step_codes(other)
+    assert math.isnan(codes[0]) and codes[1:].tolist() == [0.0, 1.0]
+    rows = candidate_matrix(with_id, other, UserState(), [0, 1, 2], 0.0, {})
+    assert math.isnan(rows[0, -1]) and rows[1:, -1].tolist() == [0.0, 1.0]

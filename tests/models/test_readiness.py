@@ -70,11 +70,17 @@ def test_logistic_baseline_one_hot_encodes_categories_and_scales_numbers():
     auc_ordinal = ev.binary_metrics(y[te], ordinal.predict_proba(X[te])[:, 1])["auc"]
     assert auc_onehot > auc_ordinal + 0.1, (auc_onehot, auc_ordinal)
     encoder = onehot.pipeline_[0]
-    assert encoder.named_transformers_["categorical"][-1].categories_[0].size == 14  # 13 + missing
+    assert (
+        encoder.named_transformers_["categorical"][-1].encoder_.categories_[0].size == 14
+    )  # 13 + missing
     assert isinstance(encoder.named_transformers_["numeric"][-1], StandardScaler)
-    # a region never seen in training is no error: all its one-hot columns are zero
-    p = onehot.predict_proba(np.array([[99.0, 50_000.0]]))[:, 1]
-    assert 0 < p[0] < 1
+    # a region never seen in training is no error and gets the average region's effect: its
+    # readiness is near the mean over known regions for the same income
+    known = np.column_stack([np.arange(13.0), np.full(13, 50_000.0)])
+    p_known = onehot.predict_proba(known)[:, 1]
+    p_new = onehot.predict_proba(np.array([[99.0, 50_000.0]]))[:, 1][0]
+    assert p_known.min() < 0.3 and p_known.max() > 0.7  # regions matter a lot
+    assert abs(p_new - 0.5) < 0.1, (p_new, p_known)
 
 
 # -- calibration and quality on simulated logs -----------------------------------------------------
