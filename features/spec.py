@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from features.state import CANDIDATE_FEATURES, STATE_FEATURES, StateColumns, UserState, is_missing
+from features.state import (
+    CANDIDATE_FEATURES,
+    STATE_FEATURES,
+    StateColumns,
+    UserState,
+    is_missing,
+    merged_context,
+)
 
 MAX_CATEGORIES = 64
 
@@ -301,8 +308,15 @@ def root_block(
         contexts = [spec.encode_merged(r[0].context, r[3]) for r in roots]
     counts = [len(r[1]) for r in roots]
     node = np.repeat(np.arange(len(roots)), counts)
+    states = StateColumns.from_states([r[0] for r in roots], catalog.n)
+    if catalog.has_availability:  # the look-ahead must not imagine steps the user lacks
+        bit = 1 << np.arange(catalog.n, dtype=object)
+        masks = [catalog.available(merged_context(r[0].context, r[3])) for r in roots]
+        states.unavailable = np.array([(m & bit) == 0 for m in masks], dtype=bool).reshape(
+            len(roots), catalog.n
+        )
     return RootBlock(
-        states=StateColumns.from_states([r[0] for r in roots], catalog.n),
+        states=states,
         now=np.array([r[2] for r in roots], dtype=np.float64),
         contexts=np.array(contexts, dtype=np.float64).reshape(
             len(roots), len(spec.context_columns)

@@ -18,7 +18,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from features.errors import InputError
-from features.state import UserState, fold_history, is_missing
+from features.state import UserState, fold_history, merged_context
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.planner import Planner
 from models.policies import DecisionInput, PolicyConfig, _Exploration, choose
@@ -321,10 +321,7 @@ class Decider:
         request's non-missing values (the context the readiness features see)."""
         if not self.catalog.has_availability:
             return -1
-        merged = dict(state.context)
-        if context:
-            merged.update({k: v for k, v in context.items() if not is_missing(v)})
-        return self.catalog.available(merged)
+        return self.catalog.available(merged_context(state.context, context))
 
     def _nothing(self, reason: str) -> DecisionResult:
         return DecisionResult(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -15,13 +16,18 @@ from typer.testing import CliRunner
 
 from features.catalog import Catalog
 from features.events import validate_frame, write_events
+from features.spec import root_block
+from features.state import UserState
+from models.bundle import ModelScorer
 from models.decide import Decider
+from models.planner import Planner
 from models.policies import PolicyConfig
 from training.cli import app
 from training.offpolicy import build_policy, evaluate_log
 from training.recommend import recommend_frame
 from training.rollout import InProcess, run_users
 from training.simulate import generate_log
+from training.synthetic import bundle_from_frame
 from training.worlds import BUILTIN, World, world_from_dict
 
 RESTRICTED = "watch_clip"
@@ -134,3 +140,38 @@ def test_candidates_column_errors_name_the_row_and_column(files):
     )
     res = _recommend(files, "--candidates-column", "segment")
     assert res.exit_code == 2 and "no context column 'segment' in the log" in res.output
+
+
+# -- the planner's look-ahead ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scorer(world, log):
+    bundle = bundle_from_frame(log.frame, world.catalog, ["channel"], params={"n_estimators": 20})
+    return ModelScorer(bundle, world.catalog)
+
+
+def test_the_look_ahead_only_imagines_steps_that_exist_for_the_user(world, scorer):
+    cat = world.catalog
+    clip = cat.index[RESTRICTED]
+    intro = cat.index["read_intro"]
+    roots = [(UserState(), [intro], 0.0, {"channel": ch}) for ch in ("email", "search")]
+    states = root_block(scorer.spec, cat, roots).states
+    assert states.unavailable is not None
+    assert states.unavailable[:, clip].tolist() == [False, True]
+    assert states.unavailable.sum() == 1
+    # children inherit it: after accepting the intro, the clip is next only for email
+    kids = states.after(
+        cat, np.array([0, 1]), np.array([intro, intro]), np.ones(2, bool), np.ones(2)
+    )
+    assert kids.unavailable is not None and kids.unavailable[:, clip].tolist() == [False, True]
+    # the same root candidates and state, but another set of existing steps: another plan key
+    planner = Planner()
+    keys = [planner.cache_key(*root, scorer, cat, 3600.0) for root in roots]
+    assert keys[0] != keys[1]
+    # and the planner, on the same candidates, values the intro differently when the clip
+    # (the ladder's next rung) does not exist for the user
+    free = Catalog.from_data(
+        [{k: v for k, v in s.to_dict().items() if k != "available_when"} for s in cat]
+    )
+    q_search, _ = planner.bind(scorer, cat).q_values(*roots[1], scorer, cat)
+    q_blind, _ = planner.bind(scorer, free).q_values(*roots[1], scorer, free)
+    assert q_search[0] != q_blind[0]
