@@ -1,4 +1,4 @@
-"""The step catalog (DESIGN.md section 3, a contract).
+"""The step catalog (docs/design.md section 3, a contract).
 
 A catalog is loaded once and then only read, on the hot path too, so it is an immutable object
 with integer indices for every step: policies and feature code work on indices and bitmasks of

@@ -1,4 +1,4 @@
-"""The event log (DESIGN.md section 4, a contract): loading, validation and writing.
+"""The event log (docs/design.md section 4, a contract): loading, validation and writing.
 
 Logs can hold tens of millions of rows, so everything here works on whole columns (pyarrow and
 numpy); no Python code runs per row (only the one bad row an error names is looked at on its

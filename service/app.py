@@ -209,7 +209,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         summary=app.summary,
         description=(
             "Errors are RFC 9457 problem details (application/problem+json). "
-            "See DESIGN.md section 6 for the contract."
+            "The contract is in docs/design.md, section 6, of the nextstep repository."
         ),
         routes=app.routes,
     )

@@ -1,4 +1,4 @@
-"""Online experiments: arms, weights and sticky assignment (DESIGN.md section 8).
+"""Online experiments: arms, weights and sticky assignment (docs/design.md section 8).
 
 An experiment is a value read from YAML (``NEXTSTEP_EXPERIMENTS``) or, without a file, one arm
 ``champion`` running the settings' policy on the model URI. Assignment hashes a salt and the

@@ -1,4 +1,4 @@
-"""Request and response shapes of the HTTP API (DESIGN.md section 6, a contract).
+"""Request and response shapes of the HTTP API (docs/design.md section 6, a contract).
 
 Separate from the internal objects (``models.decide.DecisionResult``, store rows) so internals
 can change without changing the API. Requests are strict (unknown fields are rejected, strings

@@ -1,11 +1,13 @@
 """The decision and outcome store: SQLAlchemy Core, one code path for SQLite and PostgreSQL.
 
 Why Core and short explicit transactions: every acknowledged write must be durable before the
-response leaves (DESIGN.md section 6: a 2xx survives ``kill -9``), and the few invariants that
+response leaves (docs/design.md section 6: a 2xx survives ``kill -9``), and the few invariants that
 matter under concurrency (one outcome per decision, one effect per idempotency key) are enforced
 by unique constraints, not by application locks. On SQLite, write transactions start with
 ``BEGIN IMMEDIATE`` (the pysqlite driver's own transaction handling is switched off) so two
-writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous=FULL``.
+writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous`` NORMAL
+(the service's default: a committed write is in the OS before the response, which survives a
+``kill -9``) or FULL (also a power cut), as configured.
 
 Driver failures (server down, disk full, read-only file, pool exhausted) surface as
 ``StoreUnavailable`` so the API answers 503 with ``Retry-After`` instead of 500; integrity

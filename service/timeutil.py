@@ -1,6 +1,6 @@
 """Request timestamps: ISO-8601 (offsets allowed, naive means UTC) or epoch seconds, UTC inside.
 
-A request's ``ts`` is "now" for that decision (DESIGN.md section 7), so it is parsed exactly and
+A request's ``ts`` is "now" for that decision (docs/design.md §7), so it is parsed exactly and
 stored as float epoch seconds; responses render it back as ISO-8601 UTC.
 """
 

@@ -139,7 +139,7 @@ class Comparison:
     model_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The contract shape (DESIGN.md section 5), nothing more."""
+        """The contract shape (docs/design.md section 5), nothing more."""
         return {
             "policies": {
                 name: {

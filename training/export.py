@@ -1,4 +1,4 @@
-"""``nextstep export``: the service's decisions and outcomes as an event log (DESIGN.md section 4).
+"""``nextstep export``: the service's decisions and outcomes as an event log (docs/design.md §4).
 
 One row per acknowledged outcome (every row of the ``outcomes`` table):
 

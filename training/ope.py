@@ -1,4 +1,4 @@
-"""Off-policy evaluation on logged data (DESIGN.md section 8; ``nextstep ope``, section 5).
+"""Off-policy evaluation on logged data (docs/design.md section 8; ``nextstep ope``, section 5).
 
 What would a *target* policy have earned had it run instead of the policy that wrote the log?
 Every estimator here answers from one table with a row per logged round (one offer and its

@@ -1,4 +1,4 @@
-"""``nextstep report``: the online experiment report from the service's store (DESIGN.md 8).
+"""``nextstep report``: the online experiment report from the service's store (docs/design.md §8).
 
 Decisions and outcomes are joined; each user belongs to the arm of their first decision in the
 window (assignment is sticky). Per arm:

@@ -1,4 +1,4 @@
-"""Catalog contract (DESIGN.md section 3): every way a catalog can be wrong is rejected with a
+"""Catalog contract (docs/design.md section 3): every way a catalog can be wrong is rejected with a
 message naming the step and the field; good catalogs load in every accepted form."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Event-log contract (DESIGN.md section 4): every bad input is reported with file, row and
+"""Event-log contract (docs/design.md section 4): every bad input is reported with file, row and
 column (or dropped and counted with --skip-invalid); good logs load with the documented
 columns and dtypes, in file order, and round-trip through write_events."""
 

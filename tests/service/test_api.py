@@ -1,4 +1,4 @@
-"""The HTTP contract (DESIGN.md section 6): shapes and every status code, SQLite and PostgreSQL."""
+"""The HTTP contract (docs/design.md §6): shapes and every status code, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
