@@ -1,4 +1,4 @@
-"""``available_when``: which catalog steps exist for which users (DESIGN.md section 3).
+"""``available_when``: which catalog steps exist for which users (docs/design.md section 3).
 
 A step may carry rules on context values, e.g. ``available_when: {plan: [pro, team]}`` (the
 step exists only for users whose ``plan`` is ``pro`` or ``team``) or ``{country: {not: [de]}}``

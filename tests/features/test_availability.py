@@ -1,4 +1,4 @@
-"""``available_when`` in the catalog and in the event log (DESIGN.md sections 3 and 4)."""
+"""``available_when`` in the catalog and in the event log (docs/design.md sections 3 and 4)."""
 
 from __future__ import annotations
 
