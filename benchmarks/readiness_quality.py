@@ -90,7 +90,11 @@ def evaluate_world(name: str, train_users: int, test_users: int, seed: int) -> d
     )
     y = te.accepted.astype(int)
     p_lgbm = bundle.readiness.predict_proba(te.X)[:, 1]
-    p_lr = LogisticBaseline().fit(tr.X, tr.accepted.astype(int)).predict_proba(te.X)[:, 1]
+    p_lr = (
+        LogisticBaseline(categorical_features=tuple(spec.categorical_indices))
+        .fit(tr.X, tr.accepted.astype(int))
+        .predict_proba(te.X)[:, 1]
+    )
     p_true = test["true_p_accept"].to_numpy()
     p_blind = type_blind_probabilities(world, test)
     row = {

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from features.availability import ALL, FIELD, Rule, available_mask, parse_rules
 from features.errors import CatalogError
 from features.keys import first_typo, yaml_error_line
 
@@ -82,6 +83,11 @@ class Catalog:
         self.stage_indices = [s.stage_index for s in self.steps]
         self.goal_mask = sum(1 << i for i, s in enumerate(self.steps) if s.is_goal)
         self.requires_mask = [sum(1 << self.index[r] for r in s.requires) for s in self.steps]
+        # available_when rules per step (kept in ``extra``, so the catalog writes back as read)
+        self.rules: tuple[tuple[Rule, ...], ...] = tuple(
+            parse_rules(s.extra.get(FIELD), s.id, source) for s in self.steps
+        )
+        self.has_availability = any(self.rules)
         self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
         self.arrays = {
             "effort": np.asarray(self.efforts, dtype=np.float64),
@@ -130,8 +136,15 @@ class Catalog:
     def is_converted(self, accepted_mask: int) -> bool:
         return bool(accepted_mask & self.goal_mask)
 
-    def eligible_indices(self, accepted_mask: int) -> list[int]:
-        """Steps not yet accepted whose requirements are all accepted; none once converted."""
+    def available(self, context: Mapping[str, Any] | None) -> int:
+        """Bitmask of the steps that exist for a user with this context (``available_when``)."""
+        if not self.has_availability:
+            return ALL
+        return available_mask(self.rules, context or {})
+
+    def eligible_indices(self, accepted_mask: int, available: int = ALL) -> list[int]:
+        """Steps not yet accepted whose requirements are all accepted and that are in the
+        ``available`` mask (``Catalog.available``); none once converted."""
         if accepted_mask & self.goal_mask:
             return []
         return [
@@ -139,10 +152,11 @@ class Catalog:
             for i in range(self.n)
             if not (accepted_mask >> i) & 1
             and (self.requires_mask[i] & accepted_mask) == self.requires_mask[i]
+            and (available >> i) & 1
         ]
 
-    def eligible(self, accepted_mask: int) -> list[Step]:
-        return [self.steps[i] for i in self.eligible_indices(accepted_mask)]
+    def eligible(self, accepted_mask: int, available: int = ALL) -> list[Step]:
+        return [self.steps[i] for i in self.eligible_indices(accepted_mask, available)]
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_list(self) -> list[dict[str, Any]]:
@@ -271,6 +285,7 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
                     step=sid,
                     field=name,
                 )
+    parse_rules(item.get(FIELD), sid, source)  # validated here, kept in ``extra``
     extra = {k: v for k, v in item.items() if k not in _KNOWN_FIELDS}
     return Step(
         id=sid,

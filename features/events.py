@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.availability import missing_value
 from features.catalog import Catalog
 from features.errors import EventLogError
 from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
@@ -42,6 +43,7 @@ REASONS: tuple[str, ...] = (
     "bad_propensity",
     "long_id",
     "after_conversion",
+    "unavailable_step",
 )
 #: The longest user id (characters) the HTTP API accepts; the offline log refuses longer ones
 #: too, so a log the CLI reads can be replayed against the service.
@@ -373,6 +375,7 @@ def _validate(
         reason[checks[k]] = k + 1
     after = _after_conversion(user_id, step, outcome, ts, rows, reason == 0, catalog)
     reason[after] = len(checks) + 1
+    reason[_unavailable(df, step, reason == 0, catalog)] = len(checks) + 2
 
     invalid = reason != 0
     if invalid.any() and not skip_invalid:
@@ -635,6 +638,33 @@ def _after_conversion(
     return after
 
 
+def _unavailable(
+    df: pd.DataFrame, step: pd.Series, valid: np.ndarray, catalog: Catalog
+) -> np.ndarray:
+    """Valid rows offering a step whose ``available_when`` rules the row's own context value
+    excludes. A row without a value for the rule's column (or a log without the column) is not
+    judged: the log does not say."""
+    bad = np.zeros(len(df), dtype=bool)
+    if not catalog.has_availability:
+        return bad
+    for i, rules in enumerate(catalog.rules):
+        if not rules:
+            continue
+        mine = valid & (step == catalog.ids[i]).to_numpy(dtype=bool)
+        if not mine.any():
+            continue
+        idx = np.flatnonzero(mine)
+        for rule in rules:
+            if rule.column not in df.columns:
+                continue
+            codes, uniques = pd.factorize(df[rule.column].iloc[idx], sort=False)
+            verdict = np.array(
+                [not missing_value(u) and not rule.allows(u) for u in uniques] + [False], dtype=bool
+            )
+            bad[idx[verdict[codes]]] = True
+    return bad
+
+
 def _show(value: object, limit: int = 40) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "empty"
@@ -711,6 +741,17 @@ def _raise_for_row(
             f"at row {int(rows[first])}); nothing may be offered after that, got step "
             f"{_show(step.iloc[i])}",
         )
+    if reason == "unavailable_step":
+        sid = step.iloc[i]
+        for rule in catalog.rules[catalog.index[sid]]:
+            if rule.column in df.columns:
+                value = df[rule.column].iloc[i]
+                if not missing_value(value) and not rule.allows(value):
+                    fail(
+                        rule.column,
+                        f"step {_show(sid)} is not available when {rule.column} is "
+                        f"{_show(value)} (its available_when: {rule.describe()})",
+                    )
     raise AssertionError(f"unhandled reason {reason}")  # pragma: no cover
 
 

@@ -237,6 +237,15 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def merged_context(known: Mapping[str, Any], request: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The user's known context overlaid with a request's non-missing values: the context a
+    decision sees (features and ``available_when`` alike)."""
+    merged = dict(known)
+    if request:
+        merged.update({k: v for k, v in request.items() if not is_missing(v)})
+    return merged
+
+
 @dataclass(slots=True)
 class StateColumns:
     """Many ``UserState``s as columns: the planner's look-ahead nodes, one row per node.
@@ -261,6 +270,9 @@ class StateColumns:
     accepted: np.ndarray  # bool (nodes, catalog steps)
     offers: np.ndarray  # int64 (nodes, catalog steps): step_offers
     declines: np.ndarray  # int64 (nodes, catalog steps): step_declines
+    # bool (nodes, catalog steps): steps the catalog's ``available_when`` rules out for the
+    # node's user (None: every step exists); children inherit their parent's
+    unavailable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.n_asks)
@@ -367,6 +379,7 @@ class StateColumns:
             mask,
             offers,
             declines,
+            None if self.unavailable is None else self.unavailable[parent],
         )
 
     def vectors(self, now: np.ndarray) -> np.ndarray:

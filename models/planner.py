@@ -39,6 +39,7 @@ from features.state import (
     TIME_FEATURES,
     StateColumns,
     UserState,
+    merged_context,
     time_feature_columns,
     time_features,
 )
@@ -290,6 +291,10 @@ class Planner:
                     tuple(sorted(state.step_declines.items())),
                     ctx_key,
                     tuple(time_key),
+                    # which steps exist for this user shapes the whole tree (available_when)
+                    catalog.available(merged_context(state.context, context))
+                    if catalog.has_availability
+                    else -1,
                 )
             )
             contexts.append(ctx)
@@ -336,6 +341,8 @@ class _Tree:
         ok = ~acc & ~(acc & self.is_goal).any(axis=1, keepdims=True)
         if self.has_requires:
             ok &= ((~acc).astype(np.int64) @ self.requires_t) == 0
+        if states.unavailable is not None:  # the catalog's available_when for each node's user
+            ok &= ~states.unavailable
         return ok
 
     def rows(

@@ -148,6 +148,31 @@ def train(
         float, typer.Option(help="Promotion gate: allowed holdout log-loss increase.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    holdout_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Calendar cut (ISO-8601 or epoch seconds): offers at or after it are the "
+            "holdout, none of them trains."
+        ),
+    ] = None,
+    holdout_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Holdout size: the cut is the time that starts the last F of the offers "
+            "(default 0.2); with --holdout-by arrival, the latest users making up F of the rows."
+        ),
+    ] = None,
+    holdout_by: Annotated[
+        str,
+        typer.Option(help="'time' (calendar cut) or 'arrival' (the latest-arriving whole users)."),
+    ] = "time",
+    step_feature: Annotated[
+        bool,
+        typer.Option(
+            help="Give the readiness model the step id as a categorical feature, next to the "
+            "step's attributes (a step new to the log keeps the attributes' prior)."
+        ),
+    ] = True,
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
@@ -161,6 +186,10 @@ def train(
         skip_invalid=skip_invalid,
         tolerance=tolerance,
         seed=seed,
+        holdout_by=holdout_by,
+        holdout_fraction=holdout_fraction,
+        holdout_from=holdout_from,
+        step_feature=step_feature,
     )
     _exit_if_refused(result.decision)
 
@@ -194,6 +223,13 @@ def recommend(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
     dask: DaskOpt = None,
+    candidates_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Log column with each user's allowed step ids ('a|b', 'a,b' or a JSON list); "
+            "the latest non-empty value per user restricts the choice."
+        ),
+    ] = None,
 ) -> None:
     """Batch decisions: for each user, the state after their history and the next step."""
     from training.recommend import recommend_command
@@ -207,6 +243,7 @@ def recommend(
         seed=seed,
         skip_invalid=skip_invalid,
         dask=dask,
+        candidates_column=candidates_column,
     )
 
 

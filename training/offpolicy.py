@@ -439,7 +439,11 @@ class _Folder:
             chunk.states.append(snap)
             chunk.times.append(rows.ts[i])
             chunk.contexts.append(ctx)
-            chunk.eligible.append(self.catalog.eligible_indices(self.state.accepted_mask))
+            chunk.eligible.append(
+                self.catalog.eligible_indices(
+                    self.state.accepted_mask, self.catalog.available(snap.context)
+                )
+            )
             self.state.apply(self.catalog, rows.step[i], rows.outcome[i], rows.ts[i], ctx)
         return chunk
 

@@ -3,11 +3,12 @@ MLflow run, registered model version and (with ``--promote``) the champion gate.
 
 Choices, so they are written down once:
 
-* **Holdout by user arrival.** Users are ordered by the time of their first event and the
-  latest-arriving users that make up ``HOLDOUT_FRACTION`` of the rows form the holdout (whole
-  users, so nobody straddles the split and the holdout is "future users", the case the service
-  meets most). Features are point-in-time, so computing them on the whole log first leaks
-  nothing: each row only sees that user's earlier rows.
+* **Holdout by calendar time** (``training.holdout``): offers at or after a cut are held out,
+  the rest train; the cut is ``--holdout-from`` or the time that starts the last
+  ``--holdout-fraction`` of the offers. ``--holdout-by arrival`` holds out the latest-arriving
+  whole users instead.
+  Features are point-in-time, so computing them on the whole log first leaks nothing: each row
+  only sees that user's earlier rows, and a held-out offer keeps its full history.
 * **The registered model is the evaluated model.** It is fitted on the training users only; the
   numbers in the run describe exactly the artifact that may be promoted. (Refitting on all rows
   would buy 20% more data at the price of an unmeasured artifact.)
@@ -28,6 +29,7 @@ Choices, so they are written down once:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -52,10 +54,14 @@ from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
 from models.readiness import LogisticBaseline
 from training import evaluate as ev
+from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
 
-HOLDOUT_FRACTION = 0.2
 PARALLEL_ROWS = 500_000
+# The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
+# lowered log loss in every built-in world, in a world of steps alike in attributes and on a
+# real log of new cohorts (benchmarks/step_identity.py, benchmarks/real_log.py).
+STEP_FEATURE = True
 HOLDOUT_ARTIFACT_ROWS = 200_000
 MODELS = ("lgbm", "logreg")
 
@@ -72,24 +78,14 @@ def feature_context_columns(log: EventLog) -> list[str]:
 
 
 def holdout_mask(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
-    """Rows of the latest-arriving users (by first event, ties by file order) that make up at
-    least ``fraction`` of the rows; at least one user on each side."""
-    if not 0 < fraction < 1:
-        raise ValueError("holdout fraction must be in (0, 1)")
-    codes, uniques = pd.factorize(frame["user_id"], sort=False)  # code order = first appearance
-    n_users = len(uniques)
-    if n_users < 2:
-        raise NextstepError("training needs at least two users (one for the holdout)")
-    ts = frame["ts"].to_numpy(dtype=np.float64)
-    first = pd.Series(ts).groupby(codes).min().to_numpy()
-    counts = np.bincount(codes, minlength=n_users)
-    order = np.lexsort((np.arange(n_users), first))  # arrival order
-    from_end = np.cumsum(counts[order][::-1])
-    k = int(np.searchsorted(from_end, fraction * len(frame)) + 1)  # users in the holdout
-    k = min(max(k, 1), n_users - 1)
-    is_holdout_user = np.zeros(n_users, dtype=bool)
-    is_holdout_user[order[::-1][:k]] = True
-    return is_holdout_user[codes]
+    """The arrival-order holdout (``training.holdout.arrival_mask``), kept under its old name."""
+    return arrival_mask(frame, fraction)
+
+
+def logged_steps(frame: pd.DataFrame, catalog: Catalog) -> tuple[str, ...]:
+    """The steps offered in the log, in catalog order: the values of the ``step_id`` feature."""
+    seen = set(frame["step"].unique().tolist())
+    return tuple(s for s in catalog.ids if s in seen)
 
 
 def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
@@ -169,6 +165,10 @@ class TrainingOutcome:
     typical_gap_hours: float
     example: pd.DataFrame  # a few holdout feature rows: the pyfunc's input example
     seconds: dict[str, float] = field(default_factory=dict)
+    # how the split was made (``Holdout.describe``): recorded in the run and the bundle
+    holdout_info: dict[str, Any] = field(
+        default_factory=lambda: {"strategy": "time", "fraction": HOLDOUT_FRACTION}
+    )
 
     @property
     def train_rows(self) -> int:
@@ -184,9 +184,10 @@ def fit_and_evaluate(
     catalog: Catalog,
     *,
     seed: int = 0,
-    holdout_fraction: float = HOLDOUT_FRACTION,
+    holdout: Holdout | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainingOutcome:
     """Features, holdout split, the bundle (LightGBM) and the logistic baseline, both scored on
     the holdout. No MLflow: usable from notebooks, tests and other commands."""
@@ -195,14 +196,21 @@ def fit_and_evaluate(
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     say("building point-in-time features")
-    spec = FeatureSpec.from_frame(frame, feature_context_columns(log))
-    F = build_offline_features(frame, catalog, spec)
-    ho = holdout_mask(frame, holdout_fraction)
+    split = holdout or Holdout()
+    ho = split.mask(frame)
     tr = ~ho
+    # the layout is learned from the training rows only: a category or a step first seen in
+    # the holdout is new to the model there, as it would be in production
+    train_frame = frame.loc[tr]
+    spec = FeatureSpec.from_frame(train_frame, feature_context_columns(log))
+    if step_feature:
+        spec = dataclasses.replace(spec, step_ids=logged_steps(train_frame, catalog))
+    F = build_offline_features(frame, catalog, spec)
+    cut = split.cut(frame["ts"].to_numpy(dtype=np.float64)) if split.strategy == "time" else None
     y_tr = F.accepted[tr]
     if y_tr.min() == y_tr.max():
         raise NextstepError("the training rows have only one outcome; readiness needs both")
-    is_goal = ((catalog.goal_mask >> F.step_index) & 1).astype(bool)
+    is_goal = catalog.arrays["is_goal"][F.step_index] > 0  # any catalog size
     gap = typical_gap_hours(frame, tr)
     seconds["features"] = time.perf_counter() - t
 
@@ -226,7 +234,9 @@ def fit_and_evaluate(
     seconds["fit_lgbm"] = time.perf_counter() - t
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
-    baseline = LogisticBaseline(random_state=seed).fit(X_tr, y_tr.astype(int))
+    baseline = LogisticBaseline(
+        categorical_features=tuple(spec.categorical_indices), random_state=seed
+    ).fit(X_tr, y_tr.astype(int))
     seconds["fit_logreg"] = time.perf_counter() - t
 
     say("evaluating on the holdout")
@@ -261,6 +271,7 @@ def fit_and_evaluate(
         typical_gap_hours=gap,
         example=example,
         seconds=seconds,
+        holdout_info=split.describe(cut),
     )
 
 
@@ -322,6 +333,8 @@ class TrainResult:
     fingerprint: dict[str, Any]
     aliases: list[str] = field(default_factory=list)
     champion_logloss: float | None = None
+    holdout: str = ""  # how the split was made, in words
+    context: dict[str, str] = field(default_factory=dict)  # what became of each context column
 
 
 def train_log(
@@ -332,18 +345,28 @@ def train_log(
     promote: bool = False,
     tolerance: float = 0.0,
     seed: int = 0,
+    holdout: Holdout | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
     fp = fingerprint(log, catalog)
-    out = fit_and_evaluate(log, catalog, seed=seed, params=params, progress=say)
+    out = fit_and_evaluate(
+        log,
+        catalog,
+        seed=seed,
+        holdout=holdout,
+        params=params,
+        progress=say,
+        step_feature=step_feature,
+    )
     return log_training(
         out,
         fp,
         catalog,
-        holdout_events=lambda: log.frame.loc[out.holdout],
+        holdout_events=lambda: log.frame.loc[users_with(log.frame, out.holdout)],
         score_champion=lambda: champion_on_holdout(log.frame, catalog, out.holdout),
         experiment=experiment,
         promote=promote,
@@ -371,7 +394,8 @@ def log_training(
 
     Shared by the single-machine and the Dask engine (``training.dask_train``), so both record
     exactly the same run; only where the data lives differs: ``holdout_events()`` returns the
-    holdout users' validated events (for the run's ``data/holdout.parquet``) and
+    validated events of the users with held-out offers, their whole history (for the run's
+    ``data/holdout.parquet``; ``data/holdout.json`` says which of them are held out) and
     ``score_champion()`` scores the current champion on this run's holdout (the contract of
     ``champion_on_holdout``).
     """
@@ -389,7 +413,7 @@ def log_training(
             {
                 "nextstep.kind": "train",
                 "nextstep.data_sha256": fp["sha256"],
-                "nextstep.holdout": "latest-arriving users by first event",
+                "nextstep.holdout": _holdout_tag(out.holdout_info),
             }
         )
         metrics: dict[str, float] = {}
@@ -402,17 +426,18 @@ def log_training(
             **{f"seconds_{k}": v for k, v in out.seconds.items()},
         )
         mlflow.log_metrics(metrics)
+        mlflow.log_dict(out.spec.describe(), "context_columns.json")
         plots = _plots(out, Path(tmp) / "plots")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
         held_out = holdout_events()
-        data_dir = _holdout_artifacts(held_out, catalog, fp, Path(tmp) / "data")
+        data_dir = _holdout_artifacts(held_out, catalog, fp, out.holdout_info, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
 
         out.bundle.meta.update(
             run_id=run_id,
             trained_at=_iso(time.time()),
             data=fp,
-            holdout={"strategy": "users by first event", "fraction": HOLDOUT_FRACTION},
+            holdout=dict(out.holdout_info),
             metrics={k: ev.finite(v) for k, v in out.metrics.items()},
             params=out.params,
         )
@@ -469,6 +494,8 @@ def log_training(
         fingerprint=fp,
         aliases=aliases,
         champion_logloss=champ_ll,
+        holdout=_holdout_tag(out.holdout_info),
+        context=out.spec.describe(),
     )
 
 
@@ -481,11 +508,16 @@ def train_command(
     skip_invalid: bool = False,
     tolerance: float = 0.0,
     seed: int = 0,
+    holdout_by: str = "time",
+    holdout_fraction: float | None = None,
+    holdout_from: str | None = None,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise NextstepError("--tolerance must be a finite number >= 0")
+    split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -504,6 +536,8 @@ def train_command(
                 tolerance=tolerance,
                 seed=seed,
                 skip_invalid=skip_invalid,
+                holdout=split,
+                step_feature=step_feature,
                 progress=say,
             )
         else:
@@ -515,6 +549,8 @@ def train_command(
                 promote=promote,
                 tolerance=tolerance,
                 seed=seed,
+                holdout=split,
+                step_feature=step_feature,
                 progress=say,
             )
             skipped = log.skipped
@@ -549,10 +585,12 @@ def _run_params(
         "rows": fp["rows"],
         "train_rows": out.train_rows,
         "holdout_rows": out.holdout_rows,
-        "holdout_fraction": HOLDOUT_FRACTION,
-        "holdout_strategy": "users_by_first_event",
+        "holdout_fraction": out.holdout_info["fraction"],
+        "holdout_strategy": _STRATEGY_PARAM[out.holdout_info["strategy"]],
+        "holdout_from": out.holdout_info.get("from") or "-",
         "features": ",".join(out.spec.names),
         "context_columns": ",".join(out.spec.context_columns) or "-",
+        "step_feature": bool(out.spec.step_ids),
         "promote": promote,
         "tolerance": tolerance,
         "data_rows": fp["rows"],
@@ -579,14 +617,26 @@ def _plots(out: TrainingOutcome, folder: Path) -> Path:
     return folder
 
 
+_STRATEGY_PARAM = {"time": "time", "arrival": "users_by_first_event"}
+
+
+def _holdout_tag(info: Mapping[str, Any]) -> str:
+    if info["strategy"] == "time":
+        return f"offers at or after {info.get('from')} (calendar cut)"
+    return "latest-arriving users by first event"
+
+
 def _holdout_artifacts(
     frame: pd.DataFrame,
     catalog: Catalog,
     fp: Mapping[str, Any],
+    holdout_info: Mapping[str, Any],
     folder: Path,
 ) -> Path:
-    """The holdout users' raw events (whole users, capped at ``HOLDOUT_ARTIFACT_ROWS`` rows) and
-    the catalog, so ``nextstep promote`` can score any two versions on the same rows later."""
+    """The raw events of the users with held-out offers (whole users, history included, capped
+    at ``HOLDOUT_ARTIFACT_ROWS`` rows), the split (``holdout.json``: with a calendar cut only
+    the offers at or after it are scored) and the catalog, so ``nextstep promote`` can score any
+    two versions on the same rows later."""
     from features.events import write_events
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -598,6 +648,7 @@ def _holdout_artifacts(
     write_events(frame, folder / "holdout.parquet")
     _write_catalog(catalog, folder / "catalog.yaml")
     (folder / "fingerprint.json").write_text(json.dumps(fp, indent=2), encoding="utf-8")
+    (folder / "holdout.json").write_text(json.dumps(dict(holdout_info), indent=2), encoding="utf-8")
     return folder
 
 
@@ -686,6 +737,7 @@ def _print_summary(result: TrainResult) -> None:
 
     cols = [m for m in ("lgbm", "logreg", "truth") if m in result.metrics]
     t = Table(title=f"nextstep train: holdout of {int(result.metrics['lgbm']['rows'])} offers")
+    t.caption = f"holdout: {result.holdout}" if result.holdout else None
     t.add_column("metric")
     for c in cols:
         t.add_column(c, justify="right")
@@ -695,6 +747,8 @@ def _print_summary(result: TrainResult) -> None:
         t.add_row(k, *(_fmt(result.metrics[c].get(k)) for c in cols))
     console = Console()
     console.print(t)
+    for col, note in result.context.items():
+        console.print(f"context {col}: {note}", markup=False, highlight=False)
     fp = result.fingerprint
     console.print(
         f"data: {fp['rows']} rows, {fp['users']} users, {fp['ts_min']} .. {fp['ts_max']}, "

@@ -1,8 +1,10 @@
 """``nextstep promote --version V``: move alias ``champion`` to V when the evidence says it is
 not worse.
 
-Evidence today is the holdout log loss: every training run stores its holdout users' raw
-events and the catalog (run artifacts ``data/holdout.parquet``, ``data/catalog.yaml``), so V
+Evidence today is the holdout log loss: every training run stores the raw events of the users
+with held-out offers, the split (``data/holdout.json``: with a calendar cut only the offers at or
+after it are scored, their earlier events are history) and the catalog (run artifacts
+``data/holdout.parquet``, ``data/catalog.yaml``), so V
 and the current champion are scored on exactly the same rows, from the raw events, each with its
 own feature layout. V is promoted when ``logloss(V) <= logloss(champion) + margin``. With no
 champion, V is promoted.
@@ -103,12 +105,28 @@ def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, 
             ) from None
         catalog = load_catalog(local / "catalog.yaml")
         log = load_events(local / "holdout.parquet", catalog)
+        rows = _held_out_rows(log.frame, local / "holdout.json")
     out = []
     for v in (version, champion):
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
-        y, p, _stage = score_bundle(bundle, log.frame, catalog)
+        y, p, _stage = score_bundle(bundle, log.frame, catalog, rows)
         out.append(log_loss(y, p))
     return out[0], out[1]
+
+
+def _held_out_rows(frame: Any, split_file: Path) -> Any:
+    """With a calendar cut the artifact holds the held-out offers' history too: score only the
+    offers at or after the cut. Runs without ``holdout.json`` hold whole held-out users."""
+    import json
+
+    import numpy as np
+
+    if not split_file.exists():
+        return None
+    info = json.loads(split_file.read_text(encoding="utf-8"))
+    if info.get("strategy") != "time" or info.get("from_ts") is None:
+        return None
+    return frame["ts"].to_numpy(dtype=np.float64) >= float(info["from_ts"])
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,13 @@ class Dynamics:
     catalog: Catalog = field(init=False)
     _value: list[float] = field(init=False)
     _maxeff: dict[int, float] = field(init=False, default_factory=dict)
+    _appeal: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = self.world.catalog
+        # optional per-step ``appeal`` (catalog field, a logit added for every type): steps
+        # alike in every attribute a model sees may still differ in how readily users take them
+        self._appeal = [float(s.extra.get("appeal", 0.0)) for s in self.catalog]
 
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)
@@ -76,6 +80,7 @@ class Dynamics:
             + t.value_coef * self.value_received(mask)
             - t.resistance * gap
             - t.fatigue * asks
+            + self._appeal[step]
         )
         return _sigmoid(logit)
 
@@ -340,8 +345,13 @@ class SimUser:
         self.ts = round(self.ts)
 
     def stop_if_no_eligible(self) -> None:
-        if not self.world.catalog.eligible_indices(self.state[0]):
+        if not self.world.catalog.eligible_indices(self.state[0], self.available):
             self.done = True
+
+    @property
+    def available(self) -> int:
+        """The catalog's ``available_when`` mask for this user's context."""
+        return self.world.catalog.available(self.context)
 
 
 def make_user(world: World, dyn: Dynamics, seed: int, i: int, prefix: str = "u") -> SimUser:
@@ -404,7 +414,7 @@ def generate_log(
         u = make_user(world, dyn, seed, i)
         n = 0
         while not u.done:
-            eligible = catalog.eligible_indices(u.state[0])
+            eligible = catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             probs = logging_distribution(world, eligible)
@@ -436,7 +446,7 @@ def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tup
     for i in range(users):
         u = make_user(world, dyn, seed, i)
         while not u.done:
-            eligible = world.catalog.eligible_indices(u.state[0])
+            eligible = world.catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             choice = policy(world.catalog, u.state, eligible)
