@@ -29,6 +29,7 @@ from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
 from service.plan_batcher import LoopPlanBatcher
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.redact import public_error
 from service.routers import admin, catalog, decisions, ops, outcomes, problems, users
 from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
 from service.settings import Settings
@@ -129,8 +130,16 @@ def create_app(
         guarded = [Depends(require_api_key)]
         guarded_responses = problems(401)
     routers = (decisions.router, outcomes.router, users.router, catalog.router, admin.router)
-    for r in routers:
+    for r in routers[:-1]:
         app.include_router(r, dependencies=guarded, responses=guarded_responses)
+    if settings.admin_guarded:  # admin keys only: a client key gets 403 (service.deps)
+        from service.deps import require_admin_key
+
+        app.include_router(
+            admin.router, dependencies=[Depends(require_admin_key)], responses=problems(401, 403)
+        )
+    else:
+        app.include_router(admin.router)
     app.include_router(ops.router)
 
     json_paths = {
@@ -180,7 +189,7 @@ async def _confirm_cached(runtime: Runtime) -> None:
         try:
             outcome = await asyncio.to_thread(runtime.confirm)
         except Exception as exc:  # the new champion was refused: the cached one keeps serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("confirming the cached models: new champion refused: %s", exc)
             return
         if outcome != "unreachable":
@@ -194,7 +203,7 @@ async def _poll_forever(runtime: Runtime, interval: float) -> None:
         try:
             await asyncio.to_thread(runtime.reload, only_if_changed=True)
         except Exception as exc:  # refused model, unreachable registry: keep serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("model polling: reload refused: %s", exc)
 
 

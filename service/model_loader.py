@@ -42,6 +42,7 @@ from typing import Any
 
 from features.catalog import Catalog
 from features.errors import NextstepError
+from service.redact import redact
 
 MODEL_MARKER = ".nextstep-model.json"
 log = logging.getLogger("nextstep.service.model")
@@ -336,7 +337,8 @@ class ModelLoader:
                 return Resolution(None, "no model registry yet: serving ladder")
             model = self._load_cached(ref, cached, source="cache")
             return Resolution(
-                model, f"no registry at {self.tracking_uri}; serving cached version {cached}"
+                model,
+                f"no registry at {redact(self.tracking_uri)}; serving cached version {cached}",
             )
         hint = self._peek(ref) if ref.kind == "alias" else None
         if hint is None and prefer_cache and ref.kind == "alias":
@@ -353,8 +355,10 @@ class ModelLoader:
                 version = self._registry_version(ref)
         except Exception as exc:  # unreachable server, broken database, network
             cached = self._cached_for(ref)
-            why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
-            log.warning("%s", why)
+            # the note is published on /readyz: the exception's type only (its text may quote
+            # the tracking URI); the log line has the detail, redacted
+            why = f"registry unreachable ({type(exc).__name__})"
+            log.warning("%s: %s", why, redact(str(exc)[:300]))
             if cached is None:
                 return Resolution(None, f"{why}; no cached model: serving ladder")
             model = self._load_cached(ref, cached, source="cache")

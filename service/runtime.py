@@ -25,6 +25,7 @@ from features.catalog import Catalog
 from models.decide import Decider
 from service.experiments import Arm, Experiment, load_experiment
 from service.model_loader import ModelLoader, ModelRef, ModelRefused, Resolution, parse_ref
+from service.redact import redact
 from service.settings import Settings
 
 log = logging.getLogger("nextstep.service.runtime")
@@ -231,8 +232,8 @@ class Runtime:
                     if not factory.confirm(by_name[name], served):
                         moved = True
             except Exception as exc:  # unreachable server, locked database, network
-                why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
-                log.warning("confirming the cached models: %s", why)
+                why = f"registry unreachable ({type(exc).__name__})"  # published on /readyz
+                log.warning("confirming the cached models: %s: %s", why, redact(str(exc)[:300]))
                 for name in pending:
                     factory.note_unreachable(by_name[name], why)
                 self._current = self._annotated(cur, pending)

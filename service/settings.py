@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     home: Path = Path("./.nextstep")
     database_url: str | None = None
     api_keys: SecretStr | None = None
+    # Keys for /admin/* only (comma-separated), never accepted on /v1: a product backend's key
+    # cannot reload models. With client keys set and no admin keys, /admin/* answers 403.
+    admin_keys: SecretStr | None = None
     model_uri: str = "models:/nextstep@champion"
     experiments: Path | None = None
     log_level: str = "INFO"
@@ -118,8 +121,21 @@ class Settings(BaseSettings):
         return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
 
     @property
+    def admin_key_bytes(self) -> tuple[bytes, ...]:
+        """The accepted admin keys as bytes; empty = no admin key configured."""
+        if self.admin_keys is None:
+            return ()
+        raw = self.admin_keys.get_secret_value()
+        return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.keys)
+
+    @property
+    def admin_guarded(self) -> bool:
+        """Whether /admin/* needs a key: any key (client or admin) configured."""
+        return bool(self.keys or self.admin_key_bytes)
 
     @property
     def policy_config(self) -> PolicyConfig:

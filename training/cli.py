@@ -237,11 +237,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback --host without NEXTSTEP_API_KEYS (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """The HTTP service, using the registered model's champion."""
     from service.run import serve_command
 
-    serve_command(catalog=catalog, host=host, port=port, workers=workers)
+    serve_command(catalog=catalog, host=host, port=port, workers=workers, insecure=insecure)
 
 
 @app.command()
