@@ -34,6 +34,7 @@ from service.routers import admin, catalog, decisions, ops, outcomes, problems, 
 from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
 from service.settings import Settings
 from service.store import Store
+from service.user_state import sync_states
 
 log = logging.getLogger("nextstep.service")
 _PRUNE_EVERY_S = 3600.0
@@ -74,6 +75,8 @@ def create_app(
         )
         try:
             store.migrate()
+            # states for this catalog (a no-op unless the catalog changed): before serving
+            await asyncio.to_thread(sync_states, store, cat)
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
             if pruned:
                 log.info("pruned %d expired idempotency keys", pruned)

@@ -209,6 +209,9 @@ class UserView(BaseModel):
     user_id: str
     arm: str
     history: list[HistoryItem]
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ``cursor`` for the next page; null on the last."
+    )
     accepted: list[str]
     stage: str | None
     converted: bool

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # the same answer. 1 plans every miss alone.
     plan_batch_max: int = Field(default=64, ge=1, le=1000)
     # Contact guardrails (models/guardrails.py); none set = only the catalog's per-step rules.
-    max_asks_per_period: int | None = Field(default=None, ge=1)
+    max_asks_per_period: int | None = Field(default=None, ge=1, le=256)  # ASK_TIMES_KEPT
     period_hours: float | None = Field(default=None, gt=0)
     pause_after_declines: int | None = Field(default=None, ge=1)
     pause_hours: float | None = Field(default=None, ge=0)

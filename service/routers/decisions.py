@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from service import flows
+from service import flows, user_state
 from service.deps import IdempotencyKey, ServicesDep
 from service.flows import Reply
 from service.metrics import Metrics
@@ -68,10 +68,11 @@ async def _prepare(
     req: NextStepRequest,
     digest: str | None,
 ) -> flows.PreparedDecision:
-    """The user's history (read as ``run_flow`` reads), then the decision on the event loop,
-    where a planner miss is planned together with concurrent requests' misses."""
-    history = await run_flow(store, store.read_history, req.user_id)
-    return await flows.prepare_next_step(deciders, req, history, planning, digest)
+    """The user's stored state (one row, read as ``run_flow`` reads), then the decision on the
+    event loop, where a planner miss is planned together with concurrent requests' misses."""
+    catalog = deciders.primary.decider.catalog
+    state = await run_flow(store, user_state.read_state, store, catalog, req.user_id)
+    return await flows.prepare_next_step(deciders, req, state, planning, digest)
 
 
 async def serve_keyed_next_step(
