@@ -26,6 +26,25 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@app.callback()
+def _options(
+    trust_registry: Annotated[
+        bool,
+        typer.Option(
+            "--trust-registry",
+            help=(
+                "Allow loading a model's pickled (joblib) bundle when it has no serving "
+                "artifact. Unpickling runs code: only for a registry only you can write to."
+            ),
+        ),
+    ] = False,
+) -> None:
+    """Options for every command (``nextstep --trust-registry recommend ...``)."""
+    from training import modelio
+
+    modelio.TRUST_REGISTRY = trust_registry
+
+
 def _friendly_errors(fn: F) -> F:
     """Turn nextstep's own errors into a one-line message and exit code 2."""
 
