@@ -65,6 +65,11 @@ def replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply
     """The stored response of a key (409 if the key came with another request)."""
     if rec.request_hash != digest:
         raise Conflict("this Idempotency-Key was already used with a different request")
+    if not rec.body:  # processed, but its response was too large to keep (store.py)
+        raise Conflict(
+            "this Idempotency-Key was already processed; its response was too large to keep "
+            "for a replay (the decisions are stored: GET /v1/users/{user_id})"
+        )
     if metrics is not None:
         metrics.idempotent_replays.inc()
     return Reply(rec.status, rec.body, replayed=True)

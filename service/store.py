@@ -21,6 +21,7 @@ import operator
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,16 +128,37 @@ class HistoryEvent(NamedTuple):
         return (self.step, self.outcome, self.ts, self.context)
 
 
+# Stored idempotency bodies are bounded: a body from this size on is stored zlib-compressed
+# (a 1,000-decision batch's ~620 KB response is a tenth of that), and one that is still larger
+# than IDEMPOTENT_MAX_STORED compressed is not kept at all (``body`` empty): its retry gets 409
+# instead of a replay. JSON bodies start with "{", zlib streams with "x": the two never clash.
+IDEMPOTENT_COMPRESS_FROM = 4096
+IDEMPOTENT_MAX_STORED = 256 * 1024
+
+
 @dataclass(frozen=True)
 class IdempotentRecord:
     request_hash: str
     status: int
-    body: bytes
+    body: bytes  # empty: the response was too large to keep (see IDEMPOTENT_MAX_STORED)
 
     @classmethod
     def from_row(cls, row: Sequence[Any] | None) -> IdempotentRecord | None:
         """A ``_IDEMPOTENT_GET`` row as a record (None: the key is not stored)."""
-        return None if row is None else cls(row[0], int(row[1]), bytes(row[2]))
+        if row is None:
+            return None
+        body = bytes(row[2])
+        if body[:1] == b"x":
+            body = zlib.decompress(body)
+        return cls(row[0], int(row[1]), body)
+
+
+def stored_body(body: bytes) -> bytes:
+    """What the ``idempotency`` table keeps of a response (see IDEMPOTENT_MAX_STORED)."""
+    if len(body) < IDEMPOTENT_COMPRESS_FROM:
+        return body
+    packed = zlib.compress(body, 6)
+    return packed if len(packed) <= IDEMPOTENT_MAX_STORED else b""
 
 
 def idempotency_row(
@@ -148,7 +170,7 @@ def idempotency_row(
         "route": route,
         "request_hash": request_hash,
         "status": status,
-        "body": body,
+        "body": stored_body(body),
         "created_at": time.time(),
     }
 
