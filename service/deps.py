@@ -64,12 +64,18 @@ class Services:
     metrics: Metrics
     catalog: Catalog
     planning: LoopPlanBatcher
+    allowed_context: frozenset[str] | None = None  # NEXTSTEP_CONTEXT_KEYS
 
 
 async def get_services(request: Request) -> Services:
     state = request.app.state
     return Services(
-        state.store, state.runtime.current, state.metrics, state.catalog, state.planning
+        state.store,
+        state.runtime.current,
+        state.metrics,
+        state.catalog,
+        state.planning,
+        state.settings.allowed_context,
     )
 
 

@@ -29,7 +29,7 @@ from service import user_state
 from service.ids import new_decision_id, new_decision_ids
 from service.metrics import Metrics
 from service.plan_batcher import LoopPlanBatcher
-from service.problems import Conflict, NotFound, Unprocessable, problem_dict
+from service.problems import Conflict, NotFound, Unprocessable, clean_text, problem_dict
 from service.runtime import ArmRuntime, Deciders
 from service.schemas import (
     DecisionOutcomeRequest,
@@ -73,6 +73,22 @@ def replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply
     if metrics is not None:
         metrics.idempotent_replays.inc()
     return Reply(rec.status, rec.body, replayed=True)
+
+
+def check_context(
+    allowed: frozenset[str] | None, context: Mapping[str, Any] | None, loc: Sequence[Any]
+) -> None:
+    """422 naming the first context key that ``NEXTSTEP_CONTEXT_KEYS`` does not declare."""
+    if allowed is None or not context:
+        return
+    for k in context:
+        if k not in allowed:
+            raise Unprocessable(
+                f"context key {clean_text(k, 64)!r} is not declared (NEXTSTEP_CONTEXT_KEYS)",
+                errors=[
+                    {"loc": [*loc, clean_text(k, 64)], "msg": "undeclared", "type": "context_key"}
+                ],
+            )
 
 
 # -- next step -------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # Keys for /admin/* only (comma-separated), never accepted on /v1: a product backend's key
     # cannot reload models. With client keys set and no admin keys, /admin/* answers 403.
     admin_keys: SecretStr | None = None
+    # The request context keys clients may send (comma-separated). Set, any other key is
+    # refused with 422 naming it, so no client can add columns to `export` or features to
+    # `retrain`. Unset: any key (up to 32 per request) is accepted.
+    context_keys: str | None = None
     model_uri: str = "models:/nextstep@champion"
     experiments: Path | None = None
     log_level: str = "INFO"
@@ -119,6 +123,13 @@ class Settings(BaseSettings):
             return ()
         raw = self.api_keys.get_secret_value()
         return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+
+    @property
+    def allowed_context(self) -> frozenset[str] | None:
+        """The declared context keys (``NEXTSTEP_CONTEXT_KEYS``); None: any key."""
+        if self.context_keys is None or not self.context_keys.strip():
+            return None
+        return frozenset(k.strip() for k in self.context_keys.split(",") if k.strip())
 
     @property
     def admin_key_bytes(self) -> tuple[bytes, ...]:

@@ -39,6 +39,7 @@ async def next_step(
     # functions; this route is the contract (OpenAPI, validation) and answers everything else.
     store, deciders, metrics = services.store, services.deciders, services.metrics
     planning = services.planning
+    flows.check_context(services.allowed_context, req.context, ("body", "context"))
     if idempotency_key is not None:
         return respond(
             await serve_keyed_next_step(store, deciders, metrics, planning, req, idempotency_key)
@@ -123,6 +124,8 @@ async def next_step_batch(
     With an ``Idempotency-Key`` a retried batch gets the first response and decides nothing
     again; the same key with another batch is 409.
     """
+    for i, r in enumerate(batch.requests):
+        flows.check_context(services.allowed_context, r.context, ("body", "requests", i, "context"))
     # up to 1,000 decisions: always in the thread pool, so the event loop keeps serving
     return respond(
         await run_in_threadpool(
