@@ -1,12 +1,21 @@
-"""Decision quality, end to end, per built-in world (issue: the planner against the optimum).
+"""Decision quality, end to end: the planner against the optimum, the baselines and its peers.
 
-For each world: simulate the exploring log of ``--train-users`` users, ``nextstep train
---promote`` on it, start ``nextstep serve`` on a free port, then ``nextstep rollout --base`` with
-``--users`` new simulated users over HTTP. The table compares the served planner with the exact
-type-aware optimum, the type-blind reference and each fixed baseline. Results go to
-``benchmarks/quality.json``.
+Built-in worlds (``--worlds``): simulate the exploring log of ``--train-users`` users,
+``nextstep train --promote`` on it, start ``nextstep serve`` on a free port, then ``nextstep
+rollout --base`` with ``--users`` new simulated users over HTTP. The table compares the served
+planner with the exact type-aware optimum, the type-blind reference and each fixed baseline.
+Results go to ``benchmarks/quality.json``.
+
+The random family (``--family N``): worlds ``random:0`` .. ``random:N-1``
+(``training.world_family``). The first ``--http-worlds`` of them go through the same
+train-serve-rollout path over HTTP; in every world the planner and its peers
+(``benchmarks.peers``) are also fitted in process on the same log and walked with the same new
+users. The summary gives, per policy, the median and worst decile of the ratio to the
+type-blind reference and to the optimum, and the worst five worlds; the rows go to
+``benchmarks/quality_family.json`` and a plot of the ratio distribution beside it.
 
     .venv/bin/python -m benchmarks.quality [--worlds ladder,eager,two_goals] [--users 2000]
+    .venv/bin/python -m benchmarks.quality --family 30 [--http-worlds 5]
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks.quality_family import run_family
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = str(ROOT / ".venv" / "bin" / "nextstep")
@@ -106,11 +117,19 @@ def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worlds", default="ladder,eager,two_goals")
+    ap.add_argument("--family", type=int, default=0, help="random worlds 0..N-1 instead")
+    ap.add_argument("--first", type=int, default=0, help="first random world's seed")
+    ap.add_argument("--http-worlds", type=int, default=5, help="random worlds served over HTTP")
     ap.add_argument("--train-users", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "quality.json")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.family:
+        out = args.out or ROOT / "benchmarks" / "quality_family.json"
+        seeds = range(args.first, args.first + args.family)
+        return run_family(seeds, args.train_users, args.users, args.http_worlds, out, run_world)
+    args.out = args.out or ROOT / "benchmarks" / "quality.json"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.worlds.split(","):

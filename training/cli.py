@@ -79,7 +79,12 @@ DaskOpt = Annotated[
 @app.command()
 @_friendly_errors
 def simulate(
-    world: Annotated[str, typer.Option(help="Built-in world name or a world YAML file.")],
+    world: Annotated[
+        str,
+        typer.Option(
+            help="Built-in world name, random:SEED (the random family) or a world YAML file."
+        ),
+    ],
     users: Annotated[int, typer.Option(min=1, help="Number of simulated users.")],
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data"),
@@ -273,7 +278,12 @@ def serve(
 @app.command()
 @_friendly_errors
 def rollout(
-    world: Annotated[str, typer.Option(help="Built-in world name or a world YAML file.")],
+    world: Annotated[
+        str,
+        typer.Option(
+            help="Built-in world name, random:SEED (the random family) or a world YAML file."
+        ),
+    ],
     users: Annotated[int, typer.Option(min=1, help="Number of simulated users.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     base: Annotated[str | None, typer.Option(help="Base URL of a live service.")] = None,

@@ -64,7 +64,7 @@ def run_users(
         u = make_user(world, dyn, seed, i, prefix=prefix)
         types[i] = u.type.name
         o, inv, err, vers = step_fn(u)
-        conv[i] = u.converted
+        conv[i] = u.reward
         with lock:
             offers += o
             invalid += inv

@@ -2,10 +2,12 @@
 
 Dynamics (per hidden type, see ``training.worlds.UserType``): each offer is accepted with
 probability sigmoid(base + momentum*min(accepts in a row, 3) - decline_penalty*min(declines in a
-row, 3) + value_coef*value received - resistance*max(0, effort - largest effort given)). After a
-decline the user drops out with probability sigmoid(drop + drop_gap*effort gap +
-drop_declines*declines in a row before); after an accept of a non-goal they leave anyway with
-probability ``leave``. Accepting a goal converts; after ``max_asks`` offers the user is gone.
+row, 3) + value_coef*value received - resistance*max(0, effort - largest effort given) -
+fatigue*offers made). After a decline the user drops out with probability sigmoid(drop +
+drop_gap*effort gap + drop_declines*declines in a row before); after an accept of a non-goal
+they leave anyway with probability ``leave``. Accepting a goal converts and earns the goal's
+reward (1 when goals carry no value, so values are conversion probabilities); after
+``max_asks`` offers the user is gone.
 
 Because the dynamics depend only on (accepted steps, accepts in a row, declines in a row, asks
 used), values are computed *exactly* by dynamic programming over that state: the type-aware
@@ -15,9 +17,8 @@ optimum and the value of every fixed baseline. Monte Carlo must agree with them 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class Dynamics:
         return sum(self.catalog.values[i] for i in range(self.catalog.n) if mask >> i & 1)
 
     def p_accept(self, t: UserType, state: SimState, step: int) -> float:
-        mask, ca, cd, _ = state
+        mask, ca, cd, asks = state
         gap = max(0.0, self.catalog.efforts[step] - self.max_effort(mask))
         logit = (
             t.base
@@ -73,6 +74,7 @@ class Dynamics:
             - t.decline_penalty * min(cd, CAP)
             + t.value_coef * self.value_received(mask)
             - t.resistance * gap
+            - t.fatigue * asks
         )
         return _sigmoid(logit)
 
@@ -95,7 +97,8 @@ class Dynamics:
         return bool(self.catalog.goal_mask >> step & 1)
 
 
-# A policy for the exact programme: state -> list of (step, probability).
+# A policy for the exact programme: state -> list of (step, probability). The exact programme
+# evaluates policies that look only at the accepted steps (every policy that needs no model).
 ExactPolicy = Callable[[Catalog, SimState, list[int]], list[tuple[int, float]]]
 
 
@@ -126,12 +129,127 @@ FIXED_POLICIES: dict[str, ExactPolicy] = {
 
 
 class ExactSolver:
-    """Exact conversion probabilities by dynamic programming, one type at a time."""
+    """Exact expected goal value by backward induction, vectorised over the user's state.
+
+    A user's state is (accepted non-goal steps, accepts in a row, declines in a row, offers
+    made); an accepted goal ends the walk with the goal's reward (1 when goals carry no value,
+    so the value is the conversion probability). Each level of offers made is one array of shape
+    (2**non-goal steps, 4, 4) filled step by step with numpy, so a 16-step world with a 15-offer
+    horizon is solved in seconds rather than hours of per-state recursion. The optimum's levels
+    are kept: ``q_optimal`` reads them for the type-blind reference.
+    """
 
     def __init__(self, world: World) -> None:
         self.world = world
         self.dyn = Dynamics(world)
-        self._opt: dict[str, Callable[[SimState], float]] = {}
+        cat = world.catalog
+        self.horizon = world.max_asks
+        self.rewards = np.asarray(cat.goal_rewards, dtype=np.float64)
+        self.non_goals = [i for i in range(cat.n) if not self.dyn.is_goal(i)]
+        n = len(self.non_goals)
+        codes = np.arange(1 << n, dtype=np.int64)
+        full = np.zeros(1 << n, dtype=np.int64)
+        for b, i in enumerate(self.non_goals):
+            full |= ((codes >> b) & 1) << i
+        self.full = full  # compressed code -> the catalog's accepted mask
+        self._code = {int(m): c for c, m in enumerate(full.tolist())}
+        eff = np.asarray(cat.efforts, dtype=np.float64)
+        val = np.asarray(cat.values, dtype=np.float64)
+        bits = (full[:, None] >> np.arange(cat.n)) & 1
+        self.max_effort = np.where(bits > 0, eff, 0.0).max(axis=1)
+        self.value = (bits * val).sum(axis=1)
+        req = np.asarray(cat.requires_mask, dtype=np.int64)
+        met = (full[:, None] & req) == req
+        self.eligible = (bits == 0) & met  # (codes, steps)
+        # reachable codes: every accepted step had its prerequisites (others are never visited)
+        self.closed = ~((bits > 0) & ~met).any(axis=1)
+        self.n_accepted = bits.sum(axis=1)
+        self.gap = np.maximum(0.0, eff[None, :] - self.max_effort[:, None])
+        self._levels: dict[str, list[np.ndarray]] = {}
+        # keyed by the policy itself (held, so its id is never reused by another policy)
+        self._policy_values: dict[tuple[str, ExactPolicy], list[np.ndarray]] = {}
+
+    # -- the programme ---------------------------------------------------------------------------
+    def _q_level(
+        self, t: UserType, asks: int, nxt: np.ndarray, s: int, rows: np.ndarray
+    ) -> np.ndarray:
+        """Q(state, s) at ``asks`` offers made, for the codes ``rows`` (every accepts and
+        declines in a row): shape (rows, 4, 4)."""
+        world = self.world
+        ca = np.arange(CAP + 1, dtype=np.float64)
+        up = np.minimum(np.arange(CAP + 1) + 1, CAP)
+        gap = self.gap[rows, s]
+        logit = (
+            t.base
+            + t.momentum * ca[None, :, None]
+            - t.decline_penalty * ca[None, None, :]
+            + (t.value_coef * self.value[rows] - t.resistance * gap - t.fatigue * asks)[
+                :, None, None
+            ]
+        )
+        p = 1.0 / (1.0 + np.exp(-logit))
+        if self.dyn.is_goal(s):
+            on_accept = np.full((len(rows), CAP + 1), self.rewards[s])
+        else:
+            nxt_code = rows | (1 << self.non_goals.index(s))
+            on_accept = (1.0 - t.leave) * nxt[nxt_code][:, up, 0]
+        drop_logit = t.drop + world.drop_gap * gap[:, None] + world.drop_declines * ca
+        stay = 1.0 - 1.0 / (1.0 + np.exp(-drop_logit))
+        on_decline = stay * nxt[rows][:, 0, up]
+        return p * on_accept[:, :, None] + (1.0 - p) * on_decline[:, None, :]
+
+    def _solve(self, t: UserType, pi: np.ndarray | None) -> list[np.ndarray]:
+        """Value levels 0..horizon of the optimum (``pi`` None) or of a mask policy ``pi``."""
+        shape = (len(self.full), CAP + 1, CAP + 1)
+        levels = [np.zeros(shape) for _ in range(self.horizon + 1)]
+        offered = (self.eligible if pi is None else pi > 0) & self.closed[:, None]
+        rows_of = [np.flatnonzero(offered[:, s]) for s in range(self.world.catalog.n)]
+        for asks in range(self.horizon - 1, -1, -1):
+            nxt = levels[asks + 1]
+            v = np.full(shape, -np.inf) if pi is None else np.zeros(shape)
+            for s, all_rows in enumerate(rows_of):
+                rows = all_rows[self.n_accepted[all_rows] <= asks]  # no more accepts than asks
+                if len(rows) == 0:
+                    continue
+                q = self._q_level(t, asks, nxt, s, rows)
+                if pi is None:
+                    v[rows] = np.maximum(v[rows], q)
+                else:
+                    v[rows] += pi[rows, s, None, None] * q
+            v[~np.isfinite(v)] = 0.0  # nothing eligible: the walk ends with nothing
+            levels[asks] = v
+        return levels
+
+    def _lookup(self, levels: list[np.ndarray]) -> Callable[[SimState], float]:
+        def v(state: SimState) -> float:
+            mask, ca, cd, asks = state
+            if asks >= self.horizon or mask & self.world.catalog.goal_mask:
+                return 0.0
+            return float(levels[asks][self._code[mask], ca, cd])
+
+        return v
+
+    def optimal_value_fn(self, t: UserType) -> Callable[[SimState], float]:
+        if t.name not in self._levels:
+            self._levels[t.name] = self._solve(t, None)
+        return self._lookup(self._levels[t.name])
+
+    def policy_matrix(self, policy: ExactPolicy) -> np.ndarray:
+        """The policy's step probabilities for every accepted-steps code, (codes, steps)."""
+        cat = self.world.catalog
+        pi = np.zeros((len(self.full), cat.n))
+        for code, mask in enumerate(self.full.tolist()):
+            eligible = np.flatnonzero(self.eligible[code]).tolist()
+            if eligible:
+                for s, prob in policy(cat, (mask, 0, 0, 0), eligible):
+                    pi[code, s] += prob
+        return pi
+
+    def policy_value_fn(self, t: UserType, policy: ExactPolicy) -> Callable[[SimState], float]:
+        key = (t.name, policy)
+        if key not in self._policy_values:
+            self._policy_values[key] = self._solve(t, self.policy_matrix(policy))
+        return self._lookup(self._policy_values[key])
 
     def q_values(
         self, t: UserType, state: SimState, value: Callable[[SimState], float]
@@ -142,61 +260,18 @@ class ExactSolver:
         for s in self.world.catalog.eligible_indices(state[0]):
             p = dyn.p_accept(t, state, s)
             if dyn.is_goal(s):
-                on_accept = 1.0
+                on_accept = float(self.rewards[s])
             else:
                 on_accept = (1.0 - t.leave) * value(dyn.after_accept(state, s))
             on_decline = (1.0 - dyn.p_drop(t, state, s)) * value(dyn.after_decline(state))
             out[s] = p * on_accept + (1.0 - p) * on_decline
         return out
 
-    def optimal_value_fn(self, t: UserType) -> Callable[[SimState], float]:
-        if t.name in self._opt:
-            return self._opt[t.name]
-
-        @cache
-        def v(state: SimState) -> float:
-            if state[3] >= self.world.max_asks:
-                return 0.0
-            q = self.q_values(t, state, v)
-            return max(q.values(), default=0.0)
-
-        self._opt[t.name] = v
-        return v
-
     def q_optimal(self, t: UserType, state: SimState) -> dict[int, float]:
         return self.q_values(t, state, self.optimal_value_fn(t))
 
-    def policy_value_fn(self, t: UserType, policy: ExactPolicy) -> Callable[[SimState], float]:
-        catalog = self.world.catalog
-
-        @cache
-        def v(state: SimState) -> float:
-            if state[3] >= self.world.max_asks:
-                return 0.0
-            eligible = catalog.eligible_indices(state[0])
-            if not eligible:
-                return 0.0
-            q = self.q_values_for(t, state, v, [s for s, _ in policy(catalog, state, eligible)])
-            return sum(prob * q[s] for s, prob in policy(catalog, state, eligible))
-
-        return v
-
-    def q_values_for(
-        self, t: UserType, state: SimState, value: Callable[[SimState], float], steps: Sequence[int]
-    ) -> dict[int, float]:
-        dyn = self.dyn
-        out: dict[int, float] = {}
-        for s in steps:
-            p = dyn.p_accept(t, state, s)
-            on_accept = (
-                1.0 if dyn.is_goal(s) else (1.0 - t.leave) * value(dyn.after_accept(state, s))
-            )
-            on_decline = (1.0 - dyn.p_drop(t, state, s)) * value(dyn.after_decline(state))
-            out[s] = p * on_accept + (1.0 - p) * on_decline
-        return out
-
     def table(self) -> dict[str, Any]:
-        """Exact conversion of the type-aware optimum and each fixed policy (overall, per type)."""
+        """Exact value of the type-aware optimum and each fixed policy (overall, per type)."""
         rows: dict[str, dict[str, float]] = {"optimum": {}}
         for name in FIXED_POLICIES:
             rows[name] = {}
@@ -229,6 +304,7 @@ class SimUser:
     state: SimState = START
     done: bool = False
     converted: bool = False
+    reward: float = 0.0  # the worth of the goal reached (1 when goals carry no value)
     n_offers: int = 0
 
     @property
@@ -245,6 +321,7 @@ class SimUser:
             self.state = dyn.after_accept(self.state, step)
             if dyn.is_goal(step):
                 self.converted = self.done = True
+                self.reward = float(self.world.catalog.goal_rewards[step])
             elif self.rng.random() < t.leave:
                 self.done = True
         else:
@@ -285,11 +362,13 @@ def _draw(rng: np.random.Generator, dist: dict[str, float]) -> str:
 
 
 def logging_distribution(world: World, eligible: list[int]) -> dict[int, float]:
-    """The exploring logging policy: uniform with prob ``logging_uniform``, else ladder."""
+    """The exploring incumbent: uniform with prob ``logging_uniform``, else its base rule."""
+    if world.logging_base == "random":
+        return {s: 1.0 / len(eligible) for s in eligible}
     eps = world.logging_uniform
     probs = {s: eps / len(eligible) for s in eligible}
-    lad = ladder_choice(world.catalog, eligible)
-    probs[lad] += 1.0 - eps
+    choose = big_ask_choice if world.logging_base == "big_ask" else ladder_choice
+    probs[choose(world.catalog, eligible)] += 1.0 - eps
     return probs
 
 
@@ -350,7 +429,7 @@ def generate_log(
 
 
 def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tuple[float, float]:
-    """Conversion and its standard error of a fixed policy, by simulation."""
+    """Expected goal value (conversion when goals carry no value) and its standard error."""
     dyn = Dynamics(world)
     conv = np.zeros(users)
     for i in range(users):
@@ -366,7 +445,7 @@ def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tup
                 k = int(u.rng.choice(len(choice), p=[p for _, p in choice]))
                 step = choice[k][0]
             u.respond(step)
-        conv[i] = u.converted
+        conv[i] = u.reward
     return float(conv.mean()), float(conv.std(ddof=1) / math.sqrt(users))
 
 
@@ -444,7 +523,7 @@ class TypeBlindReference:
                 ts0 = u.ts
                 u.advance_clock()
                 post = self.update(post, before, step, outcome, (u.ts - ts0) / 3600.0)
-            conv[i] = u.converted
+            conv[i] = u.reward
         return float(conv.mean()), float(conv.std(ddof=1) / math.sqrt(users))
 
 

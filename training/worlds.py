@@ -22,8 +22,10 @@ from typing import Any
 
 from features.catalog import Catalog
 from features.errors import InputError
+from training.world_family import random_world_data
 
 CHANNELS = ("email", "search", "social", "referral")
+RANDOM_PREFIX = "random:"
 DEVICES = ("mobile", "desktop")
 
 
@@ -43,6 +45,7 @@ class UserType:
     gap_hours: float  # mean hours between visits (how fast the user comes back)
     channel: Mapping[str, float]
     device: Mapping[str, float]
+    fatigue: float = 0.0  # logit lost per offer already made (asking too often wears users out)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class World:
     max_asks: int = 8
     drop_gap: float = 0.15  # drop logit per unit of effort gap of the declined ask
     drop_declines: float = 0.4  # drop logit per earlier consecutive decline
-    logging_uniform: float = 0.7  # logging policy: uniform with this prob, else ladder
+    logging_uniform: float = 0.7  # logging policy: uniform with this prob, else its base rule
+    logging_base: str = "ladder"  # the incumbent's rule: ladder, big_ask or random
     description: str = ""
 
     @property
@@ -294,6 +298,7 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
                 gap_hours=float(t["gap_hours"]),
                 channel=_dist(t["channel"], CHANNELS, "channel", source),
                 device=_dist(t["device"], DEVICES, "device", source),
+                fatigue=float(t.get("fatigue", 0.0)),
             )
             for t in data["types"]
         )
@@ -316,8 +321,20 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
         drop_gap=float(data.get("drop_gap", 0.15)),
         drop_declines=float(data.get("drop_declines", 0.4)),
         logging_uniform=float(data.get("logging_uniform", 0.7)),
+        logging_base=_logging_base(data.get("logging_base", "ladder"), source),
         description=str(data.get("description", "")),
     )
+
+
+LOGGING_BASES = ("ladder", "big_ask", "random")
+
+
+def _logging_base(raw: Any, source: str) -> str:
+    if raw not in LOGGING_BASES:
+        raise InputError(
+            f"logging_base must be one of {', '.join(LOGGING_BASES)}, got {raw!r}", source=source
+        )
+    return str(raw)
 
 
 def _dist(raw: Mapping[str, float], keys: tuple[str, ...], what: str, source: str) -> dict:
@@ -328,13 +345,21 @@ def _dist(raw: Mapping[str, float], keys: tuple[str, ...], what: str, source: st
 
 
 def load_world(name_or_path: str) -> World:
-    """A built-in world by name, or a world YAML file."""
+    """A built-in world by name, ``random:SEED`` (``training.world_family``), or a YAML file."""
     if name_or_path in BUILTIN:
         return world_from_dict(BUILTIN[name_or_path], name=name_or_path)
+    if name_or_path.startswith(RANDOM_PREFIX):
+        raw = name_or_path[len(RANDOM_PREFIX) :]
+        if not raw.isdigit():
+            raise InputError(
+                "a random world is random:SEED with SEED a non-negative integer",
+                source=name_or_path,
+            )
+        return world_from_dict(random_world_data(int(raw)), name=name_or_path)
     p = Path(name_or_path)
     if not p.exists():
         raise InputError(
-            f"unknown world (built-in: {', '.join(BUILTIN)}; or a YAML file path)",
+            f"unknown world (built-in: {', '.join(BUILTIN)}; random:SEED; or a YAML file path)",
             source=name_or_path,
         )
     import yaml
