@@ -310,6 +310,16 @@ class ModelLoader:
         except Exception:
             return None
 
+    def retain(self, uris: set[str]) -> int:
+        """Forget every loaded model whose URI is not in ``uris`` (the ones the arms serve now),
+        so a worker's memory holds the models in use, not every version it ever loaded.
+        Returns how many were dropped."""
+        with self._lock:
+            stale = [k for k, m in self._loaded.items() if m.uri not in uris]
+            for k in stale:
+                del self._loaded[k]
+        return len(stale)
+
     def confirmed(self, ref: ModelRef, version: str) -> None:
         """The registry agrees that ``ref`` is ``version``: remember it as resolved there."""
         self._remember_alias(ref, version)
