@@ -161,15 +161,14 @@ def _usable(store: Store, catalog: Catalog, user_id: str, row: tuple[str, str]) 
     return fold_rows(catalog, (e.row() for e in store.read_history(user_id)))
 
 
-_FINGERPRINTS: dict[int, tuple[Catalog, str]] = {}
-
-
 def catalog_fingerprint_cached(catalog: Catalog) -> str:
-    """``catalog_fingerprint``, computed once per catalog object (catalogs are immutable)."""
-    hit = _FINGERPRINTS.get(id(catalog))
-    if hit is None or hit[0] is not catalog:
-        hit = _FINGERPRINTS[id(catalog)] = (catalog, catalog_fingerprint(catalog))
-    return hit[1]
+    """``catalog_fingerprint``, computed once per catalog object (catalogs are immutable), and
+    kept on it: every decision compares it with the stored row's."""
+    found = getattr(catalog, "_state_fingerprint", None)
+    if found is None:
+        found = catalog_fingerprint(catalog)
+        catalog._state_fingerprint = found  # type: ignore[attr-defined]
+    return found
 
 
 # -- writes ---------------------------------------------------------------------------------------

@@ -126,3 +126,7 @@ def test_mlflow_runs_basic_auth_and_the_service_reads_with_its_own_account() -> 
     assert services["cli"]["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
     deps = services["nextstep"]["depends_on"]
     assert deps["mlflow-accounts"]["condition"] == "service_completed_successfully"
+    accounts = services["mlflow-accounts"]
+    assert accounts["entrypoint"] == ["python", "-c"]
+    compile(accounts["command"][0], "mlflow-accounts", "exec")  # valid Python
+    assert "nextstep-service" in accounts["command"][0]
