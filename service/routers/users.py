@@ -38,8 +38,9 @@ def get_user(
     cursor: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=200,
+            min_length=3,
+            max_length=64,
+            pattern=flows.CURSOR_PATTERN,
             description="``next_cursor`` of the previous page (default: the first page).",
         ),
     ] = None,

@@ -299,7 +299,13 @@ def test_users_view_paginates(make_client: Callable[..., TestClient]) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 1001}, {"cursor": "not-a-cursor"}, {"cursor": "W3RydWUsMV0"}],
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"cursor": "not-a-cursor"},
+        {"cursor": "1.5_x"},
+        {"cursor": "1" * 70 + "_1"},
+    ],
 )
 def test_users_view_rejects_bad_paging(
     make_client: Callable[..., TestClient], params: dict[str, Any]
