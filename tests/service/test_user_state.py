@@ -367,7 +367,11 @@ def test_a_million_events_decide_as_fast_as_a_new_user(tmp_path: Path, catalog_p
             heavy: list[float] = []
             fresh: list[float] = []
             try:
-                for i in range(40):
+                # at least 40 pairs, and on until /healthz was polled 40 times meanwhile
+                deadline = time.monotonic() + 120
+                i = 0
+                while (i < 40 or len(health) < 40) and time.monotonic() < deadline:
+                    i += 1
                     for user, times in (("heavy", heavy), (f"new-{i}", fresh)):
                         t0 = time.perf_counter()
                         r = http.post("/v1/next-step", json={"user_id": user, "ts": T0 + n})
@@ -378,7 +382,7 @@ def test_a_million_events_decide_as_fast_as_a_new_user(tmp_path: Path, catalog_p
                 poller.join()
         assert statistics.median(heavy) <= 2 * statistics.median(fresh) + 0.001, (heavy, fresh)
         health.sort()
-        assert len(health) >= 20
+        assert len(health) >= 40
         assert health[int(0.95 * (len(health) - 1))] < 0.050, health[-10:]
         assert health[-1] < 0.250, health[-10:]
     finally:
