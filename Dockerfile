@@ -4,12 +4,13 @@ FROM python:3.11-slim AS build
 ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY features ./features
 COPY models ./models
 COPY training ./training
 COPY service ./service
+COPY nextstep ./nextstep
 RUN uv sync --locked --no-dev
 
 FROM python:3.11-slim

@@ -4,7 +4,7 @@ Trains the bundle on the exploring log of ``--train-users`` users and scores a s
 new users. Reports, on that test log: AUC / log loss / ECE of LightGBM and of the
 logistic-regression baseline, the AUC of the simulator's *true* probabilities (which use the hidden
 type: the ceiling no model reaches) and of the *type-blind* posterior-predictive probabilities
-(what a model that knows the dynamics but not the type reaches; DESIGN.md section 7a).
+(what a model that knows the dynamics but not the type reaches; docs/design.md section 7a).
 
     .venv/bin/python -m benchmarks.readiness_quality [--train-users 20000] [--test-users 10000]
 """

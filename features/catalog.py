@@ -1,4 +1,4 @@
-"""The step catalog (DESIGN.md section 3, a contract).
+"""The step catalog (docs/design.md section 3, a contract).
 
 A catalog is loaded once and then only read, on the hot path too, so it is an immutable object
 with integer indices for every step: policies and feature code work on indices and bitmasks of
@@ -7,6 +7,7 @@ accepted steps rather than on strings and sets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,11 +18,17 @@ from typing import Any
 import numpy as np
 
 from features.errors import CatalogError
+from features.keys import first_typo, yaml_error_line
 
 STAGES: tuple[str, ...] = ("start", "deliver", "guide", "build", "convert")
 STAGE_INDEX: dict[str, int] = {s: i for i, s in enumerate(STAGES)}
 GOAL_STAGE = "convert"
 _KNOWN_FIELDS = frozenset({"id", "stage", "effort", "value", "requires"})
+#: Keys with a meaning somewhere (contract fields, guardrail settings): an unknown key that is a
+#: close match of one of these is a typo and refused; any other unknown key is kept in ``extra``.
+#: The longest step id the HTTP API accepts (requests name steps by id).
+MAX_STEP_ID_LENGTH = 256
+_MEANINGFUL_KEYS = _KNOWN_FIELDS | {"available_when", "cooldown", "max_asks"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,20 @@ class Catalog:
     def to_list(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.steps]
 
+    def canonical_json(self) -> str:
+        """The catalog as one canonical JSON document (``{"steps": [...]}``, sorted keys): equal
+        catalogs give equal text, so its SHA-256 identifies what a service served."""
+        return json.dumps(
+            {"steps": self.to_list()},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=str,
+        )
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
     @classmethod
     def from_data(cls, data: Any, *, source: str = "catalog") -> Catalog:
         """Build from parsed YAML/JSON: a list of steps or a mapping with key ``steps``."""
@@ -164,17 +185,17 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError("file not found", source=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read file ({exc})", source=source) from None
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    import yaml
 
-            data = yaml.safe_load(text)
-    except Exception as exc:  # parser errors of both libraries, reported uniformly
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
         raise CatalogError(
-            f"not valid YAML/JSON ({type(exc).__name__}: {exc})", source=source
+            f"not valid YAML/JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            source=source,
         ) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"not valid YAML/JSON ({yaml_error_line(exc)})", source=source) from None
     return Catalog.from_data(data, source=source)
 
 
@@ -182,9 +203,26 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
     if not isinstance(item, Mapping):
         raise CatalogError(f"step #{pos} is not a mapping", source=source)
     raw_id = item.get("id")
+    typo = first_typo(item, _MEANINGFUL_KEYS)
+    if typo is not None:  # before the field checks: ``efort`` is the cause, not a missing effort
+        key, meant = typo
+        named = isinstance(raw_id, str) and bool(raw_id.strip())
+        raise CatalogError(
+            f"{'' if named else f'step #{pos}: '}unknown key {key!r}; did you mean {meant!r}?",
+            source=source,
+            step=raw_id if named else None,
+            field=key,
+        )
     if not isinstance(raw_id, str) or not raw_id.strip():
         raise CatalogError(f"step #{pos} needs a non-empty string id", source=source, field="id")
     sid = raw_id
+    if len(sid) > MAX_STEP_ID_LENGTH:
+        raise CatalogError(
+            f"step #{pos}: id has {len(sid)} characters; at most {MAX_STEP_ID_LENGTH} (the "
+            "API's limit)",
+            source=source,
+            field="id",
+        )
     stage = item.get("stage")
     if not isinstance(stage, str) or stage not in STAGE_INDEX:
         raise CatalogError(

@@ -1,4 +1,4 @@
-"""Point-in-time user state and the features built from it (DESIGN.md section 7).
+"""Point-in-time user state and the features built from it (docs/design.md section 7).
 
 One definition, two implementations:
 

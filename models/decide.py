@@ -60,7 +60,7 @@ class Decider:
     """One policy on one (optional) model, over one catalog.
 
     ``scorer`` is a ``models.bundle.ModelScorer`` or None; without a model a model-based policy
-    degrades to ``ladder`` and says so in ``policy`` (DESIGN.md section 9).
+    degrades to ``ladder`` and says so in ``policy`` (docs/design.md section 9).
     """
 
     def __init__(

@@ -22,6 +22,8 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
+from service.degraded import log_start
+from service.docs import install_docs, with_catalog
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
@@ -75,6 +77,7 @@ def create_app(
         )
         try:
             store.migrate()
+            store.remember_catalog(cat.canonical_json(), cat.sha256(), str(settings.catalog))
             # states for this catalog (a no-op unless the catalog changed): before serving
             await asyncio.to_thread(sync_states, store, cat)
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
@@ -85,9 +88,11 @@ def create_app(
             )
             runtime = Runtime(settings, cat, factory, on_swap=_on_swap)
             await asyncio.to_thread(runtime.start)
+            log_start(runtime.current, settings)
             app.state.settings = settings
             app.state.store = store
             app.state.catalog = cat
+            app.openapi_schema = None  # rebuilt with the served catalog's step ids (service.docs)
             app.state.runtime = runtime
             app.state.metrics = metrics
             app.state.steps_body = orjson.dumps({"steps": cat.to_list()}, default=str)
@@ -117,6 +122,7 @@ def create_app(
         version="0.1.0",
         summary="Adaptive next-step recommender: the smallest useful next action for a user.",
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves /docs and /redoc from packaged assets, not a CDN
         redoc_url=None,
         redirect_slashes=False,  # "/v1/users" is not "/v1/users/": 404, not a redirect
     )
@@ -124,6 +130,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.plan_passes.observe)
     install_problem_handlers(app)
+    install_docs(app, title="nextstep")
 
     guarded: list[Any] = []
     guarded_responses: dict[int | str, dict[str, Any]] = {}
@@ -221,7 +228,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         summary=app.summary,
         description=(
             "Errors are RFC 9457 problem details (application/problem+json). "
-            "See DESIGN.md section 6 for the contract."
+            "The contract is in docs/design.md, section 6, of the nextstep repository."
         ),
         routes=app.routes,
     )
@@ -236,5 +243,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    catalog = getattr(app.state, "catalog", None)
+    if catalog is not None:  # started: describe the served catalog's step ids
+        with_catalog(schema, catalog)
     app.openapi_schema = schema
     return schema

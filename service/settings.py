@@ -1,4 +1,4 @@
-"""Service settings, read once from the environment (DESIGN.md section 10).
+"""Service settings, read once from the environment (docs/design.md section 10).
 
 One typed object, built in ``create_app`` (never at import time), so tests construct their own and
 nothing reads ``os.environ`` on the hot path. Values that would make the service unsafe or

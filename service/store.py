@@ -1,11 +1,13 @@
 """The decision and outcome store: SQLAlchemy Core, one code path for SQLite and PostgreSQL.
 
 Why Core and short explicit transactions: every acknowledged write must be durable before the
-response leaves (DESIGN.md section 6: a 2xx survives ``kill -9``), and the few invariants that
+response leaves (docs/design.md section 6: a 2xx survives ``kill -9``), and the few invariants that
 matter under concurrency (one outcome per decision, one effect per idempotency key) are enforced
 by unique constraints, not by application locks. On SQLite, write transactions start with
 ``BEGIN IMMEDIATE`` (the pysqlite driver's own transaction handling is switched off) so two
-writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous=FULL``.
+writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous`` NORMAL
+(the service's default: a committed write is in the OS before the response, which survives a
+``kill -9``) or FULL (also a power cut), as configured.
 
 Driver failures (server down, disk full, read-only file, pool exhausted) surface as
 ``StoreUnavailable`` so the API answers 503 with ``Retry-After`` instead of 500; integrity
@@ -54,6 +56,7 @@ from service.tables import (
     idempotency,
     metadata,
     outcomes,
+    served_catalogs,
     shadow_decisions,
     store_meta,
     user_state,
@@ -638,6 +641,37 @@ class Store:
         self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
     ) -> None:
         conn.execute(_INSERT_IDEMPOTENT, idempotency_row(key, route, request_hash, status, body))
+
+    # -- served catalog ----------------------------------------------------------------------
+    def remember_catalog(self, content: str, sha256: str, source: str | None = None) -> None:
+        """Record that this catalog is being served (export and report read it back)."""
+        now = time.time()
+        t = served_catalogs
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    insert(t).values(
+                        sha256=sha256,
+                        content=content,
+                        source=source,
+                        first_served_at=now,
+                        last_served_at=now,
+                    )
+                )
+        except IntegrityError:  # served before (or another worker recorded it just now)
+            with self.write() as conn:
+                conn.execute(
+                    t.update().where(t.c.sha256 == sha256).values(last_served_at=now, source=source)
+                )
+
+    def served_catalog(self) -> tuple[str, str] | None:
+        """``(content, sha256)`` of the catalog served last, or None."""
+        t = served_catalogs
+        with self.read() as conn:
+            row = conn.execute(
+                select(t.c.content, t.c.sha256).order_by(t.c.last_served_at.desc()).limit(1)
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def prune_idempotency(self, ttl_seconds: float) -> int:
         """Forget idempotency keys older than the TTL; returns how many went."""

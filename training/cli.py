@@ -1,4 +1,4 @@
-"""The ``nextstep`` command line (DESIGN.md section 5, a contract).
+"""The ``nextstep`` command line (docs/design.md section 5, a contract).
 
 Every command imports its implementation lazily, so ``nextstep --help`` stays fast (MLflow,
 LightGBM and pandas cost seconds to import). Every deliberate error is an ``InputError``
@@ -26,8 +26,32 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextstep")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nextstep {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
     trust_registry: Annotated[
         bool,
         typer.Option(
@@ -39,7 +63,7 @@ def _options(
         ),
     ] = False,
 ) -> None:
-    """Options for every command (``nextstep --trust-registry recommend ...``)."""
+    """Adaptive next-step recommender: simulate, train, evaluate, compare and serve."""
     from training import modelio
 
     modelio.TRUST_REGISTRY = trust_registry
@@ -59,6 +83,17 @@ def _friendly_errors(fn: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+REFUSED_EXIT_CODE = 1
+
+
+def _exit_if_refused(decision: str) -> None:
+    """One rule for ``train --promote``, ``retrain`` and ``promote``: a refused promotion is not
+    an input error, but a script must be able to tell it from success, so it exits 1 (the
+    reason is already printed)."""
+    if decision == "refused":
+        raise typer.Exit(code=REFUSED_EXIT_CODE)
 
 
 EventsOpt = Annotated[Path, typer.Option("--events", help="Event log (CSV or Parquet).")]
@@ -130,7 +165,7 @@ def train(
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
 
-    train_command(
+    result = train_command(
         events=events,
         catalog=catalog,
         experiment=experiment,
@@ -140,6 +175,7 @@ def train(
         tolerance=tolerance,
         seed=seed,
     )
+    _exit_if_refused(result.decision)
 
 
 @app.command()
@@ -245,7 +281,11 @@ def report(
     since: Annotated[str | None, typer.Option(help="Only decisions at or after this time.")] = None,
     control: Annotated[str | None, typer.Option(help="Control arm (default: the first).")] = None,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML (goals); default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML (goals); default: the catalog the service served (kept in its "
+            "store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Online experiment report from the service's decision log, logged to MLflow."""
@@ -322,7 +362,11 @@ def promote(
     ] = None,
     margin: Annotated[float, typer.Option(help="Allowed loss (lower bound of difference).")] = 0.0,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML for --evidence; default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML for --evidence; default: the catalog the service served (kept in "
+            "its store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Move alias 'champion' to a version when the evidence says it is not worse."""
@@ -338,7 +382,10 @@ def export(
     since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
     catalog: Annotated[
         Path | None,
-        typer.Option(help="Catalog YAML to validate against (default: NEXTSTEP_CATALOG)."),
+        typer.Option(
+            help="Catalog YAML to validate against (default: the catalog the service served, "
+            "kept in its store, else NEXTSTEP_CATALOG)."
+        ),
     ] = None,
     wait_hours: Annotated[
         float, typer.Option(help="Hours after which a decision without outcome is 'no response'.")
@@ -365,7 +412,7 @@ def retrain(
     """Export, train, gate and promote in one step."""
     from training.retrain import retrain_command
 
-    retrain_command(catalog=catalog, since=since, tolerance=tolerance)
+    _exit_if_refused(retrain_command(catalog=catalog, since=since, tolerance=tolerance).decision)
 
 
 @app.command()
@@ -375,11 +422,30 @@ def demo(
     users: Annotated[int, typer.Option(min=100, help="Simulated users for the demo log.")] = 4000,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start over: remove the demo data, the local MLflow store and the service store "
+            "under NEXTSTEP_HOME first."
+        ),
+    ] = False,
 ) -> None:
     """Simulate demo data if missing, train and promote if there is no champion, then serve."""
     from training.demo import demo_command
 
-    demo_command(world=world, users=users, host=host, port=port)
+    demo_command(world=world, users=users, host=host, port=port, fresh=fresh)
+
+
+@app.command()
+@_friendly_errors
+def ui(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """The MLflow UI on nextstep's tracking store (NEXTSTEP_HOME or MLFLOW_TRACKING_URI)."""
+    from training.ui import ui_command
+
+    ui_command(host=host, port=port)
 
 
 def main() -> None:

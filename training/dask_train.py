@@ -576,6 +576,7 @@ def _features_meta(spec: FeatureSpec) -> pd.DataFrame:
         key=pd.Series([], dtype=np.int64),
         accepted=pd.Series([], dtype=np.int8),
         dropped=pd.Series([], dtype=np.int8),
+        gone=pd.Series([], dtype=np.int8),
         came_back=pd.Series([], dtype=np.int8),
         goal=pd.Series([], dtype=bool),
         stage=pd.Series([], dtype=np.int16),
@@ -618,6 +619,7 @@ def _features_part(
         key=keys,
         accepted=F.accepted.astype(np.int8),
         dropped=F.dropped.astype(np.int8),
+        gone=(F.dropped | ~F.came_back).astype(np.int8),  # fit_bundle's drop-model label
         came_back=F.came_back.astype(np.int8),
         goal=((catalog.goal_mask >> F.step_index) & 1).astype(bool),
         stage=np.asarray(catalog.stage_indices, dtype=np.int16)[F.step_index],
@@ -912,12 +914,12 @@ def fit_and_evaluate_dask(
     opt.setdefault("n_estimators", 80)
     no = train & (feats["accepted"] == 0)
     acc_ng = train & (feats["accepted"] == 1) & ~feats["goal"]
-    drop = fit_readiness_dask(client, feats, no, "dropped", spec, opt, min_rows=50)
+    drop = fit_readiness_dask(client, feats, no, "gone", spec, opt, min_rows=50)
     back = fit_readiness_dask(client, feats, acc_ng, "came_back", spec, opt, min_rows=50)
     n_no, n_drop, n_ang, n_back = (
         int(v)
         for v in _compute(
-            no.sum(), feats["dropped"][no].sum(), acc_ng.sum(), feats["came_back"][acc_ng].sum()
+            no.sum(), feats["gone"][no].sum(), acc_ng.sum(), feats["came_back"][acc_ng].sum()
         )
     )
     bundle = ModelBundle(

@@ -405,7 +405,8 @@ def log_training(
         mlflow.log_metrics(metrics)
         plots = _plots(out, Path(tmp) / "plots")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        data_dir = _holdout_artifacts(holdout_events(), catalog, fp, Path(tmp) / "data")
+        held_out = holdout_events()
+        data_dir = _holdout_artifacts(held_out, catalog, fp, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
 
         out.bundle.meta.update(
@@ -419,7 +420,7 @@ def log_training(
         bundle_dir = out.bundle.save(Path(tmp) / "bundle")
         _write_catalog(catalog, bundle_dir / "catalog.yaml")
         say("registering the model")
-        version = _log_model(mlflow, out, bundle_dir)
+        version = _log_model(mlflow, out, bundle_dir, held_out, catalog)
 
         decision, reason, champ_ll, aliases = "not_requested", "--promote not given", None, []
         if promote:
@@ -524,6 +525,14 @@ def train_command(
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
+    from rich.markup import escape
+
+    from training.train_warnings import record_warnings, training_warnings
+
+    warnings = training_warnings(result.metrics, result.fingerprint)
+    for w in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
+    record_warnings(result.run_id, warnings)
     return result
 
 
@@ -609,18 +618,20 @@ def pinned_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in pkgs]
 
 
-def _log_model(mlflow: Any, out: TrainingOutcome, bundle_dir: Path) -> str:
+def _log_model(
+    mlflow: Any, out: TrainingOutcome, bundle_dir: Path, events: pd.DataFrame, catalog: Catalog
+) -> str:
     """Log the bundle as a pyfunc ("models from code", ``training/pyfunc_model.py``) with the
-    ``features`` and ``models`` packages, register it as ``nextstep`` and return the version."""
-    from mlflow.models import infer_signature
-
+    ``features`` and ``models`` packages, register it as ``nextstep`` and return the version.
+    Its signature and input example are raw events in the contract's columns
+    (``training.pyfunc_signature``), which is what its ``predict`` takes."""
+    from models.event_scoring import readiness_of_events
     from training import tracking
+    from training.pyfunc_signature import events_example, events_signature
 
     root = Path(__file__).resolve().parent.parent
-    example = out.example
-    output = pd.DataFrame(
-        {"p_accept": out.bundle.readiness.positive_proba(example.to_numpy(dtype=np.float64))}
-    )
+    example = events_example(events, out.spec)
+    output = readiness_of_events(out.bundle.readiness, out.spec, catalog, example)
     # MLflow prints "Successfully registered model ..." straight to stderr; we print our own.
     with contextlib.redirect_stderr(io.StringIO()):
         info = mlflow.pyfunc.log_model(
@@ -628,7 +639,7 @@ def _log_model(mlflow: Any, out: TrainingOutcome, bundle_dir: Path) -> str:
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(root / "features"), str(root / "models")],
-            signature=infer_signature(example, output),
+            signature=events_signature(example, output, out.spec),
             input_example=example,
             pip_requirements=pinned_requirements(),
             registered_model_name=tracking.MODEL_NAME,

@@ -15,7 +15,9 @@ champion, else the first arm): V is promoted only when the lower 95% bound of
 ``--evidence ope``: the service's log is exported (``training.export``) and
 ``training.compare.compare_log`` evaluates the planner on V and on the champion; V is promoted
 only when the conservative lower bound of the difference of the headline accept-rate estimates,
-``low(V) - high(champion)``, is above ``-margin``.
+``low(V) - high(champion)``, is above ``-margin``. Organic outcomes (reported without a
+``decision_id``) are not decisions of any policy: they are folded into the users' states and
+left out of the estimate (``training.offpolicy``, ``missing_propensity="organic"``).
 
 Evidence is logged as a run of MLflow experiment ``nextstep-online`` (``promote-evidence``). A
 refused promotion prints the reason and exits with code 1 (not an input error).
@@ -150,7 +152,7 @@ def online_evidence(
     from training.export import read_store, resolve_catalog, store_url
     from training.report import build_report
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     decisions, outcomes = read_store(store_url(url))
     if decisions.empty:
         raise PromotionError("the service's store has no decisions: no online evidence")
@@ -199,7 +201,7 @@ def ope_evidence(
     from training.export import export_log, resolve_catalog
     from training.modelio import load_model_bundle
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     champion = tracking.alias_version(tracking.CHAMPION)
     if champion is None:
         raise PromotionError("no champion to compare with: promote without --evidence")
@@ -207,10 +209,19 @@ def ope_evidence(
     if log.n_rows == 0:
         raise PromotionError("the service's store has no outcomes: no off-policy evidence")
     est = {}
+    organic = 0
     for v in (version, champion):
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
-        comp = compare_log(log, cat, ["planner"], scorer=ModelScorer(bundle, cat), model_version=v)
+        comp = compare_log(
+            log,
+            cat,
+            ["planner"],
+            scorer=ModelScorer(bundle, cat),
+            model_version=v,
+            missing_propensity="organic",  # organic outcomes are history, not policy decisions
+        )
         est[v] = next(iter(comp.policies.values())).accept_rate.headline
+        organic = comp.organic_rows
     c, k = est[version], est[champion]
     return Evidence(
         "ope",
@@ -226,6 +237,7 @@ def ope_evidence(
             "control_low": k.low,
             "control_high": k.high,
             "rows": log.n_rows,
+            "organic_rows": organic,
         },
     )
 

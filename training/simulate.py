@@ -17,6 +17,7 @@ optimum and the value of every fixed baseline. Monte Carlo must agree with them 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,7 +551,11 @@ def write_simulation(world: World, users: int, seed: int, out: Path) -> dict[str
 def simulate_command(world: str, users: int, seed: int, out: Path, exact: bool) -> None:
     w = load_world(world)
     info = write_simulation(w, users, seed, out)
-    print(f"wrote {info['rows']} events of {users} users ({w.name}) to {out}/events.csv")
+    # with --exact, stdout is the JSON table alone (pipe it to jq); the summary goes to stderr
+    print(
+        f"wrote {info['rows']} events of {users} users ({w.name}) to {out}/events.csv",
+        file=sys.stderr if exact else sys.stdout,
+    )
     if exact:
         import json
 

@@ -130,7 +130,8 @@ def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
 
     info = mlflow.models.get_model_info("models:/nextstep/1")
     assert info.signature is not None
-    assert [c.name for c in info.signature.outputs.inputs] == ["p_accept"]
+    outputs = [c.name for c in info.signature.outputs.inputs]
+    assert outputs == ["user_id", "ts", "step", "p_accept"]  # readiness per offer of a raw log
     reqs = Path(
         mlflow.artifacts.download_artifacts(
             "models:/nextstep/1/requirements.txt",
@@ -158,18 +159,40 @@ def test_a_worse_candidate_is_refused(trained, client):
 
 
 @pytest.mark.slow
-def test_the_pyfunc_model_predicts_like_the_bundle(home, trained):
+def test_the_pyfunc_model_predicts_on_raw_events_like_nextstep_predict(home, trained, data):
+    """``mlflow.pyfunc.load_model(...).predict(events_df)``: raw event-log columns in (as read
+    from the CSV, ts as text), readiness per offer out, equal to ``nextstep predict``."""
+    from models.bundle import ModelScorer
     from training import tracking
     from training.modelio import load_model_bundle
+    from training.predict import predict_frame
 
     mlflow = tracking.setup()
     model = mlflow.pyfunc.load_model("models:/nextstep@champion")
+    inputs = model.metadata.get_input_schema()
+    assert inputs.required_input_names() == ["user_id", "ts", "step", "outcome"]
+    assert {"propensity", "policy", "decision_id"} <= set(inputs.optional_input_names())
     example = model.input_example
-    got = model.predict(example)
+    assert list(example.columns[:4]) == ["user_id", "ts", "step", "outcome"]
+    assert example["ts"].str.endswith("Z").all()
+    assert list(model.predict(example).columns) == ["user_id", "ts", "step", "p_accept"]
+
+    raw = pd.read_csv(data["events"], dtype=str).head(400)  # strings, as a user would read it
+    got = model.predict(raw)
+    catalog = load_catalog(data["catalog"])
     bundle, version = load_model_bundle("models:/nextstep@champion")
     assert version == "1"
-    want = bundle.readiness.positive_proba(example[bundle.spec.names].to_numpy(dtype=float))
-    np.testing.assert_allclose(got["p_accept"].to_numpy(), want)
+    want = predict_frame(
+        validate_frame(raw, catalog, source="x").frame, catalog, ModelScorer(bundle)
+    )
+    assert len(got) == len(raw)
+    assert got["user_id"].tolist() == want["user_id"].tolist()
+    assert got["step"].tolist() == want["step"].tolist()
+    np.testing.assert_allclose(got["p_accept"].to_numpy(), want["p_accept"].to_numpy())
+    assert 0 < got["p_accept"].min() <= got["p_accept"].max() < 1
+
+    with pytest.raises(Exception, match="step"):  # an unknown step names the row and column
+        model.predict(raw.assign(step="nope").head(3))
 
 
 @pytest.mark.slow
