@@ -1,7 +1,7 @@
 """Readiness of every offer in a raw event log, with a bundle's own feature layout.
 
 This is what a data scientist expects from the registered model: give it an event log in the
-contract's columns (DESIGN.md section 4) and get back, per row, the probability the model gives
+contract's columns (docs/design.md section 4) and get back, per row, the probability the model gives
 that offer from the same user's earlier rows only. It lives in ``models`` (not ``training``) so
 the MLflow pyfunc, which ships only ``features`` and ``models``, builds its features with exactly
 this code.

@@ -1,6 +1,6 @@
 """Say loudly when the service runs without the model it was asked to use.
 
-Without a model a model-based policy serves the ``ladder`` baseline (DESIGN.md section 9). That
+Without a model a model-based policy serves the ``ladder`` baseline (docs/design.md section 9). That
 keeps the product working, but it is rarely what the operator wanted: most often the model was
 trained under another ``NEXTSTEP_HOME`` (the default is relative to the working directory). So
 ``/readyz`` reports ``degraded`` with the reason, and start-up logs a WARNING saying where the

@@ -1,7 +1,7 @@
 """The registered model's signature and input example, in the event-log contract's terms.
 
 A data scientist loading ``models:/nextstep@champion`` reads the signature to learn what to
-pass: the contract's event-log columns (DESIGN.md section 4), not the model's engineered
+pass: the contract's event-log columns (docs/design.md section 4), not the model's engineered
 features. ``user_id``, ``ts``, ``step`` and ``outcome`` are required; ``ts`` is of any type
 (ISO-8601 text or epoch seconds, as in a file) and so is ``user_id`` (ids that look like
 numbers). The optional contract columns and the model's context columns are optional and of
