@@ -27,6 +27,10 @@ ACCEPTED = "accepted"
 DECLINED = "declined"
 DROPPED = "dropped"
 HOUR = 3600.0
+# ``UserState.ask_times`` keeps only the latest asks: the per-period cap of the guardrails
+# (``max_asks_per_period``, at most this many) never needs more, and a state stored per user
+# (``service.user_state``) stays bounded however long the history.
+ASK_TIMES_KEPT = 256
 
 STATE_FEATURES: tuple[str, ...] = (
     "n_asks",
@@ -78,7 +82,8 @@ class UserState:
     context: dict[str, Any] = field(default_factory=dict)
     last_outcome: str | None = None
     step_last_ts: dict[int, float] = field(default_factory=dict)  # for guardrail cooldowns
-    ask_times: list[float] = field(default_factory=list)  # for guardrail caps per period
+    # the latest ASK_TIMES_KEPT ask times, oldest first: for guardrail caps per period
+    ask_times: list[float] = field(default_factory=list)
 
     def converted(self, catalog: Catalog) -> bool:
         return bool(self.accepted_mask & catalog.goal_mask)
@@ -128,6 +133,8 @@ class UserState:
         self.last_outcome = outcome
         self.step_last_ts[step] = ts
         self.ask_times.append(ts)
+        if len(self.ask_times) > ASK_TIMES_KEPT:
+            del self.ask_times[0]
         if outcome == ACCEPTED:
             self.n_accepts += 1
             self.cons_accepts += 1

@@ -31,10 +31,12 @@ from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
 from service.plan_batcher import LoopPlanBatcher
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.redact import public_error
 from service.routers import admin, catalog, decisions, ops, outcomes, problems, users
 from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
 from service.settings import Settings
 from service.store import Store
+from service.user_state import sync_states
 
 log = logging.getLogger("nextstep.service")
 _PRUNE_EVERY_S = 3600.0
@@ -76,6 +78,8 @@ def create_app(
         try:
             store.migrate()
             store.remember_catalog(cat.canonical_json(), cat.sha256(), str(settings.catalog))
+            # states for this catalog (a no-op unless the catalog changed): before serving
+            await asyncio.to_thread(sync_states, store, cat)
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
             if pruned:
                 log.info("pruned %d expired idempotency keys", pruned)
@@ -136,8 +140,16 @@ def create_app(
         guarded = [Depends(require_api_key)]
         guarded_responses = problems(401)
     routers = (decisions.router, outcomes.router, users.router, catalog.router, admin.router)
-    for r in routers:
+    for r in routers[:-1]:
         app.include_router(r, dependencies=guarded, responses=guarded_responses)
+    if settings.admin_guarded:  # admin keys only: a client key gets 403 (service.deps)
+        from service.deps import require_admin_key
+
+        app.include_router(
+            admin.router, dependencies=[Depends(require_admin_key)], responses=problems(401, 403)
+        )
+    else:
+        app.include_router(admin.router)
     app.include_router(ops.router)
 
     json_paths = {
@@ -187,7 +199,7 @@ async def _confirm_cached(runtime: Runtime) -> None:
         try:
             outcome = await asyncio.to_thread(runtime.confirm)
         except Exception as exc:  # the new champion was refused: the cached one keeps serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("confirming the cached models: new champion refused: %s", exc)
             return
         if outcome != "unreachable":
@@ -201,7 +213,7 @@ async def _poll_forever(runtime: Runtime, interval: float) -> None:
         try:
             await asyncio.to_thread(runtime.reload, only_if_changed=True)
         except Exception as exc:  # refused model, unreachable registry: keep serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("model polling: reload refused: %s", exc)
 
 

@@ -259,7 +259,12 @@ class UserView(BaseModel):
 
     user_id: str = Field(description="The user.")
     arm: str = Field(description="Experiment arm the user is assigned to.")
-    history: list[HistoryItem] = Field(description="Outcomes the service was told, oldest first.")
+    history: list[HistoryItem] = Field(
+        description="Outcomes the service was told, oldest first: one page of at most `limit`."
+    )
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ``cursor`` for the next page; null on the last."
+    )
     accepted: list[str] = Field(description="Steps the user has accepted.")
     stage: str | None = Field(
         description="Highest funnel stage among the accepted steps; null before any accept."

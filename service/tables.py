@@ -115,3 +115,24 @@ served_catalogs = Table(
     Column("first_served_at", Float, nullable=False),
     Column("last_served_at", Float, nullable=False),
 )
+
+# Each user's folded state (migration 0004; ``service.user_state``): JSON keyed by step id,
+# built for the catalog whose fingerprint is in ``catalog``, updated with every outcome in the
+# transaction that records it. ``last_ts`` is the newest outcome folded in.
+user_state = Table(
+    "user_state",
+    metadata,
+    Column("user_id", String, primary_key=True),
+    Column("catalog", String(64), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("last_ts", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Small facts about the store itself (migration 0004), e.g. which catalog the states are for.
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -52,8 +52,21 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    trust_registry: Annotated[
+        bool,
+        typer.Option(
+            "--trust-registry",
+            help=(
+                "Allow loading a model's pickled (joblib) bundle when it has no serving "
+                "artifact. Unpickling runs code: only for a registry only you can write to."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Adaptive next-step recommender: simulate, train, evaluate, compare and serve."""
+    from training import modelio
+
+    modelio.TRUST_REGISTRY = trust_registry
 
 
 def _friendly_errors(fn: F) -> F:
@@ -325,11 +338,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback --host without NEXTSTEP_API_KEYS (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """The HTTP service, using the registered model's champion."""
     from service.run import serve_command
 
-    serve_command(catalog=catalog, host=host, port=port, workers=workers)
+    serve_command(catalog=catalog, host=host, port=port, workers=workers, insecure=insecure)
 
 
 @app.command()

@@ -53,6 +53,7 @@ from features.offline import OfflineFeatures, build_offline_features
 from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
 from models.readiness import LogisticBaseline
+from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
 from training import evaluate as ev
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
@@ -482,6 +483,8 @@ def log_training(
             "holdout_logloss": f"{lgbm['logloss']:.6f}",
             "holdout_auc": f"{lgbm['auc']:.6f}",
             "data_sha256": fp["sha256"],
+            # what the service checks the served artifact against (models.serving)
+            DIGEST_TAG: serving_digest(bundle_dir / SERVING_DIR),
         }.items():
             client.set_model_version_tag(tracking.MODEL_NAME, version, k, v)
     return TrainResult(

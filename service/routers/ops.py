@@ -10,6 +10,7 @@ from starlette.responses import Response
 from service.degraded import degraded_reason
 from service.deps import MetricsDep, RuntimeDep, StoreDep
 from service.problems import PROBLEM_MEDIA_TYPE, problem_dict
+from service.redact import redact
 from service.routers import problems
 from service.schemas import Health, Readiness
 from service.store import StoreUnavailable
@@ -32,9 +33,14 @@ def readyz(store: StoreDep, runtime: RuntimeDep) -> Response:
     deciders = runtime.current
     primary = deciders.primary
     arms = deciders.describe()
-    notes = [f"{a['name']}: {a['note']}" for a in arms if a["note"]]
+    # open route: every note is redacted (a tracking URI may carry user:password@)
+    notes = [redact(f"{a['name']}: {a['note']}") for a in arms if a["note"]]
     if runtime.last_error:
-        notes.append(f"last reload failed: {runtime.last_error}")
+        notes.append(redact(f"last reload failed: {runtime.last_error}"))
+    for a in arms:
+        for field in ("note", "model_source"):
+            if isinstance(a.get(field), str):
+                a[field] = redact(a[field])
     body = {
         "model": primary.decider.model_version,
         "policy": primary.decider.policy_name,

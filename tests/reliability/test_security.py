@@ -153,7 +153,9 @@ def test_secrets_come_only_from_the_environment(
     # `nextstep serve` has no option that could carry a key (argv is visible in `ps`)
     from training import cli
 
-    assert set(inspect.signature(cli.serve).parameters) == {"catalog", "host", "port", "workers"}
+    params = inspect.signature(cli.serve).parameters
+    assert set(params) == {"catalog", "host", "port", "workers", "insecure"}
+    assert params["insecure"].default is False  # a flag: it carries no value
 
 
 def test_default_bind_is_loopback() -> None:

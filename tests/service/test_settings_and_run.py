@@ -64,7 +64,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 
 @pytest.mark.parametrize(("host", "keys", "warns"), [
-    ("0.0.0.0", None, True), ("0.0.0.0", "k", False), ("127.0.0.1", None, False),
+    ("0.0.0.0", "k", False), ("127.0.0.1", None, False),
 ])  # fmt: skip
 def test_serve_warns_on_open_bind_without_keys(
     monkeypatch: pytest.MonkeyPatch,
