@@ -4,17 +4,19 @@ FROM python:3.11-slim AS build
 ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY features ./features
 COPY models ./models
 COPY training ./training
 COPY service ./service
+COPY nextstep ./nextstep
 RUN uv sync --locked --no-dev
 
 FROM python:3.11-slim
 RUN groupadd --gid 10001 nextstep && useradd --create-home --uid 10001 --gid 10001 nextstep
-COPY --from=build --chown=10001:10001 /app /app
+# root owns the code: the runtime user can read and run it, never change it
+COPY --from=build /app /app
 ENV PATH=/app/.venv/bin:$PATH NEXTSTEP_HOME=/data PYTHONUNBUFFERED=1
 RUN mkdir -p /data && chown 10001:10001 /data
 # State (SQLite store, MLflow file store, model cache) lives under NEXTSTEP_HOME=/data unless

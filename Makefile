@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 NS := .venv/bin/nextstep
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast lint format bench clean clean-state
 
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -43,5 +43,13 @@ format: install
 bench: install 
 	.venv/bin/python -m benchmarks.run
 
-clean:
-	rm -rf .venv .nextstep
+## Remove the virtual environment and what nextstep made under NEXTSTEP_HOME (demo data, the local
+## MLflow and service stores, the model cache); other files in NEXTSTEP_HOME are left alone.
+clean: clean-state
+	rm -rf .venv
+
+clean-state:
+	@test -n "$(strip $(NEXTSTEP_HOME))" || { echo "NEXTSTEP_HOME is empty" >&2; exit 2; }
+	rm -rf "$(NEXTSTEP_HOME)/demo" "$(NEXTSTEP_HOME)/model-cache" "$(NEXTSTEP_HOME)/mlartifacts" \
+		"$(NEXTSTEP_HOME)"/mlflow.db* "$(NEXTSTEP_HOME)"/service.db*
+	-@rmdir "$(NEXTSTEP_HOME)" 2>/dev/null || true

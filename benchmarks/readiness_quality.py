@@ -4,7 +4,7 @@ Trains the bundle on the exploring log of ``--train-users`` users and scores a s
 new users. Reports, on that test log: AUC / log loss / ECE of LightGBM and of the
 logistic-regression baseline, the AUC of the simulator's *true* probabilities (which use the hidden
 type: the ceiling no model reaches) and of the *type-blind* posterior-predictive probabilities
-(what a model that knows the dynamics but not the type reaches; DESIGN.md section 7a).
+(what a model that knows the dynamics but not the type reaches; docs/design.md section 7a).
 
     .venv/bin/python -m benchmarks.readiness_quality [--train-users 20000] [--test-users 10000]
 """
@@ -90,7 +90,11 @@ def evaluate_world(name: str, train_users: int, test_users: int, seed: int) -> d
     )
     y = te.accepted.astype(int)
     p_lgbm = bundle.readiness.predict_proba(te.X)[:, 1]
-    p_lr = LogisticBaseline().fit(tr.X, tr.accepted.astype(int)).predict_proba(te.X)[:, 1]
+    p_lr = (
+        LogisticBaseline(categorical_features=tuple(spec.categorical_indices))
+        .fit(tr.X, tr.accepted.astype(int))
+        .predict_proba(te.X)[:, 1]
+    )
     p_true = test["true_p_accept"].to_numpy()
     p_blind = type_blind_probabilities(world, test)
     row = {

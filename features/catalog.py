@@ -1,4 +1,4 @@
-"""The step catalog (DESIGN.md section 3, a contract).
+"""The step catalog (docs/design.md section 3, a contract).
 
 A catalog is loaded once and then only read, on the hot path too, so it is an immutable object
 with integer indices for every step: policies and feature code work on indices and bitmasks of
@@ -7,6 +7,7 @@ accepted steps rather than on strings and sets.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,12 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from features.availability import ALL, FIELD, Rule, available_mask, parse_rules
 from features.errors import CatalogError
+from features.keys import first_typo, yaml_error_line
 
 STAGES: tuple[str, ...] = ("start", "deliver", "guide", "build", "convert")
 STAGE_INDEX: dict[str, int] = {s: i for i, s in enumerate(STAGES)}
 GOAL_STAGE = "convert"
 _KNOWN_FIELDS = frozenset({"id", "stage", "effort", "value", "requires"})
+#: Keys with a meaning somewhere (contract fields, guardrail settings): an unknown key that is a
+#: close match of one of these is a typo and refused; any other unknown key is kept in ``extra``.
+#: The longest step id the HTTP API accepts (requests name steps by id).
+MAX_STEP_ID_LENGTH = 256
+_MEANINGFUL_KEYS = _KNOWN_FIELDS | {"available_when", "cooldown", "max_asks"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,11 @@ class Catalog:
         self.stage_indices = [s.stage_index for s in self.steps]
         self.goal_mask = sum(1 << i for i, s in enumerate(self.steps) if s.is_goal)
         self.requires_mask = [sum(1 << self.index[r] for r in s.requires) for s in self.steps]
+        # available_when rules per step (kept in ``extra``, so the catalog writes back as read)
+        self.rules: tuple[tuple[Rule, ...], ...] = tuple(
+            parse_rules(s.extra.get(FIELD), s.id, source) for s in self.steps
+        )
+        self.has_availability = any(self.rules)
         self.goal_indices = tuple(i for i, s in enumerate(self.steps) if s.is_goal)
         self.arrays = {
             "effort": np.asarray(self.efforts, dtype=np.float64),
@@ -123,8 +136,15 @@ class Catalog:
     def is_converted(self, accepted_mask: int) -> bool:
         return bool(accepted_mask & self.goal_mask)
 
-    def eligible_indices(self, accepted_mask: int) -> list[int]:
-        """Steps not yet accepted whose requirements are all accepted; none once converted."""
+    def available(self, context: Mapping[str, Any] | None) -> int:
+        """Bitmask of the steps that exist for a user with this context (``available_when``)."""
+        if not self.has_availability:
+            return ALL
+        return available_mask(self.rules, context or {})
+
+    def eligible_indices(self, accepted_mask: int, available: int = ALL) -> list[int]:
+        """Steps not yet accepted whose requirements are all accepted and that are in the
+        ``available`` mask (``Catalog.available``); none once converted."""
         if accepted_mask & self.goal_mask:
             return []
         return [
@@ -132,14 +152,29 @@ class Catalog:
             for i in range(self.n)
             if not (accepted_mask >> i) & 1
             and (self.requires_mask[i] & accepted_mask) == self.requires_mask[i]
+            and (available >> i) & 1
         ]
 
-    def eligible(self, accepted_mask: int) -> list[Step]:
-        return [self.steps[i] for i in self.eligible_indices(accepted_mask)]
+    def eligible(self, accepted_mask: int, available: int = ALL) -> list[Step]:
+        return [self.steps[i] for i in self.eligible_indices(accepted_mask, available)]
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_list(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.steps]
+
+    def canonical_json(self) -> str:
+        """The catalog as one canonical JSON document (``{"steps": [...]}``, sorted keys): equal
+        catalogs give equal text, so its SHA-256 identifies what a service served."""
+        return json.dumps(
+            {"steps": self.to_list()},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=str,
+        )
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
     @classmethod
     def from_data(cls, data: Any, *, source: str = "catalog") -> Catalog:
@@ -164,17 +199,17 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError("file not found", source=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read file ({exc})", source=source) from None
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    import yaml
 
-            data = yaml.safe_load(text)
-    except Exception as exc:  # parser errors of both libraries, reported uniformly
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
         raise CatalogError(
-            f"not valid YAML/JSON ({type(exc).__name__}: {exc})", source=source
+            f"not valid YAML/JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            source=source,
         ) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"not valid YAML/JSON ({yaml_error_line(exc)})", source=source) from None
     return Catalog.from_data(data, source=source)
 
 
@@ -182,9 +217,26 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
     if not isinstance(item, Mapping):
         raise CatalogError(f"step #{pos} is not a mapping", source=source)
     raw_id = item.get("id")
+    typo = first_typo(item, _MEANINGFUL_KEYS)
+    if typo is not None:  # before the field checks: ``efort`` is the cause, not a missing effort
+        key, meant = typo
+        named = isinstance(raw_id, str) and bool(raw_id.strip())
+        raise CatalogError(
+            f"{'' if named else f'step #{pos}: '}unknown key {key!r}; did you mean {meant!r}?",
+            source=source,
+            step=raw_id if named else None,
+            field=key,
+        )
     if not isinstance(raw_id, str) or not raw_id.strip():
         raise CatalogError(f"step #{pos} needs a non-empty string id", source=source, field="id")
     sid = raw_id
+    if len(sid) > MAX_STEP_ID_LENGTH:
+        raise CatalogError(
+            f"step #{pos}: id has {len(sid)} characters; at most {MAX_STEP_ID_LENGTH} (the "
+            "API's limit)",
+            source=source,
+            field="id",
+        )
     stage = item.get("stage")
     if not isinstance(stage, str) or stage not in STAGE_INDEX:
         raise CatalogError(
@@ -233,6 +285,7 @@ def _parse_step(item: Any, pos: int, source: str) -> Step:
                     step=sid,
                     field=name,
                 )
+    parse_rules(item.get(FIELD), sid, source)  # validated here, kept in ``extra``
     extra = {k: v for k, v in item.items() if k not in _KNOWN_FIELDS}
     return Step(
         id=sid,

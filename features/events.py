@@ -1,4 +1,4 @@
-"""The event log (DESIGN.md section 4, a contract): loading, validation and writing.
+"""The event log (docs/design.md section 4, a contract): loading, validation and writing.
 
 Logs can hold tens of millions of rows, so everything here works on whole columns (pyarrow and
 numpy); no Python code runs per row (only the one bad row an error names is looked at on its
@@ -24,8 +24,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.availability import missing_value
 from features.catalog import Catalog
 from features.errors import EventLogError
+from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
 
 OUTCOMES: tuple[str, ...] = ("accepted", "declined", "dropped")
 REQUIRED: tuple[str, ...] = ("user_id", "ts", "step", "outcome")
@@ -39,16 +41,21 @@ REASONS: tuple[str, ...] = (
     "unknown_outcome",
     "bad_ts",
     "bad_propensity",
+    "long_id",
     "after_conversion",
+    "unavailable_step",
 )
+#: The longest user id (characters) the HTTP API accepts; the offline log refuses longer ones
+#: too, so a log the CLI reads can be replayed against the service.
+MAX_ID_LENGTH = 256
 #: The dtype of user_id, step and outcome: pandas' ``str`` (pyarrow-backed, NaN for missing).
 STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # Epoch seconds must be a date between years 1 and 9999: catches milliseconds passed as seconds.
-_TS_MIN = -62135596800.0
-_TS_MAX = 253402300799.999
+_TS_MIN = TS_MIN  # features.timerange: the same range as the API
+_TS_MAX = TS_MAX
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
@@ -113,6 +120,7 @@ def _read_csv(
     ``infer_context`` is False: the Dask reader decides that over all files at once)."""
     import pyarrow.csv as pacsv
 
+    _refuse_binary(p, source)
     try:
         skip_all = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=_skip_row)
         with _quiet_row_decoding(), pacsv.open_csv(p, parse_options=skip_all) as reader:
@@ -147,6 +155,25 @@ def _read_csv(
         else:
             columns[name] = _infer_context(col)
     return pd.DataFrame(columns, columns=names, copy=False), rows, pre_skipped
+
+
+def _refuse_binary(p: Path, source: str) -> None:
+    """A NUL byte in the first 8 KiB means binary content (an image, a spreadsheet, a Parquet
+    file named .csv): say so, instead of a parse error quoting garbage or "empty file"."""
+    if p.name.lower().endswith(".gz"):
+        return  # compressed: pyarrow decompresses, and its errors say so
+    try:
+        with p.open("rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        raise EventLogError(f"cannot read file ({exc})", source=source) from None
+    if b"\x00" in head:
+        kind = " (it looks like Parquet: name it .parquet)" if head.startswith(b"PAR1") else ""
+        raise EventLogError(
+            f"binary content, not CSV text{kind}: an event log CSV is UTF-8 text with a header "
+            "line",
+            source=source,
+        )
 
 
 def _skip_row(row: Any) -> str:
@@ -229,6 +256,15 @@ def _csv_error(exc: BaseException, source: str, names: list[str] | None = None) 
 
 
 def _check_names(names: list[str], source: str) -> None:
+    if len(names) == 1:  # a header that does not split on commas: say why before "missing user_id"
+        sep = next((c for c in (";", "\t", "|") if c in names[0]), None)
+        if sep is not None:
+            shown = {"\t": "tab"}.get(sep, repr(sep))
+            raise EventLogError(
+                f"the CSV header {_show(names[0])} does not split on commas; it seems to use "
+                f"{shown} as the separator: an event log CSV is comma-separated",
+                source=source,
+            )
     seen: set[str] = set()
     for n in names:
         if n in seen:
@@ -332,12 +368,14 @@ def _validate(
         (~outcome.isin(OUTCOMES)).to_numpy(dtype=bool),
         ts_bad,
         prop_bad,
+        (user_id.str.len() > MAX_ID_LENGTH).fillna(False).to_numpy(dtype=bool),
     ]
     reason = np.zeros(n, dtype=np.int8)  # index into REASONS; 0 (malformed_row) means valid here
     for k in range(len(checks) - 1, -1, -1):  # last check first, so the first failing one wins
         reason[checks[k]] = k + 1
     after = _after_conversion(user_id, step, outcome, ts, rows, reason == 0, catalog)
     reason[after] = len(checks) + 1
+    reason[_unavailable(df, step, reason == 0, catalog)] = len(checks) + 2
 
     invalid = reason != 0
     if invalid.any() and not skip_invalid:
@@ -600,6 +638,33 @@ def _after_conversion(
     return after
 
 
+def _unavailable(
+    df: pd.DataFrame, step: pd.Series, valid: np.ndarray, catalog: Catalog
+) -> np.ndarray:
+    """Valid rows offering a step whose ``available_when`` rules the row's own context value
+    excludes. A row without a value for the rule's column (or a log without the column) is not
+    judged: the log does not say."""
+    bad = np.zeros(len(df), dtype=bool)
+    if not catalog.has_availability:
+        return bad
+    for i, rules in enumerate(catalog.rules):
+        if not rules:
+            continue
+        mine = valid & (step == catalog.ids[i]).to_numpy(dtype=bool)
+        if not mine.any():
+            continue
+        idx = np.flatnonzero(mine)
+        for rule in rules:
+            if rule.column not in df.columns:
+                continue
+            codes, uniques = pd.factorize(df[rule.column].iloc[idx], sort=False)
+            verdict = np.array(
+                [not missing_value(u) and not rule.allows(u) for u in uniques] + [False], dtype=bool
+            )
+            bad[idx[verdict[codes]]] = True
+    return bad
+
+
 def _show(value: object, limit: int = 40) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "empty"
@@ -643,17 +708,19 @@ def _raise_for_row(
         value = df["ts"].iloc[i]
         if isinstance(value, str):
             value = value.strip() or None
-        number = _maybe_number(value)
-        if number is not None and np.isfinite(number) and not np.isnan(ts[i]):
-            fail(
-                "ts",
-                f"ts {_show(value)} is out of range for epoch seconds (years 1-9999; "
-                "milliseconds?)",
-            )
+        if np.isfinite(ts[i]):  # read, but outside the accepted range
+            number = _maybe_number(value)
+            hint = "; milliseconds?" if number is not None and ts[i] > TS_MAX else ""
+            fail("ts", f"ts {_show(value)} is outside {TS_RANGE_TEXT}{hint}")
         fail(
             "ts",
             f"cannot read ts {_show(value)}: expected ISO-8601 (e.g. 2025-03-04T10:11:12Z) "
             "or epoch seconds",
+        )
+    if reason == "long_id":
+        length = len(str(df["user_id"].iloc[i]))
+        fail(
+            "user_id", f"user_id has {length} characters; at most {MAX_ID_LENGTH} (the API's limit)"
         )
     if reason == "bad_propensity":
         value = df["propensity"].iloc[i]
@@ -674,6 +741,17 @@ def _raise_for_row(
             f"at row {int(rows[first])}); nothing may be offered after that, got step "
             f"{_show(step.iloc[i])}",
         )
+    if reason == "unavailable_step":
+        sid = step.iloc[i]
+        for rule in catalog.rules[catalog.index[sid]]:
+            if rule.column in df.columns:
+                value = df[rule.column].iloc[i]
+                if not missing_value(value) and not rule.allows(value):
+                    fail(
+                        rule.column,
+                        f"step {_show(sid)} is not available when {rule.column} is "
+                        f"{_show(value)} (its available_when: {rule.describe()})",
+                    )
     raise AssertionError(f"unhandled reason {reason}")  # pragma: no cover
 
 
@@ -708,7 +786,7 @@ def write_events(frame: pd.DataFrame | EventLog, path: str | Path) -> None:
         ) from None
     if not np.all((ts >= _TS_MIN) & (ts <= _TS_MAX)):
         raise EventLogError(
-            "ts must be finite epoch seconds between years 1 and 9999", source=source, column="ts"
+            f"ts must be finite epoch seconds in {TS_RANGE_TEXT}", source=source, column="ts"
         )
     try:
         if kind == "csv":

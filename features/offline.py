@@ -72,7 +72,8 @@ def build_offline_features(
     """
     n = len(frame)
     names = spec.names
-    assert len(names) == 19 + len(spec.context_columns), "the X column layout below is fixed"
+    n_ctx = len(spec.context_columns)
+    assert len(names) == 19 + n_ctx + bool(spec.step_ids), "the X column layout below is fixed"
     ts_all = frame["ts"].to_numpy(dtype=np.float64)
     step = _step_codes(frame["step"], catalog)  # original order, like everything not named _s
     acc = _equals(frame["outcome"], ACCEPTED)
@@ -94,7 +95,7 @@ def build_offline_features(
     tables = _Tables.of(catalog, step, acc)
     step_small = step.astype(tables.step_dtype)
     context = [
-        _category_codes(frame[c], spec.categories[c])
+        _category_codes(frame[c], spec.categories[c], spec.other_code(c))
         if spec.categories.get(c) is not None
         else _numbers(frame[c])
         for c in spec.context_columns
@@ -146,7 +147,9 @@ def build_offline_features(
         np.subtract(x[:, 12], x[:, 5], out=x[:, 16])
         x[:, 17:19] = ib[:, 5:7]
         np.not_equal(ib[:, 7], 0, out=came_back[r0:r1])
-        x[:, 19:] = fb[:, 5:]
+        x[:, 19 : 19 + n_ctx] = fb[:, 5:]
+    if spec.step_ids:
+        X[:, -1] = spec.step_codes(catalog)[step]
     return OfflineFeatures(
         X=X,
         accepted=acc,
@@ -502,8 +505,16 @@ def _scaled_ints(values: Sequence[float]) -> tuple[int, list[int]] | None:
     return k, [int(math.ldexp(v, k)) for v in values]
 
 
-def _category_codes(col: pd.Series, cats: Sequence[str]) -> np.ndarray:
-    """Per-row category position (int32): -1 for missing, -2 for a value not in ``cats``."""
+def _category_codes(col: pd.Series, cats: Sequence[str], other: int | None = None) -> np.ndarray:
+    """Per-row category position (int32): -1 for missing; a value not in ``cats`` gets
+    ``other`` (a pooled column's "other" category), else -2 (unknown: NaN)."""
+    out = _raw_category_codes(col, cats)
+    if other is not None:
+        out[out == -2] = other
+    return out
+
+
+def _raw_category_codes(col: pd.Series, cats: Sequence[str]) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(cats)}
     dtype = col.dtype
     infer = pd.api.types.infer_dtype

@@ -4,6 +4,26 @@ A ``FeatureSpec`` is learned from the training log (which context columns exist,
 of the string ones) and travels with the model, so the service encodes a request's context exactly
 as training did. Unknown categories become NaN, which LightGBM treats as missing: a new channel
 is a prior, never an error.
+
+Every context column is kept, whatever its width (a column is left out only when it has no
+value at all, and that is reported):
+
+* numbers stay numbers (LightGBM splits on them; NaN is missing);
+* text with at most ``MAX_CATEGORIES`` distinct values: one category per value;
+* wider text: the ``MAX_CATEGORIES - 1`` most frequent values (ties by value) each keep a
+  category and every other value, seen in training or new, shares one "other" category (code
+  ``len(categories)``). A long tail of rare values carries little signal per value and would
+  let the trees memorise noise; pooled, it is one well-estimated group. All categories go to
+  LightGBM as categorical features, regularised by its ``cat_smooth`` and
+  ``min_data_per_group`` (``models.readiness``).
+
+``describe()`` says, per column, what was done; ``nextstep train`` prints it and logs it.
+
+Step identity (optional, ``step_ids``): a last column ``step_id``, the offered step's position
+among the steps of the training log, categorical. The attribute columns (effort, stage, value,
+is-goal) stay, so a step the model never saw (NaN here, missing to LightGBM) still gets the
+prior its attributes give; steps with equal attributes but different appeal become different.
+Positions are by id, not by catalog order, so a reordered or extended catalog keeps its codes.
 """
 
 from __future__ import annotations
@@ -16,26 +36,63 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
-from features.state import CANDIDATE_FEATURES, STATE_FEATURES, StateColumns, UserState, is_missing
+from features.state import (
+    CANDIDATE_FEATURES,
+    STATE_FEATURES,
+    StateColumns,
+    UserState,
+    is_missing,
+    merged_context,
+)
 
 MAX_CATEGORIES = 64
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Feature layout: state features, candidate features, then one column per context field."""
+    """Feature layout: state features, candidate features, then one column per context field.
+
+    ``pooled`` names the categorical columns whose values outside ``categories`` share one
+    "other" code; ``notes`` says in words how each context column of the training log was
+    treated (including any left out)."""
 
     context_columns: tuple[str, ...] = ()
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pooled: frozenset[str] = frozenset()
+    notes: Mapping[str, str] = field(default_factory=dict)
+    step_ids: tuple[str, ...] = ()  # non-empty: the step_id feature (see the module docstring)
+
+    def step_codes(self, catalog: Catalog) -> np.ndarray:
+        """Per catalog position: the ``step_id`` feature value (NaN for a step new to it)."""
+        pos = {sid: float(i) for i, sid in enumerate(self.step_ids)}
+        return np.array([pos.get(sid, math.nan) for sid in catalog.ids], dtype=np.float64)
+
+    def other_code(self, column: str) -> int | None:
+        """The code of the pooled "other" category of ``column`` (None when it has none)."""
+        return len(self.categories[column]) if column in self.pooled else None
+
+    def describe(self) -> dict[str, str]:
+        """Per context column of the training log: what became of it, in words."""
+        out = dict(self.notes)
+        for c in self.context_columns:
+            out.setdefault(
+                c, _values(len(self.categories[c])) if c in self.categories else "numeric"
+            )
+        return out
 
     @property
     def names(self) -> list[str]:
-        return [*STATE_FEATURES, *CANDIDATE_FEATURES, *(f"ctx_{c}" for c in self.context_columns)]
+        step = ["step_id"] if self.step_ids else []
+        ctx = (f"ctx_{c}" for c in self.context_columns)
+        return [*STATE_FEATURES, *CANDIDATE_FEATURES, *ctx, *step]
 
     @property
     def categorical_indices(self) -> list[int]:
         base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
-        return [base + i for i, c in enumerate(self.context_columns) if c in self.categories]
+        out = [base + i for i, c in enumerate(self.context_columns) if c in self.categories]
+        if self.step_ids:
+            out.append(base + len(self.context_columns))
+        return out
 
     def encode_context(self, context: Mapping[str, Any]) -> list[float]:
         """Context values in feature order: category codes or numbers, NaN when unknown."""
@@ -47,7 +104,7 @@ class FeatureSpec:
                 try:
                     out.append(float(cats.index(str(v))) if v is not None else math.nan)
                 except ValueError:
-                    out.append(math.nan)
+                    out.append(float(len(cats)) if col in self.pooled else math.nan)
             else:
                 out.append(_to_float(v))
         return out
@@ -66,6 +123,9 @@ class FeatureSpec:
         return {
             "context_columns": list(self.context_columns),
             "categories": {k: list(v) for k, v in self.categories.items()},
+            "pooled": sorted(self.pooled),
+            "notes": dict(self.notes),
+            "step_ids": list(self.step_ids),
         }
 
     @classmethod
@@ -73,6 +133,9 @@ class FeatureSpec:
         return cls(
             context_columns=tuple(data.get("context_columns", ())),
             categories={k: tuple(v) for k, v in data.get("categories", {}).items()},
+            pooled=frozenset(data.get("pooled", ())),
+            notes=dict(data.get("notes", {})),
+            step_ids=tuple(data.get("step_ids", ())),
         )
 
     @classmethod
@@ -80,18 +143,71 @@ class FeatureSpec:
         """Learn the context layout from a validated event frame (pandas)."""
         import pandas as pd
 
-        cols: list[str] = []
-        cats: dict[str, tuple[str, ...]] = {}
+        numeric: set[str] = set()
+        counts: dict[str, dict[str, int]] = {}
         for c in context_columns:
             s = frame[c]
             if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                cols.append(c)
+                if s.notna().any():
+                    numeric.add(c)
+                else:
+                    counts[c] = {}
                 continue
-            values = sorted({str(v) for v in s.dropna().unique()})
-            if 0 < len(values) <= MAX_CATEGORIES:
+            counts[c] = value_counts(s)
+        return cls.from_counts(context_columns, numeric, counts)
+
+    @classmethod
+    def from_counts(
+        cls,
+        context_columns: Sequence[str],
+        numeric: set[str],
+        counts: Mapping[str, Mapping[str, int]],
+    ) -> FeatureSpec:
+        """The layout from per-column facts: which columns are numeric (with a value) and, for
+        the others, how many rows carry each text value. Shared by both training engines."""
+        cols: list[str] = []
+        cats: dict[str, tuple[str, ...]] = {}
+        pooled: set[str] = set()
+        notes: dict[str, str] = {}
+        for c in context_columns:
+            if c in numeric:
                 cols.append(c)
-                cats[c] = tuple(values)
-        return cls(context_columns=tuple(cols), categories=cats)
+                notes[c] = "numeric"
+                continue
+            vc = counts.get(c, {})
+            if not vc:
+                notes[c] = "left out: no value in the training log"
+                continue
+            cols.append(c)
+            if len(vc) <= MAX_CATEGORIES:
+                cats[c] = tuple(sorted(vc))
+                notes[c] = _values(len(vc))
+                continue
+            top = sorted(vc.items(), key=lambda kv: (-kv[1], kv[0]))[: MAX_CATEGORIES - 1]
+            cats[c] = tuple(sorted(k for k, _ in top))
+            pooled.add(c)
+            share = sum(n for _, n in top) / sum(vc.values())
+            notes[c] = (
+                f"categorical, {len(vc)} values: the {len(top)} most frequent kept "
+                f"({100 * share:.1f}% of rows), the other {len(vc) - len(top)} pooled as 'other'"
+            )
+        return cls(
+            context_columns=tuple(cols), categories=cats, pooled=frozenset(pooled), notes=notes
+        )
+
+
+def _values(n: int) -> str:
+    return f"categorical, {n} value{'' if n == 1 else 's'}"
+
+
+def value_counts(s: Any) -> dict[str, int]:
+    """Rows per text value of a pandas Series (missing values left out)."""
+    vc = s.value_counts(dropna=True, sort=False)
+    out: dict[str, int] = {}
+    for k, n in zip(vc.index, vc.to_numpy(), strict=True):
+        key = str(k)
+        out[key] = out.get(key, 0) + int(n)
+    return out
 
 
 def candidate_matrix(
@@ -136,6 +252,7 @@ def candidate_block(
     steps = np.fromiter((s for i in keep for s in cands[i]), dtype=np.int64, count=total)
     _candidate_columns(
         X,
+        spec,
         catalog,
         steps,
         np.repeat(np.array([nodes[i][0].max_effort for i in keep]), kept_counts),
@@ -151,7 +268,9 @@ def candidate_block(
             if enc is None:
                 enc = cache[id(st.context)] = spec.encode_merged(st.context, context)
             rows.append(enc)
-        X[:, n_base:] = np.repeat(np.array(rows, dtype=np.float64), kept_counts, axis=0)
+        X[:, n_base : n_base + len(spec.context_columns)] = np.repeat(
+            np.array(rows, dtype=np.float64), kept_counts, axis=0
+        )
     return X
 
 
@@ -189,8 +308,15 @@ def root_block(
         contexts = [spec.encode_merged(r[0].context, r[3]) for r in roots]
     counts = [len(r[1]) for r in roots]
     node = np.repeat(np.arange(len(roots)), counts)
+    states = StateColumns.from_states([r[0] for r in roots], catalog.n)
+    if catalog.has_availability:  # the look-ahead must not imagine steps the user lacks
+        bit = 1 << np.arange(catalog.n, dtype=object)
+        masks = [catalog.available(merged_context(r[0].context, r[3])) for r in roots]
+        states.unavailable = np.array([(m & bit) == 0 for m in masks], dtype=bool).reshape(
+            len(roots), catalog.n
+        )
     return RootBlock(
-        states=StateColumns.from_states([r[0] for r in roots], catalog.n),
+        states=states,
         now=np.array([r[2] for r in roots], dtype=np.float64),
         contexts=np.array(contexts, dtype=np.float64).reshape(
             len(roots), len(spec.context_columns)
@@ -223,6 +349,7 @@ def candidate_rows(
     X[:, :n_state] = states.vectors(now)[node]
     _candidate_columns(
         X,
+        spec,
         catalog,
         step,
         states.max_effort[node],
@@ -230,12 +357,13 @@ def candidate_rows(
         states.declines[node, step],
     )
     if spec.context_columns:
-        X[:, n_base:] = contexts[node]
+        X[:, n_base : n_base + len(spec.context_columns)] = contexts[node]
     return X
 
 
 def _candidate_columns(
     X: np.ndarray,
+    spec: FeatureSpec,
     catalog: Catalog,
     steps: np.ndarray,
     max_effort: Any,
@@ -243,7 +371,8 @@ def _candidate_columns(
     declines: Any,
 ) -> None:
     """Fill the CANDIDATE_FEATURES columns of ``X`` for the offered ``steps`` (each row's
-    user's max accepted effort and offer/decline counts of that step given per row)."""
+    user's max accepted effort and offer/decline counts of that step given per row), and the
+    ``step_id`` column when the spec has one."""
     col = len(STATE_FEATURES)
     arr = catalog.arrays
     eff = arr["effort"][steps]
@@ -254,3 +383,5 @@ def _candidate_columns(
     X[:, col + 4] = eff - max_effort
     X[:, col + 5] = offers
     X[:, col + 6] = declines
+    if spec.step_ids:
+        X[:, -1] = spec.step_codes(catalog)[steps]

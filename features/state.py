@@ -1,4 +1,4 @@
-"""Point-in-time user state and the features built from it (DESIGN.md section 7).
+"""Point-in-time user state and the features built from it (docs/design.md section 7).
 
 One definition, two implementations:
 
@@ -27,6 +27,10 @@ ACCEPTED = "accepted"
 DECLINED = "declined"
 DROPPED = "dropped"
 HOUR = 3600.0
+# ``UserState.ask_times`` keeps only the latest asks: the per-period cap of the guardrails
+# (``max_asks_per_period``, at most this many) never needs more, and a state stored per user
+# (``service.user_state``) stays bounded however long the history.
+ASK_TIMES_KEPT = 256
 
 STATE_FEATURES: tuple[str, ...] = (
     "n_asks",
@@ -78,7 +82,8 @@ class UserState:
     context: dict[str, Any] = field(default_factory=dict)
     last_outcome: str | None = None
     step_last_ts: dict[int, float] = field(default_factory=dict)  # for guardrail cooldowns
-    ask_times: list[float] = field(default_factory=list)  # for guardrail caps per period
+    # the latest ASK_TIMES_KEPT ask times, oldest first: for guardrail caps per period
+    ask_times: list[float] = field(default_factory=list)
 
     def converted(self, catalog: Catalog) -> bool:
         return bool(self.accepted_mask & catalog.goal_mask)
@@ -128,6 +133,8 @@ class UserState:
         self.last_outcome = outcome
         self.step_last_ts[step] = ts
         self.ask_times.append(ts)
+        if len(self.ask_times) > ASK_TIMES_KEPT:
+            del self.ask_times[0]
         if outcome == ACCEPTED:
             self.n_accepts += 1
             self.cons_accepts += 1
@@ -237,6 +244,15 @@ def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def merged_context(known: Mapping[str, Any], request: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The user's known context overlaid with a request's non-missing values: the context a
+    decision sees (features and ``available_when`` alike)."""
+    merged = dict(known)
+    if request:
+        merged.update({k: v for k, v in request.items() if not is_missing(v)})
+    return merged
+
+
 @dataclass(slots=True)
 class StateColumns:
     """Many ``UserState``s as columns: the planner's look-ahead nodes, one row per node.
@@ -261,6 +277,9 @@ class StateColumns:
     accepted: np.ndarray  # bool (nodes, catalog steps)
     offers: np.ndarray  # int64 (nodes, catalog steps): step_offers
     declines: np.ndarray  # int64 (nodes, catalog steps): step_declines
+    # bool (nodes, catalog steps): steps the catalog's ``available_when`` rules out for the
+    # node's user (None: every step exists); children inherit their parent's
+    unavailable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.n_asks)
@@ -367,6 +386,7 @@ class StateColumns:
             mask,
             offers,
             declines,
+            None if self.unavailable is None else self.unavailable[parent],
         )
 
     def vectors(self, now: np.ndarray) -> np.ndarray:

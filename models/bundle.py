@@ -274,7 +274,10 @@ def fit_bundle(
     """Fit the three outcome models on point-in-time feature rows.
 
     * readiness: every offer, label = accepted;
-    * drop: declined or dropped offers, label = dropped;
+    * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
+      (a user who declines their last offer of a horizon, or simply never returns, is as lost
+      to the planner as one who said "stop": counting only explicit drops made every look-ahead
+      assume a decline is always followed by another visit);
     * back: accepted non-goal offers, label = the user had a later event.
     """
     from models.readiness import ReadinessModel
@@ -283,12 +286,13 @@ def fit_bundle(
     kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
     readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
     no = ~accepted
-    drop = _fit_optional(X[no], dropped[no], kw)
+    gone = dropped | ~came_back
+    drop = _fit_optional(X[no], gone[no], kw)
     acc_ng = accepted & ~is_goal.astype(bool)
     back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
     base_rates = {
         "accept": float(accepted.mean()),
-        "drop": float(dropped[no].mean()) if no.any() else 0.3,
+        "drop": float(gone[no].mean()) if no.any() else 0.3,
         "back": float(came_back[acc_ng].mean()) if acc_ng.any() else 0.8,
     }
     return ModelBundle(

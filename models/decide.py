@@ -18,7 +18,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from features.errors import InputError
-from features.state import UserState, fold_history
+from features.state import UserState, fold_history, merged_context
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.planner import Planner
 from models.policies import DecisionInput, PolicyConfig, _Exploration, choose
@@ -60,7 +60,7 @@ class Decider:
     """One policy on one (optional) model, over one catalog.
 
     ``scorer`` is a ``models.bundle.ModelScorer`` or None; without a model a model-based policy
-    degrades to ``ladder`` and says so in ``policy`` (DESIGN.md section 9).
+    degrades to ``ladder`` and says so in ``policy`` (docs/design.md section 9).
     """
 
     def __init__(
@@ -213,7 +213,7 @@ class Decider:
         ctx = dict(context or {})
         if state.converted(self.catalog):
             return self._nothing("converted")
-        eligible = self.catalog.eligible_indices(state.accepted_mask)
+        eligible = self.catalog.eligible_indices(state.accepted_mask, self._available(state, ctx))
         if requested is not None:
             wanted = set(requested)
             eligible = [i for i in eligible if i in wanted]
@@ -306,13 +306,22 @@ class Decider:
         self, state: UserState, *, now: float, context: Mapping[str, Any] | None = None
     ) -> dict[str, float | None]:
         """Readiness of every eligible step (None without a model): for ``GET /v1/users``."""
-        eligible = self.catalog.eligible_indices(state.accepted_mask)
+        eligible = self.catalog.eligible_indices(
+            state.accepted_mask, self._available(state, context)
+        )
         if not eligible:
             return {}
         if self.scorer is None:
             return {self.catalog.ids[i]: None for i in eligible}
         p = self.scorer.p_accept(state, eligible, now, dict(context or {}))
         return {self.catalog.ids[i]: round(float(v), 6) for i, v in zip(eligible, p, strict=True)}
+
+    def _available(self, state: UserState, context: Mapping[str, Any] | None) -> int:
+        """The catalog's ``available_when`` mask for the user's known context overlaid with the
+        request's non-missing values (the context the readiness features see)."""
+        if not self.catalog.has_availability:
+            return -1
+        return self.catalog.available(merged_context(state.context, context))
 
     def _nothing(self, reason: str) -> DecisionResult:
         return DecisionResult(

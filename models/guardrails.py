@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from features.catalog import Catalog
-from features.state import ACCEPTED, HOUR, UserState
+from features.state import ACCEPTED, ASK_TIMES_KEPT, HOUR, UserState
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,10 @@ class GuardrailSettings:
     pause_hours: float = 72.0
 
     def __post_init__(self) -> None:
-        if self.max_asks_per_period is not None and self.max_asks_per_period < 1:
-            raise ValueError("max_asks_per_period must be >= 1")
+        if self.max_asks_per_period is not None and not (
+            1 <= self.max_asks_per_period <= ASK_TIMES_KEPT
+        ):  # a user's state keeps the latest ASK_TIMES_KEPT ask times
+            raise ValueError(f"max_asks_per_period must be between 1 and {ASK_TIMES_KEPT}")
         if self.pause_after_declines is not None and self.pause_after_declines < 1:
             raise ValueError("pause_after_declines must be >= 1")
         if self.period_hours <= 0 or self.pause_hours < 0:

@@ -4,8 +4,11 @@ From the user's point-in-time state it looks ahead over the catalog with the lea
 models: P(accept), P(drop | decline) and P(comes back | accept). It evaluates an expectimax tree
 ``depth`` offers deep, whose leaves are valued by the best goal one could ask for right there
 (readiness times the goal's worth), and picks the step with the highest expected goal value.
-Among steps within ``tolerance`` of the best, the one with the least effort wins: when asking for
-less costs (almost) nothing, ask for less.
+Among steps within ``relative_tolerance`` of the best (3% of its value by default), the one with
+the least effort wins: when asking for less costs (almost) nothing, ask for less. The tolerance
+is relative because values differ in scale from funnel to funnel and shrink late in a user's
+visits: an absolute one (0.02) made every step "as good" wherever values were small, so the
+planner kept offering the lowest rung where only the goal could still convert.
 
 Because readiness is conditioned on everything the user has shown (context, accepts and
 declines in a row, how fast they come back), the same tree asks a "ready" user for the goal at
@@ -36,6 +39,7 @@ from features.state import (
     TIME_FEATURES,
     StateColumns,
     UserState,
+    merged_context,
     time_feature_columns,
     time_features,
 )
@@ -48,13 +52,14 @@ class Planner:
 
     ``depth`` full levels are expanded (every eligible step, accept and decline), then each leaf
     is valued by a chain of up to ``chain`` ladder steps ending in the best goal;
-    ``tolerance`` is the absolute difference in expected goal value below which the cheaper step
-    is preferred.
+    a step whose expected goal value is within ``relative_tolerance`` of the best (as a share
+    of the best) plus ``tolerance`` (absolute) counts as "as good", and the cheapest of those
+    wins.
     """
 
     depth: int = 1
-    tolerance: float = 0.02
-    relative_tolerance: float = 0.0
+    tolerance: float = 0.0
+    relative_tolerance: float = 0.03
     chain: int = 6
     retry: float = 0.8
     scorer: Any = None
@@ -286,6 +291,10 @@ class Planner:
                     tuple(sorted(state.step_declines.items())),
                     ctx_key,
                     tuple(time_key),
+                    # which steps exist for this user shapes the whole tree (available_when)
+                    catalog.available(merged_context(state.context, context))
+                    if catalog.has_availability
+                    else -1,
                 )
             )
             contexts.append(ctx)
@@ -332,6 +341,8 @@ class _Tree:
         ok = ~acc & ~(acc & self.is_goal).any(axis=1, keepdims=True)
         if self.has_requires:
             ok &= ((~acc).astype(np.int64) @ self.requires_t) == 0
+        if states.unavailable is not None:  # the catalog's available_when for each node's user
+            ok &= ~states.unavailable
         return ok
 
     def rows(

@@ -36,7 +36,7 @@ class DecisionInput:
     candidates: list[int]  # eligible catalog positions, already filtered by the request
     now: float
     context: Mapping[str, Any] = field(default_factory=dict)
-    scorer: Any | None = None  # a models.scoring.ModelScorer, or None when there is no model
+    scorer: Any | None = None  # a models.bundle.ModelScorer, or None when there is no model
     _p: np.ndarray | None = None
     _planned: Any = None  # the planner's (output, readiness) for this input, planned in a batch
 

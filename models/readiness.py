@@ -4,8 +4,9 @@
 slice of its training data: the planner multiplies these probabilities along imagined paths, so
 they must be right in level, not only in order. It follows the scikit-learn estimator API so
 ``clone``, pipelines and ``parametrize_with_checks`` work. ``LogisticBaseline`` is the honest
-yardstick on the same features. The same class also fits P(drop | decline) and
-P(comes back | accept): they are binary outcome models over the same feature rows.
+yardstick on the same features (categories one-hot encoded, numbers scaled). The same
+``ReadinessModel`` class also fits P(drop | decline) and P(comes back | accept): they are binary
+outcome models over the same feature rows.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -148,10 +150,51 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         return tags
 
 
-class LogisticBaseline(ClassifierMixin, BaseEstimator):
-    """Median-imputed, standardised logistic regression on the same features."""
+class OneHotWithPrior(TransformerMixin, BaseEstimator):
+    """One-hot columns in which a value not seen in ``fit`` gets its column's training
+    frequencies (the expected one-hot vector) instead of zeros.
 
-    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, random_state: int = 0) -> None:
+    With zeros, a linear model gives a new value (a course that starts after training) the
+    effect of "no category at all", which its coefficients never had to make sensible; with the
+    frequencies, it gets the average effect of the known ones: the prior."""
+
+    def fit(self, X: Any, y: Any = None) -> OneHotWithPrior:
+        self.encoder_ = OneHotEncoder(
+            handle_unknown="ignore", sparse_output=False, dtype=np.float64
+        ).fit(X)
+        self.means_ = self.encoder_.transform(X).mean(axis=0)
+        self.bounds_ = np.cumsum([0, *(len(c) for c in self.encoder_.categories_)])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        Z = self.encoder_.transform(X)
+        for a, b in zip(self.bounds_[:-1], self.bounds_[1:], strict=True):
+            unknown = Z[:, a:b].sum(axis=1) == 0
+            if unknown.any():
+                Z[unknown, a:b] = self.means_[a:b]
+        return Z
+
+
+class LogisticBaseline(ClassifierMixin, BaseEstimator):
+    """Logistic regression on the same features, encoded the way a linear model needs them.
+
+    A linear model cannot use a category code as a number (region 0-12 as one slope), so the
+    ``categorical_features`` columns are one-hot encoded (missing is its own column; a value not
+    seen in training gets the average effect, see ``OneHotWithPrior``); the other columns are
+    median-imputed with a missing-value indicator and standardised. One ``ColumnTransformer``
+    in a ``Pipeline`` (``pipeline_``).
+    """
+
+    def __init__(
+        self,
+        *,
+        categorical_features: tuple[int, ...] | None = None,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        random_state: int = 0,
+    ) -> None:
+        self.categorical_features = categorical_features
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
@@ -159,11 +202,24 @@ class LogisticBaseline(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> LogisticBaseline:
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         self.classes_ = np.unique(y)
-        self.pipeline_ = make_pipeline(
+        cats = sorted({int(c) for c in (self.categorical_features or ()) if 0 <= c < X.shape[1]})
+        nums = [i for i in range(X.shape[1]) if i not in set(cats)]
+        numeric = make_pipeline(
             SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
             StandardScaler(),
+        )
+        parts: list[tuple[str, Any, list[int]]] = [("numeric", numeric, nums)]
+        if cats:
+            categorical = make_pipeline(
+                SimpleImputer(strategy="constant", fill_value=-1.0, keep_empty_features=True),
+                OneHotWithPrior(),
+            )
+            parts.append(("categorical", categorical, cats))
+        self.pipeline_ = make_pipeline(
+            ColumnTransformer(parts),
             LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state),
         ).fit(X, y)
+        self.n_iter_ = self.pipeline_[-1].n_iter_
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -1,25 +1,29 @@
-"""The serving artifact: what a server needs of a model bundle, loadable without scikit-learn.
+"""The serving artifact: what a server needs of a model bundle, as data that cannot run code.
 
-A bundle (``models.bundle``) is a joblib pickle of scikit-learn estimators. Unpickling it
-imports scikit-learn, SciPy, pandas and LightGBM's Python package, about 2.9 s of the 5 s
-from ``nextstep serve`` to ready on the bench machine. So ``ModelBundle.save`` also writes
-``serving/`` beside it:
-- each outcome model's LightGBM model text, best iteration and isotonic knots;
-- the feature spec and meta (pickled, as the bundle holds them), and the bundle's numbers.
+A bundle (``models.bundle``) is a joblib pickle of scikit-learn estimators: unpickling it runs
+whatever code the file names, and imports scikit-learn, SciPy and pandas. So
+``ModelBundle.save`` also writes ``serving/`` beside it, with no pickle in it:
+- each outcome model's LightGBM model text (``<name>.txt``);
+- ``serving.json``: best iterations, isotonic knots and the bundle's numbers;
+- ``spec.json`` (the feature layout) and ``meta.json`` (numbers as plain JSON numbers).
 
 ``load_serving_dir`` builds the same ``ModelScorer`` from that, through LightGBM's C library
 (``models.native.NativeBooster``) and the calibration formula training uses
 (``models.calibration``). Tests prove its probabilities, contributions, split thresholds and
-decisions equal the bundle's to the bit. A model directory without ``serving/`` (trained
-before it existed) or with an unusable one loads the bundle, as before.
+decisions equal the bundle's to the bit.
+
+``serving_digest`` is the artifact's sha256 (over every file's name and bytes); training records
+it on the registered model version (tag ``serving_sha256``) and the service refuses an artifact
+whose digest differs (``verify_serving``). The joblib bundle is loaded only when a caller asks
+for it explicitly (``trust_pickle``: the CLI's ``--trust-registry``), never as a silent fallback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
+from features.spec import FeatureSpec
 from models.bundle import (
     ModelBundle,
+    ModelLoadError,
     ModelScorer,
     checked_scorer,
     find_bundle_file,
@@ -41,9 +47,64 @@ from models.native import NativeBooster
 log = logging.getLogger("nextstep.models")
 SERVING_DIR = "serving"
 _INDEX = "serving.json"
-_OBJECTS = "objects.pkl"
-_FORMAT = 1
+_SPEC = "spec.json"
+_META = "meta.json"
+_FORMAT = 2  # 1 held the spec and meta as a pickle: refused, it could run code
 _MODELS = ("readiness", "drop", "back")
+DIGEST_TAG = "serving_sha256"  # the model-version tag holding ``serving_digest``
+
+
+class ArtifactDigestMismatch(ModelLoadError):
+    """The serving artifact's bytes are not those recorded when the model was registered."""
+
+
+def serving_digest(directory: Path) -> str:
+    """sha256 over every file of a ``serving/`` directory: its relative name and its bytes, in
+    name order. Any added, removed, renamed or changed file changes it."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file() or p.is_symlink())
+    for f in files:
+        name = f.relative_to(directory).as_posix().encode()
+        h.update(len(name).to_bytes(4, "big") + name)
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def serving_directory(path: str | Path) -> Path | None:
+    """The ``serving/`` directory of a model directory (beside its bundle file), if any."""
+    found = find_bundle_file(path)
+    if found is not None and (found.parent / SERVING_DIR / _INDEX).is_file():
+        return found.parent / SERVING_DIR
+    root = Path(path)
+    if (root / SERVING_DIR / _INDEX).is_file():
+        return root / SERVING_DIR
+    hits = sorted(root.rglob(f"{SERVING_DIR}/{_INDEX}")) if root.is_dir() else []
+    return hits[0].parent if hits else None
+
+
+def verify_serving(directory: Path, expected: str) -> None:
+    """Raise ``ArtifactDigestMismatch`` unless ``directory`` hashes to ``expected``."""
+    actual = serving_digest(directory)
+    if actual != expected.strip().lower():
+        raise ArtifactDigestMismatch(
+            f"serving artifact {directory} has sha256 {actual[:16]}..., the registry recorded "
+            f"{expected[:16]}...: it was changed after registration; refusing to load it"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy numbers become Python numbers, tuples lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 @dataclass
@@ -99,9 +160,8 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
             # floats as JSON: Python writes the shortest text that reads back to the same bits
             "knots": None if knots[0] is None else [np.asarray(k).tolist() for k in knots],
         }
-    # the spec and meta as the bundle holds them (meta may carry numpy numbers, tuples)
-    objects = {"spec": bundle.spec, "meta": bundle.meta}
-    (out / _OBJECTS).write_bytes(pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL))
+    (out / _SPEC).write_text(json.dumps(bundle.spec.to_dict()), encoding="utf-8")
+    (out / _META).write_text(json.dumps(_plain(bundle.meta)), encoding="utf-8")
     index = {
         "format": _FORMAT,
         "models": models,
@@ -111,13 +171,21 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
     (out / _INDEX).write_text(json.dumps(index), encoding="utf-8")
 
 
-def load_serving(directory: Path) -> ModelBundle:
-    """The bundle of a ``serving/`` directory, with ``ServingModel``s (errors as raised)."""
+def load_serving(directory: Path, expected_sha256: str | None = None) -> ModelBundle:
+    """The bundle of a ``serving/`` directory, with ``ServingModel``s (errors as raised).
+
+    Reads only JSON and LightGBM model text: nothing in the directory can run code. With
+    ``expected_sha256`` the directory is verified first (``verify_serving``)."""
+    if expected_sha256 is not None:
+        verify_serving(directory, expected_sha256)
     index = json.loads((directory / _INDEX).read_text(encoding="utf-8"))
     if index.get("format") != _FORMAT:
-        raise ValueError(f"serving format {index.get('format')!r}, this code reads {_FORMAT}")
-    objects = pickle.loads((directory / _OBJECTS).read_bytes())
-    spec = objects["spec"]
+        raise ValueError(
+            f"serving format {index.get('format')!r}, this code reads {_FORMAT} "
+            "(format 1 held a pickle: retrain the model to serve it)"
+        )
+    spec = FeatureSpec.from_dict(json.loads((directory / _SPEC).read_text(encoding="utf-8")))
+    meta = json.loads((directory / _META).read_text(encoding="utf-8"))
     models: dict[str, ServingModel | None] = {}
     for name in _MODELS:
         entry = index["models"].get(name)
@@ -141,28 +209,38 @@ def load_serving(directory: Path) -> ModelBundle:
         back=models["back"],
         typical_gap_hours=float(index["typical_gap_hours"]),
         base_rates=index["base_rates"],
-        meta=objects["meta"],
+        meta=meta,
     )
 
 
 def load_serving_dir(
-    path: str | Path, catalog: Catalog | None = None
+    path: str | Path,
+    catalog: Catalog | None = None,
+    *,
+    expected_sha256: str | None = None,
+    trust_pickle: bool = False,
 ) -> tuple[ModelScorer, dict[str, Any]]:
-    """``models.bundle.load_bundle_dir`` from the serving artifact when the model has one.
+    """``(scorer, meta)`` of a model directory from its serving artifact.
 
-    The artifact sits beside the bundle file ``load_bundle_dir`` would load. Without it, or
-    when it cannot be read or cannot score ``catalog``, the bundle is loaded instead (and
-    reports its own errors).
+    A model without a usable artifact is refused (``ModelLoadError``), unless ``trust_pickle``
+    (the CLI's explicit ``--trust-registry``) allows its joblib bundle, which runs code.
     """
-    found = find_bundle_file(path)
-    directory = None if found is None else found.parent / SERVING_DIR
-    if directory is None or not (directory / _INDEX).is_file():
-        return load_bundle_dir(path, catalog)
+    directory = serving_directory(path)
+    if directory is None:
+        if trust_pickle:
+            log.warning("%s has no serving artifact: loading its pickled bundle (trusted)", path)
+            return load_bundle_dir(path, catalog)
+        raise ModelLoadError(
+            f"{path} has no serving artifact (serving/serving.json): retrain the model, or "
+            "load its pickled bundle with --trust-registry if you trust whoever wrote it"
+        )
     try:
-        bundle = load_serving(directory)
+        bundle = load_serving(directory, expected_sha256)
         scorer = checked_scorer(bundle, catalog)
+    except ModelLoadError:
+        raise
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.warning("cannot serve from %s (%s); loading the bundle", directory, reason)
-        return load_bundle_dir(path, catalog)
+        raise ModelLoadError(
+            f"cannot load the serving artifact {directory}: {type(exc).__name__}: {exc}"
+        ) from None
     return scorer, dict(bundle.meta)

@@ -1,4 +1,4 @@
-"""The HTTP service (DESIGN.md sections 6 and 9).
+"""The HTTP service (docs/design.md sections 6 and 9).
 
 Modules, one job each:
 

@@ -22,6 +22,8 @@ from fastapi.routing import APIRoute
 
 from features.catalog import load_catalog
 from features.errors import CatalogError
+from service.degraded import log_start
+from service.docs import install_docs, with_catalog
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
 from service.metrics import Metrics
@@ -29,10 +31,12 @@ from service.middleware import BodyGuard, RequestMetrics
 from service.model_loader import ModelLoader
 from service.plan_batcher import LoopPlanBatcher
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.redact import public_error
 from service.routers import admin, catalog, decisions, ops, outcomes, problems, users
 from service.runtime import DeciderFactory, ModelDeciderFactory, Runtime
 from service.settings import Settings
 from service.store import Store
+from service.user_state import sync_states
 
 log = logging.getLogger("nextstep.service")
 _PRUNE_EVERY_S = 3600.0
@@ -73,6 +77,9 @@ def create_app(
         )
         try:
             store.migrate()
+            store.remember_catalog(cat.canonical_json(), cat.sha256(), str(settings.catalog))
+            # states for this catalog (a no-op unless the catalog changed): before serving
+            await asyncio.to_thread(sync_states, store, cat)
             pruned = store.prune_idempotency(settings.idempotency_ttl_hours * 3600)
             if pruned:
                 log.info("pruned %d expired idempotency keys", pruned)
@@ -81,9 +88,11 @@ def create_app(
             )
             runtime = Runtime(settings, cat, factory, on_swap=_on_swap)
             await asyncio.to_thread(runtime.start)
+            log_start(runtime.current, settings)
             app.state.settings = settings
             app.state.store = store
             app.state.catalog = cat
+            app.openapi_schema = None  # rebuilt with the served catalog's step ids (service.docs)
             app.state.runtime = runtime
             app.state.metrics = metrics
             app.state.steps_body = orjson.dumps({"steps": cat.to_list()}, default=str)
@@ -113,6 +122,7 @@ def create_app(
         version="0.1.0",
         summary="Adaptive next-step recommender: the smallest useful next action for a user.",
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves /docs and /redoc from packaged assets, not a CDN
         redoc_url=None,
         redirect_slashes=False,  # "/v1/users" is not "/v1/users/": 404, not a redirect
     )
@@ -120,6 +130,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.planning = LoopPlanBatcher(settings.plan_batch_max, metrics.plan_passes.observe)
     install_problem_handlers(app)
+    install_docs(app, title="nextstep")
 
     guarded: list[Any] = []
     guarded_responses: dict[int | str, dict[str, Any]] = {}
@@ -129,8 +140,16 @@ def create_app(
         guarded = [Depends(require_api_key)]
         guarded_responses = problems(401)
     routers = (decisions.router, outcomes.router, users.router, catalog.router, admin.router)
-    for r in routers:
+    for r in routers[:-1]:
         app.include_router(r, dependencies=guarded, responses=guarded_responses)
+    if settings.admin_guarded:  # admin keys only: a client key gets 403 (service.deps)
+        from service.deps import require_admin_key
+
+        app.include_router(
+            admin.router, dependencies=[Depends(require_admin_key)], responses=problems(401, 403)
+        )
+    else:
+        app.include_router(admin.router)
     app.include_router(ops.router)
 
     json_paths = {
@@ -180,7 +199,7 @@ async def _confirm_cached(runtime: Runtime) -> None:
         try:
             outcome = await asyncio.to_thread(runtime.confirm)
         except Exception as exc:  # the new champion was refused: the cached one keeps serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("confirming the cached models: new champion refused: %s", exc)
             return
         if outcome != "unreachable":
@@ -194,7 +213,7 @@ async def _poll_forever(runtime: Runtime, interval: float) -> None:
         try:
             await asyncio.to_thread(runtime.reload, only_if_changed=True)
         except Exception as exc:  # refused model, unreachable registry: keep serving
-            runtime.last_error = str(exc)
+            runtime.last_error = public_error(exc)
             log.warning("model polling: reload refused: %s", exc)
 
 
@@ -209,7 +228,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         summary=app.summary,
         description=(
             "Errors are RFC 9457 problem details (application/problem+json). "
-            "See DESIGN.md section 6 for the contract."
+            "The contract is in docs/design.md, section 6, of the nextstep repository."
         ),
         routes=app.routes,
     )
@@ -224,5 +243,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    catalog = getattr(app.state, "catalog", None)
+    if catalog is not None:  # started: describe the served catalog's step ids
+        with_catalog(schema, catalog)
     app.openapi_schema = schema
     return schema

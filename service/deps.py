@@ -18,7 +18,7 @@ from fastapi.security import APIKeyHeader
 from features.catalog import Catalog
 from service.metrics import Metrics
 from service.plan_batcher import LoopPlanBatcher
-from service.problems import Unauthorized
+from service.problems import Forbidden, Unauthorized
 from service.runtime import Deciders, Runtime
 from service.settings import Settings
 from service.store import Store
@@ -64,12 +64,18 @@ class Services:
     metrics: Metrics
     catalog: Catalog
     planning: LoopPlanBatcher
+    allowed_context: frozenset[str] | None = None  # NEXTSTEP_CONTEXT_KEYS
 
 
 async def get_services(request: Request) -> Services:
     state = request.app.state
     return Services(
-        state.store, state.runtime.current, state.metrics, state.catalog, state.planning
+        state.store,
+        state.runtime.current,
+        state.metrics,
+        state.catalog,
+        state.planning,
+        state.settings.allowed_context,
     )
 
 
@@ -95,6 +101,12 @@ IdempotencyKey = Annotated[
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="One of NEXTSTEP_API_KEYS."
 )
+_admin_key_header = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="AdminKey",
+    auto_error=False,
+    description="One of NEXTSTEP_ADMIN_KEYS (/admin routes only).",
+)
 
 
 async def require_api_key(
@@ -106,6 +118,21 @@ async def require_api_key(
     The key itself is never logged or echoed.
     """
     check_api_key(request.app.state.settings.keys, api_key)
+
+
+async def require_admin_key(
+    request: Request, api_key: Annotated[str | None, Security(_admin_key_header)]
+) -> None:
+    """/admin/*: 401 without a known key, 403 for a client key (``NEXTSTEP_API_KEYS``), which
+    never grants admin rights; only ``NEXTSTEP_ADMIN_KEYS`` do (constant-time compares)."""
+    settings = request.app.state.settings
+    given = (api_key or "").encode("utf-8", "replace")
+    admin = settings.admin_key_bytes
+    if admin and api_key_ok(admin, given):
+        return
+    if settings.keys and api_key_ok(settings.keys, given):
+        raise Forbidden("this key may not call /admin routes; use one of NEXTSTEP_ADMIN_KEYS")
+    raise Unauthorized("a valid X-API-Key header (an admin key) is required")
 
 
 def check_api_key(keys: tuple[bytes, ...], api_key: str | None) -> None:

@@ -1,4 +1,4 @@
-"""Online experiments: arms, weights and sticky assignment (DESIGN.md section 8).
+"""Online experiments: arms, weights and sticky assignment (docs/design.md section 8).
 
 An experiment is a value read from YAML (``NEXTSTEP_EXPERIMENTS``) or, without a file, one arm
 ``champion`` running the settings' policy on the model URI. Assignment hashes a salt and the
@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import InputError
+from features.keys import first_unknown, unknown_key_message, yaml_error_line
 from models.policies import EXPLORATION, PolicyConfig
 
 _ARM_KEYS = frozenset({"name", "policy", "exploration", "model", "weight", "shadow_of"})
+_EXPERIMENT_KEYS = frozenset({"name", "salt", "arms"})
 
 
 class ExperimentError(InputError):
@@ -140,7 +142,7 @@ def load_experiment(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ExperimentError(f"not valid YAML ({exc})", source=source) from None
+        raise ExperimentError(f"not valid YAML ({yaml_error_line(exc)})", source=source) from None
     return parse_experiment(data, source=source, default_policy=default_policy)
 
 
@@ -149,6 +151,11 @@ def parse_experiment(data: Any, *, source: str, default_policy: str) -> Experime
         data = {"arms": data}
     if not isinstance(data, Mapping) or not isinstance(data.get("arms"), list):
         raise ExperimentError("expected a mapping with a list 'arms'", source=source)
+    unknown = first_unknown(data, _EXPERIMENT_KEYS)
+    if unknown is not None:  # e.g. ``salts``: a silently ignored salt reshuffles nobody
+        raise ExperimentError(
+            unknown_key_message(unknown, _EXPERIMENT_KEYS), source=source, field=unknown
+        )
     name = str(data.get("name") or "experiment")
     salt = str(data.get("salt") or name)
     arms = tuple(
@@ -171,12 +178,9 @@ def _parse_arm(item: Any, pos: int, source: str, default_policy: str) -> Arm:
     def bad(msg: str, fld: str) -> ExperimentError:
         return ExperimentError(f"arm {name!r}: {msg}", source=source, field=fld)
 
-    unknown = sorted(set(map(str, item)) - _ARM_KEYS)
-    if unknown:  # e.g. ``shadow``: silently serving a shadow arm would be worse than refusing
-        raise bad(
-            f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_ARM_KEYS))})",
-            unknown[0],
-        )
+    unknown = first_unknown(item, _ARM_KEYS)
+    if unknown is not None:  # e.g. ``shadow``: silently serving a shadow arm would be worse
+        raise bad(unknown_key_message(unknown, _ARM_KEYS), unknown)
 
     try:
         policy = PolicyConfig.parse(str(item.get("policy") or default_policy))

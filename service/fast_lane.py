@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import check_api_key
+from service.flows import check_context
 from service.middleware import is_json_media, replay_body
 from service.problems import problem_response
 from service.routers.decisions import serve_keyed_next_step, serve_next_step
@@ -106,6 +107,7 @@ class NextStepLane:
         metrics = state.metrics
         try:
             check_api_key(state.settings.keys, api_key)  # the route's 401, from its handler
+            check_context(state.settings.allowed_context, req.context, ("body", "context"))
             store, deciders, planning = state.store, state.runtime.current, state.planning
             if key is None:
                 reply = await serve_next_step(store, deciders, metrics, planning, req)

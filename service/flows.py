@@ -10,6 +10,8 @@ to bytes here, once, so an idempotent replay is byte-for-byte the first response
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -22,12 +24,13 @@ from sqlalchemy.exc import IntegrityError
 
 from features.catalog import STAGES, Catalog
 from features.errors import InputError
-from features.state import ACCEPTED
+from features.state import ACCEPTED, UserState
 from models.decide import DecisionRequest, DecisionResult, Ready
+from service import user_state
 from service.ids import new_decision_id, new_decision_ids
 from service.metrics import Metrics
 from service.plan_batcher import LoopPlanBatcher
-from service.problems import Conflict, NotFound, Unprocessable, problem_dict
+from service.problems import Conflict, NotFound, Unprocessable, clean_text, problem_dict
 from service.runtime import ArmRuntime, Deciders
 from service.schemas import (
     DecisionOutcomeRequest,
@@ -35,7 +38,7 @@ from service.schemas import (
     OrganicOutcomeRequest,
     OutcomeRequest,
 )
-from service.store import HistoryEvent, IdempotentRecord, Store, dumps, idempotency_row
+from service.store import IdempotentRecord, Store, dumps, idempotency_row
 from service.timeutil import iso
 
 ROUTE_NEXT_STEP = "next-step"
@@ -63,9 +66,30 @@ def replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply
     """The stored response of a key (409 if the key came with another request)."""
     if rec.request_hash != digest:
         raise Conflict("this Idempotency-Key was already used with a different request")
+    if not rec.body:  # processed, but its response was too large to keep (store.py)
+        raise Conflict(
+            "this Idempotency-Key was already processed; its response was too large to keep "
+            "for a replay (the decisions are stored: GET /v1/users/{user_id})"
+        )
     if metrics is not None:
         metrics.idempotent_replays.inc()
     return Reply(rec.status, rec.body, replayed=True)
+
+
+def check_context(
+    allowed: frozenset[str] | None, context: Mapping[str, Any] | None, loc: Sequence[Any]
+) -> None:
+    """422 naming the first context key that ``NEXTSTEP_CONTEXT_KEYS`` does not declare."""
+    if allowed is None or not context:
+        return
+    for k in context:
+        if k not in allowed:
+            raise Unprocessable(
+                f"context key {clean_text(k, 64)!r} is not declared (NEXTSTEP_CONTEXT_KEYS)",
+                errors=[
+                    {"loc": [*loc, clean_text(k, 64)], "msg": "undeclared", "type": "context_key"}
+                ],
+            )
 
 
 # -- next step -------------------------------------------------------------------------------
@@ -77,19 +101,19 @@ def _num(x: float | None) -> float | int | None:
 
 
 def _decide(
-    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+    arm: ArmRuntime, req: NextStepRequest, state: UserState | None, now: float
 ) -> DecisionResult:
     """``Decider.decide`` for a next-step request (an unknown candidate is the 422)."""
-    ready = _ready(arm, req, history, now)
+    ready = _ready(arm, req, state, now)
     return ready if isinstance(ready, DecisionResult) else arm.decider.finish(ready, req.explain)
 
 
 def _ready(
-    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+    arm: ArmRuntime, req: NextStepRequest, state: UserState | None, now: float
 ) -> DecisionResult | Ready:
     """``Decider.ready`` for a next-step request, a rejected request as the 422."""
     try:
-        return arm.decider.ready(_decision_request(req, history, now))
+        return arm.decider.ready(_decision_request(req, state, now))
     except InputError as exc:
         raise _unprocessable(exc) from None
 
@@ -98,7 +122,7 @@ def _shadow_rows(
     deciders: Deciders,
     arm: ArmRuntime,
     req: NextStepRequest,
-    history: Sequence[HistoryEvent],
+    state: UserState | None,
     now: float,
     decision_id: str,
 ) -> list[dict[str, Any]]:
@@ -109,7 +133,7 @@ def _shadow_rows(
     rows: list[dict[str, Any]] = []
     for shadow in deciders.shadows(arm.arm.name):
         try:
-            res = _decide(shadow, req, history, now)
+            res = _decide(shadow, req, state, now)
         except Exception:  # a shadow must never break the served decision
             continue
         rows.append(_shadow_row(decision_id, shadow, res))
@@ -212,28 +236,28 @@ def request_digest(req: NextStepRequest) -> str:
 async def prepare_next_step(
     deciders: Deciders,
     req: NextStepRequest,
-    history: Sequence[HistoryEvent],
+    state: UserState | None,
     planning: LoopPlanBatcher,
     digest: str | None = None,
 ) -> PreparedDecision:
     """The decision half of a next-step, on the event loop.
 
-    The caller read ``history`` (``Store.read_history``) and stores ``row`` and
-    ``shadow_rows`` (``Store.commit_decisions``) before answering with ``decided``; nothing
-    here writes. A planner miss waits for ``planning``, which plans it together with the misses
-    of concurrent requests (the same plan it would get alone); everything else is
-    ``Decider.decide``. ``digest`` (``request_digest``) is the request's fingerprint when it
-    carries an Idempotency-Key; without a key there is nothing to compare a retry with, so the
-    row has none (as in a batch).
+    The caller read ``state`` (``user_state.read_state``: None for a new user) and stores
+    ``row`` and ``shadow_rows`` (``Store.commit_decisions``) before answering with
+    ``decided``; nothing here writes. A planner miss waits for ``planning``, which plans it
+    together with the misses of concurrent requests (the same plan it would get alone);
+    everything else is ``Decider.decide``. ``digest`` (``request_digest``) is the request's
+    fingerprint when it carries an Idempotency-Key; without a key there is nothing to compare
+    a retry with, so the row has none (as in a batch).
     """
     now = req.ts if req.ts is not None else time.time()
     arm = deciders.for_user(req.user_id)
-    result = await _decide_on_loop(arm, req, history, now, planning)
+    result = await _decide_on_loop(arm, req, state, now, planning)
     row, payload = _decision(arm, req, result, now, digest)
     shadow_rows: list[dict[str, Any]] = []
     for shadow in deciders.shadows(arm.arm.name):  # what each would have offered, logged only
         try:
-            res = await _decide_on_loop(shadow, req, history, now, planning)
+            res = await _decide_on_loop(shadow, req, state, now, planning)
         except Exception:  # a shadow must never break the served decision
             continue
         shadow_rows.append(_shadow_row(row["decision_id"], shadow, res))
@@ -243,12 +267,12 @@ async def prepare_next_step(
 async def _decide_on_loop(
     arm: ArmRuntime,
     req: NextStepRequest,
-    history: Sequence[HistoryEvent],
+    state: UserState | None,
     now: float,
     planning: LoopPlanBatcher,
 ) -> DecisionResult:
     """``_decide``, with a planner miss planned by ``planning`` (with concurrent misses)."""
-    ready = _ready(arm, req, history, now)
+    ready = _ready(arm, req, state, now)
     if isinstance(ready, DecisionResult):
         return ready
     job = arm.decider.plan_job(ready)
@@ -269,17 +293,17 @@ def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
 
 
 def _same_input_key(
-    arm: ArmRuntime, req: NextStepRequest, history: Sequence[HistoryEvent], now: float
+    arm: ArmRuntime, req: NextStepRequest, state: UserState | None, now: float
 ) -> tuple | None:
     """Requests of one batch with this key get the same decision when it is deterministic.
 
-    A decision depends on the user only through their history and the seed of an exploration
+    A decision depends on the user only through their state and the seed of an exploration
     draw; when the policy puts probability 1 on one step (``propensity`` 1) no draw happens, so
-    users with the same history, context, candidates and clock (typically many first visits
-    from one campaign) share one computation. Only users without history are grouped: theirs
-    is the common case, and comparing long histories would cost more than it saves.
+    users with the same state, context, candidates and clock (typically many first visits
+    from one campaign) share one computation. Only users with nothing recorded are grouped:
+    theirs is the common case, and comparing states would cost more than it saves.
     """
-    if history:
+    if state is not None:
         return None
     return (
         arm.arm.name,
@@ -321,7 +345,8 @@ def next_step_batch(
         record = store.read_idempotent(idempotency_key, ROUTE_BATCH)
         if record is not None:
             return replay(record, digest, metrics)
-    histories = store.read_histories([r.user_id for r in requests])
+    # one stored state per distinct user, however many requests name them
+    states = user_state.read_states(store, _catalog(deciders), [r.user_id for r in requests])
     default_now = time.time()
     n = len(requests)
     nows: list[float] = []
@@ -332,7 +357,7 @@ def next_step_batch(
     for i, req in enumerate(requests):
         now = req.ts if req.ts is not None else default_now
         arm = deciders.for_user(req.user_id)
-        key = _same_input_key(arm, req, histories.get(req.user_id, []), now)
+        key = _same_input_key(arm, req, states.get(req.user_id), now)
         nows.append(now)
         arms.append(arm)
         keys.append(key)
@@ -344,7 +369,7 @@ def next_step_batch(
     decided: list[DecisionResult | InputError | None] = [None] * n
     for members in by_arm.values():
         batch = [
-            _decision_request(requests[i], histories.get(requests[i].user_id, []), nows[i])
+            _decision_request(requests[i], states.get(requests[i].user_id), nows[i])
             for i in members
         ]
         for i, res in zip(members, arms[members[0]].decider.decide_many(batch), strict=True):
@@ -358,13 +383,13 @@ def next_step_batch(
     ids = new_decision_ids(n)
     for i, req in enumerate(requests):
         now, arm, key = nows[i], arms[i], keys[i]
-        history = histories.get(req.user_id, [])
+        state = states.get(req.user_id)
         try:
             result = decided[i]
             if result is None:  # a later request with a first request's input
                 result = same.get(key)  # type: ignore[arg-type]
                 if result is None:
-                    result = _decide(arm, req, history, now)
+                    result = _decide(arm, req, state, now)
             elif isinstance(result, InputError):
                 raise _unprocessable(result)
             if key is not None and result.propensity in (None, 1.0):
@@ -383,7 +408,7 @@ def next_step_batch(
             row, payload = _decision(arm, req, result, now, None, None, ids[i])
         rows.append(row)
         if arm.arm.name in shadowed:
-            shadow_rows.extend(_shadow_rows(deciders, arm, req, history, now, row["decision_id"]))
+            shadow_rows.extend(_shadow_rows(deciders, arm, req, state, now, row["decision_id"]))
         answers.append(payload)
     body = orjson.dumps({"responses": answers})
     if idempotency_key is None:
@@ -406,19 +431,22 @@ def next_step_batch(
     return Reply(200, body)
 
 
-def _decision_request(
-    req: NextStepRequest, history: Sequence[HistoryEvent], now: float
-) -> DecisionRequest:
+def _decision_request(req: NextStepRequest, state: UserState | None, now: float) -> DecisionRequest:
     """A next-step request as ``Decider`` takes it (``_ready`` and ``Decider.decide_many``)."""
     return DecisionRequest(
         req.user_id,
-        [e.row() for e in history],
+        state if state is not None else UserState(),
         now,
         req.context,
         req.candidates,
         None,
         req.explain,
     )
+
+
+def _catalog(deciders: Deciders) -> Catalog:
+    """The catalog every arm decides over (one per service)."""
+    return deciders.primary.decider.catalog
 
 
 def _unprocessable(exc: InputError) -> Unprocessable:
@@ -452,14 +480,16 @@ def _existing_reply(
         raise Conflict(
             f"decision {existing.decision_id!r} already has outcome {existing.outcome!r}"
         )
-    goals = [s.id for s in catalog.goals]
-    converted = store.has_converted(conn, existing.user_id, goals)
-    return Reply(201, _outcome_body(existing._mapping, converted))
+    state, _stored, _ts = user_state.state_in_transaction(store, conn, catalog, existing.user_id)
+    return Reply(201, _outcome_body(existing._mapping, state.converted(catalog)))
 
 
 def _apply_outcome(store: Store, conn: Connection, catalog: Catalog, req: OutcomeRequest) -> Reply:
+    """Insert the outcome and fold it into the user's stored state, in ``conn``'s transaction
+    (the converted rule reads that state: one row, not the user's history)."""
     goals = [s.id for s in catalog.goals]
     context: str | None = None
+    folded_context: Any = None
     decision_id: str | None = None
     if isinstance(req, DecisionOutcomeRequest):
         decision = store.get_decision(conn, req.decision_id)
@@ -472,6 +502,7 @@ def _apply_outcome(store: Store, conn: Connection, catalog: Catalog, req: Outcom
             )
         user_id, step, decision_id = decision.user_id, decision.step, req.decision_id
         ts = req.ts if req.ts is not None else decision.ts
+        folded_context = orjson.loads(decision.context) if decision.context else None
         store.lock_user(conn, user_id)
         existing = store.outcome_of(conn, decision_id)
         if existing is not None:
@@ -480,8 +511,10 @@ def _apply_outcome(store: Store, conn: Connection, catalog: Catalog, req: Outcom
         user_id, step = req.user_id, req.step
         ts = req.ts if req.ts is not None else time.time()
         context = dumps(req.context) if req.context else None
+        folded_context = req.context or None
         store.lock_user(conn, user_id)
-    if store.has_converted(conn, user_id, goals):
+    current = user_state.state_in_transaction(store, conn, catalog, user_id)
+    if current[0].converted(catalog):
         raise Conflict(f"user {user_id!r} has already converted; nothing more can be recorded")
     values = {
         "decision_id": decision_id,
@@ -493,6 +526,8 @@ def _apply_outcome(store: Store, conn: Connection, catalog: Catalog, req: Outcom
         "context": context,
     }
     oid = store.insert_outcome(conn, values)
+    event = (step, req.outcome, ts, folded_context)
+    user_state.fold_outcome(store, conn, catalog, user_id, current, event)
     converted = req.outcome == ACCEPTED and step in goals
     return Reply(201, _outcome_body({**values, "id": oid}, converted))
 
@@ -541,28 +576,71 @@ def record_outcome(
 
 
 # -- users -------------------------------------------------------------------------------------
+USER_HISTORY_LIMIT = 100  # events per page of GET /v1/users/{id} unless ``limit`` says otherwise
+USER_HISTORY_MAX = 1000  # the most events one page may return
+
+
+CURSOR_PATTERN = r"^-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?_[0-9]{1,19}$"
+
+
+def encode_cursor(ts: float, oid: int) -> str:
+    """The ``next_cursor`` after the event ``(ts, id)``: ``"<ts>_<id>"``. Every string the
+    route's pattern (``CURSOR_PATTERN``) admits is a position, so no valid input is refused."""
+    return f"{ts!r}_{oid}"
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    """``encode_cursor``'s input back (the route has checked ``CURSOR_PATTERN``), or a 422."""
+    ts, _, oid = cursor.rpartition("_")
+    try:
+        value = float(ts)  # beyond float's range: the end (or start) of any history
+        if math.isnan(value):
+            raise ValueError
+        value = max(-sys.float_info.max, min(value, sys.float_info.max))
+        return value, min(int(oid), 2**63 - 1)  # ids are BIGINT
+    except ValueError:
+        raise Unprocessable(
+            "cursor is not one this service returned",
+            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
+        ) from None
+
+
 def user_view(
-    store: Store, deciders: Deciders, user_id: str, *, now: float | None = None
+    store: Store,
+    deciders: Deciders,
+    user_id: str,
+    *,
+    now: float | None = None,
+    limit: int = USER_HISTORY_LIMIT,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """History (oldest first), accepted steps, stage, converted and readiness per eligible step."""
-    with store.read() as conn:
-        history = store.history(conn, user_id)
+    """One page of the history (oldest first, at most ``limit`` events after ``cursor``), and
+    from the stored state: accepted steps, stage, converted and readiness per eligible step.
+
+    Bounded by design: one state row and one page of events, however long the history.
+    ``next_cursor`` is null on the last page.
+    """
+    after = decode_cursor(cursor) if cursor is not None else None
+    limit = max(1, min(limit, USER_HISTORY_MAX))
     arm = deciders.for_user(user_id)
     decider = arm.decider
     catalog = decider.catalog
-    state = decider.state_of([e.row() for e in history])
-    at = now if now is not None else (history[-1].ts if history else time.time())
-    accepted: list[str] = []
-    for e in history:
-        if e.outcome == ACCEPTED and e.step in catalog.index and e.step not in accepted:
-            accepted.append(e.step)
+    with store.read() as conn:
+        page = store.history_page(conn, user_id, after, limit + 1)
+        state, stored, last_ts = user_state.state_in_transaction(store, conn, catalog, user_id)
+    more = len(page) > limit
+    page = page[:limit]
+    at = now if now is not None else (last_ts if stored else time.time())
+    ids = catalog.ids
+    accepted = [ids[i] for i in range(catalog.n) if (state.accepted_mask >> i) & 1]
     return {
         "user_id": user_id,
         "arm": arm.arm.name,
         "history": [
             {"decision_id": e.decision_id, "step": e.step, "outcome": e.outcome, "ts": iso(e.ts)}
-            for e in history
+            for _oid, e in page
         ],
+        "next_cursor": encode_cursor(page[-1][1].ts, page[-1][0]) if more else None,
         "accepted": accepted,
         "stage": STAGES[state.stage_reached] if state.stage_reached >= 0 else None,
         "converted": state.converted(catalog),

@@ -42,6 +42,7 @@ from typing import Any
 
 from features.catalog import Catalog
 from features.errors import NextstepError
+from service.redact import redact
 
 MODEL_MARKER = ".nextstep-model.json"
 log = logging.getLogger("nextstep.service.model")
@@ -117,6 +118,31 @@ class Resolution:
 
 
 BundleLoader = Callable[[Path, Catalog], tuple[Any, Mapping[str, Any]]]
+
+
+NO_TAG = ""  # peek_sqlite_tag: the registry was read and the version has no such tag
+
+
+def peek_sqlite_tag(
+    db: Path, name: str, version: str, key: str, *, timeout: float = 0.25
+) -> str | None:
+    """One model-version tag read straight from an MLflow SQLite registry: its value,
+    ``NO_TAG`` when the version has none, None when the database could not be read (ask
+    MLflow)."""
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    except (sqlite3.Error, ValueError):
+        return None
+    try:
+        row = conn.execute(
+            "SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = ?",
+            (name, int(version), key),
+        ).fetchone()
+    except (sqlite3.Error, ValueError):
+        return None
+    finally:
+        conn.close()
+    return NO_TAG if row is None else str(row[0])
 
 
 def peek_sqlite_alias(
@@ -284,6 +310,16 @@ class ModelLoader:
         except Exception:
             return None
 
+    def retain(self, uris: set[str]) -> int:
+        """Forget every loaded model whose URI is not in ``uris`` (the ones the arms serve now),
+        so a worker's memory holds the models in use, not every version it ever loaded.
+        Returns how many were dropped."""
+        with self._lock:
+            stale = [k for k, m in self._loaded.items() if m.uri not in uris]
+            for k in stale:
+                del self._loaded[k]
+        return len(stale)
+
     def confirmed(self, ref: ModelRef, version: str) -> None:
         """The registry agrees that ``ref`` is ``version``: remember it as resolved there."""
         self._remember_alias(ref, version)
@@ -336,7 +372,8 @@ class ModelLoader:
                 return Resolution(None, "no model registry yet: serving ladder")
             model = self._load_cached(ref, cached, source="cache")
             return Resolution(
-                model, f"no registry at {self.tracking_uri}; serving cached version {cached}"
+                model,
+                f"no registry at {redact(self.tracking_uri)}; serving cached version {cached}",
             )
         hint = self._peek(ref) if ref.kind == "alias" else None
         if hint is None and prefer_cache and ref.kind == "alias":
@@ -353,8 +390,10 @@ class ModelLoader:
                 version = self._registry_version(ref)
         except Exception as exc:  # unreachable server, broken database, network
             cached = self._cached_for(ref)
-            why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
-            log.warning("%s", why)
+            # the note is published on /readyz: the exception's type only (its text may quote
+            # the tracking URI); the log line has the detail, redacted
+            why = f"registry unreachable ({type(exc).__name__})"
+            log.warning("%s: %s", why, redact(str(exc)[:300]))
             if cached is None:
                 return Resolution(None, f"{why}; no cached model: serving ladder")
             model = self._load_cached(ref, cached, source="cache")
@@ -374,7 +413,14 @@ class ModelLoader:
                     f"cannot download model {ref.name} version {version}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
-        model = self._load_dir(path, version, source="registry", uri=uri)
+        try:
+            expected = self._registry_digest(ref.name, version)
+        except Exception as exc:  # the registry answered a moment ago; this is not fatal
+            log.warning("cannot read the recorded sha256 of %s: %s", uri, type(exc).__name__)
+            expected = self._recorded_digest(uri)
+        model = self._load_dir(path, version, source="registry", uri=uri, expected=expected)
+        if expected is not None:
+            self._record_digest(uri, expected)
         self._remember_alias(ref, version)
         return Resolution(model)
 
@@ -392,6 +438,46 @@ class ModelLoader:
             return None
         note = f"serving cached version {version} of {ref.label}; asking the registry"
         return Resolution(model, note, unconfirmed=True)
+
+    def _registry_digest(self, name: str, version: str) -> str | None:
+        """The sha256 recorded on the model version at registration (``DIGEST_TAG``), None
+        when the version has none (registered before digests were recorded)."""
+        from models.serving import DIGEST_TAG
+
+        db = self._sqlite_path()
+        if self.sqlite_fast_path and db is not None and "?" not in str(db):
+            found = peek_sqlite_tag(db, name, version, DIGEST_TAG)
+            if found is not None:
+                return found or None
+        tags = getattr(self._client().get_model_version(name, version), "tags", None) or {}
+        return tags.get(DIGEST_TAG)
+
+    def _digests_file(self) -> Path:
+        return self.cache_dir / "digests.json"
+
+    def _recorded_digest(self, uri: str) -> str | None:
+        """The registry's digest of a cached version, as recorded when it was last verified."""
+        try:
+            data = json.loads(self._digests_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        value = data.get(uri) if isinstance(data, dict) else None
+        return value if isinstance(value, str) else None
+
+    def _record_digest(self, uri: str, digest: str) -> None:
+        try:
+            data = json.loads(self._digests_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        if data.get(uri) == digest:
+            return
+        data[uri] = digest
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".digests-", suffix=".tmp", dir=self.cache_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2))
+        os.replace(tmp, self._digests_file())
 
     def _download(self, name: str, version: str, dest: Path, location: str | None) -> None:
         src = location or self._client().get_model_version_download_uri(name, version)
@@ -461,9 +547,23 @@ class ModelLoader:
         uri = f"models:/{ref.name}/{version}"
         if uri in self._loaded:
             return self._loaded[uri]
-        return self._load_dir(self._version_dir(ref.name, version), version, source=source, uri=uri)
+        path = self._version_dir(ref.name, version)
+        expected = self._recorded_digest(uri)
+        return self._load_dir(path, version, source=source, uri=uri, expected=expected)
 
     # -- loading -----------------------------------------------------------------------------
+    def _verify(self, path: Path, uri: str, expected: str) -> None:
+        from models.serving import serving_directory, verify_serving
+
+        directory = serving_directory(path)
+        try:
+            if directory is None:
+                raise ModelRefused(f"model {uri} has no serving artifact to verify")
+            verify_serving(directory, expected)
+        except NextstepError as exc:
+            log.error("MODEL REFUSED: %s", exc)
+            raise ModelRefused(f"model {uri} refused: {exc}") from None
+
     def _load_path(self, ref: ModelRef) -> LoadedModel:
         path = ref.path
         assert path is not None
@@ -476,7 +576,15 @@ class ModelLoader:
         self._loaded[key] = model
         return model
 
-    def _load_dir(self, path: Path, version: str | None, *, source: str, uri: str) -> LoadedModel:
+    def _load_dir(
+        self, path: Path, version: str | None, *, source: str, uri: str, expected: str | None = None
+    ) -> LoadedModel:
+        """Load a model directory; with ``expected`` (the sha256 recorded at registration) its
+        serving artifact is verified first and refused, loudly, when its bytes differ."""
+        if expected is not None:
+            self._verify(path, uri, expected)
+        elif source != "path":
+            log.warning("%s has no recorded sha256: loading it unverified", uri)
         try:
             scorer, meta = self.bundle_loader(path, self.catalog)
         except Exception as exc:  # ModelLoadError, ImportError, anything a broken pickle throws

@@ -76,6 +76,10 @@ class Unauthorized(ProblemError):
     status, slug = 401, "unauthorized"
 
 
+class Forbidden(ProblemError):
+    status, slug = 403, "forbidden"
+
+
 class NotFound(ProblemError):
     status, slug = 404, "not-found"
 

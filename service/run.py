@@ -2,7 +2,8 @@
 
 The app is built by uvicorn's factory hook (``service.app:app_from_env``) in each worker, so
 settings travel through the environment (``NEXTSTEP_CATALOG`` carries ``--catalog``). Without API
-keys the service is meant for loopback only: binding anywhere else works but prints a warning.
+keys the service is meant for loopback only: binding anywhere else is refused unless the operator
+says ``--insecure`` (then it warns), so a forgotten variable never opens the API to a network.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from features.errors import NextstepError
+from service.redact import RedactingFilter
 from service.settings import Settings
 
 log = logging.getLogger("nextstep.service")
+
+
+class InsecureBind(NextstepError):
+    """A non-loopback bind without API keys, and no ``--insecure``."""
 
 
 def is_loopback(host: str) -> bool:
@@ -44,10 +51,15 @@ def log_config(level: str) -> dict[str, Any]:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["nextstep"] = {"format": LOG_FORMAT}
+    # every handler redacts URL credentials from the lines it writes (service.redact)
+    config.setdefault("filters", {})["redact"] = {"()": RedactingFilter}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
     config["handlers"]["nextstep"] = {
         "class": "logging.StreamHandler",
         "formatter": "nextstep",
         "stream": "ext://sys.stderr",
+        "filters": ["redact"],
     }
     config["loggers"]["nextstep"] = {
         "handlers": ["nextstep"],
@@ -57,8 +69,13 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
-def serve_command(catalog: Path | str, host: str, port: int, workers: int = 1) -> None:
-    """Validate the settings and the catalog here (a clear error, exit 2), then run uvicorn."""
+def serve_command(
+    catalog: Path | str, host: str, port: int, workers: int = 1, *, insecure: bool = False
+) -> None:
+    """Validate the settings and the catalog here (a clear error, exit 2), then run uvicorn.
+
+    A non-loopback ``host`` without ``NEXTSTEP_API_KEYS`` raises ``InsecureBind`` unless
+    ``insecure`` (the CLI's ``--insecure``) is given."""
     import uvicorn
 
     from features.catalog import load_catalog
@@ -68,6 +85,12 @@ def serve_command(catalog: Path | str, host: str, port: int, workers: int = 1) -
     load_catalog(settings.catalog)  # fail fast with the catalog's own message
     logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT)
     if not settings.auth_enabled and not is_loopback(host):
+        if not insecure:
+            raise InsecureBind(
+                f"refusing to bind {host}:{port} without NEXTSTEP_API_KEYS: anyone who can "
+                "reach this address could read and write decisions. Set NEXTSTEP_API_KEYS, "
+                "bind 127.0.0.1, or pass --insecure to accept the risk."
+            )
         print(
             f"warning: binding {host}:{port} without NEXTSTEP_API_KEYS: anyone who can reach "
             "this address can read and write decisions. Set NEXTSTEP_API_KEYS or bind 127.0.0.1.",

@@ -26,6 +26,7 @@ from models.decide import Decider
 from models.policies import POLICIES, PolicyConfig
 from service.experiments import Arm, Experiment, load_experiment
 from service.model_loader import ModelLoader, ModelRef, ModelRefused, Resolution, parse_ref
+from service.redact import redact
 from service.settings import Settings
 
 log = logging.getLogger("nextstep.service.runtime")
@@ -143,6 +144,15 @@ class ModelDeciderFactory:
             return None, None
         return (None if res.model is None else res.model.source), res.note
 
+    def retain(self, arms: list[Arm]) -> None:
+        """After a swap: keep loaded only the models these arms serve (``ModelLoader.retain``)."""
+        names = {a.name for a in arms}
+        self.last = {n: r for n, r in self.last.items() if n in names}
+        used = {r.model.uri for r in self.last.values() if r.model is not None}
+        dropped = self.loader.retain(used)
+        if dropped:
+            log.info("dropped %d loaded model(s) no arm serves", dropped)
+
     def probe(self, arm: Arm) -> str | None:
         return self.loader.current_version(parse_ref(arm.model, self.settings.model_uri))
 
@@ -242,8 +252,8 @@ class Runtime:
                     if not factory.confirm(by_name[name], served):
                         moved = True
             except Exception as exc:  # unreachable server, locked database, network
-                why = f"registry unreachable ({type(exc).__name__}: {str(exc)[:200]})"
-                log.warning("confirming the cached models: %s", why)
+                why = f"registry unreachable ({type(exc).__name__})"  # published on /readyz
+                log.warning("confirming the cached models: %s: %s", why, redact(str(exc)[:300]))
                 for name in pending:
                     factory.note_unreachable(by_name[name], why)
                 self._current = self._annotated(cur, pending)
@@ -311,6 +321,9 @@ class Runtime:
     def _swap(self, deciders: Deciders) -> Deciders:
         self._current = deciders
         self.last_error = None
+        retain: Any = getattr(self.factory, "retain", None)
+        if retain is not None:  # models no arm serves any more are dropped
+            retain(list(deciders.experiment.arms))
         if self.on_swap is not None:
             self.on_swap(deciders)
         log.info(

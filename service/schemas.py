@@ -1,4 +1,4 @@
-"""Request and response shapes of the HTTP API (DESIGN.md section 6, a contract).
+"""Request and response shapes of the HTTP API (docs/design.md section 6, a contract).
 
 Separate from the internal objects (``models.decide.DecisionResult``, store rows) so internals
 can change without changing the API. Requests are strict (unknown fields are rejected, strings
@@ -20,6 +20,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from features.timerange import TS_ISO_PATTERN
 from service.timeutil import MAX_TS, MIN_TS, parse_ts
 
 MAX_BATCH = 1000
@@ -69,10 +70,11 @@ Timestamp = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date-time", "pattern": TS_ISO_PATTERN},
                 {"type": "number", "minimum": MIN_TS, "maximum": MAX_TS},
             ],
-            "description": "ISO-8601 (offsets allowed, UTC if none) or epoch seconds",
+            "description": "ISO-8601 (offsets allowed, UTC if none) or epoch seconds, in the "
+            "years 1970 to 2099",
             "examples": ["2025-03-04T10:11:12Z"],
         }
     ),
@@ -138,10 +140,26 @@ OutcomeRequest = DecisionOutcomeRequest | OrganicOutcomeRequest
 
 
 # -- responses (documentation and tests; the hot path writes the same fields with orjson) -----
+_SCORE = (
+    "The policy's own ranking value of this candidate (higher is better for that policy). "
+    "planner: the expected value of reaching a goal if this step is offered now, looking ahead "
+    "over the catalog; among candidates within a small tolerance of the best score the one "
+    "with the least effort is chosen, so the chosen step can have a slightly lower score than "
+    "another candidate (the smallest useful next action). greedy: p_accept. ladder: minus the "
+    "effort. big_ask: 1 for a goal minus effort/1000. random: 0. With exploration the step is "
+    "drawn at random (see propensity), not always the best score."
+)
+
+
 class CandidateOut(BaseModel):
-    step: str
-    p_accept: float | None
-    score: float
+    """One eligible step the policy considered."""
+
+    step: str = Field(description="Step id from the catalog (GET /v1/steps).")
+    p_accept: float | None = Field(
+        description="Readiness: the model's probability that this user accepts this step now "
+        "(calibrated); null when no model is loaded."
+    )
+    score: float = Field(description=_SCORE)
 
 
 class SuppressedOut(BaseModel):
@@ -154,21 +172,50 @@ class SuppressedOut(BaseModel):
 class Decision(BaseModel):
     """One decision. ``step`` null means offer nothing; ``reason`` then says why."""
 
-    decision_id: str
-    user_id: str
-    step: str | None
-    stage: str | None
-    effort: float | None
-    p_accept: float | None
-    propensity: float | None
-    explored: bool
-    policy: str
-    arm: str
-    model_version: str | None
-    candidates: list[CandidateOut]
-    reason: str | None
-    suppressed: list[SuppressedOut] = Field(default_factory=list)
-    explanation: dict[str, Any] | None = None
+    decision_id: str = Field(
+        description="Id of this decision: report its outcome with POST /v1/outcomes."
+    )
+    user_id: str = Field(description="The user the decision is for.")
+    step: str | None = Field(
+        description="The step to offer now (a catalog step id), or null to offer nothing."
+    )
+    stage: str | None = Field(
+        description="Funnel stage of the step: start, deliver, guide, build or convert (a goal)."
+    )
+    effort: float | None = Field(description="The step's effort from the catalog (the ask size).")
+    p_accept: float | None = Field(
+        description="Readiness of the chosen step: the model's probability that the user accepts "
+        "it now; null without a model."
+    )
+    propensity: float | None = Field(
+        description="Exact probability with which the policy chose this step (1 for a "
+        "deterministic choice); logged for off-policy evaluation."
+    )
+    explored: bool = Field(
+        description="True when exploration picked the step instead of the policy's best choice."
+    )
+    policy: str = Field(
+        description="Policy that decided (planner, greedy, ladder, big_ask, random); ladder when "
+        "a model-based policy has no model."
+    )
+    arm: str = Field(description="Experiment arm the user is assigned to (sticky per user).")
+    model_version: str | None = Field(
+        description="Registered model version that scored the candidates; null without a model."
+    )
+    candidates: list[CandidateOut] = Field(
+        description="Every eligible step the policy considered, with readiness and score."
+    )
+    reason: str | None = Field(
+        description="Why nothing is offered when step is null (e.g. converted, no_eligible_step); "
+        "null otherwise."
+    )
+    suppressed: list[SuppressedOut] = Field(
+        default_factory=list,
+        description="Eligible steps a guardrail held back before the policy chose.",
+    )
+    explanation: dict[str, Any] | None = Field(
+        default=None, description="With explain=true: what drove the chosen step's readiness."
+    )
 
 
 class BatchItemProblem(BaseModel):
@@ -187,13 +234,17 @@ class BatchResponse(BaseModel):
 class OutcomeOut(BaseModel):
     """A recorded outcome (an identical repeat returns the original record)."""
 
-    id: int
-    decision_id: str | None
-    user_id: str
-    step: str
-    outcome: Outcome
-    ts: str
-    converted: bool
+    id: int = Field(description="Id of the stored outcome.")
+    decision_id: str | None = Field(
+        description="The decision it answers; null for an organic outcome."
+    )
+    user_id: str = Field(description="The user.")
+    step: str = Field(description="The step offered.")
+    outcome: Outcome = Field(description="accepted, declined, or dropped (declined and left).")
+    ts: str = Field(description="When it happened (ISO-8601 UTC).")
+    converted: bool = Field(
+        description="True when the user has now accepted a goal: nothing more will be offered."
+    )
 
 
 class HistoryItem(BaseModel):
@@ -206,14 +257,24 @@ class HistoryItem(BaseModel):
 class UserView(BaseModel):
     """What the service knows about one user, and readiness for each eligible step."""
 
-    user_id: str
-    arm: str
-    history: list[HistoryItem]
-    accepted: list[str]
-    stage: str | None
-    converted: bool
-    eligible: dict[str, float | None]
-    model_version: str | None
+    user_id: str = Field(description="The user.")
+    arm: str = Field(description="Experiment arm the user is assigned to.")
+    history: list[HistoryItem] = Field(
+        description="Outcomes the service was told, oldest first: one page of at most `limit`."
+    )
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ``cursor`` for the next page; null on the last."
+    )
+    accepted: list[str] = Field(description="Steps the user has accepted.")
+    stage: str | None = Field(
+        description="Highest funnel stage among the accepted steps; null before any accept."
+    )
+    converted: bool = Field(description="True once the user has accepted a goal.")
+    eligible: dict[str, float | None] = Field(
+        description="Readiness (p_accept) of each step the user may be offered now; values are "
+        "null without a model."
+    )
+    model_version: str | None = Field(description="Model version that scored eligible.")
 
 
 class StepOut(BaseModel):
@@ -266,13 +327,19 @@ class ArmStatus(BaseModel):
 class Readiness(BaseModel):
     """``model`` null and ``policy`` "ladder" mean: no model, serving the ladder baseline."""
 
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="ready: store and models usable. degraded (HTTP 200): an arm serves the "
+        "ladder baseline because its model is missing, see reason. unavailable (503): the "
+        "store does not answer."
+    )
     store: str
     model: str | None
     policy: str
     arms: list[ArmStatus]
     notes: list[str]
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why the status is not ready (null when it is)."
+    )
 
 
 class ReloadOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Service settings, read once from the environment (DESIGN.md section 10).
+"""Service settings, read once from the environment (docs/design.md section 10).
 
 One typed object, built in ``create_app`` (never at import time), so tests construct their own and
 nothing reads ``os.environ`` on the hot path. Values that would make the service unsafe or
@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     home: Path = Path("./.nextstep")
     database_url: str | None = None
     api_keys: SecretStr | None = None
+    # Keys for /admin/* only (comma-separated), never accepted on /v1: a product backend's key
+    # cannot reload models. With client keys set and no admin keys, /admin/* answers 403.
+    admin_keys: SecretStr | None = None
+    # The request context keys clients may send (comma-separated). Set, any other key is
+    # refused with 422 naming it, so no client can add columns to `export` or features to
+    # `retrain`. Unset: any key (up to 32 per request) is accepted.
+    context_keys: str | None = None
     model_uri: str = "models:/nextstep@champion"
     experiments: Path | None = None
     log_level: str = "INFO"
@@ -59,7 +66,7 @@ class Settings(BaseSettings):
     # the same answer. 1 plans every miss alone.
     plan_batch_max: int = Field(default=64, ge=1, le=1000)
     # Contact guardrails (models/guardrails.py); none set = only the catalog's per-step rules.
-    max_asks_per_period: int | None = Field(default=None, ge=1)
+    max_asks_per_period: int | None = Field(default=None, ge=1, le=256)  # ASK_TIMES_KEPT
     period_hours: float | None = Field(default=None, gt=0)
     pause_after_declines: int | None = Field(default=None, ge=1)
     pause_hours: float | None = Field(default=None, ge=0)
@@ -118,8 +125,28 @@ class Settings(BaseSettings):
         return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
 
     @property
+    def allowed_context(self) -> frozenset[str] | None:
+        """The declared context keys (``NEXTSTEP_CONTEXT_KEYS``); None: any key."""
+        if self.context_keys is None or not self.context_keys.strip():
+            return None
+        return frozenset(k.strip() for k in self.context_keys.split(",") if k.strip())
+
+    @property
+    def admin_key_bytes(self) -> tuple[bytes, ...]:
+        """The accepted admin keys as bytes; empty = no admin key configured."""
+        if self.admin_keys is None:
+            return ()
+        raw = self.admin_keys.get_secret_value()
+        return tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.keys)
+
+    @property
+    def admin_guarded(self) -> bool:
+        """Whether /admin/* needs a key: any key (client or admin) configured."""
+        return bool(self.keys or self.admin_key_bytes)
 
     @property
     def policy_config(self) -> PolicyConfig:

@@ -1,11 +1,13 @@
 """The decision and outcome store: SQLAlchemy Core, one code path for SQLite and PostgreSQL.
 
 Why Core and short explicit transactions: every acknowledged write must be durable before the
-response leaves (DESIGN.md section 6: a 2xx survives ``kill -9``), and the few invariants that
+response leaves (docs/design.md section 6: a 2xx survives ``kill -9``), and the few invariants that
 matter under concurrency (one outcome per decision, one effect per idempotency key) are enforced
 by unique constraints, not by application locks. On SQLite, write transactions start with
 ``BEGIN IMMEDIATE`` (the pysqlite driver's own transaction handling is switched off) so two
-writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous=FULL``.
+writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous`` NORMAL
+(the service's default: a committed write is in the OS before the response, which survives a
+``kill -9``) or FULL (also a power cut), as configured.
 
 Driver failures (server down, disk full, read-only file, pool exhausted) surface as
 ``StoreUnavailable`` so the API answers 503 with ``Retry-After`` instead of 500; integrity
@@ -21,6 +23,7 @@ import operator
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,13 +34,16 @@ import orjson
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     insert,
+    or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -45,7 +51,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.errors import NextstepError
 from service.group_commit import GroupCommitter, LoopGroupCommitter, Rows
-from service.tables import decisions, idempotency, metadata, outcomes, shadow_decisions
+from service.tables import (
+    decisions,
+    idempotency,
+    metadata,
+    outcomes,
+    served_catalogs,
+    shadow_decisions,
+    store_meta,
+    user_state,
+)
 
 log = logging.getLogger("nextstep.service.store")
 _MIGRATION_LOCK = 0x6E657874  # "next": serialises start-up migrations of several workers
@@ -86,6 +101,16 @@ _HAS_CONVERTED = (
 _IDEMPOTENT_GET = select(_i.request_hash, _i.status, _i.body).where(
     _i.key == bindparam("key"), _i.route == bindparam("route")
 )
+_s, _m = user_state.c, store_meta.c
+_STATE_ONE = select(_s.catalog, _s.state).where(_s.user_id == bindparam("uid"))
+_STATE_MANY = select(_s.user_id, _s.catalog, _s.state).where(
+    _s.user_id.in_(bindparam("uids", expanding=True))
+)
+_STATE_FOR_WRITE = select(_s.catalog, _s.state, _s.last_ts).where(_s.user_id == bindparam("uid"))
+_ALL_EVENTS = (
+    select(*_HISTORY_COLUMNS).select_from(_HISTORY_FROM).order_by(_o.user_id, _o.ts, _o.id)
+)
+_PAGE_COLUMNS = (_o.id, *_HISTORY_COLUMNS)
 
 
 class StoreUnavailable(NextstepError):
@@ -106,16 +131,37 @@ class HistoryEvent(NamedTuple):
         return (self.step, self.outcome, self.ts, self.context)
 
 
+# Stored idempotency bodies are bounded: a body from this size on is stored zlib-compressed
+# (a 1,000-decision batch's ~620 KB response is a tenth of that), and one that is still larger
+# than IDEMPOTENT_MAX_STORED compressed is not kept at all (``body`` empty): its retry gets 409
+# instead of a replay. JSON bodies start with "{", zlib streams with "x": the two never clash.
+IDEMPOTENT_COMPRESS_FROM = 4096
+IDEMPOTENT_MAX_STORED = 256 * 1024
+
+
 @dataclass(frozen=True)
 class IdempotentRecord:
     request_hash: str
     status: int
-    body: bytes
+    body: bytes  # empty: the response was too large to keep (see IDEMPOTENT_MAX_STORED)
 
     @classmethod
     def from_row(cls, row: Sequence[Any] | None) -> IdempotentRecord | None:
         """A ``_IDEMPOTENT_GET`` row as a record (None: the key is not stored)."""
-        return None if row is None else cls(row[0], int(row[1]), bytes(row[2]))
+        if row is None:
+            return None
+        body = bytes(row[2])
+        if body[:1] == b"x":
+            body = zlib.decompress(body)
+        return cls(row[0], int(row[1]), body)
+
+
+def stored_body(body: bytes) -> bytes:
+    """What the ``idempotency`` table keeps of a response (see IDEMPOTENT_MAX_STORED)."""
+    if len(body) < IDEMPOTENT_COMPRESS_FROM:
+        return body
+    packed = zlib.compress(body, 6)
+    return packed if len(packed) <= IDEMPOTENT_MAX_STORED else b""
 
 
 def idempotency_row(
@@ -127,7 +173,7 @@ def idempotency_row(
         "route": route,
         "request_hash": request_hash,
         "status": status,
-        "body": body,
+        "body": stored_body(body),
         "created_at": time.time(),
     }
 
@@ -186,6 +232,9 @@ class Store:
         self._key_sql = _raw_sql(_IDEMPOTENT_GET, self.engine.dialect)
         self._histories_compiled = _HISTORY_MANY.compile(dialect=self.engine.dialect)
         self._histories_cache: dict[int, tuple[str, list[str] | None]] = {}  # <= _CHUNK sizes
+        self._state_sql = _raw_sql(_STATE_ONE, self.engine.dialect)
+        self._states_compiled = _STATE_MANY.compile(dialect=self.engine.dialect)
+        self._expanded_cache: dict[tuple[int, int], tuple[str, list[str] | None]] = {}
         self._committer: GroupCommitter | LoopGroupCommitter | None = None
         self._committer_lock = threading.Lock()
         self._checkpointer: _Checkpointer | None = None
@@ -337,6 +386,17 @@ class Store:
             hit = self._histories_cache[n] = (state.statement, names)
         return hit
 
+    def _expanded(self, compiled: Any, n: int) -> tuple[str, list[str] | None]:
+        """An ``IN``-list statement for ``n`` values as this dialect's SQL (and its parameter
+        names, None when positional), expanded once per (statement, length)."""
+        key = (id(compiled), n)
+        hit = self._expanded_cache.get(key)
+        if hit is None:
+            state = compiled.construct_expanded_state({"uids": [""] * n})
+            names = None if state.positiontup is not None else list(state.parameters)
+            hit = self._expanded_cache[key] = (state.statement, names)
+        return hit
+
     def read_idempotent(self, key: str, route: str) -> IdempotentRecord | None:
         """``idempotent_get`` outside any transaction, on the hot cursor (keyed next-steps)."""
         sql, order = self._key_sql
@@ -344,6 +404,111 @@ class Store:
             cur.execute(sql, _bind(order, {"key": key, "route": route}))
             row = cur.fetchone()
         return IdempotentRecord.from_row(row)
+
+    # -- folded user state (service.user_state) -------------------------------------------
+    def read_state_row(self, user_id: str) -> tuple[str, str] | None:
+        """``(catalog fingerprint, state JSON)`` of one user, on the hot cursor (one indexed
+        row: what every next-step reads); None for a user with no state."""
+        sql, order = self._state_sql
+        with self._translate(), self._hot_cursor() as (_raw, cur):
+            cur.execute(sql, _bind(order, {"uid": user_id}))
+            row = cur.fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def read_state_rows(self, user_ids: Iterable[str]) -> dict[str, tuple[str, str] | None]:
+        """``read_state_row`` for each distinct user, one query per chunk (a batch's read)."""
+        wanted = list(dict.fromkeys(user_ids))
+        out: dict[str, tuple[str, str] | None] = dict.fromkeys(wanted)
+        with self._translate(), self._hot_cursor() as (raw, cur):
+            snapshot = self.embedded and len(wanted) > _CHUNK
+            if snapshot:
+                cur.execute("BEGIN")
+            try:
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    sql, names = self._expanded(self._states_compiled, len(chunk))
+                    params = chunk if names is None else dict(zip(names, chunk, strict=True))
+                    cur.execute(sql, params)
+                    for uid, fingerprint, state in cur.fetchall():
+                        out[uid] = (fingerprint, state)
+            finally:
+                if snapshot:
+                    raw.rollback()  # it only read
+        return out
+
+    def get_state(self, conn: Connection, user_id: str) -> tuple[str, str, float] | None:
+        """``(catalog fingerprint, state JSON, newest folded ts)`` inside a transaction."""
+        row = conn.execute(_STATE_FOR_WRITE, {"uid": user_id}).first()
+        return None if row is None else (row[0], row[1], float(row[2]))
+
+    @staticmethod
+    def state_row(user_id: str, fingerprint: str, state: str, last_ts: float) -> dict[str, Any]:
+        return {
+            "user_id": user_id,
+            "catalog": fingerprint,
+            "state": state,
+            "last_ts": last_ts,
+            "updated_at": time.time(),
+        }
+
+    def put_state(
+        self,
+        conn: Connection,
+        user_id: str,
+        fingerprint: str,
+        state: str,
+        last_ts: float,
+        *,
+        exists: bool,
+    ) -> None:
+        """Write one user's state (the caller holds the user's lock, so no one races it)."""
+        row = self.state_row(user_id, fingerprint, state, last_ts)
+        if exists:
+            values = {k: v for k, v in row.items() if k != "user_id"}
+            conn.execute(update(user_state).where(_s.user_id == user_id).values(**values))
+        else:
+            conn.execute(insert(user_state), row)
+
+    def insert_states(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            conn.execute(insert(user_state), list(rows))
+
+    def delete_states(self, conn: Connection) -> None:
+        conn.execute(delete(user_state))
+
+    def iter_all_events(self, conn: Connection) -> Iterator[tuple[Any, ...]]:
+        """Every outcome as ``(user_id, step, outcome, ts, context)`` in (user, ts, id)
+        order, streamed (a server-side cursor on PostgreSQL): ``sync_states``' one pass."""
+        result = conn.execute(_ALL_EVENTS.execution_options(yield_per=2000))
+        for row in result:
+            e = _history_event(row)
+            yield (row[0], e.step, e.outcome, e.ts, e.context)
+
+    def history_page(
+        self, conn: Connection, user_id: str, after: tuple[float, int] | None, limit: int
+    ) -> list[tuple[int, HistoryEvent]]:
+        """Up to ``limit`` of the user's outcomes after the ``(ts, id)`` cursor, oldest first,
+        each with its id (the next cursor)."""
+        stmt = select(*_PAGE_COLUMNS).select_from(_HISTORY_FROM).where(_o.user_id == user_id)
+        if after is not None:
+            ts, oid = after
+            stmt = stmt.where(or_(_o.ts > ts, and_(_o.ts == ts, _o.id > oid)))
+        stmt = stmt.order_by(_o.ts, _o.id).limit(limit)
+        return [(int(row[0]), _history_event(row[1:])) for row in conn.execute(stmt)]
+
+    def get_meta(self, conn: Connection, key: str) -> str | None:
+        row = conn.execute(select(_m.value).where(_m.key == key)).first()
+        return None if row is None else str(row[0])
+
+    def put_meta(self, conn: Connection, key: str, value: str) -> None:
+        if conn.execute(update(store_meta).where(_m.key == key).values(value=value)).rowcount:
+            return
+        conn.execute(insert(store_meta), {"key": key, "value": value})
+
+    def lock_migrations(self, conn: Connection) -> None:
+        """Serialise start-up work of several workers (SQLite's BEGIN IMMEDIATE already does)."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
 
     # -- decisions ---------------------------------------------------------------------------
     async def commit_decisions(self, rows: Rows, shadow_rows: Rows = (), keys: Rows = ()) -> None:
@@ -476,6 +641,37 @@ class Store:
         self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
     ) -> None:
         conn.execute(_INSERT_IDEMPOTENT, idempotency_row(key, route, request_hash, status, body))
+
+    # -- served catalog ----------------------------------------------------------------------
+    def remember_catalog(self, content: str, sha256: str, source: str | None = None) -> None:
+        """Record that this catalog is being served (export and report read it back)."""
+        now = time.time()
+        t = served_catalogs
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    insert(t).values(
+                        sha256=sha256,
+                        content=content,
+                        source=source,
+                        first_served_at=now,
+                        last_served_at=now,
+                    )
+                )
+        except IntegrityError:  # served before (or another worker recorded it just now)
+            with self.write() as conn:
+                conn.execute(
+                    t.update().where(t.c.sha256 == sha256).values(last_served_at=now, source=source)
+                )
+
+    def served_catalog(self) -> tuple[str, str] | None:
+        """``(content, sha256)`` of the catalog served last, or None."""
+        t = served_catalogs
+        with self.read() as conn:
+            row = conn.execute(
+                select(t.c.content, t.c.sha256).order_by(t.c.last_served_at.desc()).limit(1)
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def prune_idempotency(self, ttl_seconds: float) -> int:
         """Forget idempotency keys older than the TTL; returns how many went."""

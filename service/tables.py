@@ -8,6 +8,9 @@ Layout (shared with ``nextstep report`` / ``export``, which read it):
 * ``outcomes`` — what the user did: ``decision_id`` set (UNIQUE: one outcome per decision) or
   NULL for organic offers that did not come from this service. ``context`` is JSON text, only
   for organic outcomes (a decision's context lives on the decision).
+* ``served_catalogs`` — every catalog a service start served: canonical JSON ``content`` (a
+  mapping with ``steps``), its ``sha256``, and when it was first and last served (migration
+  0003). ``nextstep export``/``report``/``promote`` use the last one when given no catalog.
 * ``idempotency`` — the first 2xx response to a request carrying an ``Idempotency-Key``,
   keyed by (key, route), written in the same transaction as the effect it describes.
 
@@ -101,4 +104,35 @@ shadow_decisions = Table(
     Column("model_version", String, nullable=True),
     Column("step", String, nullable=True),
     Column("propensity", Float, nullable=True),
+)
+
+served_catalogs = Table(
+    "served_catalogs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("source", String, nullable=True),
+    Column("first_served_at", Float, nullable=False),
+    Column("last_served_at", Float, nullable=False),
+)
+
+# Each user's folded state (migration 0004; ``service.user_state``): JSON keyed by step id,
+# built for the catalog whose fingerprint is in ``catalog``, updated with every outcome in the
+# transaction that records it. ``last_ts`` is the newest outcome folded in.
+user_state = Table(
+    "user_state",
+    metadata,
+    Column("user_id", String, primary_key=True),
+    Column("catalog", String(64), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("last_ts", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Small facts about the store itself (migration 0004), e.g. which catalog the states are for.
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

@@ -1,6 +1,6 @@
 """Request timestamps: ISO-8601 (offsets allowed, naive means UTC) or epoch seconds, UTC inside.
 
-A request's ``ts`` is "now" for that decision (DESIGN.md section 7), so it is parsed exactly and
+A request's ``ts`` is "now" for that decision (docs/design.md §7), so it is parsed exactly and
 stored as float epoch seconds; responses render it back as ISO-8601 UTC.
 """
 
@@ -10,10 +10,12 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 
-# The instants a datetime can represent (years 1..9999), widened by the largest UTC offset so
-# every RFC 3339 string parses; rendering clamps the few instants outside.
-MIN_TS = -62135596800.0 - 86400.0
-MAX_TS = 253402300799.0 + 86400.0
+from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
+
+# The same range as an event log (features.timerange): the years 1970..2099 in any UTC offset. A
+# request dated outside it is a unit or parsing mistake, refused with 422.
+MIN_TS = TS_MIN
+MAX_TS = TS_MAX
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _LEAP = re.compile(r"^(.*[T ]\d\d:\d\d:)60(.*)$")
@@ -31,7 +33,7 @@ def parse_ts(value: object) -> float:
     else:
         raise ValueError("ts must be an ISO-8601 string or epoch seconds")
     if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
-        raise ValueError("ts is out of range")
+        raise ValueError(f"ts is outside {TS_RANGE_TEXT}")
     return ts
 
 

@@ -7,6 +7,7 @@ working directory, with ``NEXTSTEP_HOME`` and ``MLFLOW_TRACKING_URI`` pointing i
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nbformat
@@ -39,6 +40,9 @@ def test_notebook_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("NEXTSTEP_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    kernel_tmp = tmp_path / "kernel-tmp"  # the kernel's TMPDIR: what it leaves shows up here
+    kernel_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(kernel_tmp))
     monkeypatch.delenv("NEXTSTEP_DEMO_EVENTS", raising=False)
     monkeypatch.delenv("NEXTSTEP_DEMO_CATALOG", raising=False)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -54,6 +58,11 @@ def test_notebook_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         if out.get("output_type") == "error"
     ]  # fmt: skip
     assert not errors
+    # the notebook removes its temporary folders and charts when its kernel stops
+    deadline = time.monotonic() + 30
+    while any(kernel_tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sorted(p.name for p in kernel_tmp.iterdir()) == []
     if name.startswith("02"):
         from mlflow import MlflowClient
 

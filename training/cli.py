@@ -1,4 +1,4 @@
-"""The ``nextstep`` command line (DESIGN.md section 5, a contract).
+"""The ``nextstep`` command line (docs/design.md section 5, a contract).
 
 Every command imports its implementation lazily, so ``nextstep --help`` stays fast (MLflow,
 LightGBM and pandas cost seconds to import). Every deliberate error is an ``InputError``
@@ -27,6 +27,49 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextstep")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"nextstep {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+    trust_registry: Annotated[
+        bool,
+        typer.Option(
+            "--trust-registry",
+            help=(
+                "Allow loading a model's pickled (joblib) bundle when it has no serving "
+                "artifact. Unpickling runs code: only for a registry only you can write to."
+            ),
+        ),
+    ] = False,
+) -> None:
+    """Adaptive next-step recommender: simulate, train, evaluate, compare and serve."""
+    from training import modelio
+
+    modelio.TRUST_REGISTRY = trust_registry
+
+
 def _friendly_errors(fn: F) -> F:
     """Turn nextstep's own errors into a one-line message and exit code 2."""
 
@@ -41,6 +84,17 @@ def _friendly_errors(fn: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+REFUSED_EXIT_CODE = 1
+
+
+def _exit_if_refused(decision: str) -> None:
+    """One rule for ``train --promote``, ``retrain`` and ``promote``: a refused promotion is not
+    an input error, but a script must be able to tell it from success, so it exits 1 (the
+    reason is already printed)."""
+    if decision == "refused":
+        raise typer.Exit(code=REFUSED_EXIT_CODE)
 
 
 EventsOpt = Annotated[Path, typer.Option("--events", help="Event log (CSV or Parquet).")]
@@ -115,11 +169,36 @@ def train(
             "champion's by trajectory OPE on the holdout."
         ),
     ] = False,
+    holdout_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Calendar cut (ISO-8601 or epoch seconds): offers at or after it are the "
+            "holdout, none of them trains."
+        ),
+    ] = None,
+    holdout_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Holdout size: the cut is the time that starts the last F of the offers "
+            "(default 0.2); with --holdout-by arrival, the latest users making up F of the rows."
+        ),
+    ] = None,
+    holdout_by: Annotated[
+        str,
+        typer.Option(help="'time' (calendar cut) or 'arrival' (the latest-arriving whole users)."),
+    ] = "time",
+    step_feature: Annotated[
+        bool,
+        typer.Option(
+            help="Give the readiness model the step id as a categorical feature, next to the "
+            "step's attributes (a step new to the log keeps the attributes' prior)."
+        ),
+    ] = True,
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
 
-    train_command(
+    result = train_command(
         policy_gate=policy_gate,
         events=events,
         catalog=catalog,
@@ -129,7 +208,12 @@ def train(
         skip_invalid=skip_invalid,
         tolerance=tolerance,
         seed=seed,
+        holdout_by=holdout_by,
+        holdout_fraction=holdout_fraction,
+        holdout_from=holdout_from,
+        step_feature=step_feature,
     )
+    _exit_if_refused(result.decision)
 
 
 @app.command()
@@ -161,6 +245,13 @@ def recommend(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
     dask: DaskOpt = None,
+    candidates_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Log column with each user's allowed step ids ('a|b', 'a,b' or a JSON list); "
+            "the latest non-empty value per user restricts the choice."
+        ),
+    ] = None,
 ) -> None:
     """Batch decisions: for each user, the state after their history and the next step."""
     from training.recommend import recommend_command
@@ -174,6 +265,7 @@ def recommend(
         seed=seed,
         skip_invalid=skip_invalid,
         dask=dask,
+        candidates_column=candidates_column,
     )
 
 
@@ -238,7 +330,11 @@ def report(
     since: Annotated[str | None, typer.Option(help="Only decisions at or after this time.")] = None,
     control: Annotated[str | None, typer.Option(help="Control arm (default: the first).")] = None,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML (goals); default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML (goals); default: the catalog the service served (kept in its "
+            "store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Online experiment report from the service's decision log, logged to MLflow."""
@@ -254,11 +350,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback --host without NEXTSTEP_API_KEYS (refused otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """The HTTP service, using the registered model's champion."""
     from service.run import serve_command
 
-    serve_command(catalog=catalog, host=host, port=port, workers=workers)
+    serve_command(catalog=catalog, host=host, port=port, workers=workers, insecure=insecure)
 
 
 @app.command()
@@ -308,7 +411,11 @@ def promote(
     ] = None,
     margin: Annotated[float, typer.Option(help="Allowed loss (lower bound of difference).")] = 0.0,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog YAML for --evidence; default: NEXTSTEP_CATALOG.")
+        Path | None,
+        typer.Option(
+            help="Catalog YAML for --evidence; default: the catalog the service served (kept in "
+            "its store), else NEXTSTEP_CATALOG."
+        ),
     ] = None,
 ) -> None:
     """Move alias 'champion' to a version when the evidence says it is not worse."""
@@ -324,7 +431,10 @@ def export(
     since: Annotated[str | None, typer.Option(help="Only rows at or after this time.")] = None,
     catalog: Annotated[
         Path | None,
-        typer.Option(help="Catalog YAML to validate against (default: NEXTSTEP_CATALOG)."),
+        typer.Option(
+            help="Catalog YAML to validate against (default: the catalog the service served, "
+            "kept in its store, else NEXTSTEP_CATALOG)."
+        ),
     ] = None,
     wait_hours: Annotated[
         float, typer.Option(help="Hours after which a decision without outcome is 'no response'.")
@@ -351,7 +461,7 @@ def retrain(
     """Export, train, gate and promote in one step."""
     from training.retrain import retrain_command
 
-    retrain_command(catalog=catalog, since=since, tolerance=tolerance)
+    _exit_if_refused(retrain_command(catalog=catalog, since=since, tolerance=tolerance).decision)
 
 
 @app.command()
@@ -361,11 +471,30 @@ def demo(
     users: Annotated[int, typer.Option(min=100, help="Simulated users for the demo log.")] = 4000,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start over: remove the demo data, the local MLflow store and the service store "
+            "under NEXTSTEP_HOME first."
+        ),
+    ] = False,
 ) -> None:
     """Simulate demo data if missing, train and promote if there is no champion, then serve."""
     from training.demo import demo_command
 
-    demo_command(world=world, users=users, host=host, port=port)
+    demo_command(world=world, users=users, host=host, port=port, fresh=fresh)
+
+
+@app.command()
+@_friendly_errors
+def ui(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """The MLflow UI on nextstep's tracking store (NEXTSTEP_HOME or MLFLOW_TRACKING_URI)."""
+    from training.ui import ui_command
+
+    ui_command(host=host, port=port)
 
 
 def main() -> None:

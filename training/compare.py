@@ -141,9 +141,10 @@ class Comparison:
     world: str | None = None
     optimum: float | None = None
     model_version: str | None = None
+    organic_rows: int = 0  # organic outcomes folded into states, not evaluated
 
     def to_json(self) -> dict[str, Any]:
-        """The contract shape (DESIGN.md section 5), nothing more."""
+        """The contract shape (docs/design.md section 5), nothing more."""
         return {
             "policies": {
                 name: {
@@ -265,6 +266,7 @@ def _summary(
         users=dec.n_users,
         excluded_rows=dec.excluded_rows,
         excluded_users=dec.excluded_users,
+        organic_rows=dec.organic_rows,
         ineligible_rows=int((~dec.logged_eligible).sum()),
         logged_accept_rate=float(dec.reward.mean()),
         logged_conversion=any_result.conversion.extra["logged_conversion"],

@@ -12,8 +12,9 @@ Nothing here re-implements the data contract or the features; it distributes the
    (``map_partitions``): one feature implementation for both engines. Rows carry a global key
    (file index, row in file) so ties of equal ``ts`` break in file order, as on one machine,
    and an error names the file and its row.
-3. **Holdout** exactly as ``training.pipeline.holdout_mask``: whole users, latest arrival by
-   first event (ties by first appearance), ``HOLDOUT_FRACTION`` of the rows. Only per-user
+3. **Holdout** exactly as on one machine (``training.holdout``): a calendar cut (offers at or
+   after it are held out; the cut comes from the log's time range) or, with ``arrival``, whole
+   users, latest arrival by first event (ties by first appearance). Only per-user
    ``(first ts, first key, rows)`` travel to the client; the split is then one threshold.
 4. **Fit** the readiness, drop and come-back models with ``lightgbm.dask.DaskLGBMClassifier``
    (the parameters of ``models.readiness.ReadinessModel``), convert each to a local booster
@@ -33,6 +34,7 @@ the workers. Paths must be readable by the client and every worker (a shared vol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -52,7 +54,7 @@ import pandas as pd
 
 from features.catalog import Catalog
 from features.errors import EventLogError, NextstepError
-from features.spec import MAX_CATEGORIES, FeatureSpec
+from features.spec import FeatureSpec, value_counts
 from models.bundle import ModelBundle
 from models.readiness import EPS, ReadinessModel
 
@@ -544,8 +546,70 @@ def holdout_threshold(
     return float(first_ts[last]), int(first_key[last])
 
 
-def _holdout_rows(frame: pd.DataFrame, threshold: tuple[float, int]) -> np.ndarray:
-    """Per row of a partition: does its user belong to the holdout?"""
+@dataclass(frozen=True)
+class Split:
+    """The holdout as the workers apply it: a calendar ``cut`` (offers at or after it) or an
+    ``arrival`` threshold (users whose ``(first ts, first key) >= (ts, key)``)."""
+
+    cut: float | None = None
+    arrival: tuple[float, int] | None = None
+
+
+def split_for(dlog: DaskLog, holdout: Any) -> Split:
+    """Resolve a ``training.holdout.Holdout`` against the distributed log."""
+    if holdout.strategy == "arrival":
+        return Split(
+            arrival=holdout_threshold(
+                dlog.first_ts, dlog.first_key, dlog.user_rows, holdout.fraction
+            )
+        )
+    if holdout.start is not None:
+        return Split(cut=holdout.start)
+    return Split(cut=_time_cut(dlog, holdout.rows_held_out(dlog.n_rows)))
+
+
+def _time_cut(dlog: DaskLog, k: int, bins: int = 4096) -> float:
+    """The ``k``-th latest offer time of the whole log, exactly (``Holdout.cut`` on one
+    machine), without shipping every time to the client: a histogram finds the bin that holds
+    it, then only that bin's times travel."""
+    import dask
+
+    edges = np.linspace(dlog.ts_min, dlog.ts_max, bins + 1)
+    parts = dlog.frames.to_delayed()
+
+    def hist(frame: pd.DataFrame) -> np.ndarray:
+        return np.histogram(frame["ts"].to_numpy(dtype=np.float64), edges)[0]
+
+    counts = np.sum(dask.compute(*[dask.delayed(hist)(p) for p in parts]), axis=0)
+    from_end = np.cumsum(counts[::-1])
+    b = int(np.searchsorted(from_end, k))  # bins from the end, the k-th latest is in bin -1-b
+    lo, hi = edges[bins - 1 - b], edges[bins - b]
+    need = k - (int(from_end[b - 1]) if b > 0 else 0)
+
+    def inside(frame: pd.DataFrame) -> np.ndarray:
+        ts = frame["ts"].to_numpy(dtype=np.float64)
+        return ts[(ts >= lo) & ((ts < hi) | (b == 0))]
+
+    values = np.concatenate(dask.compute(*[dask.delayed(inside)(p) for p in parts]))
+    return float(np.sort(values)[::-1][need - 1])
+
+
+def _holdout_rows(frame: pd.DataFrame, split: Split) -> np.ndarray:
+    """Per row of a partition: is the offer held out?"""
+    if split.cut is not None:
+        return frame["ts"].to_numpy(dtype=np.float64) >= split.cut
+    assert split.arrival is not None
+    return _arrival_rows(frame, split.arrival)
+
+
+def _held_users_rows(frame: pd.DataFrame, split: Split) -> np.ndarray:
+    """Per row of a partition: does its user have a held-out offer (its history included)?"""
+    ho = pd.Series(_holdout_rows(frame, split), index=frame.index)
+    return ho.groupby(frame["user_id"], sort=False).transform("any").to_numpy(dtype=bool)
+
+
+def _arrival_rows(frame: pd.DataFrame, threshold: tuple[float, int]) -> np.ndarray:
+    """Per row of a partition: does its user belong to the arrival holdout?"""
     g = frame.groupby("user_id", sort=False)
     fts = g["ts"].transform("min").to_numpy(dtype=np.float64)
     fkey = g["row"].transform("min").to_numpy(dtype=np.int64)
@@ -576,6 +640,7 @@ def _features_meta(spec: FeatureSpec) -> pd.DataFrame:
         key=pd.Series([], dtype=np.int64),
         accepted=pd.Series([], dtype=np.int8),
         dropped=pd.Series([], dtype=np.int8),
+        gone=pd.Series([], dtype=np.int8),
         came_back=pd.Series([], dtype=np.int8),
         goal=pd.Series([], dtype=bool),
         stage=pd.Series([], dtype=np.int16),
@@ -592,7 +657,7 @@ def _features_part(
     frame: pd.DataFrame,
     catalog: Catalog,
     spec: FeatureSpec,
-    threshold: tuple[float, int],
+    split: Split,
     seed: int,
 ) -> pd.DataFrame:
     """Point-in-time features of one partition (whole users) with the offline builder, plus
@@ -618,10 +683,11 @@ def _features_part(
         key=keys,
         accepted=F.accepted.astype(np.int8),
         dropped=F.dropped.astype(np.int8),
+        gone=(F.dropped | ~F.came_back).astype(np.int8),  # fit_bundle's drop-model label
         came_back=F.came_back.astype(np.int8),
-        goal=((catalog.goal_mask >> F.step_index) & 1).astype(bool),
+        goal=catalog.arrays["is_goal"][F.step_index] > 0,
         stage=np.asarray(catalog.stage_indices, dtype=np.int16)[F.step_index],
-        holdout=_holdout_rows(frame, threshold),
+        holdout=_holdout_rows(frame, split),
         u=_uniform(keys, seed, 1),
         u_sample=_uniform(keys, seed, 2),
         gap_s=gap,
@@ -630,9 +696,9 @@ def _features_part(
 
 
 @on_cluster
-def spec_for(dlog: DaskLog) -> FeatureSpec:
-    """``FeatureSpec.from_frame`` over the whole distributed log (categories from every
-    partition, numeric columns as they are)."""
+def spec_for(dlog: DaskLog, split: Split | None = None) -> FeatureSpec:
+    """``FeatureSpec.from_frame`` over the distributed log's training rows (all rows without
+    ``split``): categories from every partition, numeric columns as they are."""
     import dask
 
     from training.pipeline import feature_context_columns
@@ -645,25 +711,34 @@ def spec_for(dlog: DaskLog) -> FeatureSpec:
         if not (pd.api.types.is_numeric_dtype(meta[c]) and not pd.api.types.is_bool_dtype(meta[c]))
     ]
 
-    def uniques(frame: pd.DataFrame) -> dict[str, list[str]]:
-        # more than MAX_CATEGORIES anywhere drops the column: no need to ship them all
-        return {
-            c: sorted({str(v) for v in frame[c].dropna().unique()})[: MAX_CATEGORIES + 1]
-            for c in text
-        }
+    def training(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame if split is None or frame.empty else frame.loc[~_holdout_rows(frame, split)]
 
-    per_part = dask.compute(*[dask.delayed(uniques)(p) for p in dlog.frames.to_delayed()])
-    keep: list[str] = []
-    cats: dict[str, tuple[str, ...]] = {}
-    for c in cols:
-        if c not in text:
-            keep.append(c)
-            continue
-        values = sorted({v for part in per_part for v in part[c]})
-        if 0 < len(values) <= MAX_CATEGORIES:
-            keep.append(c)
-            cats[c] = tuple(values)
-    return FeatureSpec(context_columns=tuple(keep), categories=cats)
+    def counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+        frame = training(frame)
+        return {c: value_counts(frame[c]) for c in text}
+
+    per_part = dask.compute(*[dask.delayed(counts)(p) for p in dlog.frames.to_delayed()])
+    merged: dict[str, dict[str, int]] = {c: {} for c in text}
+    for part in per_part:
+        for c, vc in part.items():
+            m = merged[c]
+            for k, n in vc.items():
+                m[k] = m.get(k, 0) + n
+    numeric = set(cols) - set(text)
+    if numeric:
+        present = dask.compute(
+            *[
+                dask.delayed(_present)(training(p), sorted(numeric))
+                for p in dlog.frames.to_delayed()
+            ]
+        )
+        numeric = {c for c in numeric if any(part[c] for part in present)}
+    return FeatureSpec.from_counts(cols, numeric, merged)
+
+
+def _present(frame: pd.DataFrame, cols: list[str]) -> dict[str, bool]:
+    return {c: bool(frame[c].notna().any()) for c in cols}
 
 
 @dataclass
@@ -864,25 +939,35 @@ def fit_and_evaluate_dask(
     catalog: Catalog,
     *,
     seed: int = 0,
-    holdout_fraction: float | None = None,
+    holdout: Any = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    step_feature: bool = True,
 ) -> Any:
     """The Dask twin of ``training.pipeline.fit_and_evaluate`` (returns a ``TrainingOutcome``
-    with ``n_train``/``n_holdout`` and ``extra["threshold"]``, the holdout boundary)."""
+    with ``n_train``/``n_holdout`` and ``extra["split"]``, the holdout boundary); ``holdout``
+    is a ``training.holdout.Holdout`` (default: the calendar cut)."""
     from models.readiness import LogisticBaseline
     from training import evaluate as ev
-    from training.pipeline import HOLDOUT_FRACTION, TRUTH_COLUMN
+    from training.holdout import Holdout, check_sides
+    from training.pipeline import TRUTH_COLUMN
 
     say = progress or (lambda _msg: None)
-    fraction = HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
+    plan = holdout or Holdout()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     say("dask: building point-in-time features")
-    spec = spec_for(dlog)
-    threshold = holdout_threshold(dlog.first_ts, dlog.first_key, dlog.user_rows, fraction)
+    split = split_for(dlog, plan)
+    spec = spec_for(dlog, split)  # learned from the training rows, as on one machine
+    if step_feature:
+        steps = dlog.frames.map_partitions(
+            lambda f: f.loc[~_holdout_rows(f, split), "step"] if len(f) else f["step"],
+            meta=("step", dlog.frames._meta["step"].dtype),
+        )
+        seen = set(steps.unique().compute().tolist())
+        spec = dataclasses.replace(spec, step_ids=tuple(s for s in catalog.ids if s in seen))
     feats = dlog.frames.map_partitions(
-        _features_part, catalog, spec, threshold, seed, meta=_features_meta(spec)
+        _features_part, catalog, spec, split, seed, meta=_features_meta(spec)
     )
     feats = client.persist(feats)
     train = ~feats["holdout"]
@@ -890,6 +975,8 @@ def fit_and_evaluate_dask(
         int(v)
         for v in _compute(train.sum(), feats["accepted"][train].sum(), feats["holdout"].sum())
     )
+    if split.cut is not None:
+        check_sides(n_train, n_ho, split.cut)
     if n_pos in (0, n_train):
         raise NextstepError("the training rows have only one outcome; readiness needs both")
     gaps = feats["gap_s"][train & feats["gap_s"].notnull()]
@@ -912,12 +999,12 @@ def fit_and_evaluate_dask(
     opt.setdefault("n_estimators", 80)
     no = train & (feats["accepted"] == 0)
     acc_ng = train & (feats["accepted"] == 1) & ~feats["goal"]
-    drop = fit_readiness_dask(client, feats, no, "dropped", spec, opt, min_rows=50)
+    drop = fit_readiness_dask(client, feats, no, "gone", spec, opt, min_rows=50)
     back = fit_readiness_dask(client, feats, acc_ng, "came_back", spec, opt, min_rows=50)
     n_no, n_drop, n_ang, n_back = (
         int(v)
         for v in _compute(
-            no.sum(), feats["dropped"][no].sum(), acc_ng.sum(), feats["came_back"][acc_ng].sum()
+            no.sum(), feats["gone"][no].sum(), acc_ng.sum(), feats["came_back"][acc_ng].sum()
         )
     )
     bundle = ModelBundle(
@@ -940,7 +1027,7 @@ def fit_and_evaluate_dask(
     rate = min(1.0, LOGREG_MAX_ROWS / max(n_train, 1))
     sample = feats[train & (feats["u_sample"] < rate)] if rate < 1 else feats[train]
     sample = sample[[*cols, "key", "accepted"]].compute().sort_values("key", kind="stable")
-    baseline = LogisticBaseline(random_state=seed).fit(
+    baseline = LogisticBaseline(categorical_features=cats, random_state=seed).fit(
         sample[cols].to_numpy(dtype=np.float64), sample["accepted"].to_numpy(dtype=int)
     )
     seconds["fit_logreg"] = time.perf_counter() - t
@@ -978,7 +1065,8 @@ def fit_and_evaluate_dask(
         seconds=seconds,
         n_train=n_train,
         n_holdout=n_ho,
-        extra={"threshold": threshold, "features": feats},
+        extra={"split": split, "features": feats},
+        holdout_info=plan.describe(split.cut),
     )
 
 
@@ -1033,12 +1121,20 @@ def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
 
 
 @on_cluster
-def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -> pd.DataFrame:
-    """The holdout users' validated events in log order, whole users, at most ``cap`` rows
-    (users in order of first appearance, as ``training.pipeline._holdout_artifacts`` keeps)."""
-    t, k = threshold
-    ho = (dlog.first_ts > t) | ((dlog.first_ts == t) & (dlog.first_key >= k))
-    fk, rows = dlog.first_key[ho], dlog.user_rows[ho]
+def holdout_events_dask(dlog: DaskLog, split: Split, cap: int) -> pd.DataFrame:
+    """The validated events of the users with held-out offers (their whole history) in log
+    order, whole users, at most ``cap`` rows (users in order of first appearance, as
+    ``training.pipeline._holdout_artifacts`` keeps)."""
+
+    def users(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty:
+            return pd.DataFrame({"first": np.empty(0, np.int64), "rows": np.empty(0, np.int64)})
+        held = frame.loc[_held_users_rows(frame, split)]
+        g = held.groupby("user_id", sort=False)["row"]
+        return pd.DataFrame({"first": g.min().to_numpy(), "rows": g.size().to_numpy()})
+
+    stats = dlog.frames.map_partitions(users, meta={"first": np.int64, "rows": np.int64}).compute()
+    fk, rows = stats["first"].to_numpy(), stats["rows"].to_numpy()
     order = np.argsort(fk, kind="stable")
     fits = np.cumsum(rows[order]) <= cap
     max_key = int(fk[order][fits].max()) if fits.any() else -1
@@ -1047,7 +1143,7 @@ def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -
         if frame.empty:
             return frame
         first = frame.groupby("user_id", sort=False)["row"].transform("min").to_numpy()
-        return frame.loc[_holdout_rows(frame, threshold) & (first <= max_key)]
+        return frame.loc[_held_users_rows(frame, split) & (first <= max_key)]
 
     out = dlog.frames.map_partitions(pick, meta=dlog.frames._meta).compute()
     return out.sort_values("row", kind="stable").reset_index(drop=True)
@@ -1055,7 +1151,7 @@ def holdout_events_dask(dlog: DaskLog, threshold: tuple[float, int], cap: int) -
 
 @on_cluster
 def champion_on_holdout_dask(
-    dlog: DaskLog, catalog: Catalog, threshold: tuple[float, int]
+    dlog: DaskLog, catalog: Catalog, split: Split
 ) -> tuple[str | None, float | None, str | None]:
     """``training.pipeline.champion_on_holdout`` with the holdout scored on the workers."""
     from training import evaluate as ev
@@ -1068,7 +1164,7 @@ def champion_on_holdout_dask(
     try:
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
         scored = dlog.frames.map_partitions(
-            _score_holdout_with, bundle, catalog, threshold, meta={"y": np.int64, "p": np.float64}
+            _score_holdout_with, bundle, catalog, split, meta={"y": np.int64, "p": np.float64}
         ).compute()
     except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
         return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -1076,18 +1172,19 @@ def champion_on_holdout_dask(
 
 
 def _score_holdout_with(
-    frame: pd.DataFrame, bundle: ModelBundle, catalog: Catalog, threshold: tuple[float, int]
+    frame: pd.DataFrame, bundle: ModelBundle, catalog: Catalog, split: Split
 ) -> pd.DataFrame:
+    """The held-out offers of one partition scored with their users' whole history."""
     from training.pipeline import features_for
 
     if frame.empty:
         return pd.DataFrame({"y": np.empty(0, np.int64), "p": np.empty(0)})
-    sub = frame.loc[_holdout_rows(frame, threshold)]
-    if sub.empty:
+    ho = _holdout_rows(frame, split)
+    if not ho.any():
         return pd.DataFrame({"y": np.empty(0, np.int64), "p": np.empty(0)})
-    F = features_for(sub, catalog, bundle.spec)
-    p = bundle.readiness.positive_proba(np.ascontiguousarray(F.X))
-    return pd.DataFrame({"y": F.accepted.astype(np.int64), "p": p})
+    F = features_for(frame, catalog, bundle.spec)
+    p = bundle.readiness.positive_proba(np.ascontiguousarray(F.X[ho]))
+    return pd.DataFrame({"y": F.accepted[ho].astype(np.int64), "p": p})
 
 
 def train_on_dask(
@@ -1102,6 +1199,8 @@ def train_on_dask(
     skip_invalid: bool = False,
     params: Mapping[str, Any] | None = None,
     npartitions: int | None = None,
+    holdout: Any = None,
+    step_feature: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
@@ -1116,15 +1215,24 @@ def train_on_dask(
             client, events, catalog, skip_invalid=skip_invalid, npartitions=npartitions
         )
         fp = fingerprint_dask(dlog, catalog)
-        out = fit_and_evaluate_dask(client, dlog, catalog, seed=seed, params=params, progress=say)
-        threshold = out.extra["threshold"]
+        out = fit_and_evaluate_dask(
+            client,
+            dlog,
+            catalog,
+            seed=seed,
+            holdout=holdout,
+            params=params,
+            progress=say,
+            step_feature=step_feature,
+        )
+        split = out.extra["split"]
         out.extra.pop("features", None)  # release the feature partitions before logging
         result = log_training(
             out,
             fp,
             catalog,
-            holdout_events=lambda: holdout_events_dask(dlog, threshold, HOLDOUT_ARTIFACT_ROWS),
-            score_champion=lambda: champion_on_holdout_dask(dlog, catalog, threshold),
+            holdout_events=lambda: holdout_events_dask(dlog, split, HOLDOUT_ARTIFACT_ROWS),
+            score_champion=lambda: champion_on_holdout_dask(dlog, catalog, split),
             experiment=experiment,
             promote=promote,
             tolerance=tolerance,

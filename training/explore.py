@@ -1,4 +1,4 @@
-"""Summaries of an event log for exploration (the notebooks import these, DESIGN.md section 2).
+"""Summaries of an event log for exploration (the notebooks import these, docs/design.md section 2).
 
 Everything works on a validated frame (``features.events.EventLog.frame``) with whole-column
 pandas operations and returns a small DataFrame, in funnel-stage order, ready to display or plot.

@@ -1,4 +1,4 @@
-"""``nextstep export``: the service's decisions and outcomes as an event log (DESIGN.md section 4).
+"""``nextstep export``: the service's decisions and outcomes as an event log (docs/design.md §4).
 
 One row per acknowledged outcome (every row of the ``outcomes`` table):
 
@@ -212,11 +212,44 @@ def export_log(
     )
 
 
-def resolve_catalog(catalog: Path | None) -> Catalog:
-    path = catalog if catalog is not None else _settings().catalog
+def served_catalog(url: str) -> Catalog | None:
+    """The catalog the service last served from this store (None for a store that has not
+    recorded one: no such store, or one written before migration 0003)."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and (not u.database or not Path(u.database).exists()):
+        return None
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if "served_catalogs" not in set(inspect(conn).get_table_names()):
+                return None
+            row = conn.exec_driver_sql(
+                "SELECT content, sha256 FROM served_catalogs ORDER BY last_served_at DESC LIMIT 1"
+            ).first()
+    finally:
+        engine.dispose()
+    if row is None:
+        return None
+    source = f"catalog served by the service (sha256 {str(row[1])[:12]})"
+    return Catalog.from_data(json.loads(row[0]), source=source)
+
+
+def resolve_catalog(catalog: Path | None, url: str | None = None) -> Catalog:
+    """The catalog to validate the store's log with: ``--catalog`` when given, else the one the
+    service last served (remembered in the store), else ``NEXTSTEP_CATALOG``."""
+    if catalog is not None:
+        return load_catalog(catalog)
+    served = served_catalog(store_url(url))
+    if served is not None:
+        return served
+    path = _settings().catalog
     if path is None:
         raise ExportError(
-            "a catalog is needed to validate the export: --catalog or NEXTSTEP_CATALOG"
+            "a catalog is needed to validate the export and the store has none recorded (has "
+            "the service run on it?): pass --catalog or set NEXTSTEP_CATALOG"
         )
     return load_catalog(path)
 

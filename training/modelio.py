@@ -3,8 +3,9 @@
 ``load_scorer("models:/nextstep@champion", catalog)`` resolves the alias to a version, downloads
 that version's artifacts once to ``{NEXTSTEP_HOME}/model-cache/<version>/`` (the same layout the
 service's model loader uses, written to a temporary directory and renamed, so an entry is
-complete or absent; versions are immutable, so a cached entry is reused as is) and loads the
-bundle inside with ``models.bundle.load_bundle_dir``. Also accepted: ``models:/nextstep/3``, a
+complete or absent; versions are immutable, so a cached entry is reused as is) and loads
+its serving artifact (``models.serving.load_serving_dir``; the pickled bundle only under
+``nextstep --trust-registry``). Also accepted: ``models:/nextstep/3``, a
 bare alias or version number (``champion``, ``3``) and a local directory holding a bundle
 (``file://`` optional). MLflow is imported only when the registry is needed, and not even then
 for the local default (a SQLite registry with artifacts on this machine): the alias is read
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from features.catalog import Catalog
 from features.errors import NextstepError
-from models.bundle import ModelBundle, ModelScorer, load_bundle, load_bundle_dir
+from models.bundle import ModelBundle, ModelScorer, load_bundle
 from training import tracking
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
@@ -83,10 +84,18 @@ def alias_version(alias: str, name: str = tracking.MODEL_NAME) -> str | None:
     return hint[0] if hint is not None else tracking.alias_version(alias, name)
 
 
+# ``nextstep --trust-registry``: a model without a serving artifact may be loaded from its
+# pickled bundle (which runs code). Off by default: scoring commands read the artifact only.
+TRUST_REGISTRY = False
+
+
 def load_scorer(model_uri: str, catalog: Catalog | None) -> tuple[ModelScorer, str | None]:
-    """``(scorer, version)`` for ``model_uri``; the scorer is smoke-tested on ``catalog``."""
+    """``(scorer, version)`` for ``model_uri`` from its serving artifact (no pickle; the
+    joblib bundle only under ``--trust-registry``); smoke-tested on ``catalog``."""
+    from models.serving import load_serving_dir
+
     resolved = resolve(model_uri)
-    scorer, meta = load_bundle_dir(resolved.path, catalog)
+    scorer, meta = load_serving_dir(resolved.path, catalog, trust_pickle=TRUST_REGISTRY)
     version = resolved.version or _meta_version(meta)
     return scorer, version
 

@@ -39,10 +39,17 @@ Estimands, stated once:
 Rows without a logged propensity cannot be weighted, and neither can their user's trajectory:
 by default they are an error naming the first such row; with ``missing_propensity="exclude"``
 (``--skip-invalid`` on the command line) every user with such a row is left out and counted.
+With ``missing_propensity="organic"`` (the service's own log, ``nextstep promote --evidence
+ope``) a row with neither a propensity nor a ``decision_id`` is an *organic* outcome: an offer
+no policy decided (the product showed it on its own). It still happened, so it is folded into
+the user's state like any other row, but it is not an offer of the logging policy, so it is
+not evaluated (no weight, no reward); its count is ``organic_rows``. A row with a
+``decision_id`` but no propensity is still an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -142,6 +149,7 @@ class Decisions:
     max_goal_reward: float = 1.0  # the most a user can be worth (bounds every value)
     excluded_rows: int = 0
     excluded_users: int = 0
+    organic_rows: int = 0  # folded into the state, not evaluated (organic outcomes)
     eligible: list[list[int]] | None = None
     distributions: dict[str, list[np.ndarray]] | None = None
     states: list[UserState] | None = None
@@ -188,7 +196,7 @@ def evaluate_log(
     maps a name to a policy object (``models.policies``: ``policy(DecisionInput) ->
     PolicyOutput``), e.g. from ``build_policy``; ``scorer`` (a ``models.bundle.ModelScorer``)
     gives ``q_hat``/``q_target``, and the model-based policies their readiness.
-    ``missing_propensity`` is ``"error"`` or ``"exclude"`` (see the module docstring).
+    ``missing_propensity`` is ``"error"``, ``"exclude"`` or ``"organic"`` (module docstring).
 
     Users are folded in chunks of about ``CHUNK_ROWS`` rows (whole users): the states of a
     chunk are kept, scored with one model call, and handed to every policy.
@@ -257,7 +265,7 @@ def evaluate_log(
     for name in names:  # exact policies can be off by an ulp: keep LoggedData's [0, 1] happy
         np.clip(target[name], 0.0, 1.0, out=target[name])
     goal_accepted = accepted & (catalog.arrays["is_goal"][step] > 0)
-    return Decisions(
+    decisions = Decisions(
         row=sel.rows[order],
         user=np.cumsum(sel.new_user) - 1,
         user_ids=sel.user_ids,
@@ -279,6 +287,52 @@ def evaluate_log(
         distributions=None if kept is None else kept.distributions,
         states=None if kept is None else kept.states,
     )
+    organic = sel.organic[order]
+    return _without_rows(decisions, organic, source) if organic.any() else decisions
+
+
+def _without_rows(dec: Decisions, drop: np.ndarray, source: str) -> Decisions:
+    """``dec`` without the rows in ``drop`` (organic outcomes: folded, never evaluated); users
+    left with no evaluated row disappear and the others are renumbered 0.. in order."""
+    keep = ~drop
+    if not keep.any():
+        raise MissingPropensityError(
+            "every offer is an organic outcome (no decision_id, no propensity): nothing left "
+            "to evaluate",
+            source=source,
+            column="propensity",
+        )
+    kept_users, user = np.unique(dec.user[keep], return_inverse=True)
+    idx = np.flatnonzero(keep).tolist()
+
+    def pick(items: list[Any] | None) -> list[Any] | None:
+        return None if items is None else [items[i] for i in idx]
+
+    return dataclasses.replace(
+        dec,
+        row=dec.row[keep],
+        user=user.astype(np.int64),
+        user_ids=[dec.user_ids[u] for u in kept_users.tolist()],
+        step=dec.step[keep],
+        reward=dec.reward[keep],
+        goal_accepted=dec.goal_accepted[keep],
+        propensity=dec.propensity[keep],
+        logged_eligible=dec.logged_eligible[keep],
+        q_hat=None if dec.q_hat is None else dec.q_hat[keep],
+        target={k: v[keep] for k, v in dec.target.items()},
+        q_target={k: v[keep] for k, v in dec.q_target.items()},
+        goal_reward=None if dec.goal_reward is None else dec.goal_reward[keep],
+        q_goal=None if dec.q_goal is None else dec.q_goal[keep],
+        v_goal={k: v[keep] for k, v in dec.v_goal.items()},
+        organic_rows=int(drop.sum()),
+        eligible=pick(dec.eligible),
+        distributions=(
+            None
+            if dec.distributions is None
+            else {k: pick(v) or [] for k, v in dec.distributions.items()}
+        ),
+        states=pick(dec.states),
+    )
 
 
 @dataclass
@@ -290,14 +344,15 @@ class _Selection:
     user_ids: list[str]
     rows: np.ndarray  # 1-based source row of every frame position
     propensity: np.ndarray  # logged propensity of every frame position (NaN when absent)
+    organic: np.ndarray  # every frame position: an organic outcome (folded, not evaluated)
     excluded_rows: int = 0
     excluded_users: int = 0
 
 
 def _select_rows(frame: pd.DataFrame, missing_propensity: str, source: str) -> _Selection:
     """Sort the rows per user in time order; refuse or drop users lacking a propensity."""
-    if missing_propensity not in ("error", "exclude"):
-        raise ValueError("missing_propensity must be 'error' or 'exclude'")
+    if missing_propensity not in ("error", "exclude", "organic"):
+        raise ValueError("missing_propensity must be 'error', 'exclude' or 'organic'")
     n_all = len(frame)
     if n_all == 0:
         raise EventLogError("the event log has no rows to evaluate", source=source)
@@ -312,9 +367,18 @@ def _select_rows(frame: pd.DataFrame, missing_propensity: str, source: str) -> _
         else np.full(n_all, np.nan)
     )
     missing = np.isnan(prop)
+    organic = np.zeros(n_all, dtype=bool)
+    if missing_propensity == "organic":
+        decided = (
+            frame["decision_id"].notna().to_numpy(dtype=bool)
+            if "decision_id" in frame.columns
+            else np.zeros(n_all, dtype=bool)
+        )
+        organic = missing & ~decided
+        missing = missing & decided
     excluded_rows = excluded_users = 0
     if missing.any():
-        if missing_propensity == "error":
+        if missing_propensity in ("error", "organic"):
             raise MissingPropensityError(
                 f"{int(missing.sum())} of {n_all} offers have no logged propensity, so they "
                 "cannot be reweighted; log propensities, or pass --skip-invalid to leave out "
@@ -342,6 +406,7 @@ def _select_rows(frame: pd.DataFrame, missing_propensity: str, source: str) -> _
         user_ids=[str(uniques[c]) for c in user_codes[new_user]],
         rows=rows,
         propensity=prop,
+        organic=organic,
         excluded_rows=excluded_rows,
         excluded_users=excluded_users,
     )
@@ -395,7 +460,9 @@ class _Folder:
             chunk.states.append(snap)
             chunk.times.append(rows.ts[i])
             chunk.contexts.append(ctx)
-            eligible = self.catalog.eligible_indices(self.state.accepted_mask)
+            eligible = self.catalog.eligible_indices(
+                self.state.accepted_mask, self.catalog.available(snap.context)
+            )
             if self.guarded and eligible:
                 eligible = apply_guardrails(self.catalog, self.state, eligible, rows.ts[i])[0]
             chunk.eligible.append(eligible)

@@ -1,4 +1,4 @@
-"""Off-policy evaluation on logged data (DESIGN.md section 8; ``nextstep ope``, section 5).
+"""Off-policy evaluation on logged data (docs/design.md section 8; ``nextstep ope``, section 5).
 
 What would a *target* policy have earned had it run instead of the policy that wrote the log?
 Every estimator here answers from one table with a row per logged round (one offer and its
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -569,4 +570,5 @@ def ope_command(input: Path, n_boot: int, seed: int) -> None:
     """``nextstep ope``: print the contract JSON ``{"rows": n, "estimates": {...}}`` to stdout."""
     data = read_logged_data(input)
     result = estimate_all(data, n_boot=n_boot, seed=seed)
-    print(json.dumps(result, allow_nan=False))
+    # one line for pipes and scripts, indented for a person at a terminal; the same JSON
+    print(json.dumps(result, allow_nan=False, indent=2 if sys.stdout.isatty() else None))

@@ -3,11 +3,12 @@ MLflow run, registered model version and (with ``--promote``) the champion gate.
 
 Choices, so they are written down once:
 
-* **Holdout by user arrival.** Users are ordered by the time of their first event and the
-  latest-arriving users that make up ``HOLDOUT_FRACTION`` of the rows form the holdout (whole
-  users, so nobody straddles the split and the holdout is "future users", the case the service
-  meets most). Features are point-in-time, so computing them on the whole log first leaks
-  nothing: each row only sees that user's earlier rows.
+* **Holdout by calendar time** (``training.holdout``): offers at or after a cut are held out,
+  the rest train; the cut is ``--holdout-from`` or the time that starts the last
+  ``--holdout-fraction`` of the offers. ``--holdout-by arrival`` holds out the latest-arriving
+  whole users instead.
+  Features are point-in-time, so computing them on the whole log first leaks nothing: each row
+  only sees that user's earlier rows, and a held-out offer keeps its full history.
 * **The registered model is the evaluated model.** It is fitted on the training users only; the
   numbers in the run describe exactly the artifact that may be promoted. (Refitting on all rows
   would buy 20% more data at the price of an unmeasured artifact.)
@@ -28,6 +29,7 @@ Choices, so they are written down once:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -51,12 +53,17 @@ from features.offline import OfflineFeatures, build_offline_features
 from features.spec import FeatureSpec
 from models.bundle import ModelBundle, fit_bundle
 from models.readiness import LogisticBaseline
+from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
 from training import evaluate as ev
 from training import policy_eval
+from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
 
-HOLDOUT_FRACTION = 0.2
 PARALLEL_ROWS = 500_000
+# The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
+# lowered log loss in every built-in world, in a world of steps alike in attributes and on a
+# real log of new cohorts (benchmarks/step_identity.py, benchmarks/real_log.py).
+STEP_FEATURE = True
 HOLDOUT_ARTIFACT_ROWS = 200_000
 MODELS = ("lgbm", "logreg")
 
@@ -73,24 +80,14 @@ def feature_context_columns(log: EventLog) -> list[str]:
 
 
 def holdout_mask(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
-    """Rows of the latest-arriving users (by first event, ties by file order) that make up at
-    least ``fraction`` of the rows; at least one user on each side."""
-    if not 0 < fraction < 1:
-        raise ValueError("holdout fraction must be in (0, 1)")
-    codes, uniques = pd.factorize(frame["user_id"], sort=False)  # code order = first appearance
-    n_users = len(uniques)
-    if n_users < 2:
-        raise NextstepError("training needs at least two users (one for the holdout)")
-    ts = frame["ts"].to_numpy(dtype=np.float64)
-    first = pd.Series(ts).groupby(codes).min().to_numpy()
-    counts = np.bincount(codes, minlength=n_users)
-    order = np.lexsort((np.arange(n_users), first))  # arrival order
-    from_end = np.cumsum(counts[order][::-1])
-    k = int(np.searchsorted(from_end, fraction * len(frame)) + 1)  # users in the holdout
-    k = min(max(k, 1), n_users - 1)
-    is_holdout_user = np.zeros(n_users, dtype=bool)
-    is_holdout_user[order[::-1][:k]] = True
-    return is_holdout_user[codes]
+    """The arrival-order holdout (``training.holdout.arrival_mask``), kept under its old name."""
+    return arrival_mask(frame, fraction)
+
+
+def logged_steps(frame: pd.DataFrame, catalog: Catalog) -> tuple[str, ...]:
+    """The steps offered in the log, in catalog order: the values of the ``step_id`` feature."""
+    seen = set(frame["step"].unique().tolist())
+    return tuple(s for s in catalog.ids if s in seen)
 
 
 def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
@@ -170,6 +167,10 @@ class TrainingOutcome:
     typical_gap_hours: float
     example: pd.DataFrame  # a few holdout feature rows: the pyfunc's input example
     seconds: dict[str, float] = field(default_factory=dict)
+    # how the split was made (``Holdout.describe``): recorded in the run and the bundle
+    holdout_info: dict[str, Any] = field(
+        default_factory=lambda: {"strategy": "time", "fraction": HOLDOUT_FRACTION}
+    )
 
     @property
     def train_rows(self) -> int:
@@ -185,9 +186,10 @@ def fit_and_evaluate(
     catalog: Catalog,
     *,
     seed: int = 0,
-    holdout_fraction: float = HOLDOUT_FRACTION,
+    holdout: Holdout | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainingOutcome:
     """Features, holdout split, the bundle (LightGBM) and the logistic baseline, both scored on
     the holdout. No MLflow: usable from notebooks, tests and other commands."""
@@ -196,14 +198,21 @@ def fit_and_evaluate(
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     say("building point-in-time features")
-    spec = FeatureSpec.from_frame(frame, feature_context_columns(log))
-    F = build_offline_features(frame, catalog, spec)
-    ho = holdout_mask(frame, holdout_fraction)
+    split = holdout or Holdout()
+    ho = split.mask(frame)
     tr = ~ho
+    # the layout is learned from the training rows only: a category or a step first seen in
+    # the holdout is new to the model there, as it would be in production
+    train_frame = frame.loc[tr]
+    spec = FeatureSpec.from_frame(train_frame, feature_context_columns(log))
+    if step_feature:
+        spec = dataclasses.replace(spec, step_ids=logged_steps(train_frame, catalog))
+    F = build_offline_features(frame, catalog, spec)
+    cut = split.cut(frame["ts"].to_numpy(dtype=np.float64)) if split.strategy == "time" else None
     y_tr = F.accepted[tr]
     if y_tr.min() == y_tr.max():
         raise NextstepError("the training rows have only one outcome; readiness needs both")
-    is_goal = ((catalog.goal_mask >> F.step_index) & 1).astype(bool)
+    is_goal = catalog.arrays["is_goal"][F.step_index] > 0  # any catalog size
     gap = typical_gap_hours(frame, tr)
     seconds["features"] = time.perf_counter() - t
 
@@ -227,7 +236,9 @@ def fit_and_evaluate(
     seconds["fit_lgbm"] = time.perf_counter() - t
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
-    baseline = LogisticBaseline(random_state=seed).fit(X_tr, y_tr.astype(int))
+    baseline = LogisticBaseline(
+        categorical_features=tuple(spec.categorical_indices), random_state=seed
+    ).fit(X_tr, y_tr.astype(int))
     seconds["fit_logreg"] = time.perf_counter() - t
 
     say("evaluating on the holdout")
@@ -262,6 +273,7 @@ def fit_and_evaluate(
         typical_gap_hours=gap,
         example=example,
         seconds=seconds,
+        holdout_info=split.describe(cut),
     )
 
 
@@ -325,6 +337,8 @@ class TrainResult:
     champion_logloss: float | None = None
     recommended_policy: str | None = None  # by holdout trajectory OPE; None when not evaluable
     recommended_trusted: bool = False  # the recommendation rests on trusted estimates
+    holdout: str = ""  # how the split was made, in words
+    context: dict[str, str] = field(default_factory=dict)  # what became of each context column
 
 
 def train_log(
@@ -335,19 +349,29 @@ def train_log(
     promote: bool = False,
     tolerance: float = 0.0,
     seed: int = 0,
+    holdout: Holdout | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     policy_gate: bool = False,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
     fp = fingerprint(log, catalog)
-    out = fit_and_evaluate(log, catalog, seed=seed, params=params, progress=say)
+    out = fit_and_evaluate(
+        log,
+        catalog,
+        seed=seed,
+        holdout=holdout,
+        params=params,
+        progress=say,
+        step_feature=step_feature,
+    )
     return log_training(
         out,
         fp,
         catalog,
-        holdout_events=lambda: log.frame.loc[out.holdout],
+        holdout_events=lambda: log.frame.loc[users_with(log.frame, out.holdout)],
         score_champion=lambda: champion_on_holdout(log.frame, catalog, out.holdout),
         experiment=experiment,
         promote=promote,
@@ -377,7 +401,8 @@ def log_training(
 
     Shared by the single-machine and the Dask engine (``training.dask_train``), so both record
     exactly the same run; only where the data lives differs: ``holdout_events()`` returns the
-    holdout users' validated events (for the run's ``data/holdout.parquet``) and
+    validated events of the users with held-out offers, their whole history (for the run's
+    ``data/holdout.parquet``; ``data/holdout.json`` says which of them are held out) and
     ``score_champion()`` scores the current champion on this run's holdout (the contract of
     ``champion_on_holdout``).
 
@@ -400,7 +425,7 @@ def log_training(
             {
                 "nextstep.kind": "train",
                 "nextstep.data_sha256": fp["sha256"],
-                "nextstep.holdout": "latest-arriving users by first event",
+                "nextstep.holdout": _holdout_tag(out.holdout_info),
             }
         )
         metrics: dict[str, float] = {}
@@ -413,14 +438,15 @@ def log_training(
             **{f"seconds_{k}": v for k, v in out.seconds.items()},
         )
         mlflow.log_metrics(metrics)
+        mlflow.log_dict(out.spec.describe(), "context_columns.json")
         plots = _plots(out, Path(tmp) / "plots")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        holdout_frame = holdout_events()
-        data_dir = _holdout_artifacts(holdout_frame, catalog, fp, Path(tmp) / "data")
+        held_out = holdout_events()
+        data_dir = _holdout_artifacts(held_out, catalog, fp, out.holdout_info, Path(tmp) / "data")
         mlflow.log_artifacts(str(data_dir), artifact_path="data")
         say("valuing candidate policies on the holdout users")
         t_ope = time.perf_counter()
-        evaluation = _evaluate_policies(out, holdout_frame, catalog, seed, Path(tmp) / "policies")
+        evaluation = _evaluate_policies(out, held_out, catalog, seed, Path(tmp) / "policies")
         mlflow.log_metric("seconds_policy_ope", time.perf_counter() - t_ope)
         rec = None if isinstance(evaluation, str) else evaluation.recommendation
         recommended = None if rec is None else rec.policy
@@ -431,14 +457,14 @@ def log_training(
             run_id=run_id,
             trained_at=_iso(time.time()),
             data=fp,
-            holdout={"strategy": "users by first event", "fraction": HOLDOUT_FRACTION},
+            holdout=dict(out.holdout_info),
             metrics={k: ev.finite(v) for k, v in out.metrics.items()},
             params=out.params,
         )
         bundle_dir = out.bundle.save(Path(tmp) / "bundle")
         _write_catalog(catalog, bundle_dir / "catalog.yaml")
         say("registering the model")
-        version = _log_model(mlflow, out, bundle_dir)
+        version = _log_model(mlflow, out, bundle_dir, held_out, catalog)
 
         decision, reason, champ_ll, aliases = "not_requested", "--promote not given", None, []
         if promote:
@@ -454,7 +480,7 @@ def log_training(
             else:
                 g = gate(lgbm["logloss"], champ_ll, tolerance, champ_version)
             if policy_gate and g.promote and champ_version is not None:
-                g = _gate_policy(g, evaluation, holdout_frame, catalog, out, seed)
+                g = _gate_policy(g, evaluation, held_out, catalog, out, seed)
             alias = tracking.CHAMPION if g.promote else tracking.CHALLENGER
             tracking.set_alias(alias, version)
             if g.promote and tracking.alias_version(tracking.CHALLENGER) == version:
@@ -481,6 +507,8 @@ def log_training(
             "data_sha256": fp["sha256"],
             policy_eval.META_KEY: recommended or "-",
             f"{policy_eval.META_KEY}_trusted": str(rec is not None and rec.trusted).lower(),
+            # what the service checks the served artifact against (models.serving)
+            DIGEST_TAG: serving_digest(bundle_dir / SERVING_DIR),
         }.items():
             client.set_model_version_tag(tracking.MODEL_NAME, version, k, v)
     return TrainResult(
@@ -495,6 +523,8 @@ def log_training(
         champion_logloss=champ_ll,
         recommended_policy=recommended,
         recommended_trusted=rec is not None and rec.trusted,
+        holdout=_holdout_tag(out.holdout_info),
+        context=out.spec.describe(),
     )
 
 
@@ -556,6 +586,10 @@ def train_command(
     tolerance: float = 0.0,
     seed: int = 0,
     policy_gate: bool = False,
+    holdout_by: str = "time",
+    holdout_fraction: float | None = None,
+    holdout_from: str | None = None,
+    step_feature: bool = STEP_FEATURE,
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -563,6 +597,7 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
+    split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -581,6 +616,8 @@ def train_command(
                 tolerance=tolerance,
                 seed=seed,
                 skip_invalid=skip_invalid,
+                holdout=split,
+                step_feature=step_feature,
                 progress=say,
             )
         else:
@@ -592,6 +629,8 @@ def train_command(
                 promote=promote,
                 tolerance=tolerance,
                 seed=seed,
+                holdout=split,
+                step_feature=step_feature,
                 progress=say,
                 policy_gate=policy_gate,
             )
@@ -600,6 +639,14 @@ def train_command(
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
+    from rich.markup import escape
+
+    from training.train_warnings import record_warnings, training_warnings
+
+    warnings = training_warnings(result.metrics, result.fingerprint)
+    for w in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
+    record_warnings(result.run_id, warnings)
     return result
 
 
@@ -619,10 +666,12 @@ def _run_params(
         "rows": fp["rows"],
         "train_rows": out.train_rows,
         "holdout_rows": out.holdout_rows,
-        "holdout_fraction": HOLDOUT_FRACTION,
-        "holdout_strategy": "users_by_first_event",
+        "holdout_fraction": out.holdout_info["fraction"],
+        "holdout_strategy": _STRATEGY_PARAM[out.holdout_info["strategy"]],
+        "holdout_from": out.holdout_info.get("from") or "-",
         "features": ",".join(out.spec.names),
         "context_columns": ",".join(out.spec.context_columns) or "-",
+        "step_feature": bool(out.spec.step_ids),
         "promote": promote,
         "tolerance": tolerance,
         "data_rows": fp["rows"],
@@ -649,14 +698,26 @@ def _plots(out: TrainingOutcome, folder: Path) -> Path:
     return folder
 
 
+_STRATEGY_PARAM = {"time": "time", "arrival": "users_by_first_event"}
+
+
+def _holdout_tag(info: Mapping[str, Any]) -> str:
+    if info["strategy"] == "time":
+        return f"offers at or after {info.get('from')} (calendar cut)"
+    return "latest-arriving users by first event"
+
+
 def _holdout_artifacts(
     frame: pd.DataFrame,
     catalog: Catalog,
     fp: Mapping[str, Any],
+    holdout_info: Mapping[str, Any],
     folder: Path,
 ) -> Path:
-    """The holdout users' raw events (whole users, capped at ``HOLDOUT_ARTIFACT_ROWS`` rows) and
-    the catalog, so ``nextstep promote`` can score any two versions on the same rows later."""
+    """The raw events of the users with held-out offers (whole users, history included, capped
+    at ``HOLDOUT_ARTIFACT_ROWS`` rows), the split (``holdout.json``: with a calendar cut only
+    the offers at or after it are scored) and the catalog, so ``nextstep promote`` can score any
+    two versions on the same rows later."""
     from features.events import write_events
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -668,6 +729,7 @@ def _holdout_artifacts(
     write_events(frame, folder / "holdout.parquet")
     _write_catalog(catalog, folder / "catalog.yaml")
     (folder / "fingerprint.json").write_text(json.dumps(fp, indent=2), encoding="utf-8")
+    (folder / "holdout.json").write_text(json.dumps(dict(holdout_info), indent=2), encoding="utf-8")
     return folder
 
 
@@ -685,18 +747,20 @@ def pinned_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in pkgs]
 
 
-def _log_model(mlflow: Any, out: TrainingOutcome, bundle_dir: Path) -> str:
+def _log_model(
+    mlflow: Any, out: TrainingOutcome, bundle_dir: Path, events: pd.DataFrame, catalog: Catalog
+) -> str:
     """Log the bundle as a pyfunc ("models from code", ``training/pyfunc_model.py``) with the
-    ``features`` and ``models`` packages, register it as ``nextstep`` and return the version."""
-    from mlflow.models import infer_signature
-
+    ``features`` and ``models`` packages, register it as ``nextstep`` and return the version.
+    Its signature and input example are raw events in the contract's columns
+    (``training.pyfunc_signature``), which is what its ``predict`` takes."""
+    from models.event_scoring import readiness_of_events
     from training import tracking
+    from training.pyfunc_signature import events_example, events_signature
 
     root = Path(__file__).resolve().parent.parent
-    example = out.example
-    output = pd.DataFrame(
-        {"p_accept": out.bundle.readiness.positive_proba(example.to_numpy(dtype=np.float64))}
-    )
+    example = events_example(events, out.spec)
+    output = readiness_of_events(out.bundle.readiness, out.spec, catalog, example)
     # MLflow prints "Successfully registered model ..." straight to stderr; we print our own.
     with contextlib.redirect_stderr(io.StringIO()):
         info = mlflow.pyfunc.log_model(
@@ -704,7 +768,7 @@ def _log_model(mlflow: Any, out: TrainingOutcome, bundle_dir: Path) -> str:
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(root / "features"), str(root / "models")],
-            signature=infer_signature(example, output),
+            signature=events_signature(example, output, out.spec),
             input_example=example,
             pip_requirements=pinned_requirements(),
             registered_model_name=tracking.MODEL_NAME,
@@ -754,6 +818,7 @@ def _print_summary(result: TrainResult) -> None:
 
     cols = [m for m in ("lgbm", "logreg", "truth") if m in result.metrics]
     t = Table(title=f"nextstep train: holdout of {int(result.metrics['lgbm']['rows'])} offers")
+    t.caption = f"holdout: {result.holdout}" if result.holdout else None
     t.add_column("metric")
     for c in cols:
         t.add_column(c, justify="right")
@@ -763,6 +828,8 @@ def _print_summary(result: TrainResult) -> None:
         t.add_row(k, *(_fmt(result.metrics[c].get(k)) for c in cols))
     console = Console()
     console.print(t)
+    for col, note in result.context.items():
+        console.print(f"context {col}: {note}", markup=False, highlight=False)
     fp = result.fingerprint
     console.print(
         f"data: {fp['rows']} rows, {fp['users']} users, {fp['ts_min']} .. {fp['ts_max']}, "

@@ -1,8 +1,10 @@
 """``nextstep promote --version V``: move alias ``champion`` to V when the evidence says it is
 not worse.
 
-Evidence today is the holdout log loss: every training run stores its holdout users' raw
-events and the catalog (run artifacts ``data/holdout.parquet``, ``data/catalog.yaml``), so V
+Evidence today is the holdout log loss: every training run stores the raw events of the users
+with held-out offers, the split (``data/holdout.json``: with a calendar cut only the offers at or
+after it are scored, their earlier events are history) and the catalog (run artifacts
+``data/holdout.parquet``, ``data/catalog.yaml``), so V
 and the current champion are scored on exactly the same rows, from the raw events, each with its
 own feature layout. V is promoted when ``logloss(V) <= logloss(champion) + margin``. With no
 champion, V is promoted.
@@ -15,7 +17,9 @@ champion, else the first arm): V is promoted only when the lower 95% bound of
 ``--evidence ope``: the service's log is exported (``training.export``) and
 ``training.compare.compare_log`` evaluates the planner on V and on the champion; V is promoted
 only when the conservative lower bound of the difference of the headline accept-rate estimates,
-``low(V) - high(champion)``, is above ``-margin``.
+``low(V) - high(champion)``, is above ``-margin``. Organic outcomes (reported without a
+``decision_id``) are not decisions of any policy: they are folded into the users' states and
+left out of the estimate (``training.offpolicy``, ``missing_propensity="organic"``).
 
 Evidence is logged as a run of MLflow experiment ``nextstep-online`` (``promote-evidence``). A
 refused promotion prints the reason and exits with code 1 (not an input error).
@@ -101,12 +105,28 @@ def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, 
             ) from None
         catalog = load_catalog(local / "catalog.yaml")
         log = load_events(local / "holdout.parquet", catalog)
+        rows = _held_out_rows(log.frame, local / "holdout.json")
     out = []
     for v in (version, champion):
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
-        y, p, _stage = score_bundle(bundle, log.frame, catalog)
+        y, p, _stage = score_bundle(bundle, log.frame, catalog, rows)
         out.append(log_loss(y, p))
     return out[0], out[1]
+
+
+def _held_out_rows(frame: Any, split_file: Path) -> Any:
+    """With a calendar cut the artifact holds the held-out offers' history too: score only the
+    offers at or after the cut. Runs without ``holdout.json`` hold whole held-out users."""
+    import json
+
+    import numpy as np
+
+    if not split_file.exists():
+        return None
+    info = json.loads(split_file.read_text(encoding="utf-8"))
+    if info.get("strategy") != "time" or info.get("from_ts") is None:
+        return None
+    return frame["ts"].to_numpy(dtype=np.float64) >= float(info["from_ts"])
 
 
 @dataclass(frozen=True)
@@ -150,7 +170,7 @@ def online_evidence(
     from training.export import read_store, resolve_catalog, store_url
     from training.report import build_report
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     decisions, outcomes = read_store(store_url(url))
     if decisions.empty:
         raise PromotionError("the service's store has no decisions: no online evidence")
@@ -199,7 +219,7 @@ def ope_evidence(
     from training.export import export_log, resolve_catalog
     from training.modelio import load_model_bundle
 
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     champion = tracking.alias_version(tracking.CHAMPION)
     if champion is None:
         raise PromotionError("no champion to compare with: promote without --evidence")
@@ -207,10 +227,19 @@ def ope_evidence(
     if log.n_rows == 0:
         raise PromotionError("the service's store has no outcomes: no off-policy evidence")
     est = {}
+    organic = 0
     for v in (version, champion):
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
-        comp = compare_log(log, cat, ["planner"], scorer=ModelScorer(bundle, cat), model_version=v)
+        comp = compare_log(
+            log,
+            cat,
+            ["planner"],
+            scorer=ModelScorer(bundle, cat),
+            model_version=v,
+            missing_propensity="organic",  # organic outcomes are history, not policy decisions
+        )
         est[v] = next(iter(comp.policies.values())).accept_rate.headline
+        organic = comp.organic_rows
     c, k = est[version], est[champion]
     return Evidence(
         "ope",
@@ -226,6 +255,7 @@ def ope_evidence(
             "control_low": k.low,
             "control_high": k.high,
             "rows": log.n_rows,
+            "organic_rows": organic,
         },
     )
 

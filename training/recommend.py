@@ -8,12 +8,17 @@ would for that history. "Now" for each user is the time of their last event (the
 other clock), so time-since-last features are 0. Output columns
 ``user_id, step, stage, p_accept, propensity, policy, reason``, users in order of first
 appearance; ``step`` is empty with ``reason`` (``converted``, ``no_eligible_step``) when nothing
-should be offered.
+should be offered. Steps whose catalog ``available_when`` rules exclude the user's latest context
+are never offered; ``--candidates-column COL`` restricts each user further to the step ids of
+their latest non-empty ``COL`` value (ids separated by ``|``, ``,`` or ``;``, or a JSON list),
+like the HTTP request's ``candidates``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog, load_catalog
-from features.errors import NextstepError
+from features.errors import EventLogError, NextstepError
 from features.events import load_events
 from features.state import ACCEPTED, UserState
 
@@ -173,8 +178,10 @@ def recommend_frame(
     decider: object,
     context_columns: Sequence[str] = (),
     progress: object | None = None,
+    candidates: Sequence[list[str] | None] | None = None,
 ) -> pd.DataFrame:
-    """One decision per user of a validated frame (see the module docstring)."""
+    """One decision per user of a validated frame (see the module docstring); ``candidates``
+    (per user, in order of first appearance; None = any step) restricts the choice."""
     from models.decide import DecisionRequest
 
     fs = final_states(frame, catalog, context_columns)
@@ -184,7 +191,13 @@ def recommend_frame(
     for a in range(0, n, CHUNK):
         b = min(a + CHUNK, n)
         requests = [
-            DecisionRequest(fs.user_ids[u], fs.states[u], now=last_ts[u]) for u in range(a, b)
+            DecisionRequest(
+                fs.user_ids[u],
+                fs.states[u],
+                now=last_ts[u],
+                candidates=None if candidates is None else candidates[u],
+            )
+            for u in range(a, b)
         ]
         for r in decider.decide_many(requests, scores=False):  # type: ignore[attr-defined]
             if isinstance(r, Exception):  # no candidates are requested: cannot happen
@@ -213,9 +226,12 @@ def recommend_command(
     seed: int = 0,
     skip_invalid: bool = False,
     dask: str | None = None,
+    candidates_column: str | None = None,
 ) -> pd.DataFrame:
     """CLI entry point (``nextstep recommend``); ``dask`` (``local`` or a scheduler address)
     reads a file, directory or glob of files and decides on a Dask cluster."""
+    if candidates_column and dask:
+        raise NextstepError("--candidates-column is not available with --dask")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from models.decide import Decider
@@ -249,6 +265,10 @@ def recommend_command(
         return result
     log = load_events(events, cat, skip_invalid=skip_invalid)
     ctx = feature_context_columns(log.context_columns)
+    per_user = None
+    if candidates_column:
+        per_user = user_candidates(log.frame, cat, candidates_column, log.source)
+        ctx = [c for c in ctx if c != candidates_column]
     n_users = int(log.frame["user_id"].nunique())
     with Progress(
         *Progress.get_default_columns()[:1],
@@ -260,11 +280,71 @@ def recommend_command(
         task = bar.add_task("deciding", total=n_users)
         with frozen_heap():  # the frame and the model live to the end: GC passes skip them
             result = recommend_frame(
-                log.frame, cat, decider, ctx, progress=lambda k: bar.update(task, completed=k)
+                log.frame,
+                cat,
+                decider,
+                ctx,
+                progress=lambda k: bar.update(task, completed=k),
+                candidates=per_user,
             )
     write_table(result, Path(out))
     _say_written(result, decider.policy_name, version, out)
     return result
+
+
+def user_candidates(
+    frame: pd.DataFrame, catalog: Catalog, column: str, source: str
+) -> list[list[str] | None]:
+    """Per user (in order of first appearance): the step ids of their latest non-empty
+    ``column`` value, or None when they have none (then any available step may be offered)."""
+    if column not in frame.columns or column in ("user_id", "ts", "step", "outcome", "row"):
+        known = [c for c in frame.columns if c not in ("row", "user_id", "ts", "step", "outcome")]
+        raise EventLogError(
+            f"--candidates-column: no context column {column!r} in the log "
+            f"(columns: {', '.join(known) or 'none'})",
+            source=source,
+            column=column,
+        )
+    codes, uniques = pd.factorize(frame["user_id"], sort=False)
+    values = frame[column].to_numpy(dtype=object)
+    tie = frame["row"].to_numpy() if "row" in frame.columns else np.arange(len(frame))
+    order = np.lexsort((tie, frame["ts"].to_numpy(dtype=np.float64), codes))
+    out: list[list[str] | None] = [None] * len(uniques)
+    rows = frame["row"].to_numpy() if "row" in frame.columns else np.arange(1, len(frame) + 1)
+    for i in order.tolist():  # later rows overwrite earlier ones: the latest value wins
+        ids = _step_ids(values[i])
+        if ids is None:
+            continue
+        unknown = [x for x in ids if x not in catalog.index]
+        if unknown:
+            raise EventLogError(
+                f"unknown step {unknown[0]!r} in the candidates list",
+                source=source,
+                row=int(rows[i]),
+                column=column,
+            )
+        out[codes[i]] = ids
+    return out
+
+
+def _step_ids(value: object) -> list[str] | None:
+    """Step ids from one cell: a list, a JSON list or text separated by ``|``, ``,`` or ``;``;
+    None for an empty cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, list | tuple | np.ndarray):
+        return [str(x).strip() for x in value if str(x).strip()]
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return [str(x).strip() for x in parsed if str(x).strip()]
+    return [x.strip() for x in re.split(r"[|,;]", text) if x.strip()]
 
 
 def _say_written(result: pd.DataFrame, policy: str, version: str | None, out: Path) -> None:

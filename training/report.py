@@ -1,4 +1,4 @@
-"""``nextstep report``: the online experiment report from the service's store (DESIGN.md 8).
+"""``nextstep report``: the online experiment report from the service's store (docs/design.md §8).
 
 Decisions and outcomes are joined; each user belongs to the arm of their first decision in the
 window (assignment is sticky). Per arm:
@@ -383,7 +383,7 @@ def _print(report: OnlineReport) -> None:
     t = Table(title=f"Online experiment (control: {report.control})")
     for col in ("arm", "policy", "model", "decisions", "users", "accept rate", "conversion",
                 "asks/conversion", "Δ conversion vs control", "p"):  # fmt: skip
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # a narrow terminal wraps cells, never cuts them
     for a in report.arms:
         vs = a.vs_control
         t.add_row(
@@ -398,7 +398,10 @@ def _print(report: OnlineReport) -> None:
             ci(vs["diff"], vs["low"], vs["high"]) if vs else "(control)",
             f"{vs['p']:.3g}" if vs else "-",
         )
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe has no width: do not squeeze into 80
+        console = Console(width=max(console.width, 240))
+    console.print(t)
     if report.shadows:
         s_t = Table(title="Shadow arms (never served)")
         columns = ["shadow", "shadows", "policy", "decisions", "agreement", "served accept rate"]
@@ -426,7 +429,7 @@ def report_command(
     url: str | None = None,
 ) -> OnlineReport:
     """CLI entry point (``nextstep report``): build, print, log to MLflow."""
-    cat = resolve_catalog(catalog)
+    cat = resolve_catalog(catalog, url)
     url = store_url(url)
     decisions, outcomes = read_store(url)
     t = _parse_since(since)

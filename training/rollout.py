@@ -114,7 +114,7 @@ class InProcess:
             if res.step is None:
                 break
             step = catalog.index[res.step]
-            if step not in catalog.eligible_indices(u.state[0]):
+            if step not in catalog.eligible_indices(u.state[0], catalog.available(u.context)):
                 invalid += 1
                 break
             outcome = u.respond(step)
@@ -159,7 +159,9 @@ class OverHttp:
             if d.get("step") is None:
                 break
             step = catalog.index.get(d["step"])
-            if step is None or step not in catalog.eligible_indices(u.state[0]):
+            if step is None or step not in catalog.eligible_indices(
+                u.state[0], catalog.available(u.context)
+            ):
                 invalid += 1
                 break
             outcome = u.respond(step)

@@ -17,6 +17,7 @@ optimum and the value of every fixed baseline. Monte Carlo must agree with them 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,13 @@ class Dynamics:
     catalog: Catalog = field(init=False)
     _value: list[float] = field(init=False)
     _maxeff: dict[int, float] = field(init=False, default_factory=dict)
+    _appeal: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = self.world.catalog
+        # optional per-step ``appeal`` (catalog field, a logit added for every type): steps
+        # alike in every attribute a model sees may still differ in how readily users take them
+        self._appeal = [float(s.extra.get("appeal", 0.0)) for s in self.catalog]
 
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)
@@ -75,6 +80,7 @@ class Dynamics:
             + t.value_coef * self.value_received(mask)
             - t.resistance * gap
             - t.fatigue * asks
+            + self._appeal[step]
         )
         return _sigmoid(logit)
 
@@ -339,8 +345,13 @@ class SimUser:
         self.ts = round(self.ts)
 
     def stop_if_no_eligible(self) -> None:
-        if not self.world.catalog.eligible_indices(self.state[0]):
+        if not self.world.catalog.eligible_indices(self.state[0], self.available):
             self.done = True
+
+    @property
+    def available(self) -> int:
+        """The catalog's ``available_when`` mask for this user's context."""
+        return self.world.catalog.available(self.context)
 
 
 def make_user(world: World, dyn: Dynamics, seed: int, i: int, prefix: str = "u") -> SimUser:
@@ -403,7 +414,7 @@ def generate_log(
         u = make_user(world, dyn, seed, i)
         n = 0
         while not u.done:
-            eligible = catalog.eligible_indices(u.state[0])
+            eligible = catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             probs = logging_distribution(world, eligible)
@@ -435,7 +446,7 @@ def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tup
     for i in range(users):
         u = make_user(world, dyn, seed, i)
         while not u.done:
-            eligible = world.catalog.eligible_indices(u.state[0])
+            eligible = world.catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
                 break
             choice = policy(world.catalog, u.state, eligible)
@@ -550,7 +561,11 @@ def write_simulation(world: World, users: int, seed: int, out: Path) -> dict[str
 def simulate_command(world: str, users: int, seed: int, out: Path, exact: bool) -> None:
     w = load_world(world)
     info = write_simulation(w, users, seed, out)
-    print(f"wrote {info['rows']} events of {users} users ({w.name}) to {out}/events.csv")
+    # with --exact, stdout is the JSON table alone (pipe it to jq); the summary goes to stderr
+    print(
+        f"wrote {info['rows']} events of {users} users ({w.name}) to {out}/events.csv",
+        file=sys.stderr if exact else sys.stdout,
+    )
     if exact:
         import json
 

@@ -48,7 +48,7 @@ def bundle_from_frame(
     """Fit the three outcome models on an event frame (a validated log's ``frame``)."""
     spec = FeatureSpec.from_frame(frame, list(context_columns))
     off = build_offline_features(frame, catalog, spec)
-    is_goal = ((catalog.goal_mask >> off.step_index) & 1).astype(bool)
+    is_goal = catalog.arrays["is_goal"][off.step_index] > 0
     return fit_bundle(
         off.X,
         off.accepted,

@@ -1,4 +1,4 @@
-"""MLflow set-up shared by every command that records something (DESIGN.md section 8).
+"""MLflow set-up shared by every command that records something (docs/design.md section 8).
 
 ``import mlflow`` costs about 1.2 s and 190 MB, so this module imports it only inside functions:
 importing ``training.tracking`` itself is free. Conventions, in one place:

@@ -16,12 +16,13 @@ A world file (YAML) has the same shape as the dictionaries below.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from features.catalog import Catalog
 from features.errors import InputError
+from features.keys import first_unknown, unknown_key_message, yaml_error_line
 from training.world_family import random_world_data
 
 CHANNELS = ("email", "search", "social", "referral")
@@ -282,6 +283,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
 
 def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world") -> World:
     """Build and validate a world from its dictionary/YAML form."""
+    _reject_unknown_keys(data, source)
     try:
         catalog = Catalog.from_data(data["catalog"], source=source)
         types = tuple(
@@ -326,6 +328,29 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
     )
 
 
+#: The keys a world file may use: the World and UserType fields (a world's name is its file name).
+_WORLD_KEYS = frozenset(f.name for f in fields(World)) - {"name"}
+_TYPE_KEYS = frozenset(f.name for f in fields(UserType))
+
+
+def _reject_unknown_keys(data: Mapping[str, Any], source: str) -> None:
+    """A misspelt world or type key would silently fall back to a default (``max_ask``) or
+    surface as a bare ``missing key``: refuse it, with the key it was probably meant to be."""
+    unknown = first_unknown(data, _WORLD_KEYS)
+    if unknown is not None:
+        raise InputError(unknown_key_message(unknown, _WORLD_KEYS), source=source, field=unknown)
+    raw_types = data.get("types")
+    for pos, t in enumerate(raw_types if isinstance(raw_types, list) else [], start=1):
+        unknown = first_unknown(t, _TYPE_KEYS) if isinstance(t, Mapping) else None
+        if unknown is not None:
+            label = t.get("name", f"#{pos}")
+            raise InputError(
+                f"type {label!r}: {unknown_key_message(unknown, _TYPE_KEYS)}",
+                source=source,
+                field=unknown,
+            )
+
+
 LOGGING_BASES = ("ladder", "big_ask", "random")
 
 
@@ -366,6 +391,8 @@ def load_world(name_or_path: str) -> World:
 
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({yaml_error_line(exc)})", source=str(p)) from None
     except Exception as exc:
         raise InputError(f"not valid YAML ({exc})", source=str(p)) from None
     if not isinstance(data, Mapping):

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from features.errors import NextstepError
 from service.deps import RuntimeDep
 from service.problems import Conflict
+from service.redact import public_error
 from service.routers import problems
 from service.schemas import ReloadOut
 
@@ -23,7 +24,7 @@ def reload(runtime: RuntimeDep) -> dict:
     try:
         changed, deciders = runtime.reload()
     except NextstepError as exc:
-        runtime.last_error = str(exc)
+        runtime.last_error = public_error(exc)
         raise Conflict(f"reload refused, still serving the previous models: {exc}") from None
     return {
         "status": "reloaded" if changed else "unchanged",

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from service import flows
+from service import flows, user_state
 from service.deps import IdempotencyKey, ServicesDep
 from service.flows import Reply
 from service.metrics import Metrics
@@ -39,6 +39,7 @@ async def next_step(
     # functions; this route is the contract (OpenAPI, validation) and answers everything else.
     store, deciders, metrics = services.store, services.deciders, services.metrics
     planning = services.planning
+    flows.check_context(services.allowed_context, req.context, ("body", "context"))
     if idempotency_key is not None:
         return respond(
             await serve_keyed_next_step(store, deciders, metrics, planning, req, idempotency_key)
@@ -68,10 +69,11 @@ async def _prepare(
     req: NextStepRequest,
     digest: str | None,
 ) -> flows.PreparedDecision:
-    """The user's history (read as ``run_flow`` reads), then the decision on the event loop,
-    where a planner miss is planned together with concurrent requests' misses."""
-    history = await run_flow(store, store.read_history, req.user_id)
-    return await flows.prepare_next_step(deciders, req, history, planning, digest)
+    """The user's stored state (one row, read as ``run_flow`` reads), then the decision on the
+    event loop, where a planner miss is planned together with concurrent requests' misses."""
+    catalog = deciders.primary.decider.catalog
+    state = await run_flow(store, user_state.read_state, store, catalog, req.user_id)
+    return await flows.prepare_next_step(deciders, req, state, planning, digest)
 
 
 async def serve_keyed_next_step(
@@ -122,6 +124,8 @@ async def next_step_batch(
     With an ``Idempotency-Key`` a retried batch gets the first response and decides nothing
     again; the same key with another batch is 409.
     """
+    for i, r in enumerate(batch.requests):
+        flows.check_context(services.allowed_context, r.context, ("body", "requests", i, "context"))
     # up to 1,000 decisions: always in the thread pool, so the event loop keeps serving
     return respond(
         await run_in_threadpool(

@@ -7,8 +7,10 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from starlette.responses import Response
 
+from service.degraded import degraded_reason
 from service.deps import MetricsDep, RuntimeDep, StoreDep
 from service.problems import PROBLEM_MEDIA_TYPE, problem_dict
+from service.redact import redact
 from service.routers import problems
 from service.schemas import Health, Readiness
 from service.store import StoreUnavailable
@@ -25,14 +27,20 @@ async def healthz() -> dict[str, str]:
     "/readyz", response_model=Readiness, responses=problems(503), summary="Store and model usable"
 )
 def readyz(store: StoreDep, runtime: RuntimeDep) -> Response:
-    """200 when the store answers. ``model`` null with ``policy`` "ladder" means no model is
-    loaded and the ladder baseline is served; ``notes`` say why (no registry, cached copy...)."""
+    """200 when the store answers. ``status`` is ``degraded`` (still 200: every request is
+    answered) when an arm serves the ladder baseline because its model is missing; ``reason``
+    says which arm and why, ``notes`` add detail (no registry, cached copy...)."""
     deciders = runtime.current
     primary = deciders.primary
     arms = deciders.describe()
-    notes = [f"{a['name']}: {a['note']}" for a in arms if a["note"]]
+    # open route: every note is redacted (a tracking URI may carry user:password@)
+    notes = [redact(f"{a['name']}: {a['note']}") for a in arms if a["note"]]
     if runtime.last_error:
-        notes.append(f"last reload failed: {runtime.last_error}")
+        notes.append(redact(f"last reload failed: {runtime.last_error}"))
+    for a in arms:
+        for field in ("note", "model_source"):
+            if isinstance(a.get(field), str):
+                a[field] = redact(a[field])
     body = {
         "model": primary.decider.model_version,
         "policy": primary.decider.policy_name,
@@ -51,8 +59,10 @@ def readyz(store: StoreDep, runtime: RuntimeDep) -> Response:
             media_type=PROBLEM_MEDIA_TYPE,
             headers={"Retry-After": "1"},
         )
+    reason = degraded_reason(deciders)
+    status = "ready" if reason is None else "degraded"
     return Response(
-        orjson.dumps({"status": "ready", "store": "ok", **body, "reason": None}),
+        orjson.dumps({"status": status, "store": "ok", **body, "reason": reason}),
         media_type="application/json",
     )
 

@@ -33,6 +33,9 @@ async def record_outcome(
     A different second outcome for the same decision is 409, an unknown decision 404, and any
     outcome for a user who already converted 409.
     """
+    flows.check_context(
+        services.allowed_context, getattr(req, "context", None), ("body", "context")
+    )
     return respond(
         await run_flow(
             services.store,

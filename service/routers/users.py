@@ -31,8 +31,22 @@ def get_user(
         Timestamp | None,
         Query(description="'now' for readiness (default: the user's latest outcome time)"),
     ] = None,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=flows.USER_HISTORY_MAX, description="Most history events on this page."),
+    ] = flows.USER_HISTORY_LIMIT,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=3,
+            max_length=64,
+            pattern=flows.CURSOR_PATTERN,
+            description="``next_cursor`` of the previous page (default: the first page).",
+        ),
+    ] = None,
 ) -> Response:
-    """History oldest first (``decision_id`` null for organic outcomes), accepted steps, stage,
-    whether the user converted, and readiness for each step they are eligible for."""
-    view = flows.user_view(store, deciders, user_id, now=ts)
+    """History oldest first, one page at a time (``decision_id`` null for organic outcomes;
+    ``next_cursor`` null on the last page), accepted steps, stage, whether the user converted,
+    and readiness for each step they are eligible for."""
+    view = flows.user_view(store, deciders, user_id, now=ts, limit=limit, cursor=cursor)
     return Response(orjson.dumps(view), media_type="application/json")

@@ -1,4 +1,4 @@
-"""Catalog contract (DESIGN.md section 3): every way a catalog can be wrong is rejected with a
+"""Catalog contract (docs/design.md section 3): every way a catalog can be wrong is rejected with a
 message naming the step and the field; good catalogs load in every accepted form."""
 
 from __future__ import annotations
@@ -284,3 +284,66 @@ def test_nothing_is_eligible_once_a_goal_is_accepted() -> None:
     assert cat.is_converted(converted)
     assert cat.eligible_indices(converted) == []
     assert cat.eligible(cat.mask_of(["intro", "tip", "quiz", "account", "buy"])) == []
+
+
+# -- typos and syntax errors -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("index", "typo", "meant", "step"),
+    [
+        pytest.param(2, "require", "requires", "quiz", id="require"),
+        pytest.param(0, "efort", "effort", "intro", id="efort"),
+        pytest.param(1, "Value", "value", "tip", id="case"),
+        pytest.param(3, "max_ask", "max_asks", "account", id="guardrail setting"),
+    ],
+)
+def test_a_misspelt_key_is_an_error_with_did_you_mean(
+    tmp_path: Path, index: int, typo: str, meant: str, step: str
+) -> None:
+    data = good_steps()
+    correct = data[index].pop(meant, 1)
+    data[index][typo] = correct
+    with pytest.raises(CatalogError) as info:
+        load_catalog(write_yaml(tmp_path, data))
+    message = str(info.value)
+    assert f"did you mean {meant!r}?" in message
+    assert f"step {step!r}" in message
+    assert f"unknown key {typo!r}" in message
+
+
+def test_a_misspelt_key_on_a_step_without_an_id_names_its_position() -> None:
+    with pytest.raises(CatalogError, match=r"step #1: unknown key 'stag'; did you mean 'stage'"):
+        Catalog.from_data([{"id": "", "stag": "convert", "effort": 1}])
+
+
+def test_unrelated_extra_keys_are_still_kept(tmp_path: Path) -> None:
+    data = good_steps()
+    data[1].update(description="a tip", tags=["x"], owner="growth", label="Tip")
+    cat = load_catalog(write_yaml(tmp_path, data))
+    assert set(cat["tip"].extra) == {"description", "tags", "owner", "label"}
+
+
+def test_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("- id: a\n  stage: convert\n   effort: 1\n", encoding="utf-8")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(r"line 3, column \d+: ", message), message
+
+
+def test_json_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text('{"steps": [\n  {"id": "a",}\n]}', encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"line 2, column \d+: "):
+        load_catalog(path)
+
+
+def test_a_step_id_longer_than_the_api_allows_is_refused() -> None:
+    steps = good_steps()
+    steps[0]["id"] = "x" * 257
+    with pytest.raises(CatalogError, match=r"step #1: id has 257 characters; at most 256"):
+        Catalog.from_data(steps)
+    steps[0]["id"] = "x" * 256
+    steps[2]["requires"] = ["x" * 256]
+    assert Catalog.from_data(steps).ids[0] == "x" * 256

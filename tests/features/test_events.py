@@ -1,4 +1,4 @@
-"""Event-log contract (DESIGN.md section 4): every bad input is reported with file, row and
+"""Event-log contract (docs/design.md section 4): every bad input is reported with file, row and
 column (or dropped and counted with --skip-invalid); good logs load with the documented
 columns and dtypes, in file order, and round-trip through write_events."""
 
@@ -127,7 +127,30 @@ BAD_LOGS: list[tuple[str, str, int | None, str, str]] = [
         HEADER + "u1,1741083072000,intro,accepted,\n",
         1,
         "ts",
-        r"ts '1741083072000' is out of range for epoch seconds .*milliseconds\?",
+        r"ts '1741083072000' is outside 1969-12-31T00:00:00Z \.\. 2100-01-02T00:00:00Z; "
+        r"milliseconds\?",
+    ),
+    (
+        "ts in year 9999",
+        HEADER + "u1,2025-03-04T10:11:12Z,intro,accepted,\nu1,9999-01-01T00:00:00Z,tip,declined,\n",
+        2,
+        "ts",
+        r"ts '9999-01-01T00:00:00Z' is outside 1969-12-31T00:00:00Z \.\. 2100",
+    ),
+    (
+        "user_id longer than the API allows",
+        HEADER + "u1,1,intro,accepted,\n" + "x" * 257 + ",2,intro,accepted,\n",
+        2,
+        "user_id",
+        r"user_id has 257 characters; at most 256 \(the API's limit\)",
+    ),
+    ("ts before 1970", HEADER + "u1,-172800,intro,accepted,\n", 1, "ts", r"'-172800' is outside"),
+    (
+        "ts after 2100",
+        HEADER + "u1,2100-01-03T00:00:00Z,intro,accepted,\n",
+        1,
+        "ts",
+        r"is outside 1969-12-31T00:00:00Z \.\. 2100-01-02T00:00:00Z$",
     ),
     (
         "propensity not a number",
@@ -271,6 +294,38 @@ def test_unreadable_files_are_event_log_errors(
     with pytest.raises(EventLogError, match=pattern) as info:
         load_events(path, catalog)
     assert info.value.source == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (bytes(range(256)) * 8, r"binary content, not CSV text: "),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"binary content"),
+        (b"PAR1\x15\x04\x15\x00", r"it looks like Parquet: name it \.parquet"),
+        (b"\x00" * 64, r"binary content"),
+    ],
+)
+def test_a_binary_file_is_named_binary_not_empty(
+    tmp_path: Path, catalog: Catalog, content: bytes, pattern: str
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(content)
+    with pytest.raises(EventLogError, match=pattern) as info:
+        load_events(path, catalog)
+    assert "empty" not in str(info.value)
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "tab"), ("|", "'|'")])
+def test_a_header_that_does_not_split_on_commas_names_the_separator(
+    tmp_path: Path, catalog: Catalog, sep: str, shown: str
+) -> None:
+    text = sep.join(["user_id", "ts", "step", "outcome"]) + "\n"
+    text += sep.join(["u1", "1", "intro", "accepted"]) + "\n"
+    with pytest.raises(EventLogError) as info:
+        load_events(write(tmp_path, text), catalog)
+    message = str(info.value)
+    assert f"seems to use {shown} as the separator" in message
+    assert "comma-separated" in message and "missing" not in message
 
 
 def test_missing_file_and_directory(tmp_path: Path, catalog: Catalog) -> None:

@@ -54,12 +54,17 @@ def test_offline_equals_online_fold(events, seen) -> None:
     frame["ts"] = frame["ts"].astype(float)
     frame["score"] = frame["score"].astype(float)
     frame["row"] = np.arange(1, len(frame) + 1)
-    spec = FeatureSpec(
-        context_columns=("channel", "score"), categories={"channel": ("email", "social")}
-    )
-    off = build_offline_features(frame, CATALOG, spec)
-    on = online_features(frame, spec)
-    np.testing.assert_array_equal(off.X, on)
+    # unknown values NaN or "other"; with and without the step_id column ("b" new to it)
+    for pooled, step_ids in ((frozenset(), ()), (frozenset({"channel"}), ("c", "a", "g"))):
+        spec = FeatureSpec(
+            context_columns=("channel", "score"),
+            categories={"channel": ("email", "social")},
+            pooled=pooled,
+            step_ids=step_ids,
+        )
+        off = build_offline_features(frame, CATALOG, spec)
+        on = online_features(frame, spec)
+        np.testing.assert_array_equal(off.X, on)
 
 
 def test_features_never_see_the_future() -> None:

@@ -26,6 +26,7 @@ from features.state import (
     TIME_FEATURES,
     StateColumns,
     UserState,
+    merged_context,
     time_features,
 )
 from models import planner as planner_module
@@ -182,6 +183,7 @@ def _reference_key(planner: Planner, state, candidates, now, context, scorer, ca
         tuple(sorted(state.step_declines.items())),
         ctx_key,
         time_key,
+        cat.available(merged_context(state.context, context)),  # available_when: -1 = all
     )
 
 

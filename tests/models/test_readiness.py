@@ -7,8 +7,10 @@ so fixing the estimator turns them into XPASS rather than breaking the suite.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from features.events import validate_frame
@@ -31,10 +33,6 @@ EXPECTED_FAILED: dict[str, dict[str, str]] = {
         "(fix: _check_sample_weight)",
         "check_fit2d_1sample": "one-class error message lacks 'one class' wording",
     },
-    "LogisticBaseline": {
-        "check_non_transformer_estimators_n_iter": "has max_iter but no n_iter_ "
-        "(fix: n_iter_ = pipeline_[-1].n_iter_ in fit)",
-    },
 }
 
 
@@ -43,11 +41,46 @@ def _expected_failed(estimator) -> dict[str, str]:
 
 
 @parametrize_with_checks(
-    [ReadinessModel(n_estimators=20, n_jobs=1), LogisticBaseline()],
+    [
+        ReadinessModel(n_estimators=20, n_jobs=1),
+        LogisticBaseline(),
+        LogisticBaseline(categorical_features=(0,)),
+    ],
     expected_failed_checks=_expected_failed,
 )
 def test_sklearn_conformance(estimator, check):
     check(estimator)
+
+
+def test_logistic_baseline_one_hot_encodes_categories_and_scales_numbers():
+    """A region code whose effect is not monotone (odd regions accept) is invisible to a slope
+    on the code and plain to one coefficient per region; numbers are standardised."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    region = rng.integers(0, 13, n).astype(float)
+    income = rng.normal(50_000, 15_000, n)  # a large-scale number: needs scaling
+    region[rng.random(n) < 0.05] = np.nan  # missing is its own category
+    logit = np.where(np.nan_to_num(region, nan=0) % 2 == 1, 1.5, -1.5) + (income - 50_000) / 15_000
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    X = np.column_stack([region, income])
+    tr, te = slice(0, 3000), slice(3000, None)
+    onehot = LogisticBaseline(categorical_features=(0,)).fit(X[tr], y[tr])
+    ordinal = LogisticBaseline().fit(X[tr], y[tr])
+    auc_onehot = ev.binary_metrics(y[te], onehot.predict_proba(X[te])[:, 1])["auc"]
+    auc_ordinal = ev.binary_metrics(y[te], ordinal.predict_proba(X[te])[:, 1])["auc"]
+    assert auc_onehot > auc_ordinal + 0.1, (auc_onehot, auc_ordinal)
+    encoder = onehot.pipeline_[0]
+    assert (
+        encoder.named_transformers_["categorical"][-1].encoder_.categories_[0].size == 14
+    )  # 13 + missing
+    assert isinstance(encoder.named_transformers_["numeric"][-1], StandardScaler)
+    # a region never seen in training is no error and gets the average region's effect: its
+    # readiness is near the mean over known regions for the same income
+    known = np.column_stack([np.arange(13.0), np.full(13, 50_000.0)])
+    p_known = onehot.predict_proba(known)[:, 1]
+    p_new = onehot.predict_proba(np.array([[99.0, 50_000.0]]))[:, 1][0]
+    assert p_known.min() < 0.3 and p_known.max() > 0.7  # regions matter a lot
+    assert abs(p_new - 0.5) < 0.1, (p_new, p_known)
 
 
 # -- calibration and quality on simulated logs -----------------------------------------------------
@@ -81,7 +114,7 @@ def fitted(ladder_data):
     lgbm = ReadinessModel(
         categorical_features=tuple(spec.categorical_indices), n_jobs=1, random_state=0
     ).fit(train.X, y)
-    logreg = LogisticBaseline().fit(train.X, y)
+    logreg = LogisticBaseline(categorical_features=tuple(spec.categorical_indices)).fit(train.X, y)
     return lgbm.predict_proba(test.X)[:, 1], logreg.predict_proba(test.X)[:, 1]
 
 

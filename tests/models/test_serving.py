@@ -50,7 +50,8 @@ def test_served_probabilities_and_contributions_equal_the_bundles(saved, rows: i
     lean, lean_meta = load_serving_dir(path, catalog)
     assert isinstance(lean.bundle.readiness, ServingModel)
     assert not isinstance(full.bundle.readiness, ServingModel)
-    assert lean_meta == full_meta and type(lean_meta["rows"]) is np.int64
+    # meta as plain JSON: numpy numbers come back as the same Python numbers
+    assert lean_meta == full_meta and type(lean_meta["rows"]) is int
     assert lean.spec == full.spec
     assert lean.bundle.typical_gap_hours == full.bundle.typical_gap_hours
     assert dict(lean.bundle.base_rates) == dict(full.bundle.base_rates)
@@ -104,29 +105,77 @@ def test_a_served_model_imports_no_scikit_learn(saved) -> None:
     assert out[:2] == ["ServingModel", "[]"]
 
 
-def test_models_without_a_usable_artifact_load_the_bundle(
+def test_models_without_a_usable_artifact_are_refused_unless_trusted(
     saved, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No silent fallback to the pickle: only ``trust_pickle`` (``--trust-registry``) loads
+    the joblib bundle of a model without a usable artifact."""
     catalog, path = saved
     import shutil
 
     old = shutil.copytree(path, tmp_path / "old")  # trained before the artifact existed
     shutil.rmtree(old / SERVING_DIR)
-    scorer, _ = load_serving_dir(old, catalog)
+    with pytest.raises(ModelLoadError, match=r"no serving artifact.*--trust-registry"):
+        load_serving_dir(old, catalog)
+    with caplog.at_level(logging.WARNING, logger="nextstep.models"):
+        scorer, _ = load_serving_dir(old, catalog, trust_pickle=True)
     assert not isinstance(scorer.bundle.readiness, ServingModel)
+    assert "pickled bundle (trusted)" in caplog.text
 
     broken = shutil.copytree(path, tmp_path / "broken")
     index = broken / SERVING_DIR / "serving.json"
     index.write_text(json.dumps({**json.loads(index.read_text()), "format": 99}))
-    with caplog.at_level(logging.WARNING, logger="nextstep.models"):
-        scorer, _ = load_serving_dir(broken, catalog)
-    assert not isinstance(scorer.bundle.readiness, ServingModel)
-    assert "loading the bundle" in caplog.text
-
+    with pytest.raises(ModelLoadError, match="serving format 99"):
+        load_serving_dir(broken, catalog)
     (broken / SERVING_DIR / "readiness.txt").write_text("not a model")
-    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))
-    scorer, _ = load_serving_dir(broken, catalog)
-    assert not isinstance(scorer.bundle.readiness, ServingModel)
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 2}))
+    with pytest.raises(ModelLoadError, match="cannot load the serving artifact"):
+        load_serving_dir(broken, catalog, trust_pickle=True)  # trust is for pickles, not this
+
+
+def test_the_artifact_holds_no_pickle(saved) -> None:
+    _catalog, path = saved
+    files = sorted(p.name for p in (path / SERVING_DIR).iterdir())
+    assert files == ["back.txt", "drop.txt", "meta.json", "readiness.txt", "serving.json",
+                     "spec.json"]  # fmt: skip
+    for f in (path / SERVING_DIR).iterdir():
+        data = f.read_bytes()
+        assert not data.startswith(b"\x80"), f"{f.name} looks like a pickle"
+        data.decode("utf-8")  # text, all of it
+
+
+def test_a_tampered_artifact_is_refused_and_runs_nothing(saved, tmp_path: Path) -> None:
+    """A pickle payload dropped into the artifact (a file the old format would unpickle)
+    and a changed model text: the recorded digest no longer matches, the load is refused
+    and the payload never runs."""
+    import pickle
+    import shutil
+
+    from models.serving import ArtifactDigestMismatch, serving_digest
+
+    catalog, path = saved
+    recorded = serving_digest(path / SERVING_DIR)
+    good, _ = load_serving_dir(path, catalog, expected_sha256=recorded)
+    assert isinstance(good.bundle.readiness, ServingModel)
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):  # what a hostile pickle does when loaded
+            return (Path.touch, (marker,))
+
+    planted = shutil.copytree(path, tmp_path / "planted")
+    (planted / SERVING_DIR / "objects.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ArtifactDigestMismatch, match="changed after registration"):
+        load_serving_dir(planted, catalog, expected_sha256=recorded)
+    load_serving_dir(planted, catalog)  # even unverified, nothing reads the pickle
+    assert not marker.exists()
+
+    changed = shutil.copytree(path, tmp_path / "changed")
+    text = changed / SERVING_DIR / "readiness.txt"
+    text.write_text(text.read_text().replace("shrinkage=", "shrinkage=1", 1))
+    with pytest.raises(ArtifactDigestMismatch):
+        load_serving_dir(changed, catalog, expected_sha256=recorded)
 
 
 def test_a_model_for_other_features_is_still_refused(saved, tmp_path: Path) -> None:
@@ -167,7 +216,8 @@ def test_a_failed_save_leaves_no_artifact_to_serve(
     saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Saving again over a model directory: if writing the artifact fails, the old one is gone
-    too (the new bundle is served), never a mix of old and new files."""
+    too (the model is then refused, or served from its bundle only when trusted), never a mix
+    of old and new files."""
     catalog, path = saved
     import shutil
 
@@ -183,4 +233,7 @@ def test_a_failed_save_leaves_no_artifact_to_serve(
     with pytest.raises(OSError):
         bundle.save(again)
     assert not (again / SERVING_DIR).exists() and not (again / f"{SERVING_DIR}.tmp").exists()
-    assert not isinstance(load_serving_dir(again, catalog)[0].bundle.readiness, ServingModel)
+    with pytest.raises(ModelLoadError, match="no serving artifact"):
+        load_serving_dir(again, catalog)
+    trusted = load_serving_dir(again, catalog, trust_pickle=True)[0]
+    assert not isinstance(trusted.bundle.readiness, ServingModel)

@@ -202,10 +202,10 @@ def test_hostile_body_is_a_clean_4xx(
     ("raw_path", "statuses"),
     [
         ("/v1/users/" + "x" * 257, (422,)),
-        ("/v1/users/" + "x" * 20_000, (404, 414, 422)),
+        ("/v1/users/" + "x" * 20_000, (422,)),  # user ids are at most 256 characters
         ("/v1/users/a%00b", (422,)),
-        ("/v1/users/%ff%fe", (200, 400, 404, 422)),
-        ("/v1/users/%", (200, 400, 404, 422)),
+        ("/v1/users/%ff%fe", (200,)),  # see test_odd_percent_encodings_decode_as_urls_do
+        ("/v1/users/%", (200,)),
         ("/v1/users/u?ts=" + "9" * 5000, (422,)),
         ("/v1/users/u?ts=nan", (422,)),
     ],
@@ -220,6 +220,23 @@ def test_hostile_user_view_never_5xx(
         assert_clean_problem(r, *statuses)
 
 
+@pytest.mark.parametrize(
+    ("raw_path", "user_id"),
+    [
+        ("/v1/users/%ff%fe", "\ufffd\ufffd"),  # bytes that are not UTF-8: replacement chars
+        ("/v1/users/%", "%"),  # a "%" without two hex digits stays a "%"
+    ],
+)
+def test_odd_percent_encodings_decode_as_urls_do(
+    client: TestClient, raw_path: str, user_id: str
+) -> None:
+    """Path ids are percent-decoded as URLs are (WHATWG URL: UTF-8, replacement character for
+    invalid bytes, a stray "%" kept): the view is of that user, not an error."""
+    r = client.get(raw_path)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["user_id"] == user_id
+
+
 def test_every_error_in_a_batch_is_a_problem_without_traceback(client: TestClient) -> None:
     items: list[Any] = [
         {"user_id": "ok"},
@@ -230,7 +247,7 @@ def test_every_error_in_a_batch_is_a_problem_without_traceback(client: TestClien
         [1, 2],
     ]
     r = client.post(BATCH, json={"requests": items})
-    assert r.status_code in (200, 422), r.text[:300]
-    assert "Traceback" not in r.text and 'File "' not in r.text
-    if r.status_code == 422:
-        assert_clean_problem(r, 422)
+    # the schema refuses the whole batch, naming each item that breaks it: an empty id, a
+    # nested context value, a NUL, a non-object ("nope" is a catalog question, not a schema one)
+    body = assert_clean_problem(r, 422)
+    assert {e["loc"][2] for e in body["errors"]} == {1, 3, 4, 5}

@@ -8,6 +8,7 @@ which would turn ``%2525`` into ``%`` and test the client rather than the servic
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -77,7 +78,10 @@ def _check_all(client: httpx.Client) -> None:
     assert client.post("/v1/next-step", json={"user_id": "after"}).status_code == 200
 
 
+@contextlib.contextmanager
 def _serve(tmp_path: Path, catalog_path: Path, **env: str) -> Iterator[httpx.Client]:
+    """A real server and a client for it; the server stops when the ``with`` block ends, also
+    when it raised (a generator driven by ``for`` would keep it running until collected)."""
     server = ServerProcess(tmp_path, catalog_path, NEXTSTEP_HOME=str(tmp_path / "home"), **env)
     try:
         server.wait_ready()
@@ -88,7 +92,7 @@ def _serve(tmp_path: Path, catalog_path: Path, **env: str) -> Iterator[httpx.Cli
 
 
 def test_hostile_ids_round_trip_sqlite(tmp_path: Path, catalog_path: Path) -> None:
-    for http in _serve(tmp_path, catalog_path):
+    with _serve(tmp_path, catalog_path) as http:
         _check_all(http)
 
 
@@ -97,5 +101,5 @@ def test_hostile_ids_round_trip_sqlite(tmp_path: Path, catalog_path: Path) -> No
 def test_hostile_ids_round_trip_postgres(
     tmp_path: Path, catalog_path: Path, postgres_db: str
 ) -> None:
-    for http in _serve(tmp_path, catalog_path, NEXTSTEP_DATABASE_URL=postgres_db):
+    with _serve(tmp_path, catalog_path, NEXTSTEP_DATABASE_URL=postgres_db) as http:
         _check_all(http)

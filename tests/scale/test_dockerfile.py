@@ -67,6 +67,8 @@ def test_image_runs_nextstep_serve_as_non_root_with_a_readiness_healthcheck() ->
     cmd = next(arg for op, arg in final if op == "CMD")
     port = cmd.split('"--port", "')[1].split('"')[0]
     assert f"127.0.0.1:{port}/readyz" in checks[0]  # the health check asks the served port
+    copies = [arg for op, arg in final if op == "COPY"]
+    assert copies and not any("--chown" in a for a in copies)  # code owned by root, read-only
     env = " ".join(arg for op, arg in final if op == "ENV")
     assert "NEXTSTEP_HOME=/data" in env
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
@@ -92,7 +94,7 @@ def test_compose_wires_service_postgres_and_mlflow_server() -> None:
     args = mlflow["command"]
     assert mlflow["entrypoint"] == ["mlflow", "server"]
     assert args[args.index("--workers") + 1] == "1"
-    assert args[args.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "mlflow" in args[args.index("--allowed-hosts") + 1]  # the service's Host header
     assert "/health" in " ".join(mlflow["healthcheck"]["test"])

@@ -3,7 +3,7 @@ registry: train and promote against it, serve the champion from it, promote a se
 ``POST /admin/reload`` and see the service answer with the new ``model_version``.
 
 Nothing touches the server's database or artifact folder directly: training, promotion and the
-service only know ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` (DESIGN.md section 9).
+service only know ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` (docs/design.md section 9).
 """
 
 from __future__ import annotations

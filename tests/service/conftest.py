@@ -46,7 +46,10 @@ def _empty_postgres(url: str) -> None:
     u = make_url(url)
     dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE outcomes, decisions, idempotency RESTART IDENTITY CASCADE")
+        conn.execute(
+            "TRUNCATE outcomes, decisions, idempotency, user_state, store_meta"
+            " RESTART IDENTITY CASCADE"
+        )
 
 
 @pytest.fixture(params=["sqlite", PG_PARAM])

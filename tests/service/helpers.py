@@ -118,6 +118,12 @@ class ServerProcess:
             cwd=self.workdir,
         )
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # also when waiting for it failed: never leave a server running
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

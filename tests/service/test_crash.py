@@ -84,23 +84,25 @@ def _crash_and_verify(tmp_path: Path, db_url: str | None) -> None:
     env = {"NEXTSTEP_HOME": str(tmp_path / "home"), "NEXTSTEP_LOG_LEVEL": "WARNING"}
     if db_url:
         env["NEXTSTEP_DATABASE_URL"] = db_url
-    server = ServerProcess(tmp_path, catalog, **env)
-    server.wait_ready()
     ledger, stop = Ledger(), threading.Event()
-    threads = [
-        threading.Thread(target=_drive, args=(server.base, w, ledger, stop), daemon=True)
-        for w in range(THREADS)
-    ]
-    for t in threads:
-        t.start()
-    deadline = time.time() + 300
-    while ledger.writes < TARGET:
-        assert time.time() < deadline, f"only {ledger.writes} writes acknowledged"
-        time.sleep(0.05)
-    server.kill9()  # mid-load: requests are in flight right now
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    with ServerProcess(tmp_path, catalog, **env) as server:  # stopped even if a wait fails
+        server.wait_ready()
+        threads = [
+            threading.Thread(target=_drive, args=(server.base, w, ledger, stop), daemon=True)
+            for w in range(THREADS)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.time() + 300
+            while ledger.writes < TARGET:
+                assert time.time() < deadline, f"only {ledger.writes} writes acknowledged"
+                time.sleep(0.05)
+            server.kill9()  # mid-load: requests are in flight right now
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
     acknowledged = ledger.writes
     assert acknowledged >= TARGET
 

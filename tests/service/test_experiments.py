@@ -69,6 +69,10 @@ BAD = [
     ({"arms": [{"policy": "ladder"}]}, "name"),
     ({"arms": "nope"}, "list 'arms'"),
     ({"arms": [{"name": "a", "shadow": True}]}, "unknown key"),
+    ({"arms": [{"name": "a", "wieght": 0.5}]}, r"unknown key 'wieght'; did you mean 'weight'\?"),
+    ({"arms": [{"name": "a", "polcy": "greedy"}]}, r"did you mean 'policy'\?"),
+    ({"name": "ab", "salts": "x", "arms": [{"name": "a"}]}, r"'salts'; did you mean 'salt'\?"),
+    ({"arms": [{"name": "a"}], "owner": "me"}, r"unknown key 'owner' \(known: arms, name, salt\)"),
     ({"arms": [{"name": "a"}, {"name": "s", "shadow_of": "nope"}]}, "not a served arm"),
     ({"arms": [{"name": "s", "shadow_of": "s"}]}, "at least one served arm"),
     ("just text", "list 'arms'"),
@@ -86,8 +90,10 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_experiment(tmp_path / "missing.yaml", default_policy="planner")
     bad = tmp_path / "bad.yaml"
     bad.write_text("arms: [", encoding="utf-8")
-    with pytest.raises(ExperimentError, match="not valid YAML"):
+    with pytest.raises(ExperimentError, match="not valid YAML") as info:
         load_experiment(bad, default_policy="planner")
+    assert "\n" not in str(info.value)
+    assert "line 1, column" in str(info.value)
 
 
 def test_service_splits_traffic_and_logs_arms(

@@ -183,7 +183,7 @@ def test_store_errors_are_rendered_by_the_apps_handlers(
         def down(user_id: str) -> None:
             raise StoreUnavailable("store unavailable (OperationalError)")
 
-        monkeypatch.setattr(client.app.state.store, "read_history", down)
+        monkeypatch.setattr(client.app.state.store, "read_state_row", down)
     a = lane.post("/v1/next-step", json={"user_id": "u"})
     assert a.status_code == 503 and a.headers["retry-after"] == "1"
     _same(a, route.post("/v1/next-step", json={"user_id": "u"}))

@@ -152,12 +152,28 @@ def test_a_multi_chunk_batch_read_is_one_snapshot_on_sqlite(
         other.dispose()
 
 
+async def _queued(
+    committer: GroupCommitter, writing: list[int], n: int, timeout: float = 30.0
+) -> None:
+    """Wait until all ``n`` submissions are either in the commit in progress (``writing``:
+    the sizes of the groups the writer took) or queued behind it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with committer._cv:
+            if sum(writing) + len(committer._pending) >= n:
+                return
+        assert asyncio.get_running_loop().time() < deadline, "submissions never queued"
+        await asyncio.sleep(0.005)
+
+
 def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
     calls: list[int] = []
+    writing: list[int] = []
     gate = threading.Event()
 
     def write(rows: Any, shadows: Any, keys: Any = ()) -> None:
-        gate.wait(5)  # the first commit waits until every request has queued behind it
+        writing.append(len(rows))
+        gate.wait(30)  # the first commit waits until every request has queued behind it
         calls.append(len(rows))
         store.insert_decision_rows(rows, shadows, keys)
 
@@ -165,7 +181,7 @@ def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
 
     async def main() -> None:
         tasks = [asyncio.create_task(committer.submit([_row(f"u{i}", 1.0)])) for i in range(64)]
-        await asyncio.sleep(0.2)
+        await _queued(committer, writing, 64)  # the writer holds one group, the rest wait
         gate.set()
         await asyncio.gather(*tasks)
 
@@ -175,7 +191,7 @@ def test_concurrent_decisions_share_commits_and_all_land(store: Store) -> None:
         committer.close()
     assert _count(store) == 64  # every acknowledged decision is stored
     assert sum(calls) == 64
-    assert len(calls) <= 3  # 64 requests, at most three commits
+    assert len(calls) <= 2  # the group in progress, then all the others at once
 
 
 def test_one_bad_row_fails_alone(store: Store) -> None:
@@ -183,9 +199,11 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
     with store.write() as conn:
         store.insert_decisions(conn, [taken])
     gate = threading.Event()
+    writing: list[int] = []
 
     def write(rows: Any, shadows: Any, keys: Any = ()) -> None:
-        gate.wait(5)
+        writing.append(len(rows))
+        gate.wait(30)
         store.insert_decision_rows(rows, shadows, keys)
 
     committer = GroupCommitter(write)
@@ -194,7 +212,7 @@ def test_one_bad_row_fails_alone(store: Store) -> None:
         good = [_row(f"ok{i}", 2.0) for i in range(10)]
         bad = _row("dup", 3.0, decision_id=taken["decision_id"])
         tasks = [asyncio.create_task(committer.submit([r])) for r in [*good[:5], bad, *good[5:]]]
-        await asyncio.sleep(0.2)
+        await _queued(committer, writing, 11)  # every row is in a group before any commits
         gate.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -154,3 +154,21 @@ def test_registry_alias_download_cache_and_outage(
     # no such alias in a reachable registry: no model (the registry is the authority)
     res = ml.resolve(parse_ref("challenger", DEFAULT))
     assert res.model is None and "no model registered" in (res.note or "")
+
+
+def test_models_no_arm_serves_are_dropped_after_a_swap(tmp_path: Path) -> None:
+    """Each reload to a new version used to keep every earlier one in memory."""
+    from service.runtime import ModelDeciderFactory
+    from service.settings import Settings
+
+    models = [write_model(tmp_path / f"m{i}", f"t{i}", version=f"v{i}") for i in range(3)]
+    ml = loader(tmp_path)
+    factory = ModelDeciderFactory(Settings(home=tmp_path), ml)
+    from models.policies import PolicyConfig
+    from service.experiments import Arm
+
+    for path in models:
+        arm = Arm(name="champion", policy=PolicyConfig.parse("ladder"), model=str(path))
+        factory(CAT, arm)
+        factory.retain([arm])
+        assert [m.uri for m in ml._loaded.values()] == [str(path)]

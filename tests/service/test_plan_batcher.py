@@ -33,7 +33,7 @@ from models.decide import Decider, DecisionRequest, DecisionResult, PlanJob, Rea
 from models.policies import PolicyConfig
 from service.app import create_app
 from service.experiments import Arm
-from service.plan_batcher import LoopPlanBatcher
+from service.plan_batcher import LoopPlanBatcher as _LoopPlanBatcher
 from service.routers.decisions import serve_next_step
 from service.schemas import NextStepRequest
 from service.settings import Settings
@@ -42,6 +42,27 @@ from tests.service.helpers import StartedClients, decide, outcome
 
 T0 = 1.7e9
 PLANNER = PolicyConfig.parse("planner")
+
+
+_OPEN: list[_LoopPlanBatcher] = []
+
+
+class LoopPlanBatcher(_LoopPlanBatcher):
+    """The real batcher, remembered so that every one a test makes is closed after it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _OPEN.append(self)
+
+
+@pytest.fixture(autouse=True)
+def _close_batchers() -> Iterator[None]:
+    """Stop each batcher's planner thread after the test, also when the test failed."""
+    try:
+        yield
+    finally:
+        while _OPEN:
+            _OPEN.pop().close()
 
 
 @pytest.fixture(scope="module")

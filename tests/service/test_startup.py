@@ -202,17 +202,16 @@ def test_a_cached_champion_serves_at_once_and_a_newer_one_follows(
     registry.add("two")  # promoted while the service is down
 
     with registry.locked():
-        t0 = time.perf_counter()
         client = _app(home, catalog_path, registry.uri, fast_path=fast_path)
         client.__enter__()
-        started = time.perf_counter() - t0
         try:
             ready = client.get("/readyz").json()
         except BaseException:
             client.__exit__(None, None, None)
             raise
     try:
-        assert started < 10, started  # the registry's own lock timeout alone is 5 s
+        # ready while the registry is still locked, with its question still open: start-up
+        # did not wait for the registry (no wall-clock bound needed to tell)
         assert ready["model"] == "1" and ready["arms"][0]["model_source"] == "cache", ready
         assert "asking the registry" in " ".join(ready["notes"]), ready
         r = client.post("/v1/next-step", json={"user_id": "u1"})

@@ -14,7 +14,7 @@ from features.events import load_events
 from service.app import create_app
 from service.settings import Settings
 from tests.service.helpers import CATALOG, fake_factory
-from training.export import ExportError, export_command, export_log
+from training.export import ExportError, export_command, export_log, resolve_catalog
 
 T0 = 1_750_000_000.0
 H = 3600.0
@@ -98,3 +98,48 @@ def test_no_response_rule(served: tuple[str, Path]) -> None:
     assert export_log(catalog, url=url, no_response="declined", wait_hours=1000).no_response == 0
     with pytest.raises(ExportError):
         export_log(catalog, url=url, no_response="maybe")
+
+
+def test_the_contract_command_needs_no_catalog(
+    served: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``nextstep export --out F``: the store remembers the catalog the service served."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    url, cat = served
+    catalog = load_catalog(cat)
+    cat.unlink()  # not read again: the store has it
+    monkeypatch.delenv("NEXTSTEP_CATALOG", raising=False)
+    monkeypatch.setenv("NEXTSTEP_DATABASE_URL", url)
+    out = tmp_path / "export.csv"
+    result = CliRunner().invoke(app, ["export", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_events(out, catalog).n_rows == 3
+    assert resolve_catalog(None, url) == catalog
+
+
+def test_the_last_served_catalog_wins_and_a_given_one_overrides(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, cat = served
+    changed = [dict(s, title=f"new {s['id']}") for s in CATALOG["steps"]]
+    cat2 = tmp_path / "catalog2.yaml"
+    cat2.write_text(yaml.safe_dump({"steps": changed}), encoding="utf-8")
+    settings = Settings(home=tmp_path / "home", catalog=cat2, database_url=url, policy="greedy")
+    with TestClient(create_app(settings, decider_factory=fake_factory())):
+        pass
+    assert resolve_catalog(None, url) == load_catalog(cat2)
+    assert resolve_catalog(cat, url) == load_catalog(cat)
+    with TestClient(create_app(Settings(home=tmp_path / "home", catalog=cat, database_url=url))):
+        pass  # the first catalog again: served last now
+    assert resolve_catalog(None, url) == load_catalog(cat)
+
+
+def test_a_store_without_a_recorded_catalog_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEXTSTEP_CATALOG", raising=False)
+    with pytest.raises(ExportError, match="pass --catalog or set NEXTSTEP_CATALOG"):
+        resolve_catalog(None, f"sqlite:///{tmp_path / 'none.db'}")

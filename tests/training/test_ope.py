@@ -568,3 +568,23 @@ def test_module_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_ope_json_is_indented_on_a_terminal_and_one_line_in_a_pipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from training.ope import ope_command
+
+    path = tmp_path / "logged.csv"
+    path.write_text(
+        "reward,propensity,target_propensity\n1,0.5,1\n0,0.5,0\n1,0.25,0.5\n", encoding="utf-8"
+    )
+    ope_command(path, n_boot=10, seed=0)
+    piped = capsys.readouterr().out
+    assert piped.count("\n") == 1
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    ope_command(path, n_boot=10, seed=0)
+    shown = capsys.readouterr().out
+    assert shown.count("\n") > 5 and json.loads(shown) == json.loads(piped)

@@ -1,14 +1,15 @@
 """``nextstep train`` / ``promote`` against a real MLflow (SQLite file in a temporary home).
 
 One module-wide registry: version 1 is trained on a simulated log and becomes champion; version
-2 is trained on the same log with the *training* users' outcomes shuffled (the holdout users,
-the latest to arrive, are untouched) and must be refused by the gate. Everything is read back
-with ``MlflowClient``, as a data scientist would see it in the UI. The fast tests at the end
-check the pieces (split, metrics, fingerprint) without MLflow.
+2 is trained on the same log with the outcomes of the *training* offers (before the calendar
+cut) shuffled (the held-out offers are untouched) and must be refused by the gate. Everything
+is read back with ``MlflowClient``, as a data scientist would see it in the UI. The fast tests
+at the end check the pieces (split, metrics, fingerprint) without MLflow.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import types
@@ -24,6 +25,7 @@ from features.errors import NextstepError
 from features.events import load_events, validate_frame, write_events
 from training import evaluate as ev
 from training.cli import app
+from training.holdout import Holdout
 from training.pipeline import (
     TRUTH_COLUMN,
     fingerprint,
@@ -53,12 +55,12 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """A simulated log, and a copy whose training users' outcomes are shuffled."""
+    """A simulated log, and a copy whose training offers' outcomes are shuffled."""
     folder = tmp_path_factory.mktemp("data")
     write_simulation(load_world("ladder"), USERS, 1, folder)
     catalog = load_catalog(folder / "catalog.yaml")
     frame = load_events(folder / "events.csv", catalog).frame
-    train = ~holdout_mask(frame)
+    train = ~Holdout().mask(frame)
     goals = frame["step"].isin([catalog.ids[g] for g in catalog.goal_indices]).to_numpy()
     bad = frame.drop(columns=["row"]).copy()
     rng = np.random.default_rng(0)
@@ -94,7 +96,7 @@ def _alias(client, alias: str) -> str:
 
 # -- MLflow: run, registry, gate -------------------------------------------------------------------
 @pytest.mark.slow
-def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
+def test_train_logs_a_run_and_registers_the_champion(home, data, trained, client):
     first, _ = trained
     assert (first.version, first.decision) == ("1", "promoted")
     run = client.get_run(first.run_id)
@@ -106,7 +108,16 @@ def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
     assert 0.6 < m["lgbm_auc"] < 1 and m["lgbm_ece"] < 0.1
     assert m["train_rows"] + m["holdout_rows"] == float(p["rows"])
     assert len(p["data_sha256"]) == 64 and int(p["data_users"]) == USERS
-    assert p["data_ts_min"] < p["data_ts_max"] and p["holdout_strategy"] == "users_by_first_event"
+    assert p["data_ts_min"] < p["data_ts_max"] and p["holdout_strategy"] == "time"
+    # the calendar cut is recorded, and no training offer is at or after it
+    cut = pd.Timestamp(p["holdout_from"]).timestamp()
+    frame = load_events(data["events"], load_catalog(data["catalog"])).frame
+    ts = frame["ts"].to_numpy()
+    assert m["holdout_rows"] == float((ts >= cut).sum()) and m["train_rows"] == float(
+        (ts < cut).sum()
+    )
+    assert tags["nextstep.holdout"] == f"offers at or after {p['holdout_from']} (calendar cut)"
+    assert float(p["holdout_fraction"]) == 0.2
     assert "model_num_leaves" in p and p["seed"] == "0"
     assert tags["nextstep.promotion"] == "promoted"
     assert "first version" in tags["nextstep.promotion_reason"]
@@ -118,8 +129,10 @@ def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
     }
     local = client.download_artifacts(first.run_id, "plots/calibration.png", str(home / "dl"))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = {a.path for a in client.list_artifacts(first.run_id, "data")}
-    assert {"data/holdout.parquet", "data/catalog.yaml"} <= data
+    files = {a.path for a in client.list_artifacts(first.run_id, "data")}
+    assert {"data/holdout.parquet", "data/catalog.yaml", "data/holdout.json"} <= files
+    split = client.download_artifacts(first.run_id, "data/holdout.json", str(home / "dl"))
+    assert json.loads(Path(split).read_text())["from_ts"] == cut
     # artifacts live under NEXTSTEP_HOME, not in the working directory
     assert run.info.artifact_uri.startswith((home / "mlartifacts").as_uri())
 
@@ -130,7 +143,8 @@ def test_train_logs_a_run_and_registers_the_champion(home, trained, client):
 
     info = mlflow.models.get_model_info("models:/nextstep/1")
     assert info.signature is not None
-    assert [c.name for c in info.signature.outputs.inputs] == ["p_accept"]
+    outputs = [c.name for c in info.signature.outputs.inputs]
+    assert outputs == ["user_id", "ts", "step", "p_accept"]  # readiness per offer of a raw log
     reqs = Path(
         mlflow.artifacts.download_artifacts(
             "models:/nextstep/1/requirements.txt",
@@ -158,18 +172,40 @@ def test_a_worse_candidate_is_refused(trained, client):
 
 
 @pytest.mark.slow
-def test_the_pyfunc_model_predicts_like_the_bundle(home, trained):
+def test_the_pyfunc_model_predicts_on_raw_events_like_nextstep_predict(home, trained, data):
+    """``mlflow.pyfunc.load_model(...).predict(events_df)``: raw event-log columns in (as read
+    from the CSV, ts as text), readiness per offer out, equal to ``nextstep predict``."""
+    from models.bundle import ModelScorer
     from training import tracking
     from training.modelio import load_model_bundle
+    from training.predict import predict_frame
 
     mlflow = tracking.setup()
     model = mlflow.pyfunc.load_model("models:/nextstep@champion")
+    inputs = model.metadata.get_input_schema()
+    assert inputs.required_input_names() == ["user_id", "ts", "step", "outcome"]
+    assert {"propensity", "policy", "decision_id"} <= set(inputs.optional_input_names())
     example = model.input_example
-    got = model.predict(example)
+    assert list(example.columns[:4]) == ["user_id", "ts", "step", "outcome"]
+    assert example["ts"].str.endswith("Z").all()
+    assert list(model.predict(example).columns) == ["user_id", "ts", "step", "p_accept"]
+
+    raw = pd.read_csv(data["events"], dtype=str).head(400)  # strings, as a user would read it
+    got = model.predict(raw)
+    catalog = load_catalog(data["catalog"])
     bundle, version = load_model_bundle("models:/nextstep@champion")
     assert version == "1"
-    want = bundle.readiness.positive_proba(example[bundle.spec.names].to_numpy(dtype=float))
-    np.testing.assert_allclose(got["p_accept"].to_numpy(), want)
+    want = predict_frame(
+        validate_frame(raw, catalog, source="x").frame, catalog, ModelScorer(bundle)
+    )
+    assert len(got) == len(raw)
+    assert got["user_id"].tolist() == want["user_id"].tolist()
+    assert got["step"].tolist() == want["step"].tolist()
+    np.testing.assert_allclose(got["p_accept"].to_numpy(), want["p_accept"].to_numpy())
+    assert 0 < got["p_accept"].min() <= got["p_accept"].max() < 1
+
+    with pytest.raises(Exception, match="step"):  # an unknown step names the row and column
+        model.predict(raw.assign(step="nope").head(3))
 
 
 @pytest.mark.slow

@@ -129,3 +129,50 @@ def test_promote_ope_needs_a_champion_and_data(store: tuple[str, Path]) -> None:
     _, cat = store
     with pytest.raises(PromotionError, match="no model registry"):
         promote_with_evidence("2", "ope", 0.0, catalog=cat)
+    # a registry but no champion: nothing to compare with
+    from training import tracking
+
+    client = tracking.client()
+    client.create_registered_model(tracking.MODEL_NAME)
+    for _ in range(2):
+        client.create_model_version(tracking.MODEL_NAME, source="file:///nonexistent", run_id=None)
+    with pytest.raises(PromotionError, match="no champion"):
+        promote_with_evidence("2", "ope", 0.0, catalog=cat)
+    assert tracking.alias_version(tracking.CHAMPION) is None  # nothing was promoted
+
+
+def test_promote_ope_refuses_without_outcomes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion, but a store with decisions and no outcomes: no off-policy evidence."""
+    from features.errors import NextstepError
+    from training import tracking
+    from training.promote import promote_with_evidence
+
+    for name in ("NEXTSTEP_DATABASE_URL", "NEXTSTEP_CATALOG", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("NEXTSTEP_HOME", str(home))
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(yaml.safe_dump(CATALOG), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'store' / 'service.db'}"
+    settings = Settings(home=home, catalog=cat, database_url=url, policy="ladder")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/next-step", json={"user_id": "n1"}).status_code == 200
+    monkeypatch.setenv("NEXTSTEP_DATABASE_URL", url)
+    tracking.setup()
+    _registry()
+    with pytest.raises(NextstepError, match=r"no outcomes|no data rows"):
+        promote_with_evidence("2", "ope", 0.0, catalog=cat)
+    assert tracking.alias_version(tracking.CHAMPION) == "1"
+
+
+def test_the_report_table_is_not_cut_at_80_columns(
+    store: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cat = store
+    report_command(catalog=cat, control="control")
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "Δ conversion vs control" in out and "asks/conversion" in out
+    assert "100.0% [" in out  # the control arm's conversion with its interval, whole

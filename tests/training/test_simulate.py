@@ -79,6 +79,8 @@ def test_logged_propensities_are_exact_and_offers_are_eligible() -> None:
         cols["user_id"], cols["step"], cols["outcome"], cols["propensity"], strict=True
     ):
         mask = accepted.get(u, 0)
+        # nothing is offered after a goal: the user's accepts so far reach none
+        assert not cat.is_converted(mask), (u, s)
         eligible = cat.eligible_indices(mask)
         i = cat.index[s]
         assert i in eligible
@@ -86,20 +88,40 @@ def test_logged_propensities_are_exact_and_offers_are_eligible() -> None:
         assert p in (pytest.approx(uniform), pytest.approx(uniform + 1 - world.logging_uniform))
         if o == "accepted":
             accepted[u] = mask | 1 << i
-    # nothing is offered after a goal
-    assert all(not cat.is_converted(m) or True for m in accepted.values())
+    converted = sum(cat.is_converted(m) for m in accepted.values())
+    assert 0 < converted < len(set(cols["user_id"]))  # the check above met real conversions
 
 
 def test_context_hints_at_the_type_without_revealing_it() -> None:
+    """Channel is drawn from the type's own distribution (a hint), shared across types (not a
+    label); and the types behave differently, so the log carries a signal about them."""
     world = load_world("ladder")
     cols = generate_log(world, 2000, 9, with_truth=True)
-    pairs = {}
-    for u, t, ch in zip(cols["user_id"], cols["user_type"], cols["channel"], strict=True):
-        pairs[u] = (t, ch)
+    first: dict[str, tuple[str, str]] = {}
+    gaps: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    for u, t, ch, ts in zip(
+        cols["user_id"], cols["user_type"], cols["channel"], cols["ts"], strict=True
+    ):
+        assert first.setdefault(u, (t, ch)) == (t, ch)  # one type and channel per user
+        if u in last:
+            gaps.setdefault(t, []).append(float(ts) - last[u])
+        last[u] = float(ts)
     by_channel: dict[str, set[str]] = {}
-    for t, ch in pairs.values():
+    for t, ch in first.values():
         by_channel.setdefault(ch, set()).add(t)
-    assert any(len(types) > 1 for types in by_channel.values())
+    assert any(len(types) > 1 for types in by_channel.values())  # not revealing
+    for utype in world.types:  # the hint: each type's channels follow its own distribution
+        users = [ch for t, ch in first.values() if t == utype.name]
+        assert len(users) > 100
+        for ch, prob in utype.channel.items():
+            share = users.count(ch) / len(users)
+            se = (prob * (1 - prob) / len(users)) ** 0.5
+            assert abs(share - prob) <= 4 * se + 1e-9, (utype.name, ch, share, prob)
+    # behaviour: how soon users come back ranks the types as their mean gaps do
+    mean_gap = {t: sum(v) / len(v) for t, v in gaps.items()}
+    by_world = [t.name for t in sorted(world.types, key=lambda t: t.gap_hours)]
+    assert sorted(mean_gap, key=mean_gap.__getitem__) == by_world, mean_gap
 
 
 def test_simulate_cli_writes_valid_files(tmp_path) -> None:
@@ -122,3 +144,18 @@ def test_simulate_cli_writes_valid_files(tmp_path) -> None:
         app, ["simulate", "--world", "nope", "--users", "2", "--out", str(tmp_path)]
     )
     assert res.exit_code == 2
+
+
+def test_simulate_exact_prints_only_json_on_stdout(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    args = ["simulate", "--world", "ladder", "--users", "20", "--out", str(tmp_path), "--exact"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)  # nothing else mixed in
+    assert "ladder" in table
+    assert result.stderr.startswith("wrote ")

@@ -1,0 +1,54 @@
+"""Warnings ``nextstep train`` prints (and tags on the MLflow run) when the result is suspect.
+
+Training succeeds on almost anything: 7 rows from 2 users fit, register and can be promoted.
+Two situations deserve a word before anyone serves the model:
+
+* too little data: fewer than ``MIN_ROWS`` offers or ``MIN_USERS`` users, where the time-based
+  holdout holds a handful of users and its metrics are noise;
+* the logistic-regression baseline has a lower holdout log loss than LightGBM: the tree model
+  is overfitting (or the data carry little signal), so it is the worse of the two models that
+  were fitted on the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+MIN_ROWS = 1000
+MIN_USERS = 100
+WARNINGS_TAG = "nextstep.warnings"
+
+
+def training_warnings(
+    metrics: Mapping[str, Mapping[str, float]], fingerprint: Mapping[str, Any]
+) -> list[str]:
+    """The warnings for one training result (empty when nothing is suspect)."""
+    out = []
+    rows, users = int(fingerprint.get("rows", 0)), int(fingerprint.get("users", 0))
+    if rows < MIN_ROWS or users < MIN_USERS:
+        out.append(
+            f"too little data: {rows} rows from {users} users (at least {MIN_ROWS} rows from "
+            f"{MIN_USERS} users are needed for holdout metrics that mean anything); treat this "
+            "model as a smoke test"
+        )
+    lgbm = metrics.get("lgbm", {}).get("logloss", math.nan)
+    logreg = metrics.get("logreg", {}).get("logloss", math.nan)
+    if math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm:
+        out.append(
+            f"the logistic baseline beats LightGBM on the holdout (log loss {logreg:.3f} vs "
+            f"{lgbm:.3f}): the served LightGBM model is the worse of the two; get more data "
+            "or fewer, shallower trees before promoting it"
+        )
+    return out
+
+
+def record_warnings(run_id: str, warnings: list[str]) -> None:
+    """Tag the training run with its warnings (``nextstep.warnings``), so the MLflow UI and
+    ``promote`` readers see them too."""
+    if not warnings:
+        return
+    from training import tracking
+
+    tracking.client().set_tag(run_id, WARNINGS_TAG, " | ".join(warnings))
