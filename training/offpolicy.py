@@ -643,10 +643,14 @@ def trajectory(
     headline = CONVERSION_MODEL_HEADLINE if "wdr" in est else CONVERSION_HEADLINE
     h = est[headline]
     # untrusted: the interval says what the log supports (anything), not a tight bootstrap
-    low, high = (0.0, dec.max_goal_reward) if ov.low_overlap else (h["low"], h["high"])
+    top = dec.max_goal_reward
+    low, high = (0.0, top) if ov.low_overlap else (h["low"], h["high"])
+    # the value lies in [0, top]; DR-type estimates can stray outside it, so report it clipped
+    value = min(max(h["value"], 0.0), top)
+    low, high = min(max(low, 0.0), value), max(min(high, top), value)
     final = w.final_weights
     return Trajectory(
-        headline=Estimate(headline, h["value"], low, high, ov.ess, low_overlap=ov.low_overlap),
+        headline=Estimate(headline, value, low, high, ov.ess, low_overlap=ov.low_overlap),
         estimates=est,
         ess=ov.ess,
         users=dec.n_users,
