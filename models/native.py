@@ -143,12 +143,20 @@ class NativeBooster:
             )
         )
         self.best_iteration = int(best_iteration)
+        self._model_text = model_text  # a handle cannot travel: pickling rebuilds from the text
         out = ctypes.c_int(0)
         _call(library().LGBM_BoosterGetNumFeature(self._handle, ctypes.byref(out)))
         self._num_feature = out.value
         _call(library().LGBM_BoosterNumModelPerIteration(self._handle, ctypes.byref(out)))
         self._per_iteration = out.value
         self._one_thread = _c_str("num_threads=1")
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its model text (Dask ships scoring bundles to its workers this way)."""
+        return (NativeBooster, (self._model_text, self.best_iteration))
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("NativeBooster", self._model_text, self.best_iteration)
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

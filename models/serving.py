@@ -118,6 +118,11 @@ class ServingModel:
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         return calibrated(raw, self.calibration_x_, self.calibration_y_)
 
+    def positive_proba(self, X: np.ndarray) -> np.ndarray:
+        """``ReadinessModel.positive_proba``: batch scoring (``predict``, Dask) reads the
+        serving artifact, not the fitted estimator."""
+        return self.calibrate(self.booster_.predict(X, num_threads=1))
+
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature SHAP contributions (raw log-odds), last column the bias."""
         return self.booster_.predict(X, pred_contrib=True, num_threads=1)
