@@ -25,6 +25,7 @@ from features.catalog import Catalog
 from features.offline import build_offline_features
 from features.state import UserState
 from models.bundle import ModelScorer
+from training.rollout import walk_user
 from training.simulate import SimUser
 from training.worlds import World
 
@@ -80,19 +81,11 @@ class PeerWalk:
         self.world = world
         self.choose = choose
 
+    def _choose(self, state: UserState, u: SimUser) -> int | None:
+        cat = self.world.catalog
+        eligible = cat.eligible_indices(state.accepted_mask, cat.available(u.context))
+        return self.choose(state, eligible, u.ts, u.context) if eligible else None
+
     def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
-        catalog = self.world.catalog
-        state = UserState()
-        offers = 0
-        while not u.done:
-            eligible = catalog.eligible_indices(state.accepted_mask)
-            if not eligible:
-                break
-            step = self.choose(state, eligible, u.ts, u.context)
-            outcome = u.respond(step)
-            offers += 1
-            state.apply(catalog, step, outcome, u.ts, u.context)
-            if u.done:
-                break
-            u.advance_clock()
-        return offers, 0, 0, []
+        offers, invalid = walk_user(self.world, u, self._choose)
+        return offers, invalid, 0, []

@@ -96,6 +96,30 @@ def run_users(
     )
 
 
+def walk_user(
+    world: World, u: SimUser, choose: Callable[[UserState, SimUser], int | None]
+) -> tuple[int, int]:
+    """Walk one simulated user: ``choose`` sees only what a product would (the folded state,
+    the user's context and clock) and names a step or None (offer nothing). Returns the
+    offers made and whether the walk ended on an ineligible step (counted, never simulated)."""
+    catalog = world.catalog
+    state = UserState()
+    offers = 0
+    while not u.done:
+        step = choose(state, u)
+        if step is None:
+            break
+        if step not in catalog.eligible_indices(u.state[0], catalog.available(u.context)):
+            return offers, 1
+        outcome = u.respond(step)
+        offers += 1
+        state.apply(catalog, step, outcome, u.ts, u.context)
+        if u.done:
+            break
+        u.advance_clock()
+    return offers, 0
+
+
 class InProcess:
     """Walk one user through a ``Decider`` (no HTTP)."""
 
@@ -105,24 +129,12 @@ class InProcess:
         self.world = world
         self.decider = decider
 
+    def _choose(self, state: UserState, u: SimUser) -> int | None:
+        res = self.decider.decide(u.user_id, state, now=u.ts, context=u.context)
+        return None if res.step is None else self.world.catalog.index[res.step]
+
     def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
-        catalog = self.world.catalog
-        state = UserState()
-        offers = invalid = 0
-        while not u.done:
-            res = self.decider.decide(u.user_id, state, now=u.ts, context=u.context)
-            if res.step is None:
-                break
-            step = catalog.index[res.step]
-            if step not in catalog.eligible_indices(u.state[0], catalog.available(u.context)):
-                invalid += 1
-                break
-            outcome = u.respond(step)
-            offers += 1
-            state.apply(catalog, step, outcome, u.ts, u.context)
-            if u.done:
-                break
-            u.advance_clock()
+        offers, invalid = walk_user(self.world, u, self._choose)
         return offers, invalid, 0, []
 
 
