@@ -10,12 +10,14 @@ whole stack.
 The lane answers only the requests the route would accept, with the route's own code
 (``decisions.serve_next_step``) and the app's own exception handlers, so its responses are
 the route's responses. Anything it is not sure about goes down the normal path untouched
-(the body it read is replayed): a body the strict parser refuses, an ``Idempotency-Key``, a
-missing or wrong API key, no ``Content-Length`` or one over the limit, a non-JSON content
-type. Those requests get FastAPI's validation, problem documents and status codes as before;
-the route stays the single definition of the contract (OpenAPI, errors). A wrong API key on an
-otherwise valid request is answered here, with the route's own 401. Requests are
-counted and timed in the same Prometheus series as the middleware's.
+(the body it read is replayed): a body the strict parser refuses, a malformed
+``Idempotency-Key``, no ``Content-Length`` or one over the limit, a non-JSON content type.
+Those requests get FastAPI's validation, problem documents and status codes as before; the
+route stays the single definition of the contract (OpenAPI, errors). With API keys configured,
+the key is checked first, from the headers alone: a request without the right key goes down
+the normal path before the lane reads a byte of its body, so nothing unauthenticated is read
+or parsed here (the route answers it 401, or 400 for malformed JSON as it always has).
+Requests are counted and timed in the same Prometheus series as the middleware's.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.deps import check_api_key
+from service.deps import api_key_ok
 from service.flows import check_context
 from service.middleware import is_json_media, replay_body
 from service.problems import problem_response
@@ -84,6 +86,11 @@ class NextStepLane:
         if not json_body or length < 0 or length > settings.max_body_bytes:
             await self.app(scope, receive, send)
             return
+        keys = settings.keys
+        if keys and not api_key_ok(keys, (api_key or "").encode("utf-8", "replace")):
+            # unread: the route answers it (the lane never reads an unauthenticated body)
+            await self.app(scope, receive, send)
+            return
         body, complete = await _read_body(receive, settings.max_body_bytes)
         if body is None:  # the client went away
             return
@@ -91,7 +98,7 @@ class NextStepLane:
         if req is None:
             await self.app(scope, replay_body(body, receive, more=not complete), send)
             return
-        await self._serve(scope, receive, send, state, req, api_key, key)
+        await self._serve(scope, receive, send, state, req, key)
 
     async def _serve(
         self,
@@ -100,13 +107,11 @@ class NextStepLane:
         send: Send,
         state: Any,
         req: NextStepRequest,
-        api_key: str | None,
         key: str | None,
     ) -> None:
         start = time.perf_counter()
         metrics = state.metrics
         try:
-            check_api_key(state.settings.keys, api_key)  # the route's 401, from its handler
             check_context(state.settings.allowed_context, req.context, ("body", "context"))
             store, deciders, planning = state.store, state.runtime.current, state.planning
             if key is None:

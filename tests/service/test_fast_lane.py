@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from fastapi import FastAPI
@@ -172,6 +173,55 @@ def test_a_wrong_api_key_gets_the_routes_401(pair: Any, served: list[int]) -> No
         _same(a, route.post("/v1/next-step", json={"user_id": "u"}, headers=headers))
     ok = lane.post("/v1/next-step", json={"user_id": "u"}, headers={"X-API-Key": "k3y-good-123456"})
     assert ok.status_code == 200
+    assert len(served) == 1  # only the request with the right key reached the lane's decision
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), BAD)
+def test_a_wrong_key_with_any_body_gets_the_routes_answer(
+    pair: Any, served: list[int], body: bytes, headers: dict[str, str], status: int
+) -> None:
+    """Whatever the body, a request with a wrong key is answered as the route answers it (401,
+    or the route's 400 for malformed JSON, which FastAPI finds before the key check)."""
+    lane, route = pair(api_keys="k3y-good-123456")
+    h = {"content-type": "application/json", "X-API-Key": "wrong", **headers}
+    a = lane.post("/v1/next-step", content=body, headers=h)
+    assert a.status_code in (400, 401, 415), a.text
+    _same(a, route.post("/v1/next-step", content=body, headers=h))
+    assert served == []
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong", "k3y-good-123456"])
+def test_the_lane_reads_no_body_without_the_right_key(pair: Any, key: str | None) -> None:
+    """With keys configured, the lane checks the key before it reads a byte of the body: a
+    request without the right key goes down the normal path with its ``receive`` untouched, so
+    no unauthenticated body is read or parsed by the lane."""
+    lane_client, _ = pair(api_keys="k3y-good-123456")
+    body = orjson.dumps({"user_id": "u"})
+    reads: list[int] = []
+    passed_on: list[Any] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append(1)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def rest_of_the_stack(scope: Any, rcv: Any, snd: Any) -> None:
+        passed_on.append(rcv)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if key is not None:
+        headers.append((b"x-api-key", key.encode()))
+    scope = {"type": "http", "method": "POST", "path": "/v1/next-step", "headers": headers}
+    lane = NextStepLane(rest_of_the_stack, fastapi_app=lane_client.app)
+    anyio.run(lane, scope, receive, send)
+    if key == "k3y-good-123456":  # the control: the right key is read and served by the lane
+        assert reads and passed_on == [] and sent[0]["status"] == 200
+    else:
+        assert reads == [] and sent == []
+        assert passed_on == [receive]  # the original receive, not a replay of a read body
 
 
 def test_store_errors_are_rendered_by_the_apps_handlers(
