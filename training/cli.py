@@ -375,18 +375,24 @@ def rollout(
     ],
     users: Annotated[int, typer.Option(min=1, help="Number of simulated users.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    base: Annotated[str | None, typer.Option(help="Base URL of a live service.")] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of a live service; its X-API-Key is read from NEXTSTEP_API_KEY."
+        ),
+    ] = None,
     policy: Annotated[str | None, typer.Option(help="Run this policy in process instead.")] = None,
     model: Annotated[str, typer.Option(help="Model URI (in-process policies).")] = (
         "models:/nextstep@champion"
     ),
-    api_key: Annotated[
-        str | None, typer.Option(envvar="NEXTSTEP_API_KEY", help="X-API-Key for --base.")
-    ] = None,
+    # No key option: a key given on the command line shows in the process list and the shell
+    # history, so the client key comes from the environment only.
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel HTTP users.")] = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
     """Simulated users against a live service or an in-process policy, next to the optimum."""
+    import os
+
     from training.rollout import rollout_command
 
     rollout_command(
@@ -396,7 +402,7 @@ def rollout(
         base=base,
         policy=policy,
         model=model,
-        api_key=api_key,
+        api_key=os.environ.get("NEXTSTEP_API_KEY") or None,
         concurrency=concurrency,
         json_out=json_out,
     )

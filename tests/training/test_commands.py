@@ -5,9 +5,11 @@ against what the store holds or against the simulator's exact numbers."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -139,3 +141,52 @@ def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Pa
 def test_rollout_command_needs_a_base_or_a_policy(rollout_json: Path) -> None:
     r = _cli("rollout", "--world", "ladder", "--users", "10")
     assert r.exit_code == 2 and "--base" in r.output and "--policy" in r.output
+
+
+class _KeyRecorder(BaseHTTPRequestHandler):
+    """A real HTTP endpoint that records each request's ``X-API-Key`` and answers 401."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append(self.headers.get("X-API-Key"))
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_rollout_takes_the_client_key_from_the_environment_only(
+    rollout_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key on the command line would show in ``ps``: ``--api-key`` is refused (exit 2, the
+    value never used), and the key in NEXTSTEP_API_KEY is what reaches the service."""
+    r = _cli("rollout", "--world", "ladder", "--users", "2", "--base", "http://127.0.0.1:9",
+             "--api-key", "on-the-command-line")  # fmt: skip
+    assert r.exit_code == 2 and "--api-key" in r.output
+    assert "--api-key" not in _cli("rollout", "--help").output
+
+    _KeyRecorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeyRecorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("NEXTSTEP_API_KEY", "from-the-env-123")
+        r = _cli("rollout", "--world", "ladder", "--users", "3", "--base", base,
+                 "--concurrency", "1", "--json", str(rollout_json))  # fmt: skip
+        assert r.exit_code == 0, r.output
+        monkeypatch.delenv("NEXTSTEP_API_KEY")
+        n_keyed = len(_KeyRecorder.seen)
+        r = _cli("rollout", "--world", "ladder", "--users", "2", "--base", base,
+                 "--concurrency", "1")  # fmt: skip
+        assert r.exit_code == 0, r.output
+    finally:
+        server.shutdown()
+        server.server_close()
+    # every user stops at its first refused next-step: one request each
+    assert _KeyRecorder.seen == ["from-the-env-123"] * 3 + [None] * 2 and n_keyed == 3
+    assert json.loads(rollout_json.read_text())["result"]["errors"] == 3
