@@ -190,3 +190,27 @@ def test_rollout_takes_the_client_key_from_the_environment_only(
     # every user stops at its first refused next-step: one request each
     assert _KeyRecorder.seen == ["from-the-env-123"] * 3 + [None] * 2 and n_keyed == 3
     assert json.loads(rollout_json.read_text())["result"]["errors"] == 3
+
+
+@pytest.mark.slow
+def test_retrain_refused_by_the_gate_keeps_the_champion(env: Path, tmp_path: Path) -> None:
+    """A candidate the log-loss gate refuses leaves the champion serving, and the command
+    says so with exit 1 (a refused promotion). The candidate here learns from the last few
+    users only (``--since``), so on the same holdout it is worse than the champion."""
+    from datetime import UTC, datetime
+
+    from training import tracking
+
+    _serve(env, tmp_path, users=80, outcomes=True)
+    first = _cli("retrain", "--catalog", str(env))
+    assert first.exit_code == 0, first.output
+    assert "promoted to champion" in first.output
+    client = tracking.client()
+    champion = client.get_model_version_by_alias("nextstep", "champion").version
+    since = datetime.fromtimestamp(T0 + 3600 * 10 * 66, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = _cli("retrain", "--catalog", str(env), "--since", since)
+    assert second.exit_code == 1, second.output
+    assert "not promoted" in second.output
+    assert "log loss" in second.output  # refused by the gate, not failed for another reason
+    assert client.get_model_version_by_alias("nextstep", "champion").version == champion
+    assert len(client.search_model_versions("name='nextstep'")) == 2  # registered, not served
