@@ -230,8 +230,6 @@ class Store:
         # DBAPI cursor: SQLAlchemy's per-execution machinery cost five times the query itself.
         self._history_sql = _raw_sql(_HISTORY_ONE, self.engine.dialect)
         self._key_sql = _raw_sql(_IDEMPOTENT_GET, self.engine.dialect)
-        self._histories_compiled = _HISTORY_MANY.compile(dialect=self.engine.dialect)
-        self._histories_cache: dict[int, tuple[str, list[str] | None]] = {}  # <= _CHUNK sizes
         self._state_sql = _raw_sql(_STATE_ONE, self.engine.dialect)
         self._states_compiled = _STATE_MANY.compile(dialect=self.engine.dialect)
         self._expanded_cache: dict[tuple[int, int], tuple[str, list[str] | None]] = {}
@@ -349,43 +347,6 @@ class Store:
             rows = cur.fetchall()
         return [_history_event(row) for row in rows]
 
-    def read_histories(self, user_ids: Iterable[str]) -> dict[str, list[HistoryEvent]]:
-        """``histories`` on the hot cursor (a ``next-step:batch``'s one read).
-
-        SQLAlchemy expanded the ``IN`` list of every chunk and set up its execution each
-        time, a tenth of a 1,000-user batch's flow; here the SQL of each chunk length is
-        expanded once. On SQLite the chunks are read in one read transaction (one snapshot,
-        as ``histories`` under ``read``); tests prove the two equal.
-        """
-        wanted = list(dict.fromkeys(user_ids))
-        out: dict[str, list[HistoryEvent]] = {u: [] for u in wanted}
-        with self._translate(), self._hot_cursor() as (raw, cur):
-            snapshot = self.embedded and len(wanted) > _CHUNK
-            if snapshot:
-                cur.execute("BEGIN")
-            try:
-                for start in range(0, len(wanted), _CHUNK):
-                    chunk = wanted[start : start + _CHUNK]
-                    sql, names = self._histories_sql(len(chunk))
-                    params = chunk if names is None else dict(zip(names, chunk, strict=True))
-                    cur.execute(sql, params)
-                    for row in cur.fetchall():
-                        out[row[0]].append(_history_event(row))
-            finally:
-                if snapshot:
-                    raw.rollback()  # it only read
-        return out
-
-    def _histories_sql(self, n: int) -> tuple[str, list[str] | None]:
-        """``_HISTORY_MANY`` for ``n`` users as this dialect's SQL, and its parameter names
-        in order (None when the driver takes them by position, in the users' order)."""
-        hit = self._histories_cache.get(n)
-        if hit is None:
-            state = self._histories_compiled.construct_expanded_state({"uids": [""] * n})
-            names = None if state.positiontup is not None else list(state.parameters)
-            hit = self._histories_cache[n] = (state.statement, names)
-        return hit
-
     def _expanded(self, compiled: Any, n: int) -> tuple[str, list[str] | None]:
         """An ``IN``-list statement for ``n`` values as this dialect's SQL (and its parameter
         names, None when positional), expanded once per (statement, length)."""
@@ -416,7 +377,11 @@ class Store:
         return None if row is None else (row[0], row[1])
 
     def read_state_rows(self, user_ids: Iterable[str]) -> dict[str, tuple[str, str] | None]:
-        """``read_state_row`` for each distinct user, one query per chunk (a batch's read)."""
+        """``read_state_row`` for each distinct user, one query per chunk (a batch's read).
+
+        The ``IN`` list's SQL is expanded once per chunk length (SQLAlchemy's per-execution
+        expansion was a tenth of a 1,000-user batch's flow). On SQLite the chunks are read in
+        one read transaction (one snapshot); PostgreSQL reads are read committed."""
         wanted = list(dict.fromkeys(user_ids))
         out: dict[str, tuple[str, str] | None] = dict.fromkeys(wanted)
         with self._translate(), self._hot_cursor() as (raw, cur):

@@ -84,69 +84,57 @@ def test_fast_history_read_equals_the_transactional_one(store: Store) -> None:
     assert store.read_history("u1")[0].context == {"channel": "email"}  # the decision's
 
 
+def _put_states(store: Store, states: dict[str, str]) -> None:
+    with store.write() as conn:
+        for uid, state in states.items():
+            store.put_state(conn, uid, "fp", state, 1.0, exists=False)
+
+
 @pytest.mark.parametrize("chunk", [500, 2])
-def test_batch_history_read_equals_the_transactional_one(
+def test_batch_state_read_equals_one_read_per_user(
     store: Store, chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``read_histories`` (a batch's read, on the hot cursor) answers as ``histories`` does,
-    in one chunk or in several of different lengths (a snapshot across them on SQLite)."""
+    """``read_state_rows`` (a batch's read, on the hot cursor) answers as ``read_state_row``
+    does for each user, in one chunk or in several of different lengths."""
     monkeypatch.setattr("service.store._CHUNK", chunk)
-    rows = [_row(f"u{i % 3}", 100.0 + i) for i in range(7)]
-    with store.write() as conn:
-        store.insert_decisions(conn, rows)
-        for i, r in enumerate(rows):
-            store.insert_outcome(
-                conn,
-                {"decision_id": r["decision_id"], "user_id": r["user_id"], "step": r["step"],
-                 "outcome": "accepted" if i % 2 else "declined", "ts": 300.0 - i,
-                 "context": None, "created_at": float(i)},
-            )  # fmt: skip
-    users = ["u2", "nobody", "u0", "o'brien; DROP TABLE outcomes", "u1", "u0"]
-    with store.read() as conn:
-        expected = store.histories(conn, users)
-    got = store.read_histories(users)
-    assert got == expected and list(got) == list(expected)
-    assert [len(got[u]) for u in ("u0", "u1", "u2", "nobody")] == [3, 2, 2, 0]
-    assert [e.ts for e in got["u0"]] == sorted(e.ts for e in got["u0"])
-    assert store.read_histories(["u1"]) == {"u1": expected["u1"]}  # another length, cached
-    assert store.read_histories([]) == {}
+    _put_states(store, {"u0": '{"a": 0}', "u1": '{"a": 1}', "u2": '{"a": 2}'})
+    users = ["u2", "nobody", "u0", "o'brien; DROP TABLE user_state", "u1", "u0"]
+    got = store.read_state_rows(users)
+    assert got == {u: store.read_state_row(u) for u in dict.fromkeys(users)}
+    assert list(got) == list(dict.fromkeys(users))  # distinct, in the order asked
+    assert got["u1"] == ("fp", '{"a": 1}') and got["nobody"] is None
+    assert store.read_state_rows(["u1"]) == {"u1": ("fp", '{"a": 1}')}  # another length
+    assert store.read_state_rows([]) == {}
     if store.embedded:
         with store._hot_cursor() as (raw, _cur):  # the read left no transaction open...
             assert not raw.in_transaction
     store.insert_decision_rows([_row("after", 1.0)])  # ...so this thread can still write
-    assert _count(store) == len(rows) + 1
+    assert _count(store) == 1
 
 
 def test_a_multi_chunk_batch_read_is_one_snapshot_on_sqlite(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An outcome committed by another connection between two chunks of one ``read_histories``
-    is not seen by it (SQLite: one read transaction), and is seen by the next read."""
+    """A state committed by another connection between two chunks of one
+    ``read_state_rows`` is not seen by it (SQLite: one read transaction), and is seen by the
+    next read."""
     monkeypatch.setattr("service.store._CHUNK", 1)
     store, other = Store(sqlite_url), Store(sqlite_url)
     try:
         store.migrate()
-        row = _row("late", 5.0)
-        other.insert_decision_rows([row])
-        sql_of = store._histories_sql
+        expand = store._expanded
         calls: list[int] = []
 
-        def between_chunks(n: int) -> Any:
+        def between_chunks(compiled: Any, n: int) -> Any:
             calls.append(n)
             if len(calls) == 2:  # the first chunk ("early") has been read
-                with other.write() as conn:
-                    other.insert_outcome(
-                        conn,
-                        {"decision_id": row["decision_id"], "user_id": "late",
-                         "step": row["step"], "outcome": "accepted", "ts": 6.0,
-                         "context": None, "created_at": 6.0},
-                    )  # fmt: skip
-            return sql_of(n)
+                _put_states(other, {"late": '{"late": true}'})
+            return expand(compiled, n)
 
-        monkeypatch.setattr(store, "_histories_sql", between_chunks)
-        assert store.read_histories(["early", "late"]) == {"early": [], "late": []}
+        monkeypatch.setattr(store, "_expanded", between_chunks)
+        assert store.read_state_rows(["early", "late"]) == {"early": None, "late": None}
         assert len(calls) == 2
-        assert [e.outcome for e in store.read_histories(["late"])["late"]] == ["accepted"]
+        assert store.read_state_rows(["late"]) == {"late": ("fp", '{"late": true}')}
     finally:
         store.dispose()
         other.dispose()

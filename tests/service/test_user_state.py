@@ -232,7 +232,7 @@ def test_a_decision_reads_one_state_row_and_never_the_history(
         raise AssertionError("the decision path read a history")
 
     monkeypatch.setattr(store, "read_state_row", counted)
-    for name in ("read_history", "read_histories", "history", "histories"):
+    for name in ("read_history", "history", "histories"):
         monkeypatch.setattr(store, name, forbidden)
     again = c.post("/v1/next-step", json={"user_id": "one-row"}).json()
     assert again["step"] != d["step"]  # the accepted step is not offered again
