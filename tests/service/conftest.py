@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.fast_lane import NextStepLane
 from service.settings import Settings
 from tests.service import fixtures as _shared
 from tests.service.helpers import StartedClients
@@ -112,3 +113,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         original = getattr(item, "originalname", None)
         if label and original and item.nodeid.endswith(f"::{original}"):
             item._id = item.parent.id.child(original).with_params(label)  # type: ignore[attr-defined,union-attr]
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many requests the fast lane answered itself (the rest went to the route)."""
+    calls: list[int] = []
+    real = NextStepLane._serve
+
+    async def spy(self: NextStepLane, *args: Any) -> None:
+        calls.append(1)
+        await real(self, *args)
+
+    monkeypatch.setattr(NextStepLane, "_serve", spy)
+    return calls

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.fast_lane import NextStepLane
 from service.settings import Settings
 from tests.service.helpers import StartedClients, fake_factory
 
@@ -32,20 +30,6 @@ CATALOG = {
 }
 # the model likes the restricted steps most: only the rules keep them from being offered
 PROBS = {"read_intro": 0.2, "team_invite": 0.95, "pro_report": 0.9, "purchase": 0.1}
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests the fast lane answered itself."""
-    calls: list[int] = []
-    real = NextStepLane._serve
-
-    async def spy(self: NextStepLane, *args: Any) -> None:
-        calls.append(1)
-        await real(self, *args)
-
-    monkeypatch.setattr(NextStepLane, "_serve", spy)
-    return calls
 
 
 @pytest.fixture

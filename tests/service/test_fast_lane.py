@@ -27,20 +27,6 @@ PROBS = {"read_intro": 0.4, "watch_clip": 0.7, "create_account": 0.2}
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests the lane answered itself."""
-    calls: list[int] = []
-    real = NextStepLane._serve
-
-    async def spy(self: NextStepLane, *args: Any) -> None:
-        calls.append(1)
-        await real(self, *args)
-
-    monkeypatch.setattr(NextStepLane, "_serve", spy)
-    return calls
-
-
-@pytest.fixture
 def pair(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[Callable[..., tuple[TestClient, TestClient]]]:

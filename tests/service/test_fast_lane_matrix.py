@@ -25,7 +25,6 @@ from models.bundle import ModelScorer
 from models.decide import Decider
 from service.app import create_app
 from service.experiments import Arm
-from service.fast_lane import NextStepLane
 from service.settings import Settings
 from tests.service.conftest import PG_PARAM
 from tests.service.helpers import StartedClients
@@ -45,20 +44,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     steps = {"steps": world.catalog.to_list()}
     path.write_text(yaml.safe_dump(steps, sort_keys=False), encoding="utf-8")
     return path, bundle
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests the lane answered itself."""
-    calls: list[int] = []
-    real = NextStepLane._serve
-
-    async def spy(self: NextStepLane, *args: Any) -> None:
-        calls.append(1)
-        await real(self, *args)
-
-    monkeypatch.setattr(NextStepLane, "_serve", spy)
-    return calls
 
 
 @pytest.fixture(params=["sqlite", PG_PARAM])
