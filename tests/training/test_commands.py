@@ -139,3 +139,27 @@ def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Pa
 def test_rollout_command_needs_a_base_or_a_policy(rollout_json: Path) -> None:
     r = _cli("rollout", "--world", "ladder", "--users", "10")
     assert r.exit_code == 2 and "--base" in r.output and "--policy" in r.output
+
+
+@pytest.mark.slow
+def test_retrain_refused_by_the_gate_keeps_the_champion(env: Path, tmp_path: Path) -> None:
+    """A candidate the log-loss gate refuses leaves the champion serving, and the command
+    says so with exit 1 (a refused promotion). The candidate here learns from the last few
+    users only (``--since``), so on the same holdout it is worse than the champion."""
+    from datetime import UTC, datetime
+
+    from training import tracking
+
+    _serve(env, tmp_path, users=80, outcomes=True)
+    first = _cli("retrain", "--catalog", str(env))
+    assert first.exit_code == 0, first.output
+    assert "promoted to champion" in first.output
+    client = tracking.client()
+    champion = client.get_model_version_by_alias("nextstep", "champion").version
+    since = datetime.fromtimestamp(T0 + 3600 * 10 * 66, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = _cli("retrain", "--catalog", str(env), "--since", since)
+    assert second.exit_code == 1, second.output
+    assert "not promoted" in second.output
+    assert "log loss" in second.output  # refused by the gate, not failed for another reason
+    assert client.get_model_version_by_alias("nextstep", "champion").version == champion
+    assert len(client.search_model_versions("name='nextstep'")) == 2  # registered, not served
