@@ -832,7 +832,7 @@ def fit_readiness_dask(
         _workers_in_rank_order(),
     ):
         warnings.simplefilter("ignore")
-        clf.fit(X, y, categorical_feature=cats or "auto")
+        _fit_watching_workers(client, lambda: clf.fit(X, y, categorical_feature=cats or "auto"))
     booster: lgb.Booster = clf.to_local().booster_
     model.booster_ = booster
     model.classes_ = np.array([0, 1])
@@ -850,6 +850,46 @@ def fit_readiness_dask(
             model.calibration_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
             model.calibration_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
     return model
+
+
+def _fit_watching_workers(client: Any, fit: Callable[[], Any], poll: float = 0.2) -> None:
+    """Run ``fit`` (a ``lightgbm.dask`` fit) and fail clearly if a worker leaves meanwhile.
+
+    ``lightgbm.dask`` pins one training task to each worker and the workers then talk over
+    LightGBM's own sockets: when one dies, Dask cannot move its task (it waits for a worker
+    that will not come back, a restarted one has a new address) and the others block in
+    LightGBM's network layer, so the fit would hang. The fit runs in a daemon thread while
+    this one watches the scheduler's worker list; a worker gone is a ``NextstepError``."""
+    import threading
+
+    before = set(client.nthreads())
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fit()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="nextstep-lightgbm-fit", daemon=True).start()
+    while not done.wait(poll):
+        _raise_if_lost(before, client)
+    if failure:
+        _raise_if_lost(before, client)  # a worker's death can also surface as a fit error
+        raise failure[0]
+
+
+def _raise_if_lost(before: set[str], client: Any) -> None:
+    lost = sorted(before - set(client.nthreads()))
+    if lost:
+        raise NextstepError(
+            f"the Dask cluster lost worker {', '.join(lost)} while LightGBM was training; "
+            "distributed LightGBM cannot go on without it: run the command again (restart "
+            "the cluster's workers if they stay busy)"
+        )
 
 
 @contextlib.contextmanager
