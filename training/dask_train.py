@@ -42,6 +42,7 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -860,8 +861,6 @@ def _fit_watching_workers(client: Any, fit: Callable[[], Any], poll: float = 0.2
     that will not come back, a restarted one has a new address) and the others block in
     LightGBM's network layer, so the fit would hang. The fit runs in a daemon thread while
     this one watches the scheduler's worker list; a worker gone is a ``NextstepError``."""
-    import threading
-
     before = set(client.nthreads())
     done = threading.Event()
     failure: list[BaseException] = []
