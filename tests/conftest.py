@@ -10,7 +10,8 @@ Where the server cannot start, PostgreSQL tests skip on a developer's machine bu
 (``CI=true``): a CI run that skipped them all would pass without having tested PostgreSQL.
 
 The suite also guards itself: every test has a time limit (``timeout`` in pyproject, more for
-``slow`` and ``e2e`` tests), and the session fails if a test left a child process running.
+``slow`` and ``e2e`` tests), every store a test opens is disposed when it ends, and the session
+fails if a test left a child process running.
 """
 
 from __future__ import annotations
@@ -267,6 +268,28 @@ def _no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 psutil.Process(pid).kill()
         listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in sorted(stray.items()))
         pytest.fail(f"the tests left child processes running (now killed):\n{listing}")
+
+
+@pytest.fixture(autouse=True)
+def _stores_disposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every ``Store`` a test opens is disposed when the test ends, passed or failed: its
+    connections, its checkpointer and group-commit threads go with it, instead of living on
+    until garbage collection (stores of longer-lived fixtures are opened before this one and
+    left to them)."""
+    from service.store import Store
+
+    opened: list[Store] = []
+    real_init = Store.__init__
+
+    def tracked(self: Store, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(Store, "__init__", tracked)
+    yield
+    for store in opened:
+        with contextlib.suppress(Exception):  # already disposed, or its database is gone
+            store.dispose()
 
 
 @pytest.hookimpl(trylast=True)
