@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from features.catalog import load_catalog
 from features.errors import CatalogError
 from service.degraded import log_start
+from service.deps import require_admin_key, require_api_key
 from service.docs import install_docs, with_catalog
 from service.fast_lane import NextStepLane
 from service.heap import refreeze_heap, settle_heap
@@ -135,16 +136,12 @@ def create_app(
     guarded: list[Any] = []
     guarded_responses: dict[int | str, dict[str, Any]] = {}
     if settings.auth_enabled:
-        from service.deps import require_api_key
-
         guarded = [Depends(require_api_key)]
         guarded_responses = problems(401)
     routers = (decisions.router, outcomes.router, users.router, catalog.router, admin.router)
     for r in routers[:-1]:
         app.include_router(r, dependencies=guarded, responses=guarded_responses)
     if settings.admin_guarded:  # admin keys only: a client key gets 403 (service.deps)
-        from service.deps import require_admin_key
-
         app.include_router(
             admin.router, dependencies=[Depends(require_admin_key)], responses=problems(401, 403)
         )

@@ -58,6 +58,8 @@ from features.errors import EventLogError, NextstepError
 from features.spec import FeatureSpec, value_counts
 from models.bundle import ModelBundle
 from models.readiness import EPS, ReadinessModel
+from training.holdout import Holdout, check_sides
+from training.truth import TRUTH_COLUMN
 
 log = logging.getLogger("nextstep.dask")
 
@@ -988,8 +990,6 @@ def fit_and_evaluate_dask(
     is a ``training.holdout.Holdout`` (default: the calendar cut)."""
     from models.readiness import LogisticBaseline
     from training import evaluate as ev
-    from training.holdout import Holdout, check_sides
-    from training.pipeline import TRUTH_COLUMN
 
     say = progress or (lambda _msg: None)
     plan = holdout or Holdout()

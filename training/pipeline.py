@@ -51,12 +51,15 @@ from features.errors import NextstepError
 from features.events import EventLog, load_events
 from features.offline import OfflineFeatures, build_offline_features
 from features.spec import FeatureSpec
-from models.bundle import ModelBundle, fit_bundle
+from models.bundle import ModelBundle, ModelScorer, fit_bundle
+from models.event_scoring import readiness_of_events
 from models.readiness import LogisticBaseline
 from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
 from training import evaluate as ev
 from training import policy_eval
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
+from training.pyfunc_signature import events_example, events_signature
+from training.train_warnings import record_warnings, training_warnings
 from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
 
 PARALLEL_ROWS = 500_000
@@ -535,8 +538,6 @@ def _evaluate_policies(
     the reason instead when the log cannot be evaluated (no propensities)."""
     import mlflow
 
-    from models.bundle import ModelScorer
-
     evaluation = policy_eval.try_evaluate(
         holdout,
         catalog,
@@ -640,8 +641,6 @@ def train_command(
         console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
     from rich.markup import escape
-
-    from training.train_warnings import record_warnings, training_warnings
 
     warnings = training_warnings(result.metrics, result.fingerprint)
     for w in warnings:
@@ -754,9 +753,7 @@ def _log_model(
     ``features`` and ``models`` packages, register it as ``nextstep`` and return the version.
     Its signature and input example are raw events in the contract's columns
     (``training.pyfunc_signature``), which is what its ``predict`` takes."""
-    from models.event_scoring import readiness_of_events
     from training import tracking
-    from training.pyfunc_signature import events_example, events_signature
 
     root = Path(__file__).resolve().parent.parent
     example = events_example(events, out.spec)

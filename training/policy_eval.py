@@ -17,6 +17,9 @@ import pandas as pd
 
 from features.catalog import Catalog
 from features.errors import InputError
+from models.bundle import ModelScorer
+from training import tracking
+from training.modelio import load_model_bundle
 from training.offpolicy import Trajectory, build_policy, evaluate_log, trajectory
 from training.policy_choice import CANDIDATES, Recommendation, recommend, selection_low
 
@@ -145,9 +148,6 @@ def champion_policy_value(
 ) -> tuple[str | None, str | None, Trajectory | None, str | None]:
     """``(version, policy, estimate, problem)`` of the current champion served with its
     recommended policy (``planner`` when it records none), valued on these holdout users."""
-    from models.bundle import ModelScorer
-    from training import tracking
-    from training.modelio import load_model_bundle
 
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:

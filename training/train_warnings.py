@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from training import tracking
+
 MIN_ROWS = 1000
 MIN_USERS = 100
 WARNINGS_TAG = "nextstep.warnings"
@@ -49,6 +51,5 @@ def record_warnings(run_id: str, warnings: list[str]) -> None:
     ``promote`` readers see them too."""
     if not warnings:
         return
-    from training import tracking
 
     tracking.client().set_tag(run_id, WARNINGS_TAG, " | ".join(warnings))
