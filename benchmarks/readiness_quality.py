@@ -25,7 +25,7 @@ from features.spec import FeatureSpec
 from models.bundle import fit_bundle
 from models.readiness import LogisticBaseline
 from training.simulate import START, Dynamics, TypeBlindReference, generate_log
-from training.worlds import BUILTIN, World, load_world
+from training.worlds import STATIONARY, World, load_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def evaluate_world(name: str, train_users: int, test_users: int, seed: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worlds", default=",".join(BUILTIN))
+    ap.add_argument("--worlds", default=",".join(STATIONARY))
     ap.add_argument("--train-users", type=int, default=20_000)
     ap.add_argument("--test-users", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=11)

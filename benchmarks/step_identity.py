@@ -21,7 +21,7 @@ import pandas as pd
 from features.events import validate_frame
 from training.pipeline import fit_and_evaluate
 from training.simulate import generate_log
-from training.worlds import BUILTIN, load_world
+from training.worlds import STATIONARY, load_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TWINS = ROOT / "tests" / "training" / "worlds" / "twin_steps.yaml"
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "step_identity.json")
     args = ap.parse_args(argv)
-    res = {name: measure(name, args.users, args.seeds) for name in [*BUILTIN, str(TWINS)]}
+    res = {name: measure(name, args.users, args.seeds) for name in [*STATIONARY, str(TWINS)]}
     res = {Path(k).stem: v for k, v in res.items()}
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"{'world':12} {'':8} " + " ".join(f"{m:>9}" for m in METRICS))

@@ -290,6 +290,11 @@ def check_world_catalog(world: Any, catalog: Catalog) -> None:
     def key(c: Catalog) -> list[tuple[Any, ...]]:
         return [(s.id, s.stage, float(s.effort), float(s.value), tuple(s.requires)) for s in c]
 
+    if getattr(world, "shift", None) is not None:
+        raise CompareError(
+            f"--world {world.name}: its users change part-way (shift:), so no single value "
+            "compares the policies; compare in a world without a shift"
+        )
     if key(world.catalog) != key(catalog):
         raise CompareError(
             f"--world {world.name}: its catalog differs from --catalog; simulate the log "

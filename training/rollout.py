@@ -23,7 +23,7 @@ import numpy as np
 from features.errors import NextstepError
 from features.state import UserState
 from models.decide import Decider
-from training.simulate import Dynamics, ExactSolver, SimUser, TypeBlindReference, make_user
+from training.simulate import ExactSolver, Population, SimUser, TypeBlindReference
 from training.worlds import World, load_world
 
 
@@ -49,22 +49,36 @@ Chooser = Callable[[SimUser, UserState], tuple[int | None, str | None]]
 
 
 def run_users(
-    world: World, users: int, seed: int, step_fn: Any, *, prefix: str = "r"
+    world: World,
+    users: int,
+    seed: int,
+    step_fn: Any,
+    *,
+    prefix: str = "r",
+    only: range | None = None,
 ) -> RolloutResult:
-    """Run ``users`` simulated users, each through ``step_fn`` (in-process or HTTP session)."""
-    dyn = Dynamics(world)
+    """Run ``users`` simulated users, each through ``step_fn`` (in-process or HTTP session).
+
+    ``only`` runs just those arrival positions of the ``users`` (a test drives a live service
+    through a world's shift in batches this way); the result counts the users it ran.
+    """
+    population = Population(world, users)
+    positions = range(users) if only is None else only
+    if positions.start < 0 or positions.stop > users or positions.step != 1:
+        raise NextstepError(f"only must be a contiguous slice of range({users}), got {only}")
+    users = len(positions)
     conv = np.zeros(users)
     types = [""] * users
     offers = invalid = errors = 0
     versions: dict[str, int] = {}
     lock = threading.Lock()
 
-    def one(i: int) -> None:
+    def one(k: int) -> None:
         nonlocal offers, invalid, errors
-        u = make_user(world, dyn, seed, i, prefix=prefix)
-        types[i] = u.type.name
+        u = population.user(seed, positions[k], prefix=prefix)
+        types[k] = u.type.name
         o, inv, err, vers = step_fn(u)
-        conv[i] = u.reward
+        conv[k] = u.reward
         with lock:
             offers += o
             invalid += inv
@@ -196,7 +210,17 @@ def _iso(ts: float) -> str:
 
 
 def reference_table(world: World, users: int, seed: int) -> dict[str, Any]:
-    """Exact optimum and baselines, plus the type-blind reference by Monte Carlo."""
+    """Exact optimum and baselines, plus the type-blind reference by Monte Carlo.
+
+    For a world with a shift these are the references of the world its first users meet, and
+    ``after_shift`` holds the same table for the world after the shift."""
+    out = _references(world.before_shift(), users, seed)
+    if world.shift is not None:
+        out["after_shift"] = _references(world.after_shift(), users, seed)
+    return out
+
+
+def _references(world: World, users: int, seed: int) -> dict[str, Any]:
     solver = ExactSolver(world)
     table = solver.table()
     blind, blind_se = TypeBlindReference(world, solver).monte_carlo(users, seed + 1_000_003)
@@ -281,6 +305,8 @@ def rollout_command(
             f"{val:.4f}" + (" (MC)" if k == "type_blind" else " (exact)"),
             f"{val / ref['optimum']:.3f}",
         )
+    if "after_shift" in ref:  # the optimum above is the one before the world's shift
+        t.add_row("optimum after the shift", f"{ref['after_shift']['optimum']:.4f} (exact)", "")
     Console().print(t)
     print(f"offers {res['offers']}, invalid decisions {res['invalid']}, errors {res['errors']}")
     if json_out:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from features.catalog import Catalog
+from features.errors import NextstepError
 from models.baselines import big_ask_choice, ladder_choice
 from training.worlds import UserType, World, load_world
 
@@ -50,12 +51,25 @@ class Dynamics:
     _value: list[float] = field(init=False)
     _maxeff: dict[int, float] = field(init=False, default_factory=dict)
     _appeal: list[float] = field(init=False)
+    _type_appeal: dict[str, list[float]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.catalog = self.world.catalog
         # optional per-step ``appeal`` (catalog field, a logit added for every type): steps
         # alike in every attribute a model sees may still differ in how readily users take them
         self._appeal = [float(s.extra.get("appeal", 0.0)) for s in self.catalog]
+
+    def appeal(self, t: UserType) -> list[float]:
+        """Per-step logit for type ``t``: the catalog's ``appeal`` plus the type's own (a
+        shifted world moves a step's readiness through the latter)."""
+        a = self._type_appeal.get(t.name)
+        if a is None:
+            a = [
+                x + t.appeal.get(sid, 0.0)
+                for x, sid in zip(self._appeal, self.catalog.ids, strict=True)
+            ]
+            self._type_appeal[t.name] = a
+        return a
 
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)
@@ -80,7 +94,7 @@ class Dynamics:
             + t.value_coef * self.value_received(mask)
             - t.resistance * gap
             - t.fatigue * asks
-            + self._appeal[step]
+            + self.appeal(t)[step]
         )
         return _sigmoid(logit)
 
@@ -146,6 +160,11 @@ class ExactSolver:
     """
 
     def __init__(self, world: World) -> None:
+        if world.shift is not None:
+            raise NextstepError(
+                f"world {world.name} changes part-way (shift:): solve "
+                "world.before_shift() or world.after_shift(), each stationary"
+            )
         self.world = world
         self.dyn = Dynamics(world)
         cat = world.catalog
@@ -192,6 +211,7 @@ class ExactSolver:
             + (t.value_coef * self.value[rows] - t.resistance * gap - t.fatigue * asks)[
                 :, None, None
             ]
+            + self.dyn.appeal(t)[s]
         )
         p = 1.0 / (1.0 + np.exp(-logit))
         if self.dyn.is_goal(s):
@@ -354,17 +374,63 @@ class SimUser:
         return self.world.catalog.available(self.context)
 
 
-def make_user(world: World, dyn: Dynamics, seed: int, i: int, prefix: str = "u") -> SimUser:
-    """User ``i`` of a seeded population: its own RNG stream, so order never matters."""
+def make_user(
+    world: World,
+    dyn: Dynamics,
+    seed: int,
+    i: int,
+    prefix: str = "u",
+    *,
+    slot: tuple[int, int] | None = None,
+) -> SimUser:
+    """User ``i`` of a seeded population: its own RNG stream, so order never matters.
+
+    The arrival time is uniform over the simulated period; with ``slot`` = (position, users)
+    it is uniform within the position's share of it instead, so arrival order is time order
+    (how a world with a shift makes "halfway" the same in both).
+    """
     rng = np.random.default_rng([seed, i])
     ti = int(rng.choice(len(world.types), p=world.weights))
     t = world.types[ti]
     channel = _draw(rng, t.channel)
     device = _draw(rng, t.device)
-    ts = round(T0 + float(rng.uniform(0, SPREAD_DAYS * 86400.0)))
+    offset = float(rng.uniform(0, SPREAD_DAYS * 86400.0))
+    if slot is not None:
+        offset = (slot[0] * SPREAD_DAYS * 86400.0 + offset) / slot[1]
+    ts = round(T0 + offset)
     return SimUser(
         world, dyn, rng, f"{prefix}{seed}_{i:06d}", ti, {"channel": channel, "device": device}, ts
     )
+
+
+class Population:
+    """The ``users`` users of one run in arrival order, each meeting the world of its time.
+
+    Without a shift every user meets ``world`` (exactly as ``make_user`` draws them). With one,
+    users arrive in order over the simulated period and those from ``first_shifted`` on meet
+    ``world.after_shift()``: their type is drawn from its weights and they answer with its
+    readiness. Simulated logs, Monte Carlo and rollouts (in process and over HTTP) all draw
+    their users here, so they agree on who met which world.
+    """
+
+    def __init__(self, world: World, users: int) -> None:
+        self.world = world
+        self.users = users
+        self.before = world.before_shift()
+        self.after = world.after_shift()
+        self.first_shifted = users if world.shift is None else world.shift.first_shifted(users)
+        dyn = Dynamics(self.before)
+        self._dyn = (dyn, dyn if world.shift is None else Dynamics(self.after))
+
+    def shifted(self, i: int) -> bool:
+        """Whether the ``i``-th arrival meets the shifted world."""
+        return i >= self.first_shifted
+
+    def user(self, seed: int, i: int, prefix: str = "u") -> SimUser:
+        post = self.shifted(i)
+        slot = None if self.world.shift is None else (i, self.users)
+        w = self.after if post else self.before
+        return make_user(w, self._dyn[post], seed, i, prefix, slot=slot)
 
 
 def _draw(rng: np.random.Generator, dist: dict[str, float]) -> str:
@@ -391,7 +457,7 @@ def generate_log(
     With ``with_truth`` the rows also carry the hidden type and the true probability of accept
     (for measuring models against the best AUC any model could reach; never in ``events.csv``).
     """
-    dyn = Dynamics(world)
+    population = Population(world, users)
     catalog = world.catalog
     cols: dict[str, list] = {
         k: []
@@ -411,7 +477,8 @@ def generate_log(
         cols["true_p_accept"] = []
         cols["user_type"] = []
     for i in range(users):
-        u = make_user(world, dyn, seed, i)
+        u = population.user(seed, i)
+        dyn = u.dyn
         n = 0
         while not u.done:
             eligible = catalog.eligible_indices(u.state[0], u.available)
@@ -441,10 +508,10 @@ def generate_log(
 
 def monte_carlo(world: World, policy: ExactPolicy, users: int, seed: int) -> tuple[float, float]:
     """Expected goal value (conversion when goals carry no value) and its standard error."""
-    dyn = Dynamics(world)
+    population = Population(world, users)
     conv = np.zeros(users)
     for i in range(users):
-        u = make_user(world, dyn, seed, i)
+        u = population.user(seed, i)
         while not u.done:
             eligible = world.catalog.eligible_indices(u.state[0], u.available)
             if not eligible:
@@ -569,4 +636,13 @@ def simulate_command(world: str, users: int, seed: int, out: Path, exact: bool) 
     if exact:
         import json
 
-        print(json.dumps(ExactSolver(w).table(), indent=2))
+        print(json.dumps(exact_table(w), indent=2))
+
+
+def exact_table(world: World) -> dict[str, Any]:
+    """The exact table of the world its first users meet; a world with a shift adds the table
+    of the world after it under ``after_shift``."""
+    table = ExactSolver(world.before_shift()).table()
+    if world.shift is not None:
+        table["after_shift"] = ExactSolver(world.after_shift()).table()
+    return table

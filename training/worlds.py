@@ -9,14 +9,24 @@ what matters, so that a policy tuned to one fails visibly in another:
                  policy, yet the hesitant minority needs warming up.
 * ``two_goals`` – two goals (a cheap monthly plan and an annual plan that needs an account and
                  a trial), prerequisites, and three types with different best paths.
+* ``ladder_shift`` – ``ladder`` whose trial becomes far more acceptable halfway through (every
+                 type +2.5 logit on ``start_trial``, say the trial became free): the best path
+                 changes and a model trained before the shift under-predicts the trial.
+* ``ladder_mixshift`` – ``ladder`` whose type mix flips halfway through (the eager minority
+                 becomes the majority): every step's readiness and the best first ask change.
 
-A world file (YAML) has the same shape as the dictionaries below.
+A world file (YAML) has the same shape as the dictionaries below. Optional keys: a type's
+``appeal`` (step id -> logit added to that type's P(accept) of the step, beside the catalog's
+per-step ``appeal`` for every type) and the world's ``shift`` (``training.world_shift``): at a
+fraction of the users in arrival order, named steps' readiness moves and/or the type weights
+change. Users of a world with a shift arrive evenly spread over the simulated period in order,
+so "halfway" is the same in arrival order and in event time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,7 @@ from features.catalog import Catalog
 from features.errors import InputError
 from features.keys import first_unknown, unknown_key_message, yaml_error_line
 from training.world_family import random_world_data
+from training.world_shift import Shift, parse_shift
 
 CHANNELS = ("email", "search", "social", "referral")
 RANDOM_PREFIX = "random:"
@@ -47,6 +58,7 @@ class UserType:
     channel: Mapping[str, float]
     device: Mapping[str, float]
     fatigue: float = 0.0  # logit lost per offer already made (asking too often wears users out)
+    appeal: Mapping[str, float] = field(default_factory=dict)  # step id -> logit, this type only
 
 
 @dataclass(frozen=True)
@@ -62,11 +74,32 @@ class World:
     logging_uniform: float = 0.7  # logging policy: uniform with this prob, else its base rule
     logging_base: str = "ladder"  # the incumbent's rule: ladder, big_ask or random
     description: str = ""
+    shift: Shift | None = None  # the users change at a fraction of the run (None: never)
 
     @property
     def weights(self) -> list[float]:
         total = sum(t.weight for t in self.types)
         return [t.weight / total for t in self.types]
+
+    def before_shift(self) -> World:
+        """The world its first users meet: the same world without its shift."""
+        return self if self.shift is None else replace(self, shift=None)
+
+    def after_shift(self) -> World:
+        """The stationary world users meet after the shift (the world itself when none): the
+        exact solver's optimum of it is what a recovered loop should approach."""
+        s = self.shift
+        if s is None:
+            return self
+        types = []
+        for t in self.types:
+            appeal = dict(t.appeal)
+            if s.hits(t.name):
+                for step, delta in s.readiness.items():
+                    appeal[step] = appeal.get(step, 0.0) + delta
+            weight = t.weight if s.weights is None else s.weights[t.name]
+            types.append(replace(t, appeal=appeal, weight=weight))
+        return replace(self, name=f"{self.name}:after_shift", types=tuple(types), shift=None)
 
 
 def _t(name: str, weight: float, **kw: Any) -> dict[str, Any]:
@@ -281,6 +314,24 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``ladder`` with its trial made far more acceptable halfway through (a free trial, say): the
+#: planner's best path changes and a stale model is clearly miscalibrated on ``start_trial``.
+BUILTIN["ladder_shift"] = {
+    **BUILTIN["ladder"],
+    "description": "ladder, but halfway through the trial becomes far more acceptable.",
+    "shift": {"at": 0.5, "readiness": {"start_trial": 2.5}},
+}
+#: ``ladder`` whose type mix flips halfway through: the eager minority becomes the majority.
+BUILTIN["ladder_mixshift"] = {
+    **BUILTIN["ladder"],
+    "description": "ladder, but halfway through eager users become the majority.",
+    "shift": {"at": 0.5, "weights": {"hesitant": 0.15, "eager": 0.7, "browser": 0.15}},
+}
+
+#: The built-in worlds whose users never change (benchmarks and exact-value checks use these).
+STATIONARY: tuple[str, ...] = tuple(name for name, data in BUILTIN.items() if "shift" not in data)
+
+
 def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world") -> World:
     """Build and validate a world from its dictionary/YAML form."""
     _reject_unknown_keys(data, source)
@@ -301,9 +352,12 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
                 channel=_dist(t["channel"], CHANNELS, "channel", source),
                 device=_dist(t["device"], DEVICES, "device", source),
                 fatigue=float(t.get("fatigue", 0.0)),
+                appeal=_appeal(t.get("appeal", {}), catalog.ids, str(t["name"]), source),
             )
             for t in data["types"]
         )
+    except InputError:
+        raise
     except KeyError as exc:
         raise InputError(f"missing key {exc.args[0]!r}", source=source) from None
     except (TypeError, ValueError) as exc:
@@ -315,6 +369,11 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
             raise InputError(
                 "weight and gap_hours must be > 0 and leave in [0, 1)", source=source, field=t.name
             )
+    shift = None
+    if data.get("shift") is not None:
+        shift = parse_shift(
+            data["shift"], steps=catalog.ids, type_names=[t.name for t in types], source=source
+        )
     return World(
         name=name,
         catalog=catalog,
@@ -325,7 +384,19 @@ def world_from_dict(data: Mapping[str, Any], *, name: str, source: str = "world"
         logging_uniform=float(data.get("logging_uniform", 0.7)),
         logging_base=_logging_base(data.get("logging_base", "ladder"), source),
         description=str(data.get("description", "")),
+        shift=shift,
     )
+
+
+def _appeal(raw: Any, steps: Sequence[str], type_name: str, source: str) -> dict[str, float]:
+    """A type's per-step logit; a step the catalog lacks would silently do nothing: refuse it."""
+    if not isinstance(raw, Mapping):
+        raise InputError(f"type {type_name!r}: appeal must map step ids to numbers", source=source)
+    for step in raw:
+        if step not in steps:
+            hint = unknown_key_message(str(step), steps).replace("unknown key", "unknown step")
+            raise InputError(f"type {type_name!r}: appeal: {hint}", source=source, field=step)
+    return {str(k): float(v) for k, v in raw.items()}
 
 
 #: The keys a world file may use: the World and UserType fields (a world's name is its file name).

@@ -14,9 +14,9 @@ from training.simulate import (
     monte_carlo,
     write_simulation,
 )
-from training.worlds import BUILTIN, load_world
+from training.worlds import STATIONARY, load_world
 
-WORLDS = sorted(BUILTIN)
+WORLDS = sorted(STATIONARY)
 
 
 @pytest.mark.parametrize("name", WORLDS)
