@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +33,6 @@ def _number(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of sorted values (numpy's default method)."""
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True)
@@ -70,14 +62,6 @@ class ColumnReference:
         except ValueError:
             return len(self.values)  # "other"
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "shares": [round(s, 6) for s in self.shares]}
-        if self.kind == "numeric":
-            out["edges"] = list(self.edges)
-        else:
-            out["values"] = list(self.values)
-        return out
-
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> ColumnReference:
         kind = str(data.get("kind"))
@@ -93,41 +77,6 @@ class ColumnReference:
                 raise ValueError(f"column {name!r}: {len(values)} values need more shares")
             return cls(name, kind, values=values, shares=shares)
         raise ValueError(f"column {name!r}: unknown kind {kind!r}")
-
-
-def _shares(counts: Sequence[int], n: int) -> tuple[float, ...]:
-    return tuple(c / n for c in counts) if n else tuple(0.0 for _ in counts)
-
-
-def column_reference(name: str, values: Iterable[Any], *, categorical: bool) -> ColumnReference:
-    """The reference of one training column (its values, one per training event)."""
-    vals = list(values)
-    n = len(vals)
-    if categorical:
-        present = [str(v) for v in vals if v is not None and not _is_nan(v)]
-        top = tuple(v for v, _ in Counter(present).most_common(TOP_VALUES))
-        ref = ColumnReference(name, "category", values=top, shares=(0.0,) * (len(top) + 2))
-    else:
-        nums = sorted(x for x in (_number(v) for v in vals) if x is not None)
-        edges = tuple(sorted({_quantile(nums, q) for q in QUANTILES})) if nums else ()
-        ref = ColumnReference(name, "numeric", edges=edges, shares=(0.0,) * (len(edges) + 2))
-    counts = [0] * ref.n_bins
-    for v in vals:
-        counts[ref.bin(None if _is_nan(v) else v)] += 1
-    return ColumnReference(ref.name, ref.kind, ref.edges, ref.values, _shares(counts, n))
-
-
-def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def build_reference(
-    columns: Mapping[str, Iterable[Any]], categorical: Iterable[str]
-) -> dict[str, Any]:
-    """The JSON the bundle meta keeps under ``META_KEY`` (a few hundred bytes per column)."""
-    cats = set(categorical)
-    refs = {c: column_reference(c, v, categorical=c in cats) for c, v in columns.items()}
-    return {"columns": {c: r.to_json() for c, r in refs.items()}}
 
 
 def parse_reference(data: Any) -> tuple[ColumnReference, ...]:

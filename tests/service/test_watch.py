@@ -121,3 +121,45 @@ def test_organic_outcomes_and_models_without_predictions_leave_calibration_alone
     assert not [k for k in s if k[0] == "nextstep_calibration_error"]
     assert value(client, "nextstep_outcome_delay_seconds_count", arm="champion") == 1
     assert value(client, "nextstep_outcome_delay_seconds_sum", arm="champion") == 0
+
+
+REFERENCE = {
+    "columns": {
+        "channel": {"kind": "category", "values": ["web", "app"], "shares": [0.5, 0.5, 0, 0]},
+        "age": {"kind": "numeric", "edges": [30.0], "shares": [0.5, 0.5, 0.0]},
+    }
+}
+
+
+class _Bundle:
+    def __init__(self) -> None:
+        self.meta = {"context_reference": REFERENCE}
+
+
+def _factory_with_reference() -> Callable[..., Any]:
+    base = fake_factory("3", PROBS)
+
+    def factory(catalog: Any, arm: Any) -> Any:
+        decider = base(catalog, arm)
+        decider.scorer.bundle = _Bundle()  # what a loaded ModelScorer carries
+        return decider
+
+    return factory
+
+
+def test_context_drift_against_the_models_reference(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(
+        policy="greedy", decider_factory=_factory_with_reference(), drift_window=100
+    )
+    for i in range(100):  # like training: half web, half app; half under 30
+        ctx = {"channel": "web" if i % 2 else "app", "age": 20 if i % 4 < 2 else 40}
+        decide(client, f"u{i}", context=ctx)
+    assert value(client, "nextstep_context_drift_requests", arm="champion") == 100
+    assert value(client, "nextstep_context_drift", arm="champion", key="channel") < 0.01
+    assert value(client, "nextstep_context_drift", arm="champion", key="age") < 0.01
+    for i in range(100):  # the window now holds only a new channel and old users
+        decide(client, f"v{i}", context={"channel": "email", "age": 60})
+    assert value(client, "nextstep_context_drift", arm="champion", key="channel") > 0.25
+    assert value(client, "nextstep_context_drift", arm="champion", key="age") > 0.25
