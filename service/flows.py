@@ -289,6 +289,8 @@ def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, A
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
     """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
     _count(metrics, prepared.payload)
+    if metrics is not None:
+        metrics.watch.decided((prepared.row,))
     return Reply(200, prepared.body)
 
 
@@ -428,6 +430,7 @@ def next_step_batch(
         )
         for labels, k in counts.items():
             metrics.count_decisions(*labels, n=k)
+        metrics.watch.decided(rows)
     return Reply(200, body)
 
 
@@ -572,7 +575,21 @@ def record_outcome(
     if metrics is not None:
         source = "decision" if isinstance(req, DecisionOutcomeRequest) else "organic"
         metrics.outcomes.labels(req.outcome, source).inc()
+        if isinstance(req, DecisionOutcomeRequest):  # calibration and delay (service.watch)
+            metrics.watch.resolved(
+                req.decision_id, req.outcome, req.ts, lambda d: decision_facts(store, d)
+            )
     return reply
+
+
+def decision_facts(store: Store, decision_id: str) -> tuple[str, str, float | None, float] | None:
+    """(arm, step, p_accept, ts) of a stored decision that offered a step, else None: what
+    the watch needs of a decision it did not see (another worker's, or before a restart)."""
+    with store.read() as conn:
+        row = store.get_decision(conn, decision_id)
+    if row is None or row.step is None:
+        return None
+    return row.arm, row.step, row.p_accept, row.ts
 
 
 # -- users -------------------------------------------------------------------------------------

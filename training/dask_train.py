@@ -54,10 +54,12 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
+from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import EventLogError, NextstepError
 from features.spec import FeatureSpec, value_counts
 from models.bundle import ModelBundle
 from models.readiness import EPS, ReadinessModel
+from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.truth import TRUTH_COLUMN
 
@@ -1070,6 +1072,9 @@ def fit_and_evaluate_dask(
         sample[cols].to_numpy(dtype=np.float64), sample["accepted"].to_numpy(dtype=int)
     )
     seconds["fit_logreg"] = time.perf_counter() - t
+    reference = context_reference(sample[cols].to_numpy(dtype=np.float64), spec)  # drift watch
+    if reference:
+        bundle.meta[DRIFT_META_KEY] = reference
 
     say("dask: evaluating on the holdout")
     hold = feats[feats["holdout"]]

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog, load_catalog
+from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import NextstepError
 from features.events import EventLog, load_events
 from features.offline import OfflineFeatures, build_offline_features
@@ -57,6 +58,7 @@ from models.readiness import LogisticBaseline
 from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
 from training import evaluate as ev
 from training import policy_eval
+from training.context_reference import context_reference
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.pyfunc_signature import events_example, events_signature
 from training.train_warnings import record_warnings, training_warnings
@@ -237,6 +239,9 @@ def fit_and_evaluate(
         params=fit_params,
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
+    reference = context_reference(X_tr, spec)  # what the service's drift watch compares with
+    if reference:
+        bundle.meta[DRIFT_META_KEY] = reference
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
     baseline = LogisticBaseline(
