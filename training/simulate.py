@@ -51,7 +51,7 @@ class Dynamics:
     _value: list[float] = field(init=False)
     _maxeff: dict[int, float] = field(init=False, default_factory=dict)
     _appeal: list[float] = field(init=False)
-    _type_appeal: dict[str, list[float]] = field(init=False, default_factory=dict)
+    _type_appeal: dict[str, tuple[UserType, list[float]]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.catalog = self.world.catalog
@@ -62,14 +62,15 @@ class Dynamics:
     def appeal(self, t: UserType) -> list[float]:
         """Per-step logit for type ``t``: the catalog's ``appeal`` plus the type's own (a
         shifted world moves a step's readiness through the latter)."""
-        a = self._type_appeal.get(t.name)
-        if a is None:
-            a = [
-                x + t.appeal.get(sid, 0.0)
-                for x, sid in zip(self._appeal, self.catalog.ids, strict=True)
-            ]
-            self._type_appeal[t.name] = a
-        return a
+        hit = self._type_appeal.get(t.name)
+        if hit is None or hit[0] is not t:  # a same-named type of another world is another type
+            ids = self.catalog.ids
+            hit = (
+                t,
+                [x + t.appeal.get(sid, 0.0) for x, sid in zip(self._appeal, ids, strict=True)],
+            )
+            self._type_appeal[t.name] = hit
+        return hit[1]
 
     def max_effort(self, mask: int) -> float:
         m = self._maxeff.get(mask)

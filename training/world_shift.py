@@ -6,7 +6,7 @@ simulator can change its users part-way through a run. A shift happens once, at 
 the simulated period in that order, so the same fraction holds in event time): every user who
 arrives after it follows the shifted world. Two kinds of change, alone or together:
 
-* ``readiness``: a logit added to P(accept) of named steps (``{start_trial: 2.5}``: the trial
+* ``readiness``: a logit added to P(accept) of named steps (``{purchase: 2.0}``: buying
   became far more acceptable), for every type or, with ``types: [..]``, for the named ones;
 * ``weights``: new weights of the user types (every type named; 0 retires a type).
 
@@ -14,7 +14,7 @@ arrives after it follows the shifted world. Two kinds of change, alone or togeth
 
     shift:
       at: 0.5
-      readiness: {start_trial: 2.5}
+      readiness: {purchase: 2.0}
       types: [hesitant]          # optional: only these types change (default: all)
       weights: {hesitant: 0.2, eager: 0.6, browser: 0.2}   # optional
 

@@ -9,9 +9,10 @@ what matters, so that a policy tuned to one fails visibly in another:
                  policy, yet the hesitant minority needs warming up.
 * ``two_goals`` – two goals (a cheap monthly plan and an annual plan that needs an account and
                  a trial), prerequisites, and three types with different best paths.
-* ``ladder_shift`` – ``ladder`` whose trial becomes far more acceptable halfway through (every
-                 type +2.5 logit on ``start_trial``, say the trial became free): the best path
-                 changes and a model trained before the shift under-predicts the trial.
+* ``ladder_shift`` – ``ladder`` whose purchase becomes far more acceptable halfway through
+                 (every type +2 logit on ``purchase``, say a price cut): the best paths shorten
+                 (browsers buy at once, hesitant users skip the trial, ``big_ask`` now beats
+                 ``ladder``) and a model trained before the shift under-predicts the purchase.
 * ``ladder_mixshift`` – ``ladder`` whose type mix flips halfway through (the eager minority
                  becomes the majority): every step's readiness and the best first ask change.
 
@@ -20,7 +21,9 @@ A world file (YAML) has the same shape as the dictionaries below. Optional keys:
 per-step ``appeal`` for every type) and the world's ``shift`` (``training.world_shift``): at a
 fraction of the users in arrival order, named steps' readiness moves and/or the type weights
 change. Users of a world with a shift arrive evenly spread over the simulated period in order,
-so "halfway" is the same in arrival order and in event time.
+so "halfway" is the same in arrival order and in event time. ``NAME:before_shift`` and
+``NAME:after_shift`` name the stationary worlds before and after the shift of world ``NAME``
+(``nextstep simulate --world ladder_shift:after_shift`` logs users who all meet the shifted one).
 """
 
 from __future__ import annotations
@@ -83,7 +86,9 @@ class World:
 
     def before_shift(self) -> World:
         """The world its first users meet: the same world without its shift."""
-        return self if self.shift is None else replace(self, shift=None)
+        if self.shift is None:
+            return self
+        return replace(self, name=f"{self.name}:before_shift", shift=None)
 
     def after_shift(self) -> World:
         """The stationary world users meet after the shift (the world itself when none): the
@@ -314,12 +319,13 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
-#: ``ladder`` with its trial made far more acceptable halfway through (a free trial, say): the
-#: planner's best path changes and a stale model is clearly miscalibrated on ``start_trial``.
+#: ``ladder`` with its purchase made far more acceptable halfway through (a price cut, say): the
+#: planner's best paths change and a stale model is clearly miscalibrated on ``purchase``, the
+#: step it offers most (so the watch sees it quickly, before and after a retrained model).
 BUILTIN["ladder_shift"] = {
     **BUILTIN["ladder"],
-    "description": "ladder, but halfway through the trial becomes far more acceptable.",
-    "shift": {"at": 0.5, "readiness": {"start_trial": 2.5}},
+    "description": "ladder, but halfway through buying becomes far more acceptable.",
+    "shift": {"at": 0.5, "readiness": {"purchase": 2.0}},
 }
 #: ``ladder`` whose type mix flips halfway through: the eager minority becomes the majority.
 BUILTIN["ladder_mixshift"] = {
@@ -440,8 +446,20 @@ def _dist(raw: Mapping[str, float], keys: tuple[str, ...], what: str, source: st
     return {k: float(raw.get(k, 0.0)) / total for k in (*keys, *(k for k in raw if k not in keys))}
 
 
+PHASES = (":before_shift", ":after_shift")
+
+
 def load_world(name_or_path: str) -> World:
-    """A built-in world by name, ``random:SEED`` (``training.world_family``), or a YAML file."""
+    """A built-in world by name, ``random:SEED`` (``training.world_family``), or a YAML file;
+    with a ``:before_shift`` or ``:after_shift`` suffix, that stationary phase of the world."""
+    for suffix in PHASES:
+        if name_or_path.endswith(suffix) and not Path(name_or_path).exists():
+            world = load_world(name_or_path[: -len(suffix)])
+            if world.shift is None:
+                raise InputError(
+                    f"world {world.name} has no shift: drop {suffix}", source=name_or_path
+                )
+            return world.before_shift() if suffix == PHASES[0] else world.after_shift()
     if name_or_path in BUILTIN:
         return world_from_dict(BUILTIN[name_or_path], name=name_or_path)
     if name_or_path.startswith(RANDOM_PREFIX):
