@@ -15,7 +15,9 @@ from service.store import Store
 from service.tables import decisions, outcomes
 
 
-def fill_store(url: str, events: Path, catalog: Path, *, prefix: str = "", shift: float = 0.0) -> int:
+def fill_store(
+    url: str, events: Path, catalog: Path, *, prefix: str = "", shift: float = 0.0
+) -> int:
     """Append ``events`` (validated against ``catalog``) to the store at ``url``; user and
     decision ids get ``prefix`` and every ts is moved by ``shift`` seconds. Returns the rows."""
     log = load_events(events, load_catalog(catalog))
