@@ -67,16 +67,20 @@ class LiveTraffic:
         *,
         prefix: str = "live",
         concurrency: int = 4,
+        first: int = 0,
     ) -> None:
+        """``first``: the first user to arrive (earlier ones came before the service did)."""
         if concurrency < 1:
             raise NextstepError(f"concurrency must be >= 1, got {concurrency}")
+        if not 0 <= first <= users:
+            raise NextstepError(f"first must be in [0, {users}], got {first}")
         self.world = world
         self.population = Population(world, users)
         self.seed = seed
         self.client = client
         self.prefix = prefix
         self.concurrency = concurrency
-        self.admitted = 0  # positions below this have arrived
+        self.admitted = first  # positions below this have arrived (or never will)
         self._heap: list[tuple[float, int, _Walk]] = []
         self.rewards: dict[int, float] = {}  # position -> goal worth reached (finished users)
         self.served_by: dict[int, set[str]] = {}  # position -> model versions that served it

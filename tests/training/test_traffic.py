@@ -103,3 +103,6 @@ def test_failures_are_counted_and_stop_the_user() -> None:
     assert len(traffic.rewards) == 100
     with pytest.raises(NextstepError, match="stop must be in"):
         traffic.advance(50)
+    late = LiveTraffic(world, 100, 2, LadderService(world), first=60)
+    late.advance(100)
+    assert sorted(late.rewards) == list(range(60, 100))  # the first 60 never arrived
