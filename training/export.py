@@ -92,8 +92,10 @@ def read_store(url: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             names = set(inspect(conn).get_table_names())
             if not {"decisions", "outcomes"} <= names:
                 raise ExportError(f"{u.render_as_string(hide_password=True)} is not a store")
-            dec = pd.read_sql_table("decisions", conn)
+            # outcomes first: a decision is stored before its outcome, so every outcome read
+            # finds its decision even while the service keeps writing between the two reads
             out = pd.read_sql_table("outcomes", conn)
+            dec = pd.read_sql_table("decisions", conn)
     finally:
         engine.dispose()
     return dec, out
