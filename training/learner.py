@@ -36,6 +36,7 @@ losses, both planner values and their difference) and tags (``status``, ``reason
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union
 
 from features.catalog import Catalog, load_catalog
 from features.errors import NextstepError
@@ -231,6 +232,21 @@ class Learner:
         highs = [float(x) for x in (hi_o, hi_d) if x is not None]
         return (min(lows) if lows else None, max(highs) if highs else None)
 
+    def _arrived_since(self, log: Any, since: float | None) -> Any:
+        """Only the users whose first event lies in the window. A user cut by the window's
+        start would be learned from as if the steps they accepted before it never happened
+        (a purchase accepted after three earlier accepts would look like a first ask)."""
+        if since is None:
+            return log
+        earlier = union(
+            select(decisions.c.user_id).where(decisions.c.ts < since),
+            select(outcomes.c.user_id).where(outcomes.c.ts < since),
+        )
+        with self.store.read() as conn:
+            old = {str(u) for (u,) in conn.execute(earlier)}
+        keep = ~log.frame["user_id"].astype(str).isin(old)
+        return dataclasses.replace(log, frame=log.frame.loc[keep.to_numpy()].reset_index(drop=True))
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> list[CycleResult]:
         """Poll until ``stop`` is set or ``max_cycles`` cycles ran; the cycles' results."""
@@ -288,13 +304,13 @@ class Learner:
         start = newest - self.config.window
         result.window_start, result.window_end = start, newest
         since = start if oldest is not None and start > oldest else None
-        exported = export_log(self.catalog, since=since, url=self.url)
-        frame = exported.log.frame
+        log_ = self._arrived_since(export_log(self.catalog, since=since, url=self.url).log, since)
+        frame = log_.frame
         result.rows, result.users = len(frame), int(frame["user_id"].nunique())
         if result.rows == 0:
             raise LearnerError(f"no outcomes in the window {iso(start)} .. {iso(newest)}")
-        fp = fingerprint(exported.log, self.catalog)
-        out = fit_and_evaluate(exported.log, self.catalog, seed=self.config.seed)
+        fp = fingerprint(log_, self.catalog)
+        out = fit_and_evaluate(log_, self.catalog, seed=self.config.seed)
         held = frame.loc[users_with(frame, out.holdout)]
         trained = log_training(
             out,
