@@ -14,8 +14,9 @@ keeps it. A cycle:
    ``skipped``. The lease is renewed in the background while the cycle runs, released after;
 2. exports the store's log for the **window**: event time ``[newest - window, newest]``, where
    ``newest`` is the newest decision or outcome in the store (so a log with its own timestamps,
-   like a simulated one, behaves as a live one does). No outcome at all: ``skipped``; no event
-   newer than the last cycle's window: ``skipped``;
+   like a simulated one, behaves as a live one does), keeping whole users: those whose first
+   event lies in the window (a user cut by its start would be learned from with a wrong state).
+   No outcome at all: ``skipped``; no event newer than the last cycle's window: ``skipped``;
 3. trains a **candidate** on it (``training.pipeline``: an ordinary training run of experiment
    ``nextstep-train`` and a registered version, not promoted);
 4. **gates** it against the champion on the candidate's held-out users (``training.learn_gate``:
