@@ -202,6 +202,17 @@ class Watch:
             self.drift.clear()
             self.drift_requests.clear()
 
+    def expect_exploration(self, arms: Iterable[str]) -> None:
+        """Create the offer series of arms that explore at 0, so an alert can see an exploring
+        arm that never explored (a series that never appears cannot be compared with 0)."""
+        with self._lock:
+            for arm in arms:
+                for explored in (False, True):
+                    if (arm, explored) not in self._offer_children:
+                        self._offer_children[(arm, explored)] = self.offers.labels(
+                            arm, "true" if explored else "false"
+                        )
+
     def refresh(self) -> None:
         """Bring the drift gauges up to date (called before each scrape)."""
         with self._lock:
