@@ -36,7 +36,15 @@ from features.errors import NextstepError
 from training import tracking
 from training.export import _parse_since, read_shadows, read_store, resolve_catalog, store_url
 from training.intervals import Z95, wilson
-from training.watch_report import Calibration, ExplorationCost, calibration, exploration_costs
+from training.modelio import load_model_bundle
+from training.watch_report import (
+    Calibration,
+    Drift,
+    ExplorationCost,
+    calibration,
+    context_drift,
+    exploration_costs,
+)
 
 
 class ReportError(NextstepError):
@@ -110,6 +118,7 @@ class OnlineReport:
     # the live watch from the store (training.watch_report)
     exploration: list[ExplorationCost] = field(default_factory=list)
     calibration: list[Calibration] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
 
     def arm(self, name: str) -> ArmReport:
         for a in self.arms:
@@ -124,6 +133,7 @@ class OnlineReport:
             "shadows": [asdict(s) for s in self.shadows],
             "exploration": [asdict(e) for e in self.exploration],
             "calibration": [asdict(c) for c in self.calibration],
+            "drift": [asdict(d) for d in self.drift],
         }
 
 
@@ -354,6 +364,8 @@ def log_report(report: OnlineReport, *, since: float | None = None) -> str:
                     metrics[f"{k}.{m}"] = v
         for c in report.calibration:
             metrics[f"{_metric_key(c.arm)}.calibration_error.{_metric_key(c.step)}"] = c.error
+        for d in report.drift:
+            metrics[f"{_metric_key(d.arm)}.context_drift.{_metric_key(d.key)}"] = d.psi
         for s in report.shadows:
             k = "shadow." + _metric_key(s.arm)
             for m in ("decisions", "agreement", "ipw_accept_rate", "snipw_accept_rate"):
@@ -463,6 +475,13 @@ def _print_watch(report: OnlineReport, console: Any, ci: Any) -> None:
                 f"{100 * c.error:+.1f} pp",
             )
         console.print(c_t)
+    if report.drift:
+        d_t = Table(title="Context drift (PSI against the model's training data; > 0.25: a shift)")
+        for col in ("arm", "model", "context key", "requests", "PSI"):
+            d_t.add_column(col, overflow="fold")
+        for d in report.drift:
+            d_t.add_row(d.arm, d.model_version, d.key, str(d.requests), f"{d.psi:.3f}")
+        console.print(d_t)
 
 
 def _duration(seconds: float) -> str:
@@ -472,6 +491,17 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def _model_meta(version: str) -> dict[str, Any] | None:
+    """The bundle meta of a registered version (None, with a note, when it cannot be read: the
+    report then has no drift rows for it)."""
+    try:
+        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
+    except Exception as exc:  # a registry that is down or a version deleted: no drift score
+        print(f"context drift: model version {version} not readable ({type(exc).__name__})")
+        return None
+    return dict(bundle.meta)
 
 
 def report_command(
@@ -489,6 +519,7 @@ def report_command(
     report = build_report(decisions, outcomes, cat, since=t, control=control)
     dec_window = decisions if t is None else decisions[decisions["ts"] >= t]
     report.shadows = build_shadow_reports(dec_window, outcomes, read_shadows(url))
+    report.drift = context_drift(dec_window, _model_meta)
     _print(report)
     run_id = log_report(report, since=t)
     print(f"logged to MLflow experiment {tracking.EXPERIMENT_ONLINE!r}, run {run_id}")

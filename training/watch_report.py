@@ -14,21 +14,29 @@ Per arm, the cost of exploration:
   help the user later, so this is an upper bound on the real cost in conversion.
 
 Per arm and step, calibration over the last ``window`` resolved offers (observed accept rate
-minus mean predicted ``p_accept``), as ``nextstep_calibration_error`` shows it per worker; and
-per arm the outcome delay (median and 90th percentile of outcome ts minus decision ts).
+minus mean predicted ``p_accept``), as ``nextstep_calibration_error`` shows it per worker; per
+arm the outcome delay (median and 90th percentile of outcome ts minus decision ts); and per arm
+and context key the drift (PSI) of the contexts of its last 1,000 decisions by its newest model
+against that model's training data (``features.drift``; the reference comes from the model's
+bundle meta, so an arm whose model cannot be read or has no reference has no drift rows).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.drift import META_KEY, DriftWindow, parse_reference
 from training.intervals import Z95, wilson
 
 CALIBRATION_WINDOW = 200  # the service's NEXTSTEP_WATCH_WINDOW default
+DRIFT_WINDOW = 1000  # the service's NEXTSTEP_DRIFT_WINDOW default
 
 
 @dataclass
@@ -60,6 +68,15 @@ class Calibration:
     observed: float
     predicted: float
     error: float
+
+
+@dataclass
+class Drift:
+    arm: str
+    model_version: str
+    key: str
+    requests: int
+    psi: float
 
 
 def _resolved(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
@@ -138,4 +155,29 @@ def calibration(
         rows.append(
             Calibration(str(arm), str(step), len(g), observed, predicted, observed - predicted)
         )
+    return rows
+
+
+def context_drift(
+    decisions: pd.DataFrame,
+    meta_for: Callable[[str], Mapping[str, Any] | None],
+    *,
+    window: int = DRIFT_WINDOW,
+) -> list[Drift]:
+    """Per arm and context key: PSI of the last ``window`` decisions' contexts by the arm's
+    newest model version against the reference in that version's meta (``meta_for``)."""
+    rows: list[Drift] = []
+    dec = decisions[decisions["model_version"].notna()]
+    dec = dec.sort_values(["ts", "created_at"], kind="stable")
+    for arm, d in dec.groupby("arm", sort=True):
+        version = str(d["model_version"].iloc[-1])
+        columns = parse_reference((meta_for(version) or {}).get(META_KEY))
+        if not columns:
+            continue
+        recent = d[d["model_version"].astype(str) == version].tail(window)
+        w = DriftWindow(columns, window)
+        for ctx in recent["context"]:
+            w.observe(json.loads(ctx) if isinstance(ctx, str) and ctx else None)
+        for key, value in w.scores().items():
+            rows.append(Drift(str(arm), version, key, len(recent), value))
     return rows
