@@ -302,8 +302,10 @@ def _same_input_key(
     A decision depends on the user only through their state and the seed of an exploration
     draw; when the policy puts probability 1 on one step (``propensity`` 1) no draw happens, so
     users with the same state, context, candidates and clock (typically many first visits
-    from one campaign) share one computation. Only users with nothing recorded are grouped:
-    theirs is the common case, and comparing states would cost more than it saves.
+    from one campaign) share one computation. Under exploration they share the policy's
+    distribution and each gets their own draw from it (``Decider.redraw``). Only users with
+    nothing recorded are grouped: theirs is the common case, and comparing states would cost
+    more than it saves.
     """
     if state is not None:
         return None
