@@ -237,7 +237,11 @@ class Learner:
         stop = stop or threading.Event()
         results: list[CycleResult] = []
         while not stop.is_set():
-            ok, why = self.due()
+            try:
+                ok, why = self.due()
+            except Exception as exc:  # store briefly unreachable: ask again at the next poll
+                log.warning("could not check whether a cycle is due: %s", exc)
+                ok, why = False, ""
             if ok:
                 log.info("cycle due: %s", why)
                 results.append(self.run_cycle())
@@ -250,8 +254,13 @@ class Learner:
     def run_cycle(self) -> CycleResult:
         """Run one cycle now (whether due or not) and log it; never raises for a cycle's error."""
         t0 = time.perf_counter()
-        if not self.lease.acquire():
-            st = self.lease.state()
+        try:
+            acquired = self.lease.acquire()
+            st = None if acquired else self.lease.state()
+        except Exception as exc:  # the store is down: a failed cycle, retried after back-off
+            result = CycleResult("failed", f"lease: {type(exc).__name__}: {str(exc)[:500]}")
+            return self._finish(result, t0, holding=False)
+        if st is not None:
             result = CycleResult(
                 "skipped",
                 f"another learner ({st.holder}) holds the lease until {iso(st.expires_at)}",
