@@ -361,6 +361,36 @@ def test_two_learners_promote_once(home: dict[str, Any], sims: dict[str, Path]) 
     assert [str(v.version) for v in versions] == [promoted.version], "the loser trained nothing"
 
 
+@pytest.mark.slow
+def test_a_learner_that_lost_its_lease_does_not_promote(
+    home: dict[str, Any], sims: dict[str, Path]
+) -> None:
+    """A's lease runs out while it trains (the shared clock jumps past its expiry) and B takes
+    it: A must not promote, and reports why."""
+    from training.lease import Lease
+
+    fill_store(home["url"], sims["a"], sims["catalog"])
+    clock = FakeClock()
+    a = Learner(sims["catalog"], _config(), url=home["url"], holder="a", clock=clock)
+    b = Lease(a.store, "b", ttl=600, clock=clock)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(a.run_cycle()))
+    try:
+        t.start()
+        deadline = time.monotonic() + 60
+        while a.lease.state().holder != "a" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        clock.now += a.config.lease_ttl + 1
+        assert b.acquire()
+        t.join(600)
+        assert b.state().holder == "b", "A did not take the lease back"
+    finally:
+        a.close()
+    (r,) = result
+    assert r.status == "failed" and "lease was lost" in r.reason, r.reason
+    assert r.version is not None and _champion() is None
+
+
 # -- signals ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigterm_stops_the_loop_and_releases_the_lease(
