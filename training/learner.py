@@ -15,7 +15,8 @@ keeps it. A cycle:
 2. exports the store's log for the **window**: event time ``[newest - window, newest]``, where
    ``newest`` is the newest decision or outcome in the store (so a log with its own timestamps,
    like a simulated one, behaves as a live one does). No outcome at all: ``skipped``; no event
-   newer than the last cycle's window: ``skipped``;
+   newer than the last cycle's window: ``skipped``. The window is all the model sees: a user
+   whose history started before it is seen from the window's start;
 3. trains a **candidate** on it (``training.pipeline``: an ordinary training run of experiment
    ``nextstep-train`` and a registered version, not promoted);
 4. **gates** it against the champion on the candidate's held-out users (``training.learn_gate``:
@@ -58,7 +59,7 @@ from training.lease import Lease, new_holder
 
 log = logging.getLogger("nextstep.learner")
 
-EXPERIMENT_LEARN = "nextstep-learn"
+EXPERIMENT_LEARN = tracking.EXPERIMENT_LEARN
 STATUSES = ("promoted", "refused", "skipped", "failed")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
