@@ -391,6 +391,43 @@ def test_a_learner_that_lost_its_lease_does_not_promote(
     assert r.version is not None and _champion() is None
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.xdist_group("postgres")
+def test_two_learners_on_postgresql_promote_once(
+    home: dict[str, Any], sims: dict[str, Path], postgres_db: str
+) -> None:
+    """The same race on a PostgreSQL store: the learners migrate it (0005 included), export
+    from it and take the lease there."""
+    from training import tracking
+
+    fill_store(postgres_db, sims["a"], sims["catalog"])
+    tracking.experiment_id(EXPERIMENT_LEARN)
+    learners = [
+        Learner(sims["catalog"], _config(), url=postgres_db, holder=f"pg-{i}") for i in range(2)
+    ]
+    barrier = threading.Barrier(2)
+    results: dict[int, Any] = {}
+
+    def go(i: int) -> None:
+        barrier.wait()
+        results[i] = learners[i].run_cycle()
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert learners[0].lease.state().last_status == "promoted"
+    finally:
+        for x in learners:
+            x.close()
+    assert sorted(r.status for r in results.values()) == ["promoted", "skipped"]
+    promoted = next(r for r in results.values() if r.status == "promoted")
+    assert _champion() == promoted.version and promoted.rows > 0
+
+
 # -- signals ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigterm_stops_the_loop_and_releases_the_lease(
