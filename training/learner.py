@@ -337,13 +337,15 @@ class Learner:
                 tracking.delete_alias(tracking.CHALLENGER)
         result.status = "promoted" if g.promote else "refused"
         result.reason = g.reason
-        client = tracking.client()
-        client.set_model_version_tag(
-            tracking.MODEL_NAME, trained.version, "promotion", result.status
-        )
-        client.set_model_version_tag(
-            tracking.MODEL_NAME, trained.version, "promotion_reason", f"nextstep learn: {g.reason}"
-        )
+        try:  # the decision stands (the alias has moved or not) even if these tags fail
+            client = tracking.client()
+            for key, value in (
+                ("promotion", result.status),
+                ("promotion_reason", f"nextstep learn: {g.reason}"),
+            ):
+                client.set_model_version_tag(tracking.MODEL_NAME, trained.version, key, value)
+        except Exception as exc:
+            log.warning("could not tag version %s: %s", trained.version, exc)
 
     def _finish(self, result: CycleResult, t0: float, *, holding: bool) -> CycleResult:
         """Schedule, lease, MLflow run and log line of a finished cycle."""
@@ -367,7 +369,8 @@ class Learner:
         except Exception as exc:  # tracking down: the cycle's outcome stands, say so
             log.warning("could not log the cycle to MLflow: %s", exc)
         level = logging.WARNING if result.status in ("refused", "failed") else logging.INFO
-        log.log(level, "cycle %s: %s", result.status, result.reason)
+        version = f" version {result.version}" if result.version else ""
+        log.log(level, "cycle %s%s: %s", result.status, version, result.reason)
         if result.status == "failed" and self.retry_at is not None:
             log.warning("next attempt after back-off at %s", iso(self.retry_at))
         return result
