@@ -194,6 +194,13 @@ def train(
             "step's attributes (a step new to the log keeps the attributes' prior)."
         ),
     ] = True,
+    readiness_model: Annotated[
+        str,
+        typer.Option(
+            help="Readiness model the bundle serves: 'auto' (the logistic baseline when its "
+            "holdout log loss is lower than LightGBM's), 'lightgbm' or 'logistic'."
+        ),
+    ] = "auto",
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.pipeline import train_command
@@ -212,6 +219,7 @@ def train(
         holdout_fraction=holdout_fraction,
         holdout_from=holdout_from,
         step_feature=step_feature,
+        readiness_model=readiness_model,
     )
     _exit_if_refused(result.decision)
 
@@ -468,6 +476,53 @@ def retrain(
     from training.retrain import retrain_command
 
     _exit_if_refused(retrain_command(catalog=catalog, since=since, tolerance=tolerance).decision)
+
+
+@app.command()
+@_friendly_errors
+def learn(
+    catalog: CatalogOpt,
+    every: Annotated[
+        str, typer.Option(help="Run a cycle when this much time passed since the last (6h, 30m).")
+    ] = "6h",
+    min_outcomes: Annotated[
+        int | None,
+        typer.Option(help="... or when this many outcomes arrived after the last data window."),
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="Train on this much event time back from the newest event.")
+    ] = "14d",
+    max_cycles: Annotated[
+        int | None, typer.Option(help="Stop after this many cycles (default: run until stopped).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one cycle now and exit (1 when it failed).")
+    ] = False,
+    margin: Annotated[
+        float, typer.Option(help="Gate margin: log loss and planner value may be this much worse.")
+    ] = 0.02,
+    poll: Annotated[str, typer.Option(help="How often to check whether a cycle is due.")] = "30s",
+    backoff: Annotated[
+        str, typer.Option(help="Wait after a failed cycle; doubles per failure in a row.")
+    ] = "60s",
+    backoff_cap: Annotated[str, typer.Option(help="Longest wait after failures.")] = "1h",
+) -> None:
+    """Retrain, gate and promote on a schedule: the loop without a person in it."""
+    from training.learner import LearnerConfig, learn_command
+
+    config = LearnerConfig.from_options(
+        every=every,
+        min_outcomes=min_outcomes,
+        window=window,
+        margin=margin,
+        poll=poll,
+        max_cycles=max_cycles,
+        backoff=backoff,
+        backoff_cap=backoff_cap,
+    )
+    code = learn_command(catalog, config, once=once)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()

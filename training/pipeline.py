@@ -288,18 +288,29 @@ def fit_and_evaluate(
 
 SERVED_TAG = "nextstep.readiness_model"
 SERVED_NAMES = {"lgbm": "lightgbm", "logreg": "logistic"}
+READINESS_CHOICES = ("auto", "lightgbm", "logistic")
 
 
-def serve_better_readiness(out: TrainingOutcome) -> str:
+def serve_better_readiness(out: TrainingOutcome, choice: str = "auto") -> str:
     """Which fitted readiness model the bundle serves: ``"lgbm"``, or ``"logreg"`` when the
     logistic baseline has the strictly lower holdout log loss. Both were fitted on the same
     rows and scored on the same holdout, so serving LightGBM then would serve the worse model
     the run already has; the bundle's readiness is swapped for the flattened baseline
     (``models.linear``). Drop and come-back stay LightGBM (the baseline models acceptance only).
+
+    ``choice`` (``nextstep train --readiness-model``) overrides the rule: ``lightgbm`` or
+    ``logistic`` always. Log loss judges the probabilities, not the decisions the planner makes
+    with them; a team that measured its planner to do better on the trees keeps them this way.
     """
+    if choice not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, not {choice!r}"
+        )
+    if choice == "lightgbm":
+        return "lgbm"
     lgbm = out.metrics.get("lgbm", {}).get("logloss", math.nan)
     logreg = out.metrics.get("logreg", {}).get("logloss", math.nan)
-    if not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
+    if choice == "auto" and not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
         return "lgbm"
     if not is_linear(out.bundle.readiness):
         out.bundle.readiness = LinearReadiness.from_baseline(out.baseline)
@@ -384,6 +395,7 @@ def train_log(
     progress: Progress | None = None,
     policy_gate: bool = False,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
@@ -409,6 +421,7 @@ def train_log(
         seed=seed,
         progress=say,
         policy_gate=policy_gate,
+        readiness_model=readiness_model,
     )
 
 
@@ -426,6 +439,7 @@ def log_training(
     engine: str = "local",
     progress: Progress | None = None,
     policy_gate: bool = False,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
 
@@ -447,7 +461,7 @@ def log_training(
     say("logging the run to MLflow")
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(experiment)
-    served = serve_better_readiness(out)
+    served = serve_better_readiness(out, readiness_model)
     if served == "logreg":
         say("the logistic baseline beats LightGBM on the holdout: the bundle serves it")
     lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's
@@ -625,6 +639,7 @@ def train_command(
     holdout_fraction: float | None = None,
     holdout_from: str | None = None,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -632,6 +647,11 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
+    if readiness_model not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
+            f"not {readiness_model!r}"
+        )
     split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     from rich.console import Console
 
@@ -654,6 +674,7 @@ def train_command(
                 holdout=split,
                 step_feature=step_feature,
                 progress=say,
+                readiness_model=readiness_model,
             )
         else:
             log = load_events(events, cat, skip_invalid=skip_invalid)
@@ -668,6 +689,7 @@ def train_command(
                 step_feature=step_feature,
                 progress=say,
                 policy_gate=policy_gate,
+                readiness_model=readiness_model,
             )
             skipped = log.skipped
     if skipped:
@@ -676,7 +698,7 @@ def train_command(
     _print_summary(result)
     from rich.markup import escape
 
-    warnings = training_warnings(result.metrics, result.fingerprint)
+    warnings = training_warnings(result.metrics, result.fingerprint, result.readiness_model)
     for w in warnings:
         console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
     record_warnings(result.run_id, warnings)
