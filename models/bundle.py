@@ -25,6 +25,7 @@ from features.spec import (
     root_block,
 )
 from features.state import UserState
+from models.linear import LinearReadiness, is_linear
 from models.native import NativePredictor
 
 if TYPE_CHECKING:  # scikit-learn is imported where models are fitted, not where they serve
@@ -46,9 +47,11 @@ class ModelBundle:
 
     The models are the fitted ``ReadinessModel``s, or their serving halves
     (``models.serving.ServingModel``) in a bundle a server loaded from its serving artifact.
+    Readiness is a ``models.linear.LinearReadiness`` when training found the logistic baseline
+    better than LightGBM on the holdout.
     """
 
-    readiness: ReadinessModel | ServingModel
+    readiness: ReadinessModel | ServingModel | LinearReadiness
     spec: FeatureSpec
     drop: ReadinessModel | ServingModel | None = None
     back: ReadinessModel | ServingModel | None = None
@@ -92,15 +95,24 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise ModelLoadError(
             f"cannot load model bundle {found}: {type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(bundle, ModelBundle) or not hasattr(bundle.readiness, "booster_"):
+    if not isinstance(bundle, ModelBundle) or not (
+        hasattr(bundle.readiness, "booster_") or is_linear(bundle.readiness)
+    ):
         raise ModelLoadError(f"{found} is not a nextstep model bundle")
     n_expected = len(bundle.spec.names)
-    if bundle.readiness.booster_.num_feature() != n_expected:
-        raise ModelLoadError(
-            f"model expects {bundle.readiness.booster_.num_feature()} features, "
-            f"this code builds {n_expected}"
-        )
+    n_model = _n_features(bundle.readiness)
+    if n_model != n_expected:
+        raise ModelLoadError(f"model expects {n_model} features, this code builds {n_expected}")
     return bundle
+
+
+def _n_features(model: Any) -> int:
+    return int(model.n_features) if is_linear(model) else int(model.booster_.num_feature())
+
+
+def _predictor(model: Any) -> Any:
+    """The raw-score function of one outcome model: the native booster, or a linear formula."""
+    return model.raw if is_linear(model) else NativePredictor(model.booster_)
 
 
 def load_bundle_dir(path: str | Path, catalog: Catalog | None = None) -> tuple[ModelScorer, dict]:
@@ -134,7 +146,7 @@ class ModelScorer:
         self._split_lists: list[list[float] | None] | None = None
         self._split_arrays: list[np.ndarray | None] | None = None
         self._native = {
-            name: NativePredictor(model.booster_)
+            name: _predictor(model)
             for name, model in (
                 ("accept", bundle.readiness),
                 ("drop", bundle.drop),
@@ -236,7 +248,12 @@ class ModelScorer:
 def _split_points(
     bundle: ModelBundle, n_features: int, categorical: Sequence[int]
 ) -> list[np.ndarray | None]:
-    """Sorted numeric split thresholds per feature, over all three outcome models."""
+    """Sorted numeric split thresholds per feature, over all three outcome models.
+
+    A linear readiness model (``models.linear``) answers differently for every value, so no
+    threshold bins it: every numeric feature is then ``None``, and keys hold exact values."""
+    if any(is_linear(m) for m in (bundle.readiness, bundle.drop, bundle.back)):
+        return [None] * n_features
     thresholds: list[set[float]] = [set() for _ in range(n_features)]
 
     def walk(node: Mapping[str, Any]) -> None:

@@ -248,6 +248,15 @@ class Choice:
     output: PolicyOutput
 
 
+def _draw(gen: np.random.Generator, probs: np.ndarray) -> int:
+    """``gen.choice(len(probs), p=probs / probs.sum())``, the same index from the same stream,
+    without ``choice``'s argument checks (half the cost of an exploring decision): numpy
+    draws one double and searches the normalised cumulative sum exactly like this."""
+    cdf = (probs / probs.sum()).cumsum()
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(gen.random(), side="right"))
+
+
 def choose(
     policy: Any,
     inp: DecisionInput,
@@ -266,7 +275,7 @@ def choose(
         k = nz[0]
     else:
         gen = rng if isinstance(rng, np.random.Generator) else rng()
-        k = int(gen.choice(len(probs), p=probs / probs.sum()))
+        k = _draw(gen, probs)
     return Choice(
         index=k,
         step=inp.candidates[k],

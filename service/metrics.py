@@ -110,6 +110,9 @@ class Metrics:
             ).set(1)
         self.model_generation.set(deciders.generation)
         self.watch.set_models({name: _meta(arm.decider) for name, arm in deciders.arms.items()})
+        self.watch.expect_exploration(
+            name for name, arm in deciders.arms.items() if arm.decider.config.exploration
+        )
 
     def render(self) -> bytes:
         self.watch.refresh()

@@ -13,6 +13,8 @@ Layout (shared with ``nextstep report`` / ``export``, which read it):
   0003). ``nextstep export``/``report``/``promote`` use the last one when given no catalog.
 * ``idempotency`` — the first 2xx response to a request carrying an ``Idempotency-Key``,
   keyed by (key, route), written in the same transaction as the effect it describes.
+* ``learner_lease`` — which ``nextstep learn`` process may promote right now, and the learning
+  loop's schedule (``training.lease``; migration 0005). The service never reads it.
 
 Times are float epoch seconds everywhere so SQLite and PostgreSQL behave identically.
 """

@@ -18,6 +18,7 @@ context columns the served model was trained with.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -30,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from features.drift import META_KEY, DriftWindow, parse_reference
 from features.state import ACCEPTED
 
+log = logging.getLogger("nextstep.service.watch")
 DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
 RECENT_DECISIONS = 50_000  # decisions remembered for their outcome (about 10 MB)
 RESOLVED_REMEMBERED = 10_000  # resolved ids remembered, so a repeated outcome counts once
@@ -162,7 +164,11 @@ class Watch:
                 return  # a repeat of an outcome this worker already counted
             decision = self._recent.pop(decision_id, None)
         if decision is None:
-            decision = lookup(decision_id)
+            try:
+                decision = lookup(decision_id)
+            except Exception:  # the outcome is stored: a failed lookup only skips the watch
+                log.warning("watch: decision %s not looked up", decision_id, exc_info=True)
+                return
             if decision is None:
                 return
         arm, step, p_accept, decided_at = decision
@@ -201,6 +207,17 @@ class Watch:
                 del self._drift[arm]
             self.drift.clear()
             self.drift_requests.clear()
+
+    def expect_exploration(self, arms: Iterable[str]) -> None:
+        """Create the offer series of arms that explore at 0, so an alert can see an exploring
+        arm that never explored (a series that never appears cannot be compared with 0)."""
+        with self._lock:
+            for arm in arms:
+                for explored in (False, True):
+                    if (arm, explored) not in self._offer_children:
+                        self._offer_children[(arm, explored)] = self.offers.labels(
+                            arm, "true" if explored else "false"
+                        )
 
     def refresh(self) -> None:
         """Bring the drift gauges up to date (called before each scrape)."""

@@ -158,7 +158,9 @@ class Failures:
 
 def _learner_cycles(log: str) -> list[str]:
     """The statuses of the learner's finished cycles, in order (its log lines)."""
-    return re.findall(r"nextstep.learner \w+ cycle (promoted|refused|skipped|failed):", log)
+    return re.findall(
+        r"nextstep.learner \w+ cycle (promoted|refused|skipped|failed)(?: version \d+)?:", log
+    )
 
 
 def _cycle_running(log: str) -> bool:

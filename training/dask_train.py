@@ -1246,6 +1246,7 @@ def train_on_dask(
     holdout: Any = None,
     step_feature: bool = True,
     progress: Progress | None = None,
+    readiness_model: str = "auto",
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
     from training.pipeline import HOLDOUT_ARTIFACT_ROWS, log_training
@@ -1283,6 +1284,7 @@ def train_on_dask(
             seed=seed,
             engine="dask",
             progress=say,
+            readiness_model=readiness_model,
         )
     return result, dlog.skipped
 

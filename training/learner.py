@@ -60,7 +60,7 @@ from training.lease import Lease, new_holder
 
 log = logging.getLogger("nextstep.learner")
 
-EXPERIMENT_LEARN = "nextstep-learn"
+EXPERIMENT_LEARN = tracking.EXPERIMENT_LEARN
 STATUSES = ("promoted", "refused", "skipped", "failed")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -254,7 +254,11 @@ class Learner:
         stop = stop or threading.Event()
         results: list[CycleResult] = []
         while not stop.is_set():
-            ok, why = self.due()
+            try:
+                ok, why = self.due()
+            except Exception as exc:  # store briefly unreachable: ask again at the next poll
+                log.warning("could not check whether a cycle is due: %s", exc)
+                ok, why = False, ""
             if ok:
                 log.info("cycle due: %s", why)
                 results.append(self.run_cycle())
@@ -267,8 +271,13 @@ class Learner:
     def run_cycle(self) -> CycleResult:
         """Run one cycle now (whether due or not) and log it; never raises for a cycle's error."""
         t0 = time.perf_counter()
-        if not self.lease.acquire():
-            st = self.lease.state()
+        try:
+            acquired = self.lease.acquire()
+            st = None if acquired else self.lease.state()
+        except Exception as exc:  # the store is down: a failed cycle, retried after back-off
+            result = CycleResult("failed", f"lease: {type(exc).__name__}: {str(exc)[:500]}")
+            return self._finish(result, t0, holding=False)
+        if st is not None:
             result = CycleResult(
                 "skipped",
                 f"another learner ({st.holder}) holds the lease until {iso(st.expires_at)}",
@@ -344,13 +353,15 @@ class Learner:
                 tracking.delete_alias(tracking.CHALLENGER)
         result.status = "promoted" if g.promote else "refused"
         result.reason = g.reason
-        client = tracking.client()
-        client.set_model_version_tag(
-            tracking.MODEL_NAME, trained.version, "promotion", result.status
-        )
-        client.set_model_version_tag(
-            tracking.MODEL_NAME, trained.version, "promotion_reason", f"nextstep learn: {g.reason}"
-        )
+        try:  # the decision stands (the alias has moved or not) even if these tags fail
+            client = tracking.client()
+            for key, value in (
+                ("promotion", result.status),
+                ("promotion_reason", f"nextstep learn: {g.reason}"),
+            ):
+                client.set_model_version_tag(tracking.MODEL_NAME, trained.version, key, value)
+        except Exception as exc:
+            log.warning("could not tag version %s: %s", trained.version, exc)
 
     def _finish(self, result: CycleResult, t0: float, *, holding: bool) -> CycleResult:
         """Schedule, lease, MLflow run and log line of a finished cycle."""
@@ -374,7 +385,8 @@ class Learner:
         except Exception as exc:  # tracking down: the cycle's outcome stands, say so
             log.warning("could not log the cycle to MLflow: %s", exc)
         level = logging.WARNING if result.status in ("refused", "failed") else logging.INFO
-        log.log(level, "cycle %s: %s", result.status, result.reason)
+        version = f" version {result.version}" if result.version else ""
+        log.log(level, "cycle %s%s: %s", result.status, version, result.reason)
         if result.status == "failed" and self.retry_at is not None:
             log.warning("next attempt after back-off at %s", iso(self.retry_at))
         return result

@@ -54,6 +54,7 @@ from features.offline import OfflineFeatures, build_offline_features
 from features.spec import FeatureSpec
 from models.bundle import ModelBundle, ModelScorer, fit_bundle
 from models.event_scoring import readiness_of_events
+from models.linear import LinearReadiness, is_linear
 from models.readiness import LogisticBaseline
 from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
 from training import evaluate as ev
@@ -285,6 +286,37 @@ def fit_and_evaluate(
     )
 
 
+SERVED_TAG = "nextstep.readiness_model"
+SERVED_NAMES = {"lgbm": "lightgbm", "logreg": "logistic"}
+READINESS_CHOICES = ("auto", "lightgbm", "logistic")
+
+
+def serve_better_readiness(out: TrainingOutcome, choice: str = "auto") -> str:
+    """Which fitted readiness model the bundle serves: ``"lgbm"``, or ``"logreg"`` when the
+    logistic baseline has the strictly lower holdout log loss. Both were fitted on the same
+    rows and scored on the same holdout, so serving LightGBM then would serve the worse model
+    the run already has; the bundle's readiness is swapped for the flattened baseline
+    (``models.linear``). Drop and come-back stay LightGBM (the baseline models acceptance only).
+
+    ``choice`` (``nextstep train --readiness-model``) overrides the rule: ``lightgbm`` or
+    ``logistic`` always. Log loss judges the probabilities, not the decisions the planner makes
+    with them; a team that measured its planner to do better on the trees keeps them this way.
+    """
+    if choice not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, not {choice!r}"
+        )
+    if choice == "lightgbm":
+        return "lgbm"
+    lgbm = out.metrics.get("lgbm", {}).get("logloss", math.nan)
+    logreg = out.metrics.get("logreg", {}).get("logloss", math.nan)
+    if choice == "auto" and not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
+        return "lgbm"
+    if not is_linear(out.bundle.readiness):
+        out.bundle.readiness = LinearReadiness.from_baseline(out.baseline)
+    return "logreg"
+
+
 # -- promotion gate -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateDecision:
@@ -347,6 +379,7 @@ class TrainResult:
     recommended_trusted: bool = False  # the recommendation rests on trusted estimates
     holdout: str = ""  # how the split was made, in words
     context: dict[str, str] = field(default_factory=dict)  # what became of each context column
+    readiness_model: str = "lightgbm"  # what the bundle serves: "lightgbm" or "logistic"
 
 
 def train_log(
@@ -362,6 +395,7 @@ def train_log(
     progress: Progress | None = None,
     policy_gate: bool = False,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
@@ -387,6 +421,7 @@ def train_log(
         seed=seed,
         progress=say,
         policy_gate=policy_gate,
+        readiness_model=readiness_model,
     )
 
 
@@ -404,6 +439,7 @@ def log_training(
     engine: str = "local",
     progress: Progress | None = None,
     policy_gate: bool = False,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
 
@@ -425,13 +461,17 @@ def log_training(
     say("logging the run to MLflow")
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(experiment)
-    lgbm = out.metrics["lgbm"]
+    served = serve_better_readiness(out, readiness_model)
+    if served == "logreg":
+        say("the logistic baseline beats LightGBM on the holdout: the bundle serves it")
+    lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's
     with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
         mlflow.log_params(_run_params(out, fp, seed, tolerance, promote, engine))
         mlflow.set_tags(
             {
                 "nextstep.kind": "train",
+                SERVED_TAG: SERVED_NAMES[served],
                 "nextstep.data_sha256": fp["sha256"],
                 "nextstep.holdout": _holdout_tag(out.holdout_info),
             }
@@ -468,6 +508,7 @@ def log_training(
             holdout=dict(out.holdout_info),
             metrics={k: ev.finite(v) for k, v in out.metrics.items()},
             params=out.params,
+            readiness_model=SERVED_NAMES[served],
         )
         bundle_dir = out.bundle.save(Path(tmp) / "bundle")
         _write_catalog(catalog, bundle_dir / "catalog.yaml")
@@ -510,6 +551,7 @@ def log_training(
         for k, v in {
             "promotion": decision,
             "promotion_reason": reason,
+            "readiness_model": SERVED_NAMES[served],
             "holdout_logloss": f"{lgbm['logloss']:.6f}",
             "holdout_auc": f"{lgbm['auc']:.6f}",
             "data_sha256": fp["sha256"],
@@ -533,6 +575,7 @@ def log_training(
         recommended_trusted=rec is not None and rec.trusted,
         holdout=_holdout_tag(out.holdout_info),
         context=out.spec.describe(),
+        readiness_model=SERVED_NAMES[served],
     )
 
 
@@ -596,6 +639,7 @@ def train_command(
     holdout_fraction: float | None = None,
     holdout_from: str | None = None,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -603,6 +647,11 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
+    if readiness_model not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
+            f"not {readiness_model!r}"
+        )
     split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     from rich.console import Console
 
@@ -625,6 +674,7 @@ def train_command(
                 holdout=split,
                 step_feature=step_feature,
                 progress=say,
+                readiness_model=readiness_model,
             )
         else:
             log = load_events(events, cat, skip_invalid=skip_invalid)
@@ -639,6 +689,7 @@ def train_command(
                 step_feature=step_feature,
                 progress=say,
                 policy_gate=policy_gate,
+                readiness_model=readiness_model,
             )
             skipped = log.skipped
     if skipped:
@@ -647,7 +698,7 @@ def train_command(
     _print_summary(result)
     from rich.markup import escape
 
-    warnings = training_warnings(result.metrics, result.fingerprint)
+    warnings = training_warnings(result.metrics, result.fingerprint, result.readiness_model)
     for w in warnings:
         console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
     record_warnings(result.run_id, warnings)
@@ -838,6 +889,11 @@ def _print_summary(result: TrainResult) -> None:
         f"sha256 {fp['sha256'][:12]}"
     )
     console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
+    if result.readiness_model != "lightgbm":
+        console.print(
+            f"readiness model served: {result.readiness_model} (lower holdout log loss than "
+            "LightGBM)"
+        )
     alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
     console.print(f"promotion: {result.decision}{alias}: {result.reason}")
     if result.recommended_policy is not None:

@@ -7,7 +7,8 @@ importing ``training.tracking`` itself is free. Conventions, in one place:
   (the service's settings resolve it the same way);
 * artifacts of experiments created here: ``{NEXTSTEP_HOME}/mlartifacts/<experiment>`` when the
   tracking store is that local default (a remote server keeps its own artifact root);
-* one experiment per purpose (``nextstep-train``, ``nextstep-compare``, ``nextstep-online``);
+* one experiment per purpose (``nextstep-train``, ``nextstep-compare``, ``nextstep-online``,
+  ``nextstep-learn``);
 * one registered model, ``nextstep``, with aliases ``champion`` and ``challenger`` (no stages).
 """
 
@@ -28,6 +29,7 @@ CHALLENGER = "challenger"
 EXPERIMENT_TRAIN = "nextstep-train"
 EXPERIMENT_COMPARE = "nextstep-compare"
 EXPERIMENT_ONLINE = "nextstep-online"
+EXPERIMENT_LEARN = "nextstep-learn"  # one run per cycle of ``nextstep learn``
 DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

@@ -136,7 +136,8 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     h2 = client.download_artifacts(two.info.run_id, "data/holdout.parquet", str(dl / "2"))
     pd.testing.assert_frame_equal(pd.read_parquet(h1), pd.read_parquet(h2))
     assert two.data.tags["nextstep.promotion"] == "not_requested"
-    assert v2.tags["holdout_auc"] == f"{m2['lgbm_auc']:.6f}"
+    served = {"lightgbm": "lgbm", "logistic": "logreg"}[v2.tags["readiness_model"]]
+    assert v2.tags["holdout_auc"] == f"{m2[f'{served}_auc']:.6f}"  # the served model's
 
     from training.modelio import load_model_bundle
 
@@ -146,6 +147,14 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     log = load_events(data["single"], cat)
     p = bundle.readiness.predict_proba(features_for(log.frame, cat, bundle.spec).X[:50])
     assert p.shape == (50, 2) and np.all((p > 0) & (p < 1))
+    # the drift watch's reference (features.drift) is stored by both engines, alike
+    one_bundle, _ = load_model_bundle("models:/nextstep/1")
+    ref1, ref2 = (b.meta["context_reference"]["columns"] for b in (one_bundle, bundle))
+    assert set(ref1) == set(ref2) == set(bundle.spec.context_columns) != set()
+    for col, r1 in ref1.items():
+        r2 = ref2[col]
+        assert r1["kind"] == r2["kind"] and len(r1["shares"]) == len(r2["shares"]), col
+        assert max(abs(a - b) for a, b in zip(r1["shares"], r2["shares"], strict=True)) < 0.02
 
 
 def test_dask_run_is_reproducible_and_gated(home, data, trained, cluster):

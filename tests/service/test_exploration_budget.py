@@ -102,3 +102,40 @@ def test_parse(text: str, expected: tuple[str, float] | None) -> None:
 def test_bad_values_are_refused_at_start_up(text: str) -> None:
     with pytest.raises(ValueError, match="exploration must be"):
         Settings(exploration=text)
+
+
+def test_a_campaign_batch_draws_each_user_as_alone(
+    make_client: Callable[..., TestClient], catalog_path: Path
+) -> None:
+    """First visits with one input share one computed decision; each user still gets their own
+    seeded draw, exactly the decision they would get alone."""
+    from features.catalog import load_catalog
+    from features.state import UserState
+    from models.decide import Decider
+    from models.policies import PolicyConfig
+    from tests.service.helpers import FakeScorer
+
+    client = make_client(
+        policy="greedy", decider_factory=fake_factory("3", PROBS), exploration="epsilon=0.4"
+    )
+    ctx = {"channel": "web"}
+    reqs = [{"user_id": f"c{i}", "ts": 1_000_000.0, "context": ctx} for i in range(400)]
+    r = client.post("/v1/next-step:batch", json={"requests": reqs})
+    answers = r.json()["responses"]
+    catalog = load_catalog(catalog_path)
+    alone = Decider(
+        catalog,
+        PolicyConfig.parse("greedy+epsilon=0.4"),
+        scorer=FakeScorer(catalog, PROBS),
+        model_version="3",
+    )
+    explored = 0
+    for req, a in zip(reqs, answers, strict=True):
+        d = alone.decide(req["user_id"], UserState(), now=1_000_000.0, context=ctx)
+        assert (a["step"], a["propensity"], a["explored"]) == (d.step, d.propensity, d.explored)
+        assert a["p_accept"] == d.p_accept
+        assert a["candidates"] == [
+            {"step": c.step, "p_accept": c.p_accept, "score": c.score} for c in d.candidates
+        ]
+        explored += a["explored"]
+    assert 40 < explored < 300  # both kinds of answers were compared

@@ -163,3 +163,19 @@ def test_context_drift_against_the_models_reference(
         decide(client, f"v{i}", context={"channel": "email", "age": 60})
     assert value(client, "nextstep_context_drift", arm="champion", key="channel") > 0.25
     assert value(client, "nextstep_context_drift", arm="champion", key="age") > 0.25
+
+
+def test_a_failed_lookup_skips_the_watch_only() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from service.watch import Watch
+
+    w = Watch(CollectorRegistry())
+
+    def broken(_decision_id: str) -> None:
+        raise RuntimeError("store down")
+
+    w.resolved("unknown", "accepted", 5.0, broken)  # logged, not raised
+    w.resolved("unknown", "accepted", 5.0, lambda _d: ("champion", "s", 0.25, 1.0))
+    assert w.calibration_offers.labels("champion", "s")._value.get() == 1
+    assert w.calibration_error.labels("champion", "s")._value.get() == 0.75
