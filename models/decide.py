@@ -21,7 +21,8 @@ from features.errors import InputError
 from features.state import UserState, fold_history, merged_context
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.planner import Planner
-from models.policies import DecisionInput, PolicyConfig, _Exploration, choose
+from models.policies import PolicyConfig
+from models.policy_base import DecisionInput, Exploration, choose
 
 HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
 
@@ -191,7 +192,7 @@ class Decider:
     def _planner(self) -> tuple[Any, Any]:
         """The planner this decider's policy consults (under any exploration) and its scorer."""
         policy = self.policy
-        while isinstance(policy, _Exploration):
+        while isinstance(policy, Exploration):
             policy = policy.base
         if not isinstance(policy, Planner):
             return None, None

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from features.catalog import load_catalog
 from features.errors import NextstepError
 from service.redact import RedactingFilter
 from service.settings import Settings
@@ -77,8 +78,6 @@ def serve_command(
     A non-loopback ``host`` without ``NEXTSTEP_API_KEYS`` raises ``InsecureBind`` unless
     ``insecure`` (the CLI's ``--insecure``) is given."""
     import uvicorn
-
-    from features.catalog import load_catalog
 
     os.environ["NEXTSTEP_CATALOG"] = str(Path(catalog).resolve())
     settings = Settings()

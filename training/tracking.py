@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import NextstepError
+from models.registry import CHALLENGER, CHAMPION, DEFAULT_MODEL_URI, MODEL_NAME
 
-MODEL_NAME = "nextstep"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_MODEL_URI", "MODEL_NAME"]  # and the functions below
 EXPERIMENT_TRAIN = "nextstep-train"
 EXPERIMENT_COMPARE = "nextstep-compare"
 EXPERIMENT_ONLINE = "nextstep-online"
-DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _QUIET_LOGGERS = ("mlflow", "alembic", "alembic.runtime.migration", "urllib3", "git")

@@ -41,7 +41,7 @@ def test_train_on_seven_rows_warns_and_tags_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from training import tracking
-    from training.pipeline import train_command
+    from training.commands import train_command
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
