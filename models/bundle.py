@@ -24,6 +24,7 @@ from features.spec import (
     root_block,
 )
 from features.state import UserState
+from models.linear import is_linear
 from models.native import NativePredictor
 
 BUNDLE_FILE = "bundle.joblib"
@@ -36,10 +37,9 @@ class ModelLoadError(NextstepError):
 
 
 class OutcomeModel(Protocol):
-    """What the scorer needs of an outcome model: the fitted ``models.readiness.ReadinessModel``
-    and its serving half (``models.serving.ServingModel``) both provide it."""
-
-    booster_: Any  # a LightGBM booster: ``lightgbm.Booster`` or ``models.native.NativeBooster``
+    """What the scorer needs of an outcome model: the fitted ``models.readiness.ReadinessModel``,
+    its serving half (``models.serving.ServingModel``) and ``models.linear.LinearReadiness`` all
+    provide it (the tree models also a ``booster_``, the linear one ``raw``: see ``_predictor``)."""
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray: ...
 
@@ -52,7 +52,9 @@ class ModelBundle:
 
     The models are the fitted ``ReadinessModel``s, or their serving halves
     (``models.serving.ServingModel``) in a bundle a server loaded from its serving artifact.
-    ``models.serving.save_bundle`` writes it with its serving artifact.
+    Readiness is a ``models.linear.LinearReadiness`` when training found the logistic baseline
+    better than LightGBM on the holdout. ``models.serving.save_bundle`` writes a bundle with its
+    serving artifact.
     """
 
     readiness: OutcomeModel
@@ -86,15 +88,24 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise ModelLoadError(
             f"cannot load model bundle {found}: {type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(bundle, ModelBundle) or not hasattr(bundle.readiness, "booster_"):
+    if not isinstance(bundle, ModelBundle) or not (
+        hasattr(bundle.readiness, "booster_") or is_linear(bundle.readiness)
+    ):
         raise ModelLoadError(f"{found} is not a nextstep model bundle")
     n_expected = len(bundle.spec.names)
-    if bundle.readiness.booster_.num_feature() != n_expected:
-        raise ModelLoadError(
-            f"model expects {bundle.readiness.booster_.num_feature()} features, "
-            f"this code builds {n_expected}"
-        )
+    n_model = _n_features(bundle.readiness)
+    if n_model != n_expected:
+        raise ModelLoadError(f"model expects {n_model} features, this code builds {n_expected}")
     return bundle
+
+
+def _n_features(model: Any) -> int:
+    return int(model.n_features) if is_linear(model) else int(model.booster_.num_feature())
+
+
+def _predictor(model: Any) -> Any:
+    """The raw-score function of one outcome model: the native booster, or a linear formula."""
+    return model.raw if is_linear(model) else NativePredictor(model.booster_)
 
 
 def load_bundle_dir(path: str | Path, catalog: Catalog | None = None) -> tuple[ModelScorer, dict]:
@@ -128,7 +139,7 @@ class ModelScorer:
         self._split_lists: list[list[float] | None] | None = None
         self._split_arrays: list[np.ndarray | None] | None = None
         self._native = {
-            name: NativePredictor(model.booster_)
+            name: _predictor(model)
             for name, model in (
                 ("accept", bundle.readiness),
                 ("drop", bundle.drop),
@@ -230,7 +241,12 @@ class ModelScorer:
 def _split_points(
     bundle: ModelBundle, n_features: int, categorical: Sequence[int]
 ) -> list[np.ndarray | None]:
-    """Sorted numeric split thresholds per feature, over all three outcome models."""
+    """Sorted numeric split thresholds per feature, over all three outcome models.
+
+    A linear readiness model (``models.linear``) answers differently for every value, so no
+    threshold bins it: every numeric feature is then ``None``, and keys hold exact values."""
+    if any(is_linear(m) for m in (bundle.readiness, bundle.drop, bundle.back)):
+        return [None] * n_features
     thresholds: list[set[float]] = [set() for _ in range(n_features)]
 
     def walk(node: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ one-root case of the same code.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ class Planner:
             thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
             time_keys = [
                 [
-                    -1 if v != v else bisect_left(thr, v)
+                    -1 if v != v else _float_bits(v) if thr is None else bisect_left(thr, v)
                     for row in _visit_times(state, now, gap, horizon)
                     for v, thr in zip(row, thresholds, strict=True)
                 ]
@@ -519,12 +520,18 @@ def _visit_times(
     return rows
 
 
+def _float_bits(v: float) -> int:
+    """The float's bits as an integer: the exact-value code ``_time_codes`` gives unbinned
+    features, so a root keyed alone and one keyed in a batch get the same key."""
+    return struct.unpack("<q", struct.pack("<d", v))[0]
+
+
 def _time_codes(
     states: Sequence[UserState],
     now: Sequence[float],
     gap: Sequence[float],
     horizon: int,
-    thresholds: Sequence[np.ndarray],
+    thresholds: Sequence[np.ndarray | None],
 ) -> np.ndarray:
     """Per root, the split position of every TIME_FEATURE of the root and of each imagined
     later visit, (roots, (horizon + 1) * 4), -1 for NaN (missing).
@@ -550,6 +557,9 @@ def _time_codes(
         prev, last = last, t
     codes = np.empty(visits.shape, dtype=np.int64)
     for j, thr in enumerate(thresholds):
-        codes[:, :, j] = np.searchsorted(thr, visits[:, :, j], side="left")
+        if thr is None:  # no bins (a linear model): the float's exact bits are the code
+            codes[:, :, j] = visits[:, :, j].view(np.int64)
+        else:
+            codes[:, :, j] = np.searchsorted(thr, visits[:, :, j], side="left")
     codes[np.isnan(visits)] = -1
     return codes.reshape(len(states), -1)

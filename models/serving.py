@@ -3,7 +3,8 @@
 A bundle (``models.bundle``) is a joblib pickle of scikit-learn estimators: unpickling it runs
 whatever code the file names, and imports scikit-learn, SciPy and pandas. So
 ``save_bundle`` writes ``serving/`` beside it, with no pickle in it:
-- each outcome model's LightGBM model text (``<name>.txt``);
+- each outcome model's LightGBM model text (``<name>.txt``), or for a logistic readiness model
+  (``models.linear``) its coefficients in ``serving.json``;
 - ``serving.json``: best iterations, isotonic knots and the bundle's numbers;
 - ``spec.json`` (the feature layout) and ``meta.json`` (numbers as plain JSON numbers).
 
@@ -45,6 +46,8 @@ from models.bundle import (
     load_bundle_dir,
 )
 from models.calibration import calibrated
+from models.linear import KIND as LINEAR_KIND
+from models.linear import LinearReadiness, is_linear
 from models.native import NativeBooster
 
 log = logging.getLogger("nextstep.models")
@@ -172,6 +175,9 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
         if model is None:
             models[name] = None
             continue
+        if is_linear(model):  # the logistic readiness (models.linear): numbers, no trees
+            models[name] = model.to_dict()
+            continue
         booster = model.booster_
         # every tree: the predictor applies ``best_iteration`` itself, as the booster did
         text = booster.model_to_string(num_iteration=-1)
@@ -208,11 +214,17 @@ def load_serving(directory: Path, expected_sha256: str | None = None) -> ModelBu
         )
     spec = FeatureSpec.from_dict(json.loads((directory / _SPEC).read_text(encoding="utf-8")))
     meta = json.loads((directory / _META).read_text(encoding="utf-8"))
-    models: dict[str, ServingModel | None] = {}
+    models: dict[str, ServingModel | LinearReadiness | None] = {}
     for name in _MODELS:
         entry = index["models"].get(name)
         if entry is None:
             models[name] = None
+            continue
+        if entry.get("kind") == LINEAR_KIND:
+            linear = LinearReadiness.from_dict(entry)
+            if linear.n_features != len(spec.names):
+                raise ValueError(f"{name} expects {linear.n_features} features")
+            models[name] = linear
             continue
         text = (directory / f"{name}.txt").read_text(encoding="utf-8")
         booster = NativeBooster(text, entry["best_iteration"])

@@ -13,6 +13,8 @@ Layout (shared with ``nextstep report`` / ``export``, which read it):
   0003). ``nextstep export``/``report``/``promote`` use the last one when given no catalog.
 * ``idempotency`` — the first 2xx response to a request carrying an ``Idempotency-Key``,
   keyed by (key, route), written in the same transaction as the effect it describes.
+* ``learner_lease`` — which ``nextstep learn`` process may promote right now, and the learning
+  loop's schedule (``training.lease``; migration 0005). The service never reads it.
 
 Times are float epoch seconds everywhere so SQLite and PostgreSQL behave identically.
 """
@@ -135,4 +137,20 @@ store_meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# The learner's lock and its schedule (migration 0005; ``training.lease``): one row per lease
+# name. ``holder`` (NULL when free) owns it until ``expires_at`` (epoch seconds, renewed while a
+# cycle runs); the ``last_*`` columns say when the last cycle finished and which event time its
+# data window ended at, so a restarted learner, or a second one, keeps the same schedule.
+learner_lease = Table(
+    "learner_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=True),
+    Column("expires_at", Float, nullable=False),
+    Column("acquired_at", Float, nullable=True),
+    Column("last_cycle_at", Float, nullable=True),
+    Column("last_window_end", Float, nullable=True),
+    Column("last_status", String(16), nullable=True),
 )

@@ -474,6 +474,53 @@ def retrain(
 
 @app.command()
 @_friendly_errors
+def learn(
+    catalog: CatalogOpt,
+    every: Annotated[
+        str, typer.Option(help="Run a cycle when this much time passed since the last (6h, 30m).")
+    ] = "6h",
+    min_outcomes: Annotated[
+        int | None,
+        typer.Option(help="... or when this many outcomes arrived after the last data window."),
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="Train on this much event time back from the newest event.")
+    ] = "14d",
+    max_cycles: Annotated[
+        int | None, typer.Option(help="Stop after this many cycles (default: run until stopped).")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one cycle now and exit (1 when it failed).")
+    ] = False,
+    margin: Annotated[
+        float, typer.Option(help="Gate margin: log loss and planner value may be this much worse.")
+    ] = 0.02,
+    poll: Annotated[str, typer.Option(help="How often to check whether a cycle is due.")] = "30s",
+    backoff: Annotated[
+        str, typer.Option(help="Wait after a failed cycle; doubles per failure in a row.")
+    ] = "60s",
+    backoff_cap: Annotated[str, typer.Option(help="Longest wait after failures.")] = "1h",
+) -> None:
+    """Retrain, gate and promote on a schedule: the loop without a person in it."""
+    from training.learner import LearnerConfig, learn_command
+
+    config = LearnerConfig.from_options(
+        every=every,
+        min_outcomes=min_outcomes,
+        window=window,
+        margin=margin,
+        poll=poll,
+        max_cycles=max_cycles,
+        backoff=backoff,
+        backoff_cap=backoff_cap,
+    )
+    code = learn_command(catalog, config, once=once)
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command()
+@_friendly_errors
 def demo(
     world: Annotated[str, typer.Option(help="Built-in world for the demo data.")] = "ladder",
     users: Annotated[int, typer.Option(min=100, help="Simulated users for the demo log.")] = 4000,

@@ -244,6 +244,11 @@ def _print_summary(result: TrainResult) -> None:
         f"sha256 {fp['sha256'][:12]}"
     )
     console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
+    if result.readiness_model != "lightgbm":
+        console.print(
+            f"readiness model served: {result.readiness_model} (lower holdout log loss than "
+            "LightGBM)"
+        )
     alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
     console.print(f"promotion: {result.decision}{alias}: {result.reason}")
     if result.recommended_policy is not None:

@@ -609,6 +609,12 @@ def goal_value(dec: Decisions) -> np.ndarray:
     return np.bincount(dec.user, weights=reward, minlength=dec.n_users)
 
 
+def policy_walks(dec: Decisions, name: str, max_weight: float = MAX_WEIGHT) -> Walks:
+    """Policy ``name``'s walks with the model terms when ``dec`` has them: what ``trajectory``
+    estimates from, for callers that combine two policies (``trajectory_ope.difference``)."""
+    return _walks(dec, name, max_weight, model=True)
+
+
 def _walks(dec: Decisions, name: str, max_weight: float, *, model: bool) -> Walks:
     if not max_weight >= 1.0:
         raise InputError(f"max_weight must be a number >= 1, got {max_weight!r}")

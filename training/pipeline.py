@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -52,6 +53,7 @@ from features.spec import FeatureSpec
 from features.timeutil import iso_seconds
 from models.bundle import ModelBundle, ModelScorer
 from models.event_scoring import readiness_of_events
+from models.linear import LinearReadiness, is_linear
 from models.readiness import LogisticBaseline, fit_bundle
 from models.serving import DIGEST_TAG, SERVING_DIR, save_bundle, serving_digest
 from training import evaluate as ev
@@ -271,6 +273,26 @@ def fit_and_evaluate(
     )
 
 
+SERVED_TAG = "nextstep.readiness_model"
+SERVED_NAMES = {"lgbm": "lightgbm", "logreg": "logistic"}
+
+
+def serve_better_readiness(out: TrainingOutcome) -> str:
+    """Which fitted readiness model the bundle serves: ``"lgbm"``, or ``"logreg"`` when the
+    logistic baseline has the strictly lower holdout log loss. Both were fitted on the same
+    rows and scored on the same holdout, so serving LightGBM then would serve the worse model
+    the run already has; the bundle's readiness is swapped for the flattened baseline
+    (``models.linear``). Drop and come-back stay LightGBM (the baseline models acceptance only).
+    """
+    lgbm = out.metrics.get("lgbm", {}).get("logloss", math.nan)
+    logreg = out.metrics.get("logreg", {}).get("logloss", math.nan)
+    if not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
+        return "lgbm"
+    if not is_linear(out.bundle.readiness):
+        out.bundle.readiness = LinearReadiness.from_baseline(out.baseline)
+    return "logreg"
+
+
 # -- promotion gate -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GateDecision:
@@ -330,6 +352,7 @@ class TrainResult:
     recommended_trusted: bool = False  # the recommendation rests on trusted estimates
     holdout: str = ""  # how the split was made, in words
     context: dict[str, str] = field(default_factory=dict)  # what became of each context column
+    readiness_model: str = "lightgbm"  # what the bundle serves: "lightgbm" or "logistic"
 
 
 def train_log(
@@ -406,13 +429,17 @@ def log_training(
     say("logging the run to MLflow")
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(experiment)
-    lgbm = out.metrics["lgbm"]
+    served = serve_better_readiness(out)
+    if served == "logreg":
+        say("the logistic baseline beats LightGBM on the holdout: the bundle serves it")
+    lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's
     with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
         mlflow.log_params(_run_params(out, fp, seed, tolerance, promote, engine))
         mlflow.set_tags(
             {
                 "nextstep.kind": "train",
+                SERVED_TAG: SERVED_NAMES[served],
                 "nextstep.data_sha256": fp["sha256"],
                 "nextstep.holdout": _holdout_tag(out.holdout_info),
             }
@@ -449,6 +476,7 @@ def log_training(
             holdout=dict(out.holdout_info),
             metrics={k: ev.finite(v) for k, v in out.metrics.items()},
             params=out.params,
+            readiness_model=SERVED_NAMES[served],
         )
         bundle_dir = save_bundle(out.bundle, Path(tmp) / "bundle")
         _write_catalog(catalog, bundle_dir / "catalog.yaml")
@@ -491,6 +519,7 @@ def log_training(
         for k, v in {
             "promotion": decision,
             "promotion_reason": reason,
+            "readiness_model": SERVED_NAMES[served],
             "holdout_logloss": f"{lgbm['logloss']:.6f}",
             "holdout_auc": f"{lgbm['auc']:.6f}",
             "data_sha256": fp["sha256"],
@@ -514,6 +543,7 @@ def log_training(
         recommended_trusted=rec is not None and rec.trusted,
         holdout=_holdout_tag(out.holdout_info),
         context=out.spec.describe(),
+        readiness_model=SERVED_NAMES[served],
     )
 
 

@@ -7,7 +7,8 @@ importing ``training.tracking`` itself is free. Conventions, in one place:
   (the service's settings resolve it the same way);
 * artifacts of experiments created here: ``{NEXTSTEP_HOME}/mlartifacts/<experiment>`` when the
   tracking store is that local default (a remote server keeps its own artifact root);
-* one experiment per purpose (``nextstep-train``, ``nextstep-compare``, ``nextstep-online``);
+* one experiment per purpose (``nextstep-train``, ``nextstep-compare``, ``nextstep-online``,
+  ``nextstep-learn``);
 * one registered model, ``nextstep``, with aliases ``champion`` and ``challenger`` (no stages).
 """
 
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import NextstepError
-from models.registry import CHALLENGER, CHAMPION, DEFAULT_MODEL_URI, MODEL_NAME
 
-__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_MODEL_URI", "MODEL_NAME"]  # and the functions below
+# the registry's names (models.registry), also read here as tracking.CHAMPION and so on
+from models.registry import CHALLENGER, CHAMPION, DEFAULT_MODEL_URI, MODEL_NAME  # noqa: F401
+
 EXPERIMENT_TRAIN = "nextstep-train"
 EXPERIMENT_COMPARE = "nextstep-compare"
 EXPERIMENT_ONLINE = "nextstep-online"
+EXPERIMENT_LEARN = "nextstep-learn"  # one run per cycle of ``nextstep learn``
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _QUIET_LOGGERS = ("mlflow", "alembic", "alembic.runtime.migration", "urllib3", "git")

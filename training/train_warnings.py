@@ -6,8 +6,8 @@ Two situations deserve a word before anyone serves the model:
 * too little data: fewer than ``MIN_ROWS`` offers or ``MIN_USERS`` users, where the time-based
   holdout holds a handful of users and its metrics are noise;
 * the logistic-regression baseline has a lower holdout log loss than LightGBM: the tree model
-  is overfitting (or the data carry little signal), so it is the worse of the two models that
-  were fitted on the same rows.
+  is overfitting (or the data carry little signal). The bundle then serves the baseline
+  (``training.pipeline.serve_better_readiness``); the warning says so.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def training_warnings(
     if math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm:
         out.append(
             f"the logistic baseline beats LightGBM on the holdout (log loss {logreg:.3f} vs "
-            f"{lgbm:.3f}): the served LightGBM model is the worse of the two; get more data "
-            "or fewer, shallower trees before promoting it"
+            f"{lgbm:.3f}): the bundle serves the logistic model; LightGBM overfits or the data "
+            "carry little non-linear signal (get more data, or fewer, shallower trees)"
         )
     return out
 

@@ -59,8 +59,8 @@ def test_a_tampered_cached_model_is_refused_and_runs_nothing(
 
     marker = tmp_path / "payload-ran"
     (serving / "objects.pkl").write_bytes(pickle.dumps(_Payload(marker)))
-    text = serving / "readiness.txt"
-    text.write_text(text.read_text().replace("shrinkage=", "shrinkage=1", 1))
+    index = serving / "serving.json"  # still valid JSON: only the digest can tell
+    index.write_text(index.read_text().replace('"format"', ' "format"', 1))
     with (
         caplog.at_level(logging.ERROR, logger="nextstep"),
         TestClient(create_app(settings)) as down,

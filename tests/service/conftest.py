@@ -48,7 +48,7 @@ def _empty_postgres(url: str) -> None:
     dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE outcomes, decisions, idempotency, user_state, store_meta"
+            "TRUNCATE outcomes, decisions, idempotency, user_state, store_meta, learner_lease"
             " RESTART IDENTITY CASCADE"
         )
 

@@ -66,3 +66,83 @@ def test_train_on_seven_rows_warns_and_tags_the_run(
     assert "warning: too little data: 7 rows from 2 users" in " ".join(err.split())
     run = tracking.client().get_run(result.run_id)
     assert "too little data" in run.data.tags[WARNINGS_TAG]
+
+
+@pytest.mark.slow
+def test_a_better_logistic_baseline_is_what_the_bundle_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a small log LightGBM overfits: the registered model's readiness is then the logistic
+    baseline, recorded on the run, the version and the bundle, and loaded by the service's
+    model loader with the baseline's holdout numbers."""
+    import numpy as np
+
+    from features.catalog import load_catalog
+    from models.linear import is_linear
+    from training import tracking
+    from training.commands import train_command
+    from training.modelio import load_model_bundle
+    from training.pipeline import SERVED_TAG
+    from training.simulate import write_simulation
+    from training.worlds import load_world
+
+    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    write_simulation(load_world("ladder"), 150, 3, data)
+    result = train_command(events=data / "events.csv", catalog=data / "catalog.yaml")
+    lgbm, logreg = result.metrics["lgbm"]["logloss"], result.metrics["logreg"]["logloss"]
+    assert logreg < lgbm  # the premise: on 150 users the baseline wins
+    assert result.readiness_model == "logistic"
+    assert tracking.client().get_run(result.run_id).data.tags[SERVED_TAG] == "logistic"
+    tags = tracking.client().get_model_version("nextstep", result.version).tags
+    assert tags["readiness_model"] == "logistic"
+    assert float(tags["holdout_logloss"]) == pytest.approx(logreg, abs=1e-6)
+    bundle, _ = load_model_bundle(f"models:/nextstep/{result.version}")
+    assert is_linear(bundle.readiness) and bundle.meta["readiness_model"] == "logistic"
+    catalog = load_catalog(data / "catalog.yaml")
+    from features.state import UserState
+    from models.bundle import ModelScorer
+
+    p = ModelScorer(bundle, catalog).p_accept(UserState(), list(range(catalog.n)), 0.0, {})
+    assert np.all((p > 0) & (p < 1)) and np.ptp(p) > 0  # steps differ in readiness
+
+
+def test_a_better_lightgbm_keeps_serving_lightgbm() -> None:
+    """``serve_better_readiness`` swaps only on a strictly lower baseline log loss."""
+    import numpy as np
+
+    from features.spec import FeatureSpec
+    from models.readiness import LogisticBaseline, fit_bundle
+    from training.pipeline import TrainingOutcome, serve_better_readiness
+
+    rng = np.random.default_rng(0)
+    spec = FeatureSpec()
+    X = rng.normal(size=(300, len(spec.names)))
+    y = (X[:, 0] > 0).astype(int)
+    bundle = fit_bundle(
+        X, y, y == 0, y == 1, np.zeros(300, bool), spec, typical_gap_hours=24.0, n_jobs=1
+    )
+    baseline = LogisticBaseline().fit(X, y)
+    tree = bundle.readiness
+
+    def outcome(lgbm: float, logreg: float) -> TrainingOutcome:
+        return TrainingOutcome(
+            bundle=bundle,
+            baseline=baseline,
+            spec=spec,
+            holdout=np.zeros(300, bool),
+            metrics=_metrics(lgbm, logreg),
+            y=y,
+            predictions={},
+            stage=y,
+            params={},
+            typical_gap_hours=24.0,
+            example=None,  # type: ignore[arg-type]
+        )
+
+    assert serve_better_readiness(outcome(0.50, 0.50)) == "lgbm" and bundle.readiness is tree
+    assert serve_better_readiness(outcome(0.50, 0.49)) == "logreg"
+    np.testing.assert_allclose(
+        bundle.readiness.positive_proba(X), baseline.predict_proba(X)[:, 1], atol=1e-12
+    )
