@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,12 @@ def load_events(path: str | Path, catalog: Catalog, *, skip_invalid: bool = Fals
     return _validate(
         df, catalog, source=source, skip_invalid=skip_invalid, rows=rows, pre_skipped=pre_skipped
     )
+
+
+def context_columns(columns: Iterable[str]) -> list[str]:
+    """The context columns among a log's columns: all but the required and optional ones (and
+    ``row``, which validation assigns)."""
+    return [c for c in columns if c not in REQUIRED and c not in OPTIONAL and c != "row"]
 
 
 def file_kind(p: Path, source: str) -> str:
@@ -400,7 +406,7 @@ def _validate(
         i = int(np.argmax(invalid))
         _raise_for_row(i, reason, df, rows, ts, user_id, step, outcome, catalog, source)
 
-    context = [c for c in names if c not in REQUIRED and c not in OPTIONAL and c != "row"]
+    context = context_columns(names)
     out: dict[str, Any] = {
         "row": rows,
         "user_id": user_id,

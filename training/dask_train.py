@@ -56,10 +56,9 @@ import pandas as pd
 from features.catalog import Catalog
 from features.errors import EventLogError, NextstepError
 from features.events import (
-    OPTIONAL,
     REASONS,
-    REQUIRED,
     STR_DTYPE,
+    context_columns,
     file_kind,
     read_csv,
     read_csv_header,
@@ -73,15 +72,14 @@ from models.decide import Decider
 from models.policies import PolicyConfig
 from models.readiness import LogisticBaseline, ReadinessModel
 from training import evaluate as ev
-from training import tracking
 from training.holdout import Holdout, check_sides
-from training.modelio import load_model_bundle
 from training.pipeline import (
     HOLDOUT_ARTIFACT_ROWS,
     TrainingOutcome,
     catalog_hash,
     features_for,
     log_training,
+    score_champion,
 )
 from training.recommend import OUTPUT_COLUMNS, recommend_frame
 from training.truth import TRUTH_COLUMN, feature_context_columns
@@ -456,7 +454,7 @@ def load_events_dask(
     files, kind = event_files(events)
     columns = _file_columns(files[0], kind)
     meta = _raw_meta(files, kind, columns)
-    context = [c for c in columns if c not in REQUIRED and c not in OPTIONAL and c != "row"]
+    context = context_columns(columns)
     raw = dd.from_map(
         _read_file,
         list(enumerate(files)),
@@ -1133,17 +1131,14 @@ def champion_on_holdout_dask(
     dlog: DaskLog, catalog: Catalog, split: Split
 ) -> tuple[str | None, float | None, str | None]:
     """``training.pipeline.champion_on_holdout`` with the holdout scored on the workers."""
-    version = tracking.alias_version(tracking.CHAMPION)
-    if version is None:
-        return None, None, None
-    try:
-        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
+
+    def score(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
         scored = dlog.frames.map_partitions(
             _score_holdout_with, bundle, catalog, split, meta={"y": np.int64, "p": np.float64}
         ).compute()
-    except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
-        return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
-    return version, ev.log_loss(scored["y"].to_numpy(), scored["p"].to_numpy()), None
+        return scored["y"].to_numpy(), scored["p"].to_numpy()
+
+    return score_champion(score)
 
 
 def _score_holdout_with(
@@ -1276,9 +1271,7 @@ def _recommend_part(
     decider = Decider(
         catalog, PolicyConfig.parse(policy), scorer=scorer, model_version=version, seed=seed
     )
-    ctx = feature_context_columns(
-        c for c in frame.columns if c not in REQUIRED and c not in OPTIONAL and c != "row"
-    )
+    ctx = feature_context_columns(context_columns(frame.columns))
     out = recommend_frame(frame, catalog, decider, ctx)
     first = frame.groupby("user_id", sort=False)["row"].min()
     out.insert(0, "first_key", first.loc[out["user_id"]].to_numpy(dtype=np.int64))

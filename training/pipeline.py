@@ -325,12 +325,20 @@ def champion_on_holdout(
 ) -> tuple[str | None, float | None, str | None]:
     """``(version, log loss on these holdout rows, problem)`` of the current champion;
     ``(None, None, None)`` when there is none; ``problem`` when it exists but cannot be scored."""
+    return score_champion(lambda bundle: score_bundle(bundle, frame, catalog, holdout)[:2])
+
+
+def score_champion(
+    score: Callable[[ModelBundle], tuple[np.ndarray, np.ndarray]],
+) -> tuple[str | None, float | None, str | None]:
+    """``champion_on_holdout`` for a holdout wherever it lives: ``score(bundle)`` returns the
+    held-out outcomes and the bundle's probabilities (the Dask engine scores on its workers)."""
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return None, None, None
     try:
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
-        y, p, _stage = score_bundle(bundle, frame, catalog, holdout)
+        y, p = score(bundle)
     except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
         return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
     return version, ev.log_loss(y, p), None
