@@ -9,6 +9,7 @@ same request on the same history always gets the same decision.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from features.state import UserState, fold_history, merged_context
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.planner import Planner
 from models.policies import PolicyConfig
-from models.policy_base import DecisionInput, Exploration, choose
+from models.policy_base import DecisionInput, Exploration, choose, draw_index
 
 HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
 
@@ -55,6 +56,10 @@ class DecisionResult:
     step_index: int | None = None
     suppressed: list[dict[str, str]] = field(default_factory=list)
     explanation: dict[str, Any] | None = None
+    # Not a field (never compared, copied or serialised): what a random draw chose from
+    # (eligible steps, probabilities, greedy index, readiness), set by ``Decider.finish``;
+    # ``Decider.redraw`` draws again from it for another user with the same input.
+    draw = None
 
 
 class Decider:
@@ -249,7 +254,7 @@ class Decider:
         p = inp.p_accept()
         cands = self._candidate_scores(eligible, p, choice.output.scores) if scores else []
         step = self.catalog.steps[choice.step]
-        return DecisionResult(
+        result = DecisionResult(
             step=step.id,
             stage=step.stage,
             effort=step.effort,
@@ -262,6 +267,32 @@ class Decider:
             step_index=choice.step,
             suppressed=ready.suppressed,
             explanation=self._explain(state, choice.step, now, ctx) if explain else None,
+        )
+        if choice.propensity != 1.0:
+            result.draw = (eligible, choice.output.probs, choice.output.greedy, p)
+        return result
+
+    def redraw(self, template: DecisionResult, user_id: str, n_asks: int = 0) -> DecisionResult:
+        """What ``finish`` decides for ``user_id`` on the input ``template`` was decided for
+        (the same state, eligible steps, clock and context, so the same distribution), without
+        running the policy again: only this user's own seeded draw (``choose``'s, exactly).
+        A batch of first visits from one campaign under exploration computes one decision and
+        draws the rest. ``template`` must come from ``finish`` without an explanation (one is
+        about the step it chose) and with a draw (``draw`` set)."""
+        if template.draw is None or template.explanation is not None:
+            raise ValueError("redraw needs a drawn decision without an explanation")
+        eligible, probs, greedy, p = template.draw
+        k = draw_index(np.random.default_rng(_seed_for(self.seed, user_id, n_asks)), probs)
+        step = self.catalog.steps[eligible[k]]
+        return dataclasses.replace(
+            template,
+            step=step.id,
+            stage=step.stage,
+            effort=step.effort,
+            p_accept=None if p is None else round(float(p[k]), 6),
+            propensity=round(float(probs[k]), 12),
+            explored=k != greedy,
+            step_index=eligible[k],
         )
 
     def _candidate_scores(

@@ -182,6 +182,15 @@ class Choice:
     output: PolicyOutput
 
 
+def draw_index(gen: np.random.Generator, probs: np.ndarray) -> int:
+    """``gen.choice(len(probs), p=probs / probs.sum())``, the same index from the same stream,
+    without ``choice``'s argument checks (half the cost of an exploring decision): numpy
+    draws one double and searches the normalised cumulative sum exactly like this."""
+    cdf = (probs / probs.sum()).cumsum()
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(gen.random(), side="right"))
+
+
 def choose(
     policy: Any,
     inp: DecisionInput,
@@ -200,7 +209,7 @@ def choose(
         k = nz[0]
     else:
         gen = rng if isinstance(rng, np.random.Generator) else rng()
-        k = int(gen.choice(len(probs), p=probs / probs.sum()))
+        k = draw_index(gen, probs)
     return Choice(
         index=k,
         step=inp.candidates[k],

@@ -59,7 +59,11 @@ def create_app(
     ``settle_gc`` freezes the start-up heap (``service.heap``): the uvicorn factory sets it; a
     test process that builds many apps does not want their objects frozen."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(
+        watch_window=settings.watch_window,
+        drift_window=settings.drift_window,
+        calibration_alert=settings.calibration_alert,
+    )
 
     def _on_swap(deciders: Any) -> None:
         metrics.set_models(deciders)

@@ -32,6 +32,7 @@ decision, so ``nextstep report`` can show how often it agrees and estimate it of
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -120,18 +121,64 @@ class Experiment:
         return tuple(a for a in self.arms if a.shadow_of == arm_name)
 
 
-def default_experiment(policy: str, *, follow_model: bool = False) -> Experiment:
-    arm = Arm("champion", PolicyConfig.parse(policy), follow_model=follow_model)
-    return Experiment(name="default", salt="default", arms=(arm,))
+CHAMPION = "champion"  # the arm the exploration budget applies to
+
+
+def parse_exploration(text: str) -> tuple[str, float] | None:
+    """``NEXTSTEP_EXPLORATION``: ``epsilon=0.05``, ``softmax=0.5`` or ``none`` (None)."""
+    raw = text.strip().lower()
+    if raw in ("none", "off", ""):
+        return None
+    kind, sep, val = raw.partition("=")
+    kind = kind.strip()
+    try:
+        value = float(val) if sep else math.nan
+    except ValueError:
+        value = math.nan
+    ok = (kind == "epsilon" and 0.0 <= value <= 1.0) or (kind == "softmax" and value > 0)
+    if kind not in EXPLORATION or not ok:
+        raise ValueError(
+            f"exploration must be 'none', 'epsilon=E' (0 <= E <= 1) or 'softmax=T' (T > 0), "
+            f"not {text!r}"
+        )
+    return kind, value
+
+
+def with_exploration(arm: Arm, exploration: tuple[str, float] | None) -> Arm:
+    """The champion arm with the default exploration budget when its policy names none."""
+    if exploration is None or arm.name != CHAMPION or arm.shadow_of is not None:
+        return arm
+    if arm.policy.exploration is not None:  # its own exploration wins
+        return arm
+    kind, value = exploration
+    p = arm.policy
+    policy = PolicyConfig(name=p.name, exploration=kind, value=value, params=p.params)
+    return dataclasses.replace(arm, policy=policy)
+
+
+def default_experiment(
+    policy: str, *, follow_model: bool = False, exploration: tuple[str, float] | None = None
+) -> Experiment:
+    arm = Arm(CHAMPION, PolicyConfig.parse(policy), follow_model=follow_model)
+    return Experiment(name="default", salt="default", arms=(with_exploration(arm, exploration),))
 
 
 def load_experiment(
-    path: str | Path | None, *, default_policy: str, follow_model: bool = False
+    path: str | Path | None,
+    *,
+    default_policy: str,
+    follow_model: bool = False,
+    exploration: tuple[str, float] | None = None,
 ) -> Experiment:
     """The experiment in ``path``, or the single-arm default when there is no file (which
-    serves the model's recommended policy when ``follow_model``, i.e. no policy was set)."""
+    serves the model's recommended policy when ``follow_model``, i.e. no policy was set).
+
+    ``exploration`` (``NEXTSTEP_EXPLORATION``) is applied to the arm named ``champion`` when
+    its policy names no exploration of its own; other arms run exactly as configured."""
     if path is None:
-        return default_experiment(default_policy, follow_model=follow_model)
+        return default_experiment(
+            default_policy, follow_model=follow_model, exploration=exploration
+        )
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -143,7 +190,11 @@ def load_experiment(
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ExperimentError(f"not valid YAML ({yaml_error_line(exc)})", source=source) from None
-    return parse_experiment(data, source=source, default_policy=default_policy)
+    exp = parse_experiment(data, source=source, default_policy=default_policy)
+    if exploration is None:
+        return exp
+    arms = tuple(with_exploration(a, exploration) for a in exp.arms)
+    return Experiment(name=exp.name, salt=exp.salt, arms=arms)
 
 
 def parse_experiment(data: Any, *, source: str, default_policy: str) -> Experiment:

@@ -346,6 +346,8 @@ async def _decide_on_loop(
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
     """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
     _count(metrics, prepared.payload)
+    if metrics is not None:
+        metrics.watch.decided((prepared.row,))
     return Reply(200, prepared.body)
 
 
@@ -407,8 +409,10 @@ def _same_input_key(
     A decision depends on the user only through their state and the seed of an exploration
     draw; when the policy puts probability 1 on one step (``propensity`` 1) no draw happens, so
     users with the same state, context, candidates and clock (typically many first visits
-    from one campaign) share one computation. Only users with nothing recorded are grouped:
-    theirs is the common case, and comparing states would cost more than it saves.
+    from one campaign) share one computation. Under exploration they share the policy's
+    distribution and each gets their own draw from it (``Decider.redraw``). Only users with
+    nothing recorded are grouped: theirs is the common case, and comparing states would cost
+    more than it saves.
     """
     if state is not None:
         return None
@@ -494,7 +498,8 @@ def _decide_batch(
     shadow_rows: list[dict[str, Any]] = []
     shadowed = {name for name in by_arm if deciders.shadows(name)}  # arms that have shadows
     same: dict[tuple, DecisionResult] = {}
-    rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of a shared result
+    drawn: dict[tuple, DecisionResult] = {}  # exploring decisions later users redraw from
+    rendered: dict[int, tuple[list[dict[str, Any]], str]] = {}  # by id of shared candidates
     ids = new_decision_ids(n)
     for i, req in enumerate(requests):
         now, arm, key = nows[i], arms[i], keys[i]
@@ -504,20 +509,27 @@ def _decide_batch(
             if result is None:  # a later request with a first request's input
                 result = same.get(key)  # type: ignore[arg-type]
                 if result is None:
-                    result = _decide(arm, req, state, now)
+                    template = drawn.get(key)  # type: ignore[arg-type]
+                    result = (
+                        _decide(arm, req, state, now)
+                        if template is None
+                        else arm.decider.redraw(template, req.user_id)
+                    )
             elif isinstance(result, InputError):
                 raise _unprocessable(result)
             if key is not None and result.propensity in (None, 1.0):
                 same.setdefault(key, result)
+            elif key is not None and result.draw is not None and not req.explain:
+                drawn.setdefault(key, result)
         except Unprocessable as exc:
             answers.append(
                 problem_dict(422, detail=exc.detail, type_="urn:nextstep:problem:validation")
             )
             continue
-        if key is not None and same.get(key) is result:
-            shared = rendered.get(id(result))
+        if key is not None and (same.get(key) is result or key in drawn):
+            shared = rendered.get(id(result.candidates))  # redraws share their template's
             if shared is None:
-                shared = rendered[id(result)] = _candidates(result)
+                shared = rendered[id(result.candidates)] = _candidates(result)
             row, payload = _decision(arm, req, result, now, None, shared, ids[i])
         else:
             row, payload = _decision(arm, req, result, now, None, None, ids[i])
@@ -533,6 +545,7 @@ def _decide_batch(
         )
         for labels, k in counts.items():
             metrics.count_decisions(*labels, n=k)
+        metrics.watch.decided(rows)
     return Reply(200, body)
 
 
@@ -678,7 +691,21 @@ def record_outcome(
     if metrics is not None:
         source = "decision" if isinstance(req, DecisionOutcomeRequest) else "organic"
         metrics.outcomes.labels(req.outcome, source).inc()
+        if isinstance(req, DecisionOutcomeRequest):  # calibration and delay (service.watch)
+            metrics.watch.resolved(
+                req.decision_id, req.outcome, req.ts, lambda d: decision_facts(store, d)
+            )
     return reply
+
+
+def decision_facts(store: Store, decision_id: str) -> tuple[str, str, float | None, float] | None:
+    """(arm, step, p_accept, ts) of a stored decision that offered a step, else None: what
+    the watch needs of a decision it did not see (another worker's, or before a restart)."""
+    with store.read() as conn:
+        row = store.get_decision(conn, decision_id)
+    if row is None or row.step is None:
+        return None
+    return row.arm, row.step, row.p_accept, row.ts
 
 
 # -- users -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from service.runtime import Deciders
+from service.watch import Watch
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -27,9 +28,15 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, watch_window: int = 200, drift_window: int = 1000, calibration_alert: float = 0.10
+    ) -> None:
         disable_created_metrics()  # the *_created series double every counter for nothing
         r = self.registry = CollectorRegistry()
+        # calibration, exploration, outcome delay and drift (service.watch)
+        self.watch = Watch(
+            r, window=watch_window, drift_window=drift_window, calibration_alert=calibration_alert
+        )
         self.decisions = Counter(
             "nextstep_decisions", "Decisions served.", ["arm", "policy", "step"], registry=r
         )
@@ -102,6 +109,16 @@ class Metrics:
                 source=arm.model_source or "none",
             ).set(1)
         self.model_generation.set(deciders.generation)
+        self.watch.set_models({name: _meta(arm.decider) for name, arm in deciders.arms.items()})
+        self.watch.expect_exploration(
+            name for name, arm in deciders.arms.items() if arm.decider.config.exploration
+        )
 
     def render(self) -> bytes:
+        self.watch.refresh()
         return generate_latest(self.registry)
+
+
+def _meta(decider: Any) -> Any:
+    """The bundle meta of a decider's model (None without a model)."""
+    return getattr(getattr(decider.scorer, "bundle", None), "meta", None)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from features.catalog import load_catalog
 from features.errors import NextstepError
 from service.redact import RedactingFilter
@@ -26,6 +28,25 @@ log = logging.getLogger("nextstep.service")
 
 class InsecureBind(NextstepError):
     """A non-loopback bind without API keys, and no ``--insecure``."""
+
+
+class SettingsError(NextstepError):
+    """A ``NEXTSTEP_*`` variable holds a value the service refuses."""
+
+
+def load_settings() -> Settings:
+    """``Settings()`` from the environment; a refused value is a ``SettingsError`` naming the
+    variable and what it accepts (the CLI prints it and exits 2), not a validation traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = f"NEXTSTEP_{field.upper()}" if field else "NEXTSTEP_*"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}={err.get('input')!r}: {msg}")
+        raise SettingsError("; ".join(problems)) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -80,7 +101,7 @@ def serve_command(
     import uvicorn
 
     os.environ["NEXTSTEP_CATALOG"] = str(Path(catalog).resolve())
-    settings = Settings()
+    settings = load_settings()
     load_catalog(settings.catalog)  # fail fast with the catalog's own message
     logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT)
     if not settings.auth_enabled and not is_loopback(host):

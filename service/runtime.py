@@ -283,6 +283,7 @@ class Runtime:
             self.settings.experiments,
             default_policy=self.settings.policy,
             follow_model="policy" not in self.settings.model_fields_set,
+            exploration=self.settings.default_exploration,
         )
 
     def _build_arm(self, arm: Arm, *, starting: bool = False) -> ArmRuntime:

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.guardrails import GuardrailSettings
 from models.policies import PolicyConfig
 from models.registry import DEFAULT_MODEL_URI
+from service.experiments import parse_exploration
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -71,6 +72,16 @@ class Settings(BaseSettings):
     period_hours: float | None = Field(default=None, gt=0)
     pause_after_declines: int | None = Field(default=None, ge=1)
     pause_hours: float | None = Field(default=None, ge=0)
+    # Exploration on the champion arm when its policy names none (``epsilon=0.05``,
+    # ``softmax=0.5`` or ``none``): the logs keep support for every eligible step, so
+    # off-policy estimates and retraining see what the policy would not have chosen.
+    exploration: str = "epsilon=0.05"
+    # The live watch (service/watch.py): resolved offers per arm and step in the calibration
+    # window, requests in the context-drift window, and the calibration alert threshold (the
+    # shipped Prometheus rule reads it from the nextstep_calibration_threshold gauge).
+    watch_window: int = Field(default=200, ge=1, le=100_000)
+    drift_window: int = Field(default=1000, ge=10, le=100_000)
+    calibration_alert: float = Field(default=0.10, gt=0, le=1)
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "NEXTSTEP_MLFLOW_TRACKING_URI"),
@@ -89,6 +100,12 @@ class Settings(BaseSettings):
     def _policy(cls, v: str) -> str:
         PolicyConfig.parse(v)  # raises ValueError with the known names
         return v.strip()
+
+    @field_validator("exploration")
+    @classmethod
+    def _exploration(cls, v: str) -> str:
+        parse_exploration(v)  # raises ValueError saying what is accepted
+        return v.strip().lower()
 
     @field_validator("database_url")
     @classmethod
@@ -152,6 +169,11 @@ class Settings(BaseSettings):
     @property
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig.parse(self.policy)
+
+    @property
+    def default_exploration(self) -> tuple[str, float] | None:
+        """``NEXTSTEP_EXPLORATION`` as (kind, value), None for ``none``."""
+        return parse_exploration(self.exploration)
 
     @property
     def guardrails(self) -> GuardrailSettings | None:

@@ -196,6 +196,13 @@ def train(
             "step's attributes (a step new to the log keeps the attributes' prior)."
         ),
     ] = True,
+    readiness_model: Annotated[
+        str,
+        typer.Option(
+            help="Readiness model the bundle serves: 'auto' (the logistic baseline when its "
+            "holdout log loss is lower than LightGBM's), 'lightgbm' or 'logistic'."
+        ),
+    ] = "auto",
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from training.commands import train_command
@@ -214,6 +221,7 @@ def train(
         holdout_fraction=holdout_fraction,
         holdout_from=holdout_from,
         step_feature=step_feature,
+        readiness_model=readiness_model,
     )
     _exit_if_refused(result.decision)
 

@@ -36,7 +36,7 @@ from service.heap import frozen_heap
 from training.dask_train import predict_on_dask, recommend_on_dask, train_on_dask
 from training.holdout import Holdout
 from training.modelio import load_scorer
-from training.pipeline import STEP_FEATURE, Progress, TrainResult, train_log
+from training.pipeline import READINESS_CHOICES, STEP_FEATURE, Progress, TrainResult, train_log
 from training.predict import check_output, predict_frame, write_table
 from training.recommend import MODEL_POLICIES, recommend_frame, user_candidates
 from training.train_warnings import record_warnings, training_warnings
@@ -57,6 +57,7 @@ def train_command(
     holdout_fraction: float | None = None,
     holdout_from: str | None = None,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -64,6 +65,11 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
+    if readiness_model not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
+            f"not {readiness_model!r}"
+        )
     split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     console = Console(stderr=True)
     with _steps(console) as say:
@@ -82,6 +88,7 @@ def train_command(
                 holdout=split,
                 step_feature=step_feature,
                 progress=say,
+                readiness_model=readiness_model,
             )
         else:
             log = load_events(events, cat, skip_invalid=skip_invalid)
@@ -96,13 +103,14 @@ def train_command(
                 step_feature=step_feature,
                 progress=say,
                 policy_gate=policy_gate,
+                readiness_model=readiness_model,
             )
             skipped = log.skipped
     if skipped:
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
     _print_summary(result)
-    warnings = training_warnings(result.metrics, result.fingerprint)
+    warnings = training_warnings(result.metrics, result.fingerprint, result.readiness_model)
     for w in warnings:
         console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
     record_warnings(result.run_id, warnings)

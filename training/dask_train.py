@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
+from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import EventLogError, NextstepError
 from features.events import (
     REASONS,
@@ -72,6 +73,7 @@ from models.decide import Decider
 from models.policies import PolicyConfig
 from models.readiness import LogisticBaseline, ReadinessModel
 from training import evaluate as ev
+from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.pipeline import (
     HOLDOUT_ARTIFACT_ROWS,
@@ -1011,6 +1013,9 @@ def fit_and_evaluate_dask(
         sample[cols].to_numpy(dtype=np.float64), sample["accepted"].to_numpy(dtype=int)
     )
     seconds["fit_logreg"] = time.perf_counter() - t
+    reference = context_reference(sample[cols].to_numpy(dtype=np.float64), spec)  # drift watch
+    if reference:
+        bundle.meta[DRIFT_META_KEY] = reference
 
     say("dask: evaluating on the holdout")
     hold = feats[feats["holdout"]]
@@ -1170,6 +1175,7 @@ def train_on_dask(
     holdout: Any = None,
     step_feature: bool = True,
     progress: Progress | None = None,
+    readiness_model: str = "auto",
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
     say = progress or (lambda _msg: None)
@@ -1205,6 +1211,7 @@ def train_on_dask(
             seed=seed,
             engine="dask",
             progress=say,
+            readiness_model=readiness_model,
         )
     return result, dlog.skipped
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
+from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import NextstepError
 from features.events import EventLog, write_events
 from features.offline import OfflineFeatures, build_offline_features
@@ -58,6 +59,7 @@ from models.readiness import LogisticBaseline, fit_bundle
 from models.serving import DIGEST_TAG, SERVING_DIR, save_bundle, serving_digest
 from training import evaluate as ev
 from training import policy_eval, tracking
+from training.context_reference import context_reference
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.modelio import load_model_bundle
 from training.pyfunc_signature import events_example, events_signature
@@ -230,6 +232,9 @@ def fit_and_evaluate(
         params=fit_params,
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
+    reference = context_reference(X_tr, spec)  # what the service's drift watch compares with
+    if reference:
+        bundle.meta[DRIFT_META_KEY] = reference
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
     baseline = LogisticBaseline(
@@ -275,18 +280,29 @@ def fit_and_evaluate(
 
 SERVED_TAG = "nextstep.readiness_model"
 SERVED_NAMES = {"lgbm": "lightgbm", "logreg": "logistic"}
+READINESS_CHOICES = ("auto", "lightgbm", "logistic")
 
 
-def serve_better_readiness(out: TrainingOutcome) -> str:
+def serve_better_readiness(out: TrainingOutcome, choice: str = "auto") -> str:
     """Which fitted readiness model the bundle serves: ``"lgbm"``, or ``"logreg"`` when the
     logistic baseline has the strictly lower holdout log loss. Both were fitted on the same
     rows and scored on the same holdout, so serving LightGBM then would serve the worse model
     the run already has; the bundle's readiness is swapped for the flattened baseline
     (``models.linear``). Drop and come-back stay LightGBM (the baseline models acceptance only).
+
+    ``choice`` (``nextstep train --readiness-model``) overrides the rule: ``lightgbm`` or
+    ``logistic`` always. Log loss judges the probabilities, not the decisions the planner makes
+    with them; a team that measured its planner to do better on the trees keeps them this way.
     """
+    if choice not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, not {choice!r}"
+        )
+    if choice == "lightgbm":
+        return "lgbm"
     lgbm = out.metrics.get("lgbm", {}).get("logloss", math.nan)
     logreg = out.metrics.get("logreg", {}).get("logloss", math.nan)
-    if not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
+    if choice == "auto" and not (math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm):
         return "lgbm"
     if not is_linear(out.bundle.readiness):
         out.bundle.readiness = LinearReadiness.from_baseline(out.baseline)
@@ -376,6 +392,7 @@ def train_log(
     progress: Progress | None = None,
     policy_gate: bool = False,
     step_feature: bool = STEP_FEATURE,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Fit, evaluate, log one MLflow run, register a version and apply the gate."""
     say = progress or (lambda _msg: None)
@@ -401,6 +418,7 @@ def train_log(
         seed=seed,
         progress=say,
         policy_gate=policy_gate,
+        readiness_model=readiness_model,
     )
 
 
@@ -418,6 +436,7 @@ def log_training(
     engine: str = "local",
     progress: Progress | None = None,
     policy_gate: bool = False,
+    readiness_model: str = "auto",
 ) -> TrainResult:
     """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
 
@@ -437,7 +456,7 @@ def log_training(
     say("logging the run to MLflow")
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(experiment)
-    served = serve_better_readiness(out)
+    served = serve_better_readiness(out, readiness_model)
     if served == "logreg":
         say("the logistic baseline beats LightGBM on the holdout: the bundle serves it")
     lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's

@@ -35,23 +35,20 @@ from features.catalog import Catalog
 from features.errors import NextstepError
 from training import tracking
 from training.export import _parse_since, read_shadows, read_store, resolve_catalog, store_url
-
-Z95 = 1.959963984540054
+from training.intervals import Z95, wilson
+from training.modelio import load_model_bundle
+from training.watch_report import (
+    Calibration,
+    Drift,
+    ExplorationCost,
+    calibration,
+    context_drift,
+    exploration_costs,
+)
 
 
 class ReportError(NextstepError):
     """The report cannot be built (no decisions, unknown control arm...)."""
-
-
-def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (``(nan, nan)`` when n == 0)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def two_proportion(x1: float, n1: float, x0: float, n0: float) -> dict[str, float]:
@@ -118,6 +115,10 @@ class OnlineReport:
     control: str
     arms: list[ArmReport]
     shadows: list[ShadowReport] = field(default_factory=list)
+    # the live watch from the store (training.watch_report)
+    exploration: list[ExplorationCost] = field(default_factory=list)
+    calibration: list[Calibration] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
 
     def arm(self, name: str) -> ArmReport:
         for a in self.arms:
@@ -130,6 +131,9 @@ class OnlineReport:
             "control": self.control,
             "arms": [asdict(a) for a in self.arms],
             "shadows": [asdict(s) for s in self.shadows],
+            "exploration": [asdict(e) for e in self.exploration],
+            "calibration": [asdict(c) for c in self.calibration],
+            "drift": [asdict(d) for d in self.drift],
         }
 
 
@@ -285,7 +289,12 @@ def build_report(
     for a in arms:
         if a.arm != control:
             a.vs_control = two_proportion(a.converted, a.users, ctl.converted, ctl.users)
-    return OnlineReport(control, arms)
+    return OnlineReport(
+        control,
+        arms,
+        exploration=exploration_costs(dec, outcomes),
+        calibration=calibration(dec, outcomes),
+    )
 
 
 def _metric_key(arm: str) -> str:
@@ -305,7 +314,7 @@ def _chart(report: OnlineReport, path: Path) -> None:
             [a.conversion - a.conversion_low for a in report.arms],
             [a.conversion_high - a.conversion for a in report.arms],
         ]
-    )
+    ).clip(min=0)  # a Wilson bound at 0 or 1 may sit 1e-17 past the rate: not a negative bar
     fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(names)), 3.5))
     ax.bar(names, vals, yerr=err, capsize=6, color="#4c78a8")
     ax.set_ylabel("conversion (95% CI)")
@@ -347,6 +356,16 @@ def log_report(report: OnlineReport, *, since: float | None = None) -> str:
             for m, v in a.vs_control.items():
                 if math.isfinite(v):
                     metrics[f"{k}.vs_control.{m}"] = float(v)
+        for e in report.exploration:
+            k = _metric_key(e.arm)
+            for m in ("explored_share", "exploration_cost", "delay_p50_s", "delay_p90_s"):
+                v = float(getattr(e, m))
+                if math.isfinite(v):
+                    metrics[f"{k}.{m}"] = v
+        for c in report.calibration:
+            metrics[f"{_metric_key(c.arm)}.calibration_error.{_metric_key(c.step)}"] = c.error
+        for d in report.drift:
+            metrics[f"{_metric_key(d.arm)}.context_drift.{_metric_key(d.key)}"] = d.psi
         for s in report.shadows:
             k = "shadow." + _metric_key(s.arm)
             for m in ("decisions", "agreement", "ipw_accept_rate", "snipw_accept_rate"):
@@ -402,6 +421,7 @@ def _print(report: OnlineReport) -> None:
     if not console.is_terminal:  # a file or a pipe has no width: do not squeeze into 80
         console = Console(width=max(console.width, 240))
     console.print(t)
+    _print_watch(report, console, ci)
     if report.shadows:
         s_t = Table(title="Shadow arms (never served)")
         columns = ["shadow", "shadows", "policy", "decisions", "agreement", "served accept rate"]
@@ -421,6 +441,69 @@ def _print(report: OnlineReport) -> None:
         Console().print(s_t)
 
 
+def _print_watch(report: OnlineReport, console: Any, ci: Any) -> None:
+    """The exploration cost and calibration tables (``training.watch_report``)."""
+    from rich.table import Table
+
+    if report.exploration:
+        e_t = Table(title="Exploration and outcome delay (accepts lost per offer: see docs)")
+        for col in ("arm", "offers", "explored", "accept rate explored", "accept rate policy",
+                    "accepts lost per offer", "outcome delay p50 / p90"):  # fmt: skip
+            e_t.add_column(col, overflow="fold")
+        for e in report.exploration:
+            e_t.add_row(
+                e.arm,
+                str(e.offers),
+                ci(e.explored_share, e.explored_share_low, e.explored_share_high),
+                ci(e.explored_accept_rate, e.explored_accept_low, e.explored_accept_high),
+                ci(e.policy_accept_rate, e.policy_accept_low, e.policy_accept_high),
+                ci(e.exploration_cost, e.exploration_cost_low, e.exploration_cost_high),
+                f"{_duration(e.delay_p50_s)} / {_duration(e.delay_p90_s)}",
+            )
+        console.print(e_t)
+    if report.calibration:
+        c_t = Table(title="Calibration (last resolved offers per arm and step)")
+        for col in ("arm", "step", "offers", "observed", "predicted", "observed - predicted"):
+            c_t.add_column(col, overflow="fold")
+        for c in report.calibration:
+            c_t.add_row(
+                c.arm,
+                c.step,
+                str(c.offers),
+                f"{100 * c.observed:.1f}%",
+                f"{100 * c.predicted:.1f}%",
+                f"{100 * c.error:+.1f} pp",
+            )
+        console.print(c_t)
+    if report.drift:
+        d_t = Table(title="Context drift (PSI against the model's training data; > 0.25: a shift)")
+        for col in ("arm", "model", "context key", "requests", "PSI"):
+            d_t.add_column(col, overflow="fold")
+        for d in report.drift:
+            d_t.add_row(d.arm, d.model_version, d.key, str(d.requests), f"{d.psi:.3f}")
+        console.print(d_t)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _model_meta(version: str) -> dict[str, Any] | None:
+    """The bundle meta of a registered version (None, with a note, when it cannot be read: the
+    report then has no drift rows for it)."""
+    try:
+        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
+    except Exception as exc:  # a registry that is down or a version deleted: no drift score
+        print(f"context drift: model version {version} not readable ({type(exc).__name__})")
+        return None
+    return dict(bundle.meta)
+
+
 def report_command(
     since: str | None = None,
     control: str | None = None,
@@ -436,6 +519,7 @@ def report_command(
     report = build_report(decisions, outcomes, cat, since=t, control=control)
     dec_window = decisions if t is None else decisions[decisions["ts"] >= t]
     report.shadows = build_shadow_reports(dec_window, outcomes, read_shadows(url))
+    report.drift = context_drift(dec_window, _model_meta)
     _print(report)
     run_id = log_report(report, since=t)
     print(f"logged to MLflow experiment {tracking.EXPERIMENT_ONLINE!r}, run {run_id}")

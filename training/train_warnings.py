@@ -24,7 +24,9 @@ WARNINGS_TAG = "nextstep.warnings"
 
 
 def training_warnings(
-    metrics: Mapping[str, Mapping[str, float]], fingerprint: Mapping[str, Any]
+    metrics: Mapping[str, Mapping[str, float]],
+    fingerprint: Mapping[str, Any],
+    served: str = "logistic",
 ) -> list[str]:
     """The warnings for one training result (empty when nothing is suspect)."""
     out = []
@@ -40,8 +42,14 @@ def training_warnings(
     if math.isfinite(lgbm) and math.isfinite(logreg) and logreg < lgbm:
         out.append(
             f"the logistic baseline beats LightGBM on the holdout (log loss {logreg:.3f} vs "
-            f"{lgbm:.3f}): the bundle serves the logistic model; LightGBM overfits or the data "
-            "carry little non-linear signal (get more data, or fewer, shallower trees)"
+            f"{lgbm:.3f}): "
+            + (
+                "the bundle serves the logistic model; "
+                if served == "logistic"
+                else "the bundle serves LightGBM as --readiness-model asked; "
+            )
+            + "LightGBM overfits or the data carry little non-linear signal (get more data, "
+            "or fewer, shallower trees)"
         )
     return out
 

@@ -31,6 +31,7 @@ def make_client(tmp_path: Path, catalog_path: Path) -> Iterator[Callable[..., Te
             "home": tmp_path / "home",
             "catalog": catalog_path,
             "database_url": db or f"sqlite:///{tmp_path / 'store' / 'service.db'}",
+            "exploration": "none",  # these tests assert the policy's own choice
         }
         values.update(overrides)
         return clients.start(create_app(Settings(**values)), raise_server_exceptions=False)

@@ -148,6 +148,14 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     log = load_events(data["single"], cat)
     p = bundle.readiness.predict_proba(features_for(log.frame, cat, bundle.spec).X[:50])
     assert p.shape == (50, 2) and np.all((p > 0) & (p < 1))
+    # the drift watch's reference (features.drift) is stored by both engines, alike
+    one_bundle, _ = load_model_bundle("models:/nextstep/1")
+    ref1, ref2 = (b.meta["context_reference"]["columns"] for b in (one_bundle, bundle))
+    assert set(ref1) == set(ref2) == set(bundle.spec.context_columns) != set()
+    for col, r1 in ref1.items():
+        r2 = ref2[col]
+        assert r1["kind"] == r2["kind"] and len(r1["shares"]) == len(r2["shares"]), col
+        assert max(abs(a - b) for a, b in zip(r1["shares"], r2["shares"], strict=True)) < 0.02
 
 
 def test_dask_run_is_reproducible_and_gated(home, data, trained, cluster):

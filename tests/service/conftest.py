@@ -74,6 +74,8 @@ def make_settings(tmp_path: Path, catalog_path: Path) -> Callable[..., Settings]
             "home": tmp_path / "home",
             "catalog": catalog_path,
             "database_url": db or f"sqlite:///{tmp_path / 'store' / 'service.db'}",
+            # off: these tests assert the policy's own choice; exploration is tested with it on
+            "exploration": "none",
         }
         values.update(overrides)
         return Settings(**values)

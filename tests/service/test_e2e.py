@@ -19,7 +19,10 @@ pytestmark = pytest.mark.e2e
 def server(tmp_path: Path) -> Iterator[str]:
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(CATALOG), encoding="utf-8")
-    proc = ServerProcess(tmp_path, catalog, NEXTSTEP_HOME=str(tmp_path / "home"))
+    # exploration off: the test asserts the ladder's own choices
+    proc = ServerProcess(
+        tmp_path, catalog, NEXTSTEP_HOME=str(tmp_path / "home"), NEXTSTEP_EXPLORATION="none"
+    )
     try:
         proc.wait_ready()
         yield proc.base

@@ -146,3 +146,44 @@ def test_a_better_lightgbm_keeps_serving_lightgbm() -> None:
     np.testing.assert_allclose(
         bundle.readiness.positive_proba(X), baseline.predict_proba(X)[:, 1], atol=1e-12
     )
+
+
+@pytest.mark.slow
+def test_readiness_model_option_keeps_lightgbm_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--readiness-model lightgbm`` serves the trees even where the baseline wins, and the
+    warning says which model the bundle serves; a wrong value is an input error (exit 2)."""
+    from typer.testing import CliRunner
+
+    from models.linear import is_linear
+    from training.cli import app
+    from training.commands import train_command
+    from training.modelio import load_model_bundle
+    from training.simulate import write_simulation
+    from training.worlds import load_world
+
+    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    write_simulation(load_world("ladder"), 150, 3, data)
+    args = {"events": data / "events.csv", "catalog": data / "catalog.yaml"}
+    result = train_command(**args, readiness_model="lightgbm")
+    assert result.readiness_model == "lightgbm"
+    assert result.metrics["logreg"]["logloss"] < result.metrics["lgbm"]["logloss"]
+    assert "serves LightGBM as --readiness-model asked" in " ".join(capsys.readouterr().err.split())
+    bundle, _ = load_model_bundle(f"models:/nextstep/{result.version}")
+    assert not is_linear(bundle.readiness)
+    bad = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--events",
+            str(args["events"]),
+            "--catalog",
+            str(args["catalog"]),
+            "--readiness-model",
+            "forest",
+        ],
+    )
+    assert bad.exit_code == 2 and "--readiness-model must be one of" in bad.output
