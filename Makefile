@@ -34,6 +34,7 @@ test-fast: install
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-logo --no-cache  # the layer contracts in pyproject.toml
 	.venv/bin/hadolint Dockerfile
 
 format: install

@@ -22,8 +22,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
-from models.bundle import fit_bundle
-from models.readiness import LogisticBaseline
+from models.readiness import LogisticBaseline, fit_bundle
 from training.simulate import START, Dynamics, TypeBlindReference, generate_log
 from training.worlds import STATIONARY, World, load_world
 

@@ -14,7 +14,7 @@ import contextlib
 import difflib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from features.availability import missing_value
 from features.catalog import Catalog
 from features.errors import EventLogError
-from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
+from features.timeutil import TS_MAX, TS_MIN, TS_RANGE_TEXT
 
 OUTCOMES: tuple[str, ...] = ("accepted", "declined", "dropped")
 REQUIRED: tuple[str, ...] = ("user_id", "ts", "step", "outcome")
@@ -54,7 +54,7 @@ STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 # Epoch seconds must be a date between years 1 and 9999: catches milliseconds passed as seconds.
-_TS_MIN = TS_MIN  # features.timerange: the same range as the API
+_TS_MIN = TS_MIN  # features.timeutil: the same range as the API
 _TS_MAX = TS_MAX
 _NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
@@ -87,21 +87,28 @@ def load_events(path: str | Path, catalog: Catalog, *, skip_invalid: bool = Fals
     """Read a CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) log and validate it."""
     source = str(path)
     p = Path(path)
-    kind = _kind(p, source)
+    kind = file_kind(p, source)
     if not p.exists():
         raise EventLogError("file not found", source=source)
     if not p.is_file():
         raise EventLogError("not a regular file", source=source)
     if kind == "csv":
-        df, rows, pre_skipped = _read_csv(p, source, skip_invalid)
+        df, rows, pre_skipped = read_csv(p, source, skip_invalid)
     else:
-        df, rows, pre_skipped = _read_parquet(p, source), None, 0
+        df, rows, pre_skipped = read_parquet(p, source), None, 0
     return _validate(
         df, catalog, source=source, skip_invalid=skip_invalid, rows=rows, pre_skipped=pre_skipped
     )
 
 
-def _kind(p: Path, source: str) -> str:
+def context_columns(columns: Iterable[str]) -> list[str]:
+    """The context columns among a log's columns: all but the required and optional ones (and
+    ``row``, which validation assigns)."""
+    return [c for c in columns if c not in REQUIRED and c not in OPTIONAL and c != "row"]
+
+
+def file_kind(p: Path, source: str) -> str:
+    """``csv`` or ``parquet`` by the file name's extension (an ``EventLogError`` otherwise)."""
     name = p.name.lower()
     if name.endswith(_CSV_SUFFIXES):
         return "csv"
@@ -112,25 +119,34 @@ def _kind(p: Path, source: str) -> str:
     )
 
 
-def _read_csv(
-    p: Path, source: str, skip_invalid: bool, *, infer_context: bool = True
-) -> tuple[pd.DataFrame, np.ndarray | None, int]:
-    """Every column is read as text first, so ids keep leading zeros and nothing is guessed as
-    a date; context columns are then made numeric only when every value is a number (unless
-    ``infer_context`` is False: the Dask reader decides that over all files at once)."""
+def read_csv_header(p: Path, source: str) -> list[str]:
+    """The column names of a CSV event log (only its first block is parsed)."""
     import pyarrow.csv as pacsv
 
-    _refuse_binary(p, source)
     try:
         skip_all = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=_skip_row)
         with _quiet_row_decoding(), pacsv.open_csv(p, parse_options=skip_all) as reader:
-            names = list(reader.schema.names)  # only the first block is parsed
+            return list(reader.schema.names)
     except UnicodeDecodeError:
         raise EventLogError("the header is not valid UTF-8 text", source=source) from None
     except MemoryError:
         raise
     except Exception as exc:
         raise _csv_error(exc, source) from None
+
+
+def read_csv(
+    p: Path, source: str, skip_invalid: bool, *, infer_context: bool = True
+) -> tuple[pd.DataFrame, np.ndarray | None, int]:
+    """``(raw frame, row numbers or None for 1..n, malformed rows skipped)`` of a CSV log.
+
+    Every column is read as text first, so ids keep leading zeros and nothing is guessed as
+    a date; context columns are then made numeric only when every value is a number (unless
+    ``infer_context`` is False: the Dask reader decides that over all files at once)."""
+    import pyarrow.csv as pacsv
+
+    _refuse_binary(p, source)
+    names = read_csv_header(p, source)
     _check_names(names, source)
     convert = pacsv.ConvertOptions(
         column_types={n: pa.string() for n in names},
@@ -284,7 +300,8 @@ def _infer_context(col: pa.ChunkedArray) -> pd.Series:
     return col.to_pandas() if col.null_count < len(col) else _nones(len(col))
 
 
-def _read_parquet(p: Path, source: str) -> pd.DataFrame:
+def read_parquet(p: Path, source: str) -> pd.DataFrame:
+    """The raw frame of a Parquet log (id columns as text), before validation."""
     import pyarrow.parquet as pq
 
     try:
@@ -316,13 +333,20 @@ def _read_parquet(p: Path, source: str) -> pd.DataFrame:
 
 # -- validation --------------------------------------------------------------------------------
 def validate_frame(
-    df: pd.DataFrame, catalog: Catalog, *, source: str, skip_invalid: bool = False
+    df: pd.DataFrame,
+    catalog: Catalog,
+    *,
+    source: str,
+    skip_invalid: bool = False,
+    rows: np.ndarray | None = None,
 ) -> EventLog:
-    """Validate and normalise an in-memory frame (rows numbered 1..n in the given order).
+    """Validate and normalise an in-memory frame.
 
-    An input column ``row`` is ignored: the row number is always the position.
+    Rows are numbered 1..n in the given order, or by ``rows`` (the numbers errors and the
+    ``row`` column report: the Dask reader passes each row's global key). An input column
+    ``row`` is ignored.
     """
-    return _validate(df, catalog, source=source, skip_invalid=skip_invalid)
+    return _validate(df, catalog, source=source, skip_invalid=skip_invalid, rows=rows)
 
 
 def _validate(
@@ -382,7 +406,7 @@ def _validate(
         i = int(np.argmax(invalid))
         _raise_for_row(i, reason, df, rows, ts, user_id, step, outcome, catalog, source)
 
-    context = [c for c in names if c not in REQUIRED and c not in OPTIONAL and c != "row"]
+    context = context_columns(names)
     out: dict[str, Any] = {
         "row": rows,
         "user_id": user_id,
@@ -773,7 +797,7 @@ def write_events(frame: pd.DataFrame | EventLog, path: str | Path) -> None:
         frame = frame.frame
     source = str(path)
     p = Path(path)
-    kind = _kind(p, source)
+    kind = file_kind(p, source)
     df = frame.drop(columns=["row"], errors="ignore")
     for col in REQUIRED:
         if col not in df:

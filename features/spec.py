@@ -141,20 +141,7 @@ class FeatureSpec:
     @classmethod
     def from_frame(cls, frame: Any, context_columns: Sequence[str]) -> FeatureSpec:
         """Learn the context layout from a validated event frame (pandas)."""
-        import pandas as pd
-
-        numeric: set[str] = set()
-        counts: dict[str, dict[str, int]] = {}
-        for c in context_columns:
-            s = frame[c]
-            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                if s.notna().any():
-                    numeric.add(c)
-                else:
-                    counts[c] = {}
-                continue
-            counts[c] = value_counts(s)
-        return cls.from_counts(context_columns, numeric, counts)
+        return cls.from_counts(context_columns, *context_facts(frame, context_columns))
 
     @classmethod
     def from_counts(
@@ -198,6 +185,43 @@ class FeatureSpec:
 
 def _values(n: int) -> str:
     return f"categorical, {n} value{'' if n == 1 else 's'}"
+
+
+def context_facts(
+    frame: Any, context_columns: Sequence[str]
+) -> tuple[set[str], dict[str, dict[str, int]]]:
+    """``(numeric, counts)`` of a validated event frame or a part of one, what ``from_counts``
+    learns the layout from: the numeric columns with a value, and for the others the rows per
+    text value. The Dask engine adds the parts' facts up with ``merge_facts``."""
+    import pandas as pd  # the service imports this module and never needs pandas
+
+    numeric: set[str] = set()
+    counts: dict[str, dict[str, int]] = {}
+    for c in context_columns:
+        s = frame[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            if s.notna().any():
+                numeric.add(c)
+            else:
+                counts[c] = {}
+            continue
+        counts[c] = value_counts(s)
+    return numeric, counts
+
+
+def merge_facts(
+    parts: Sequence[tuple[set[str], Mapping[str, Mapping[str, int]]]],
+) -> tuple[set[str], dict[str, dict[str, int]]]:
+    """The ``context_facts`` of a whole log from those of its parts."""
+    numeric: set[str] = set()
+    counts: dict[str, dict[str, int]] = {}
+    for part_numeric, part_counts in parts:
+        numeric |= part_numeric
+        for c, vc in part_counts.items():
+            merged = counts.setdefault(c, {})
+            for k, n in vc.items():
+                merged[k] = merged.get(k, 0) + n
+    return numeric, counts
 
 
 def value_counts(s: Any) -> dict[str, int]:

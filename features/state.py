@@ -179,19 +179,6 @@ class UserState:
             last_gap,
         ]
 
-    def candidate_vector(self, catalog: Catalog, step: int) -> list[float]:
-        """The CANDIDATE_FEATURES of one step for this user."""
-        effort = catalog.efforts[step]
-        return [
-            effort,
-            float(catalog.stage_indices[step]),
-            catalog.values[step],
-            1.0 if (catalog.goal_mask >> step) & 1 else 0.0,
-            effort - self.max_effort,
-            float(self.step_offers.get(step, 0)),
-            float(self.step_declines.get(step, 0)),
-        ]
-
 
 TIME_FEATURES: tuple[str, ...] = STATE_FEATURES[8:12]
 

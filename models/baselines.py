@@ -1,6 +1,6 @@
 """The fixed baseline rules, as pure functions of the catalog and the accepted steps.
 
-They are shared by the served policies (``models.policies``) and by the simulator's exact
+They are shared by the served policies (``models.policy_base``) and by the simulator's exact
 dynamic programme, so "ladder" means exactly the same thing in a benchmark table and in a
 response. Ties break by catalog order, which keeps every decision deterministic.
 """

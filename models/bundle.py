@@ -7,11 +7,10 @@ rows with the online fold and calls the native LightGBM boosters directly (no py
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,12 +24,8 @@ from features.spec import (
     root_block,
 )
 from features.state import UserState
-from models.linear import LinearReadiness, is_linear
+from models.linear import is_linear
 from models.native import NativePredictor
-
-if TYPE_CHECKING:  # scikit-learn is imported where models are fitted, not where they serve
-    from models.readiness import ReadinessModel
-    from models.serving import ServingModel
 
 BUNDLE_FILE = "bundle.joblib"
 META_FILE = "meta.json"
@@ -41,6 +36,16 @@ class ModelLoadError(NextstepError):
     """A model bundle is missing, corrupt or incompatible with this code or catalog."""
 
 
+class OutcomeModel(Protocol):
+    """What the scorer needs of an outcome model: the fitted ``models.readiness.ReadinessModel``,
+    its serving half (``models.serving.ServingModel``) and ``models.linear.LinearReadiness`` all
+    provide it (the tree models also a ``booster_``, the linear one ``raw``: see ``_predictor``)."""
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray: ...
+
+    def positive_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class ModelBundle:
     """Everything the planner needs from training. ``meta`` is JSON-able (metrics, data hash).
@@ -48,29 +53,17 @@ class ModelBundle:
     The models are the fitted ``ReadinessModel``s, or their serving halves
     (``models.serving.ServingModel``) in a bundle a server loaded from its serving artifact.
     Readiness is a ``models.linear.LinearReadiness`` when training found the logistic baseline
-    better than LightGBM on the holdout.
+    better than LightGBM on the holdout. ``models.serving.save_bundle`` writes a bundle with its
+    serving artifact.
     """
 
-    readiness: ReadinessModel | ServingModel | LinearReadiness
+    readiness: OutcomeModel
     spec: FeatureSpec
-    drop: ReadinessModel | ServingModel | None = None
-    back: ReadinessModel | ServingModel | None = None
+    drop: OutcomeModel | None = None
+    back: OutcomeModel | None = None
     typical_gap_hours: float = 24.0
     base_rates: Mapping[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> Path:
-        import joblib
-
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, p / BUNDLE_FILE, compress=3)
-        meta = {"format": FORMAT_VERSION, "features": self.spec.names, **self.meta}
-        (p / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-        from models.serving import save_serving
-
-        save_serving(self, p)
-        return p
 
 
 def find_bundle_file(path: str | Path) -> Path | None:
@@ -273,61 +266,3 @@ def _split_points(
         None if j in cats else np.asarray(sorted(thresholds[j]), dtype=np.float64)
         for j in range(n_features)
     ]
-
-
-def fit_bundle(
-    X: np.ndarray,
-    accepted: np.ndarray,
-    dropped: np.ndarray,
-    came_back: np.ndarray,
-    is_goal: np.ndarray,
-    spec: FeatureSpec,
-    *,
-    typical_gap_hours: float,
-    seed: int = 0,
-    n_jobs: int = 2,
-    params: Mapping[str, Any] | None = None,
-) -> ModelBundle:
-    """Fit the three outcome models on point-in-time feature rows.
-
-    * readiness: every offer, label = accepted;
-    * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
-      (a user who declines their last offer of a horizon, or simply never returns, is as lost
-      to the planner as one who said "stop": counting only explicit drops made every look-ahead
-      assume a decline is always followed by another visit);
-    * back: accepted non-goal offers, label = the user had a later event.
-    """
-    from models.readiness import ReadinessModel
-
-    cats = tuple(spec.categorical_indices)
-    kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
-    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
-    no = ~accepted
-    gone = dropped | ~came_back
-    drop = _fit_optional(X[no], gone[no], kw)
-    acc_ng = accepted & ~is_goal.astype(bool)
-    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
-    base_rates = {
-        "accept": float(accepted.mean()),
-        "drop": float(gone[no].mean()) if no.any() else 0.3,
-        "back": float(came_back[acc_ng].mean()) if acc_ng.any() else 0.8,
-    }
-    return ModelBundle(
-        readiness=readiness,
-        spec=spec,
-        drop=drop,
-        back=back,
-        typical_gap_hours=typical_gap_hours,
-        base_rates=base_rates,
-    )
-
-
-def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
-    from models.readiness import ReadinessModel
-
-    y = y.astype(int)
-    if len(y) < 50 or y.min() == y.max():
-        return None
-    params = dict(kw)
-    params.setdefault("n_estimators", 80)
-    return ReadinessModel(**params).fit(X, y)

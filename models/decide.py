@@ -22,7 +22,8 @@ from features.errors import InputError
 from features.state import UserState, fold_history, merged_context
 from models.guardrails import GuardrailSettings, apply_guardrails, has_step_rules
 from models.planner import Planner
-from models.policies import DecisionInput, PolicyConfig, _draw, _Exploration, choose
+from models.policies import PolicyConfig
+from models.policy_base import DecisionInput, Exploration, choose, draw_index
 
 HistoryRow = tuple[str, str, float, Mapping[str, Any] | None]  # (step_id, outcome, ts, context)
 
@@ -196,7 +197,7 @@ class Decider:
     def _planner(self) -> tuple[Any, Any]:
         """The planner this decider's policy consults (under any exploration) and its scorer."""
         policy = self.policy
-        while isinstance(policy, _Exploration):
+        while isinstance(policy, Exploration):
             policy = policy.base
         if not isinstance(policy, Planner):
             return None, None
@@ -281,7 +282,7 @@ class Decider:
         if template.draw is None or template.explanation is not None:
             raise ValueError("redraw needs a drawn decision without an explanation")
         eligible, probs, greedy, p = template.draw
-        k = _draw(np.random.default_rng(_seed_for(self.seed, user_id, n_asks)), probs)
+        k = draw_index(np.random.default_rng(_seed_for(self.seed, user_id, n_asks)), probs)
         step = self.catalog.steps[eligible[k]]
         return dataclasses.replace(
             template,

@@ -44,7 +44,7 @@ from features.state import (
     time_feature_columns,
     time_features,
 )
-from models.policies import DecisionInput, Ladder, PolicyOutput, _one_hot
+from models.policy_base import DecisionInput, Ladder, PolicyOutput, one_hot
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class Planner:
             best = float(q.max())
             near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
             k = int(near[np.lexsort((near, efforts[near]))[0]])
-            res = PolicyOutput(_one_hot(len(q), k), q, k)
+            res = PolicyOutput(one_hot(len(q), k), q, k)
             for arr in (res.probs, res.scores, p):  # shared by every later hit: read-only
                 arr.flags.writeable = False
             out.append((res, p))

@@ -11,6 +11,7 @@ outcome models over the same feature rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from features.spec import FeatureSpec
+from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
 
-__all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel"]
+__all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel", "fit_bundle"]
 
 
 class ReadinessModel(ClassifierMixin, BaseEstimator):
@@ -71,27 +74,13 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             raise ValueError("needs samples of both classes to fit a readiness model")
         n = len(y_enc)
         rng = np.random.default_rng(self.random_state)
-        use_cal = self.calibration_fraction > 0 and n >= 200
+        use_cal = self.calibrates(n)
         if use_cal:
             perm = rng.permutation(n)
             n_cal = int(n * self.calibration_fraction)
             cal_idx, fit_idx = perm[:n_cal], perm[n_cal:]
         else:
             fit_idx, cal_idx = np.arange(n), np.arange(0)
-        params = {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": min(self.min_child_samples, max(1, len(fit_idx) // 10)),
-            "lambda_l2": self.reg_lambda,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": self.n_jobs,
-            "verbosity": -1,
-            "min_data_per_group": 20,
-            "cat_smooth": 10.0,
-        }
         cats = [c for c in (self.categorical_features or ()) if c < X.shape[1]]
         w = None if sample_weight is None else np.asarray(sample_weight)[fit_idx]
         train = lgb.Dataset(
@@ -102,19 +91,49 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             free_raw_data=True,
             params={"verbosity": -1},
         )
+        params = {**self.lightgbm_params(len(fit_idx)), "num_threads": self.n_jobs}
         self.booster_ = lgb.train(params, train, num_boost_round=self.n_estimators)
+        raw = self.booster_.predict(X[cal_idx], num_threads=self.n_jobs) if use_cal else None
+        self.fit_calibration(raw, None if raw is None else y_enc[cal_idx])
+        return self
+
+    def calibrates(self, n: int) -> bool:
+        """Whether a fit on ``n`` rows holds out ``calibration_fraction`` of them to calibrate
+        (fewer than 200 rows are too few to spare)."""
+        return self.calibration_fraction > 0 and n >= 200
+
+    def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
+        """LightGBM's parameters (its own names) for a fit on ``n_fit`` rows: one recipe for
+        this machine's ``fit`` and the Dask engine's (``training.dask_train``), which adds only
+        how many threads to use."""
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": min(self.min_child_samples, max(1, n_fit // 10)),
+            "lambda_l2": self.reg_lambda,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+            "min_data_per_group": 20,
+            "cat_smooth": 10.0,
+        }
+
+    def fit_calibration(self, raw: np.ndarray | None, y: np.ndarray | None) -> None:
+        """Fit the isotonic map from the booster's raw scores ``raw`` of held-out rows to their
+        labels ``y`` (no calibration when ``raw`` is None or empty)."""
         self.calibrator_ = None
         self.calibration_x_ = self.calibration_y_ = None
-        if use_cal:
-            raw = self.booster_.predict(X[cal_idx], num_threads=self.n_jobs)
-            self.calibrator_ = IsotonicRegression(
-                y_min=EPS, y_max=1 - EPS, out_of_bounds="clip"
-            ).fit(raw, y_enc[cal_idx])
-            # The fitted isotonic map is piecewise linear: np.interp on its knots gives the same
-            # numbers without scikit-learn's per-call validation (milliseconds on the hot path).
-            self.calibration_x_ = np.asarray(self.calibrator_.X_thresholds_, dtype=np.float64)
-            self.calibration_y_ = np.asarray(self.calibrator_.y_thresholds_, dtype=np.float64)
-        return self
+        if raw is None or len(raw) == 0:
+            return
+        self.calibrator_ = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(
+            raw, y
+        )
+        # The fitted isotonic map is piecewise linear: np.interp on its knots gives the same
+        # numbers without scikit-learn's per-call validation (milliseconds on the hot path).
+        self.calibration_x_ = np.asarray(self.calibrator_.X_thresholds_, dtype=np.float64)
+        self.calibration_y_ = np.asarray(self.calibrator_.y_thresholds_, dtype=np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -236,3 +255,57 @@ class LogisticBaseline(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
+
+
+def fit_bundle(
+    X: np.ndarray,
+    accepted: np.ndarray,
+    dropped: np.ndarray,
+    came_back: np.ndarray,
+    is_goal: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    typical_gap_hours: float,
+    seed: int = 0,
+    n_jobs: int = 2,
+    params: Mapping[str, Any] | None = None,
+) -> ModelBundle:
+    """Fit the three outcome models on point-in-time feature rows.
+
+    * readiness: every offer, label = accepted;
+    * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
+      (a user who declines their last offer of a horizon, or simply never returns, is as lost
+      to the planner as one who said "stop": counting only explicit drops made every look-ahead
+      assume a decline is always followed by another visit);
+    * back: accepted non-goal offers, label = the user had a later event.
+    """
+    cats = tuple(spec.categorical_indices)
+    kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
+    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
+    no = ~accepted
+    gone = dropped | ~came_back
+    drop = _fit_optional(X[no], gone[no], kw)
+    acc_ng = accepted & ~is_goal.astype(bool)
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
+    base_rates = {
+        "accept": float(accepted.mean()),
+        "drop": float(gone[no].mean()) if no.any() else 0.3,
+        "back": float(came_back[acc_ng].mean()) if acc_ng.any() else 0.8,
+    }
+    return ModelBundle(
+        readiness=readiness,
+        spec=spec,
+        drop=drop,
+        back=back,
+        typical_gap_hours=typical_gap_hours,
+        base_rates=base_rates,
+    )
+
+
+def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
+    y = y.astype(int)
+    if len(y) < 50 or y.min() == y.max():
+        return None
+    params = dict(kw)
+    params.setdefault("n_estimators", 80)
+    return ReadinessModel(**params).fit(X, y)

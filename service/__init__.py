@@ -12,5 +12,6 @@ Modules, one job each:
 * ``experiments`` — arms and sticky assignment; ``runtime`` — the swappable snapshot of one
   ``models.decide.Decider`` per arm; ``model_loader`` — MLflow registry, cache, fallback.
 * ``problems`` — RFC 9457 errors; ``middleware`` — body limits, media type, request metrics;
-  ``metrics`` — Prometheus; ``schemas`` — request/response shapes; ``timeutil`` — timestamps.
+  ``metrics`` — Prometheus; ``schemas`` — request/response shapes (timestamps are parsed and
+  written by ``features.timeutil``).
 """

@@ -8,7 +8,7 @@ of a bare FastAPI app's throughput. ``service.app.NextstepAPI`` puts the lane in
 whole stack.
 
 The lane answers only the requests the route would accept, with the route's own code
-(``decisions.serve_next_step``) and the app's own exception handlers, so its responses are
+(``flows.serve_next_step``) and the app's own exception handlers, so its responses are
 the route's responses. Anything it is not sure about goes down the normal path untouched
 (the body it read is replayed): a body the strict parser refuses, a malformed
 ``Idempotency-Key``, no ``Content-Length`` or one over the limit, a non-JSON content type.
@@ -32,10 +32,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps import api_key_ok
-from service.flows import check_context
+from service.flows import check_context, serve_keyed_next_step, serve_next_step
 from service.middleware import is_json_media, replay_body
 from service.problems import problem_response
-from service.routers.decisions import serve_keyed_next_step, serve_next_step
 from service.schemas import NextStepRequest
 
 log = logging.getLogger("nextstep.service")

@@ -14,17 +14,19 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from features.catalog import STAGES, Catalog
 from features.errors import InputError
 from features.state import ACCEPTED, UserState
+from features.timeutil import iso
 from models.decide import DecisionRequest, DecisionResult, Ready
 from service import user_state
 from service.ids import new_decision_id, new_decision_ids
@@ -39,11 +41,11 @@ from service.schemas import (
     OutcomeRequest,
 )
 from service.store import IdempotentRecord, Store, dumps, idempotency_row
-from service.timeutil import iso
 
 ROUTE_NEXT_STEP = "next-step"
 ROUTE_BATCH = "next-step:batch"
 ROUTE_OUTCOMES = "outcomes"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,66 @@ def replay(rec: IdempotentRecord, digest: str, metrics: Metrics | None) -> Reply
     if metrics is not None:
         metrics.idempotent_replays.inc()
     return Reply(rec.status, rec.body, replayed=True)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """The idempotency protocol of one keyed request, the same for next-step, batch and
+    outcomes: the key's stored response, byte for byte (409 if the key came with another
+    request); else the effect, with the key's record (``record``) stored in the effect's own
+    transaction; and when a concurrent request with the same key committed first (the effect
+    fails on the key's unique constraint), that request's response instead of an error."""
+
+    store: Store
+    key: str
+    route: str
+    digest: str  # ``request_hash`` of the validated request
+    metrics: Metrics | None = None
+
+    def stored(self) -> Reply | None:
+        """The key's stored response (one indexed read on the hot cursor), or None."""
+        rec = self.store.idempotent(self.key, self.route)
+        return None if rec is None else replay(rec, self.digest, self.metrics)
+
+    def record(self, status: int, body: bytes) -> dict[str, Any]:
+        """The ``idempotency`` row that remembers this request's response."""
+        return idempotency_row(self.key, self.route, self.digest, status, body)
+
+    def run(self, effect: Callable[[], Reply]) -> Reply:
+        """``effect()`` (which stores ``record`` with its writes) unless the key has a response."""
+        found = self.stored()
+        if found is not None:
+            return found
+        try:
+            return effect()
+        except self.store.integrity_errors:
+            found = self.stored()
+            if found is None:
+                raise
+            return found
+
+    async def run_async(self, effect: Callable[[], Awaitable[Reply]]) -> Reply:
+        """``run`` for an effect on the event loop (the reads as ``run_flow`` runs them)."""
+        found = await run_flow(self.store, self.stored)
+        if found is not None:
+            return found
+        try:
+            return await effect()
+        except self.store.integrity_errors:
+            found = await run_flow(self.store, self.stored)
+            if found is None:
+                raise
+            return found
+
+
+async def run_flow(store: Store, flow: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a flow inline on the event loop when the store is embedded (SQLite: each call is a
+    few hundred microseconds of local work, less than the thread hop around it), in the thread
+    pool when it talks to a server over the network (PostgreSQL), where a slow or unreachable
+    database must not stall every other request."""
+    if store.embedded:
+        return flow(*args, **kwargs)
+    return await run_in_threadpool(flow, *args, **kwargs)
 
 
 def check_context(
@@ -281,17 +343,62 @@ async def _decide_on_loop(
     return arm.decider.finish(ready, req.explain)
 
 
-def key_record(key: str, digest: str, prepared: PreparedDecision) -> dict[str, Any]:
-    """The idempotency record that stores a keyed next-step's response with its decision."""
-    return idempotency_row(key, ROUTE_NEXT_STEP, digest, 200, prepared.body)
-
-
 def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
     """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
     _count(metrics, prepared.payload)
     if metrics is not None:
         metrics.watch.decided((prepared.row,))
     return Reply(200, prepared.body)
+
+
+async def serve_next_step(
+    store: Store,
+    deciders: Deciders,
+    metrics: Metrics | None,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
+) -> Reply:
+    """A key-less next-step: read, decide, commit (shared commits on a server), then answer.
+
+    The route and ``service.fast_lane`` both call this, so they answer alike."""
+    prepared = await _prepare_from_store(store, deciders, planning, req, None)
+    await store.commit_decisions([prepared.row], prepared.shadow_rows)
+    return decided(prepared, metrics)
+
+
+async def serve_keyed_next_step(
+    store: Store,
+    deciders: Deciders,
+    metrics: Metrics | None,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
+    key: str,
+) -> Reply:
+    """A next-step with an Idempotency-Key (``Idempotency``): the decision row and the key's
+    record are one commit, shared with concurrent requests like any decision's."""
+    idem = Idempotency(store, key, ROUTE_NEXT_STEP, request_digest(req), metrics)
+
+    async def effect() -> Reply:
+        prepared = await _prepare_from_store(store, deciders, planning, req, idem.digest)
+        record = idem.record(200, prepared.body)
+        await store.commit_decisions([prepared.row], prepared.shadow_rows, [record])
+        return decided(prepared, metrics)
+
+    return await idem.run_async(effect)
+
+
+async def _prepare_from_store(
+    store: Store,
+    deciders: Deciders,
+    planning: LoopPlanBatcher,
+    req: NextStepRequest,
+    digest: str | None,
+) -> PreparedDecision:
+    """The user's stored state (one row, read as ``run_flow`` reads), then the decision on the
+    event loop, where a planner miss is planned together with concurrent requests' misses."""
+    catalog = deciders.primary.decider.catalog
+    state = await run_flow(store, user_state.read_state, store, catalog, req.user_id)
+    return await prepare_next_step(deciders, req, state, planning, digest)
 
 
 def _same_input_key(
@@ -343,12 +450,20 @@ def next_step_batch(
     transaction as the decisions, and a concurrent retry that stored it first makes this
     commit fail, after which this call answers with that retry's response.
     """
-    digest = ""
-    if idempotency_key is not None:
-        digest = batch_digest(requests)
-        record = store.read_idempotent(idempotency_key, ROUTE_BATCH)
-        if record is not None:
-            return replay(record, digest, metrics)
+    if idempotency_key is None:
+        return _decide_batch(store, deciders, requests, metrics, None)
+    idem = Idempotency(store, idempotency_key, ROUTE_BATCH, batch_digest(requests), metrics)
+    return idem.run(lambda: _decide_batch(store, deciders, requests, metrics, idem))
+
+
+def _decide_batch(
+    store: Store,
+    deciders: Deciders,
+    requests: Sequence[NextStepRequest],
+    metrics: Metrics | None,
+    idem: Idempotency | None,
+) -> Reply:
+    """``next_step_batch``'s decisions and their one write (with ``idem``'s record)."""
     # one stored state per distinct user, however many requests name them
     states = user_state.read_states(store, _catalog(deciders), [r.user_id for r in requests])
     default_now = time.time()
@@ -423,17 +538,7 @@ def next_step_batch(
             shadow_rows.extend(_shadow_rows(deciders, arm, req, state, now, row["decision_id"]))
         answers.append(payload)
     body = orjson.dumps({"responses": answers})
-    if idempotency_key is None:
-        store.insert_decision_rows(rows, shadow_rows)
-    else:
-        record_row = idempotency_row(idempotency_key, ROUTE_BATCH, digest, 200, body)
-        try:
-            store.insert_decision_rows(rows, shadow_rows, [record_row])
-        except store.integrity_errors:
-            record = store.read_idempotent(idempotency_key, ROUTE_BATCH)
-            if record is None:
-                raise
-            return replay(record, digest, metrics)
+    store.insert_decision_rows(rows, shadow_rows, () if idem is None else [idem.record(200, body)])
     if metrics is not None:  # what ``_count`` does per decision, one increment per label set
         counts = Counter(
             (p["arm"], p["policy"], p["step"] or "none") for p in answers if "decision_id" in p
@@ -560,28 +665,29 @@ def record_outcome(
             f"unknown step {req.step!r}",
             errors=[{"loc": ["body", "step"], "msg": "not a catalog step", "type": "unknown_step"}],
         )
-    key = idempotency_key
-    try:
+    idem = None
+    if idempotency_key is not None:
+        idem = Idempotency(store, idempotency_key, ROUTE_OUTCOMES, digest, metrics)
+
+    def effect() -> Reply:
         with store.write() as conn:
-            if key is not None:
-                rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
-                if rec is not None:
-                    return replay(rec, digest, metrics)
             reply = _apply_outcome(store, conn, catalog, req)
-            if key is not None:
-                store.idempotent_put(conn, key, ROUTE_OUTCOMES, digest, reply.status, reply.body)
+            if idem is not None:
+                store.put_idempotent(conn, idem.record(reply.status, reply.body))
+        return reply
+
+    try:
+        reply = effect() if idem is None else idem.run(effect)
     except IntegrityError:
-        # A concurrent request won a race on a unique constraint: see what it wrote.
-        with store.read() as conn:
-            if key is not None:
-                rec = store.idempotent_get(conn, key, ROUTE_OUTCOMES)
-                if rec is not None:
-                    return replay(rec, digest, metrics)
-            if isinstance(req, DecisionOutcomeRequest):
+        # A concurrent outcome for the same decision won the race: answer as its retry would.
+        if isinstance(req, DecisionOutcomeRequest):
+            with store.read() as conn:
                 existing = store.outcome_of(conn, req.decision_id)
                 if existing is not None:
                     return _existing_reply(store, conn, catalog, existing, req.outcome)
         raise
+    if reply.replayed:
+        return reply
     if metrics is not None:
         source = "decision" if isinstance(req, DecisionOutcomeRequest) else "organic"
         metrics.outcomes.labels(req.outcome, source).inc()

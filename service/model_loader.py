@@ -42,19 +42,19 @@ from typing import Any
 
 from features.catalog import Catalog
 from features.errors import NextstepError
+from models.bundle import ModelLoadError
+from models.registry import MODEL_NAME
+from models.serving import DIGEST_TAG, load_serving_dir, serving_directory, verify_serving
 from service.redact import redact
 
 MODEL_MARKER = ".nextstep-model.json"
 log = logging.getLogger("nextstep.service.model")
-DEFAULT_NAME = "nextstep"
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+DEFAULT_NAME = MODEL_NAME
+# ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (``training.modelio`` reads it too)
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _NO_MODEL = {"", "none", "null", "ladder"}
 _DELETED_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
 _DEFAULT_WORKSPACE = "default"  # mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME
-
-
-class ModelRefused(NextstepError):
-    """A model exists but cannot be used (corrupt, incompatible, failed its smoke test)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def parse_ref(ref: str | None, default_uri: str) -> ModelRef:
     raw = (default_uri if ref is None else str(ref)).strip()
     if raw.lower() in _NO_MODEL:
         return ModelRef("none")
-    m = _URI.match(raw)
+    m = MODEL_URI.match(raw)
     if m:
         if m["alias"]:
             return ModelRef("alias", name=m["name"], alias=m["alias"])
@@ -90,7 +90,7 @@ def parse_ref(ref: str | None, default_uri: str) -> ModelRef:
         return ModelRef("path", path=Path(raw[len("file://") :]))
     if "/" in raw or os.sep in raw or Path(raw).is_dir():
         return ModelRef("path", path=Path(raw))
-    base = _URI.match(default_uri.strip())
+    base = MODEL_URI.match(default_uri.strip())
     name = base["name"] if base else DEFAULT_NAME
     if raw.isdigit():
         return ModelRef("version", name=name, version=raw)
@@ -250,9 +250,7 @@ def local_artifact_dir(location: str) -> Path | None:
 
 
 def _default_bundle_loader(path: Path, catalog: Catalog) -> tuple[Any, Mapping[str, Any]]:
-    # the serving artifact when the model has one: no scikit-learn, pandas or SciPy imports
-    from models.serving import load_serving_dir
-
+    # the serving artifact: no scikit-learn, pandas or SciPy imports
     return load_serving_dir(path, catalog)
 
 
@@ -279,7 +277,7 @@ class ModelLoader:
 
     # -- public ----------------------------------------------------------------------------
     def resolve(self, ref: ModelRef, *, prefer_cache: bool = False) -> Resolution:
-        """Load the model ``ref`` names now. Raises ``ModelRefused`` for a broken model.
+        """Load the model ``ref`` names now. Raises ``ModelLoadError`` for a broken model.
 
         ``prefer_cache`` (start-up): when the registry cannot be read cheaply, serve the version
         this alias last resolved to in this registry from the cache, without waiting for the
@@ -409,7 +407,7 @@ class ModelLoader:
             try:
                 self._download(ref.name, version, path, location)
             except Exception as exc:
-                raise ModelRefused(
+                raise ModelLoadError(
                     f"cannot download model {ref.name} version {version}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
@@ -433,7 +431,7 @@ class ModelLoader:
             return None
         try:
             model = self._load_cached(ref, version, source="cache")
-        except ModelRefused as exc:  # a damaged cache entry: ask the registry as usual
+        except ModelLoadError as exc:  # a damaged cache entry: ask the registry as usual
             log.warning("cached %s: %s", ref.label, exc)
             return None
         note = f"serving cached version {version} of {ref.label}; asking the registry"
@@ -442,8 +440,6 @@ class ModelLoader:
     def _registry_digest(self, name: str, version: str) -> str | None:
         """The sha256 recorded on the model version at registration (``DIGEST_TAG``), None
         when the version has none (registered before digests were recorded)."""
-        from models.serving import DIGEST_TAG
-
         db = self._sqlite_path()
         if self.sqlite_fast_path and db is not None and "?" not in str(db):
             found = peek_sqlite_tag(db, name, version, DIGEST_TAG)
@@ -553,22 +549,20 @@ class ModelLoader:
 
     # -- loading -----------------------------------------------------------------------------
     def _verify(self, path: Path, uri: str, expected: str) -> None:
-        from models.serving import serving_directory, verify_serving
-
         directory = serving_directory(path)
         try:
             if directory is None:
-                raise ModelRefused(f"model {uri} has no serving artifact to verify")
+                raise ModelLoadError(f"model {uri} has no serving artifact to verify")
             verify_serving(directory, expected)
         except NextstepError as exc:
             log.error("MODEL REFUSED: %s", exc)
-            raise ModelRefused(f"model {uri} refused: {exc}") from None
+            raise ModelLoadError(f"model {uri} refused: {exc}") from None
 
     def _load_path(self, ref: ModelRef) -> LoadedModel:
         path = ref.path
         assert path is not None
         if not path.is_dir():
-            raise ModelRefused(f"model directory {path} does not exist")
+            raise ModelLoadError(f"model directory {path} does not exist")
         key = f"path:{path.resolve()}"
         if key in self._loaded:
             return self._loaded[key]
@@ -588,7 +582,7 @@ class ModelLoader:
         try:
             scorer, meta = self.bundle_loader(path, self.catalog)
         except Exception as exc:  # ModelLoadError, ImportError, anything a broken pickle throws
-            raise ModelRefused(
+            raise ModelLoadError(
                 f"model {uri} refused: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None
         meta = dict(meta or {})

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.store import StoreUnavailable
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _URN = "urn:nextstep:problem:"
 log = logging.getLogger("nextstep.service")
@@ -68,10 +70,6 @@ class ProblemError(Exception):
         )
 
 
-class MalformedRequest(ProblemError):
-    status, slug = 400, "malformed-request"
-
-
 class Unauthorized(ProblemError):
     status, slug = 401, "unauthorized"
 
@@ -86,14 +84,6 @@ class NotFound(ProblemError):
 
 class Conflict(ProblemError):
     status, slug = 409, "conflict"
-
-
-class PayloadTooLarge(ProblemError):
-    status, slug = 413, "payload-too-large"
-
-
-class UnsupportedMediaType(ProblemError):
-    status, slug = 415, "unsupported-media-type"
 
 
 class Unprocessable(ProblemError):
@@ -219,8 +209,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every error the app can raise to problem+json, once."""
-    from service.store import StoreUnavailable
-
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     app.add_exception_handler(RequestValidationError, _on_validation)

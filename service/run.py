@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from features.catalog import load_catalog
 from features.errors import NextstepError
 from service.redact import RedactingFilter
 from service.settings import Settings
@@ -98,8 +99,6 @@ def serve_command(
     A non-loopback ``host`` without ``NEXTSTEP_API_KEYS`` raises ``InsecureBind`` unless
     ``insecure`` (the CLI's ``--insecure``) is given."""
     import uvicorn
-
-    from features.catalog import load_catalog
 
     os.environ["NEXTSTEP_CATALOG"] = str(Path(catalog).resolve())
     settings = load_settings()

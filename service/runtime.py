@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.catalog import Catalog
+from models.bundle import ModelLoadError
 from models.decide import Decider
 from models.policies import POLICIES, PolicyConfig
 from service.experiments import Arm, Experiment, load_experiment
-from service.model_loader import ModelLoader, ModelRef, ModelRefused, Resolution, parse_ref
+from service.model_loader import ModelLoader, ModelRef, Resolution, parse_ref
 from service.redact import redact
 from service.settings import Settings
 
@@ -202,7 +203,7 @@ class Runtime:
             for arm in experiment.arms:
                 try:
                     arms[arm.name] = self._build_arm(arm, starting=True)
-                except ModelRefused as exc:
+                except ModelLoadError as exc:
                     log.error("arm %s: %s; serving without a model", arm.name, exc)
                     decider = Decider(
                         self.catalog,
@@ -214,7 +215,7 @@ class Runtime:
             return self._swap(Deciders(experiment, arms, self._next_generation()))
 
     def reload(self, *, only_if_changed: bool = False) -> tuple[bool, Deciders]:
-        """Rebuild everything; raises ``ModelRefused``/``ExperimentError`` and keeps the old."""
+        """Rebuild everything; raises ``ModelLoadError``/``ExperimentError`` and keeps the old."""
         with self._lock:
             experiment = self._experiment()
             if only_if_changed and not self._changed(experiment):
@@ -236,7 +237,7 @@ class Runtime:
         arms' source and note change), ``"swapped"`` (a champion moved while the service was
         down: every arm rebuilt and swapped in, as a reload does), ``"unreachable"`` (the
         registry did not answer: keep serving, ask again later) or ``"nothing"``. Raises
-        ``ModelRefused`` when the registry's champion cannot be used (the cached one keeps
+        ``ModelLoadError`` when the registry's champion cannot be used (the cached one keeps
         serving)."""
         with self._lock:
             pending = self.unconfirmed()
@@ -293,7 +294,7 @@ class Runtime:
         try:  # a smoke decision proves policy and model work together on this catalog
             decider.decide("\x1fsmoke", [], now=time.time())
         except Exception as exc:
-            raise ModelRefused(
+            raise ModelLoadError(
                 f"arm {arm.name!r}: smoke decision failed ({type(exc).__name__}: {exc})"
             ) from None
         describe: Any = getattr(self.factory, "describe", None)

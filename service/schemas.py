@@ -20,8 +20,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from features.timerange import TS_ISO_PATTERN
-from service.timeutil import MAX_TS, MIN_TS, parse_ts
+from features.timeutil import TS_ISO_PATTERN, TS_MAX, TS_MIN, parse_ts
 
 MAX_BATCH = 1000
 _NO_NUL = r"^[^\x00]*$"
@@ -71,7 +70,7 @@ Timestamp = Annotated[
         {
             "anyOf": [
                 {"type": "string", "format": "date-time", "pattern": TS_ISO_PATTERN},
-                {"type": "number", "minimum": MIN_TS, "maximum": MAX_TS},
+                {"type": "number", "minimum": TS_MIN, "maximum": TS_MAX},
             ],
             "description": "ISO-8601 (offsets allowed, UTC if none) or epoch seconds, in the "
             "years 1970 to 2099",

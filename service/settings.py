@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.guardrails import GuardrailSettings
 from models.policies import PolicyConfig
+from models.registry import DEFAULT_MODEL_URI
 from service.experiments import parse_exploration
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     # refused with 422 naming it, so no client can add columns to `export` or features to
     # `retrain`. Unset: any key (up to 32 per request) is accepted.
     context_keys: str | None = None
-    model_uri: str = "models:/nextstep@champion"
+    model_uri: str = DEFAULT_MODEL_URI
     experiments: Path | None = None
     log_level: str = "INFO"
     catalog: Path | None = None

@@ -6,8 +6,9 @@ matter under concurrency (one outcome per decision, one effect per idempotency k
 by unique constraints, not by application locks. On SQLite, write transactions start with
 ``BEGIN IMMEDIATE`` (the pysqlite driver's own transaction handling is switched off) so two
 writers never deadlock on a lock upgrade, and the journal is WAL with ``synchronous`` NORMAL
-(the service's default: a committed write is in the OS before the response, which survives a
-``kill -9``) or FULL (also a power cut), as configured.
+(the service's default, ``NEXTSTEP_SQLITE_SYNCHRONOUS``: a committed write is in the OS before
+the response, which survives a ``kill -9``) or FULL (also a power cut; the default of a
+``Store`` built directly, as the CLI's commands build it).
 
 Driver failures (server down, disk full, read-only file, pool exhausted) surface as
 ``StoreUnavailable`` so the API answers 503 with ``Retry-After`` instead of 500; integrity
@@ -84,7 +85,6 @@ _HISTORY_MANY = (
     .order_by(_o.user_id, _o.ts, _o.id)
 )
 _INSERT_DECISION = insert(decisions)
-_INSERT_SHADOW = insert(shadow_decisions)
 _INSERT_OUTCOME = insert(outcomes)
 _INSERT_IDEMPOTENT = insert(idempotency)
 _GET_DECISION = select(decisions).where(_d.decision_id == bindparam("did"))
@@ -317,8 +317,19 @@ class Store:
             conn.execute(text("SELECT 1"))
 
     # -- history -----------------------------------------------------------------------------
-    def history(self, conn: Connection, user_id: str) -> list[HistoryEvent]:
-        return self.histories(conn, [user_id]).get(user_id, [])
+    def history(self, user_id: str, conn: Connection | None = None) -> list[HistoryEvent]:
+        """One user's outcomes ordered by (ts, id): in the transaction ``conn``, or, without
+        one, on the hot cursor (this thread's own SQLite connection, a pooled one on a server).
+
+        One SELECT is its own consistent snapshot on both back ends, so the read without a
+        transaction needs no BEGIN/COMMIT (tests prove both reads equal)."""
+        if conn is not None:
+            return self.histories(conn, [user_id]).get(user_id, [])
+        sql, order = self._history_sql
+        with self._translate(), self._hot_cursor() as (_raw, cur):
+            cur.execute(sql, _bind(order, {"uid": user_id}))
+            rows = cur.fetchall()
+        return [_history_event(row) for row in rows]
 
     def histories(self, conn: Connection, user_ids: Iterable[str]) -> dict[str, list[HistoryEvent]]:
         """Each user's outcomes ordered by (ts, id): one indexed query per chunk of users."""
@@ -334,19 +345,6 @@ class Store:
                 out[row[0]].append(_history_event(row))
         return out
 
-    def read_history(self, user_id: str) -> list[HistoryEvent]:
-        """``history`` for one user outside any transaction, on the hot cursor (this thread's
-        own SQLite connection, a pooled one on a server).
-
-        One SELECT is its own consistent snapshot on both back ends, so no BEGIN/COMMIT is
-        needed; this is what every ``next-step`` runs (tests prove it equals
-        ``history``)."""
-        sql, order = self._history_sql
-        with self._translate(), self._hot_cursor() as (_raw, cur):
-            cur.execute(sql, _bind(order, {"uid": user_id}))
-            rows = cur.fetchall()
-        return [_history_event(row) for row in rows]
-
     def _expanded(self, compiled: Any, n: int) -> tuple[str, list[str] | None]:
         """An ``IN``-list statement for ``n`` values as this dialect's SQL (and its parameter
         names, None when positional), expanded once per (statement, length)."""
@@ -358,8 +356,14 @@ class Store:
             hit = self._expanded_cache[key] = (state.statement, names)
         return hit
 
-    def read_idempotent(self, key: str, route: str) -> IdempotentRecord | None:
-        """``idempotent_get`` outside any transaction, on the hot cursor (keyed next-steps)."""
+    def idempotent(
+        self, key: str, route: str, conn: Connection | None = None
+    ) -> IdempotentRecord | None:
+        """The stored response of ``key`` on ``route``: in the transaction ``conn``, or,
+        without one, on the hot cursor (as ``history``)."""
+        if conn is not None:
+            row = conn.execute(_IDEMPOTENT_GET, {"key": key, "route": route}).first()
+            return IdempotentRecord.from_row(row)
         sql, order = self._key_sql
         with self._translate(), self._hot_cursor() as (_raw, cur):
             cur.execute(sql, _bind(order, {"key": key, "route": route}))
@@ -573,10 +577,6 @@ class Store:
         if rows:
             conn.execute(_INSERT_DECISION, list(rows))
 
-    def insert_shadow_decisions(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            conn.execute(_INSERT_SHADOW, list(rows))
-
     def get_decision(self, conn: Connection, decision_id: str) -> Any | None:
         return conn.execute(_GET_DECISION, {"did": decision_id}).first()
 
@@ -598,14 +598,9 @@ class Store:
         return int(result.inserted_primary_key[0])
 
     # -- idempotency -------------------------------------------------------------------------
-    def idempotent_get(self, conn: Connection, key: str, route: str) -> IdempotentRecord | None:
-        row = conn.execute(_IDEMPOTENT_GET, {"key": key, "route": route}).first()
-        return IdempotentRecord.from_row(row)
-
-    def idempotent_put(
-        self, conn: Connection, key: str, route: str, request_hash: str, status: int, body: bytes
-    ) -> None:
-        conn.execute(_INSERT_IDEMPOTENT, idempotency_row(key, route, request_hash, status, body))
+    def put_idempotent(self, conn: Connection, record: Mapping[str, Any]) -> None:
+        """Store a response for its key (an ``idempotency_row``) in the transaction ``conn``."""
+        conn.execute(_INSERT_IDEMPOTENT, dict(record))
 
     # -- served catalog ----------------------------------------------------------------------
     def remember_catalog(self, content: str, sha256: str, source: str | None = None) -> None:

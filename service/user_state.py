@@ -158,7 +158,7 @@ def _usable(store: Store, catalog: Catalog, user_id: str, row: tuple[str, str]) 
         return decode(catalog, text)
     # built for another catalog (another worker mid-deploy): fold this user's history now
     log.warning("user state built for another catalog: folding the history of one user")
-    return fold_rows(catalog, (e.row() for e in store.read_history(user_id)))
+    return fold_rows(catalog, (e.row() for e in store.history(user_id)))
 
 
 def catalog_fingerprint_cached(catalog: Catalog) -> str:
@@ -184,7 +184,7 @@ def state_in_transaction(
     fingerprint, text, last_ts = row
     if fingerprint == catalog_fingerprint_cached(catalog):
         return decode(catalog, text), True, last_ts
-    history = store.history(conn, user_id)
+    history = store.history(user_id, conn)
     state = fold_rows(catalog, (e.row() for e in history))
     return state, True, history[-1].ts if history else -math.inf
 
@@ -205,7 +205,7 @@ def fold_outcome(
         apply_event(catalog, state, step, outcome, ts, context)
         newest = ts
     else:  # an outcome older than one already folded: the fold is in time order
-        history = store.history(conn, user_id)
+        history = store.history(user_id, conn)
         state = fold_rows(catalog, (e.row() for e in history))
         newest = history[-1].ts
     store.put_state(

@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from models.registry import DEFAULT_MODEL_URI  # a constant: imports nothing
+
 app = typer.Typer(
     name="nextstep",
     help="Adaptive next-step recommender: simulate, train, evaluate, compare and serve.",
@@ -203,7 +205,7 @@ def train(
     ] = "auto",
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
-    from training.pipeline import train_command
+    from training.commands import train_command
 
     result = train_command(
         policy_gate=policy_gate,
@@ -230,12 +232,12 @@ def predict(
     events: EventsOpt,
     catalog: CatalogOpt,
     out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
-    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    model: Annotated[str, typer.Option(help="Model URI.")] = DEFAULT_MODEL_URI,
     skip_invalid: SkipOpt = False,
     dask: DaskOpt = None,
 ) -> None:
     """Readiness of every logged offer from that user's earlier rows only."""
-    from training.predict import predict_command
+    from training.commands import predict_command
 
     predict_command(
         events=events, catalog=catalog, out=out, model=model, skip_invalid=skip_invalid, dask=dask
@@ -249,7 +251,7 @@ def recommend(
     catalog: CatalogOpt,
     out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
     policy: Annotated[str, typer.Option(help="Policy name.")] = "planner",
-    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    model: Annotated[str, typer.Option(help="Model URI.")] = DEFAULT_MODEL_URI,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
     dask: DaskOpt = None,
@@ -262,7 +264,7 @@ def recommend(
     ] = None,
 ) -> None:
     """Batch decisions: for each user, the state after their history and the next step."""
-    from training.recommend import recommend_command
+    from training.commands import recommend_command
 
     recommend_command(
         events=events,
@@ -300,7 +302,7 @@ def compare(
     world: Annotated[
         str | None, typer.Option(help="Also run exact simulated rollouts in this world.")
     ] = None,
-    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/nextstep@champion",
+    model: Annotated[str, typer.Option(help="Model URI.")] = DEFAULT_MODEL_URI,
     n_boot: Annotated[int, typer.Option(min=0, help="Bootstrap resamples.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     skip_invalid: SkipOpt = False,
@@ -391,7 +393,7 @@ def rollout(
     ] = None,
     policy: Annotated[str | None, typer.Option(help="Run this policy in process instead.")] = None,
     model: Annotated[str, typer.Option(help="Model URI (in-process policies).")] = (
-        "models:/nextstep@champion"
+        DEFAULT_MODEL_URI
     ),
     # No key option: a key given on the command line shows in the process list and the shell
     # history, so the client key comes from the environment only.

@@ -43,10 +43,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog
+from features.catalog import Catalog, load_catalog
 from features.errors import InputError
-from features.events import EventLog
-from models.policies import DecisionInput, PolicyConfig
+from features.events import EventLog, load_events
+from features.state import UserState
+from models.decide import Decider
+from models.policies import PolicyConfig
+from models.policy_base import DecisionInput
+from models.registry import DEFAULT_MODEL_URI
+from training import tracking
+from training.modelio import ModelNotFoundError, load_scorer
 from training.offpolicy import (
     MAX_WEIGHT,
     Decisions,
@@ -58,6 +64,11 @@ from training.offpolicy import (
     one_step,
     trajectory,
 )
+from training.pipeline import fingerprint
+from training.rollout import InProcess, run_users
+from training.simulate import START, ExactSolver
+from training.truth import feature_context_columns
+from training.worlds import load_world
 
 ROLLOUT_USERS = 2000  # simulated users per model-based policy with --world
 CHART = "comparison.png"
@@ -212,8 +223,6 @@ def compare_log(
     """
     names = parse_policies(policies)
     if world is not None and isinstance(world, str):
-        from training.worlds import load_world
-
         world = load_world(world)
     if world is not None:
         check_world_catalog(world, catalog)
@@ -279,8 +288,6 @@ def _summary(
 
 def default_context_columns(log: EventLog) -> list[str]:
     """The log's context columns, without the simulator's truth columns."""
-    from training.truth import feature_context_columns
-
     return feature_context_columns(log.context_columns)
 
 
@@ -304,12 +311,11 @@ def check_world_catalog(world: Any, catalog: Catalog) -> None:
 
 # -- simulated rollouts --------------------------------------------------------------------------
 def exact_policy(policy: Any) -> Callable[[Catalog, Any, list[int]], list[tuple[int, float]]]:
-    """A ``models.policies`` policy that needs no model, as ``ExactSolver``'s policy type.
+    """A ``models.policy_base`` policy that needs no model, as ``ExactSolver``'s policy type.
 
     Such policies only look at the catalog and the eligible steps, so the accepted-steps mask
     of the simulator's state is all they need.
     """
-    from features.state import UserState
 
     def choose(catalog: Catalog, state: Any, eligible: list[int]) -> list[tuple[int, float]]:
         inp = DecisionInput(catalog, UserState(accepted_mask=state[0]), list(eligible), 0.0)
@@ -329,10 +335,6 @@ def simulate_policies(
     progress: Progress | None = None,
 ) -> tuple[dict[str, dict[str, Any]], float]:
     """``({name: {conversion, se, method, users}}, exact optimum)`` in ``world``."""
-    from models.decide import Decider
-    from training.rollout import InProcess, run_users
-    from training.simulate import START, ExactSolver
-
     solver = ExactSolver(world)
     weights = world.weights
     optimum = sum(
@@ -422,8 +424,6 @@ def log_comparison(
     run_name: str = "compare",
 ) -> str:
     """One parent run with the chart and table, one nested run per policy; the parent's id."""
-    from training import tracking
-
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(tracking.EXPERIMENT_COMPARE)
     fp = dict(fingerprint or {})
@@ -559,7 +559,7 @@ def compare_command(
     policies: Sequence[str],
     json_out: Path | None = None,
     world: str | None = None,
-    model: str = "models:/nextstep@champion",
+    model: str = DEFAULT_MODEL_URI,
     n_boot: int = 200,
     seed: int = 0,
     skip_invalid: bool = False,
@@ -574,11 +574,6 @@ def compare_command(
     """
     from rich.console import Console
 
-    from features.catalog import load_catalog
-    from features.events import load_events
-    from training.modelio import ModelNotFoundError, load_scorer
-    from training.pipeline import fingerprint
-
     names = parse_policies(policies)
     if json_out is not None and not Path(json_out).parent.exists():
         raise CompareError(f"--json: directory {Path(json_out).parent} does not exist")
@@ -586,8 +581,6 @@ def compare_command(
     cat = load_catalog(catalog)
     w = None
     if world is not None:
-        from training.worlds import load_world
-
         w = load_world(world)
         check_world_catalog(w, cat)
     log = load_events(events, cat, skip_invalid=skip_invalid)

@@ -56,12 +56,35 @@ import pandas as pd
 from features.catalog import Catalog
 from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import EventLogError, NextstepError
-from features.spec import FeatureSpec, value_counts
-from models.bundle import ModelBundle
-from models.readiness import EPS, ReadinessModel
+from features.events import (
+    REASONS,
+    STR_DTYPE,
+    context_columns,
+    file_kind,
+    read_csv,
+    read_csv_header,
+    read_parquet,
+    validate_frame,
+)
+from features.spec import FeatureSpec, context_facts, merge_facts
+from features.timeutil import iso_seconds
+from models.bundle import ModelBundle, ModelScorer
+from models.decide import Decider
+from models.policies import PolicyConfig
+from models.readiness import LogisticBaseline, ReadinessModel
+from training import evaluate as ev
 from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
-from training.truth import TRUTH_COLUMN
+from training.pipeline import (
+    HOLDOUT_ARTIFACT_ROWS,
+    TrainingOutcome,
+    catalog_hash,
+    features_for,
+    log_training,
+    score_champion,
+)
+from training.recommend import OUTPUT_COLUMNS, recommend_frame
+from training.truth import TRUTH_COLUMN, feature_context_columns
 
 log = logging.getLogger("nextstep.dask")
 
@@ -161,8 +184,6 @@ def _silence_stdout() -> None:
 def event_files(events: str | Path) -> tuple[list[str], str]:
     """``(files, kind)`` of a directory (every ``*.parquet|*.pq|*.csv|*.csv.gz`` in it, sorted,
     recursively, hidden and ``_``-prefixed files skipped), a glob or a single file."""
-    from features.events import _kind
-
     source = str(events)
     p = Path(source)
     if any(ch in source for ch in "*?["):
@@ -183,7 +204,7 @@ def event_files(events: str | Path) -> tuple[list[str], str]:
         raise EventLogError(
             "no event files found (expected .parquet, .pq, .csv or .csv.gz files)", source=source
         )
-    kinds = {_kind(Path(f), f) for f in files}
+    kinds = {file_kind(Path(f), f) for f in files}
     if len(kinds) > 1:
         raise EventLogError("mixes CSV and Parquet files; use one format", source=source)
     return files, kinds.pop()
@@ -197,24 +218,11 @@ def _file_columns(path: str, kind: str) -> list[str]:
             return list(pq.read_schema(path).names)
         except Exception as exc:
             raise EventLogError(f"not a readable Parquet file ({exc})", source=path) from None
-    import pyarrow.csv as pacsv
-
-    from features.events import _csv_error, _quiet_row_decoding, _skip_row
-
-    try:
-        opts = pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=_skip_row)
-        with _quiet_row_decoding(), pacsv.open_csv(path, parse_options=opts) as reader:
-            return list(reader.schema.names)
-    except UnicodeDecodeError:
-        raise EventLogError("the header is not valid UTF-8 text", source=path) from None
-    except Exception as exc:
-        raise _csv_error(exc, path) from None
+    return read_csv_header(Path(path), path)
 
 
 def _raw_meta(files: list[str], kind: str, columns: list[str]) -> pd.DataFrame:
     """The empty frame ``_read_file`` returns for these files (dtypes of the first file)."""
-    from features.events import STR_DTYPE, _read_parquet
-
     if kind == "csv":
         meta = pd.DataFrame({c: pd.Series([], dtype=STR_DTYPE) for c in columns})
     else:
@@ -226,7 +234,7 @@ def _raw_meta(files: list[str], kind: str, columns: list[str]) -> pd.DataFrame:
         with tempfile.TemporaryDirectory() as tmp:
             empty = Path(tmp) / "empty.parquet"
             pq.write_table(schema.empty_table(), empty)
-            meta = _read_parquet(empty, files[0])
+            meta = read_parquet(empty, files[0])
     return meta.assign(_key=pd.Series([], dtype=np.int64), _bad=pd.Series([], dtype=bool))
 
 
@@ -235,13 +243,11 @@ def _read_file(
 ) -> pd.DataFrame:
     """One file as a raw frame plus ``_key`` (global row key) and ``_bad`` (a placeholder row
     for each malformed CSV line skipped with ``--skip-invalid``, counted at validation)."""
-    from features.events import _read_csv, _read_parquet
-
     index, path = item
     if kind == "csv":
-        df, rows, n_bad = _read_csv(Path(path), path, skip_invalid, infer_context=False)
+        df, rows, n_bad = read_csv(Path(path), path, skip_invalid, infer_context=False)
     else:
-        df, rows, n_bad = _read_parquet(Path(path), path), None, 0
+        df, rows, n_bad = read_parquet(Path(path), path), None, 0
     if list(df.columns) != list(names):
         if sorted(df.columns) != sorted(names):
             raise EventLogError(
@@ -299,8 +305,6 @@ def _validate_part(
     Returns the validated frame (``row`` = global key, file order) and statistics: skipped rows
     per reason, CSV castability of the context columns, rows, ts range and per-user arrival
     ``(first ts, first key, rows)`` for the holdout."""
-    from features.events import _validate
-
     raw = raw.sort_values("_key", kind="stable")
     bad = raw["_bad"].to_numpy(dtype=bool)
     raw = raw.loc[~bad]
@@ -316,7 +320,7 @@ def _validate_part(
     keys = raw["_key"].to_numpy(dtype=np.int64)
     body = raw.drop(columns=list(_META_COLS)).reset_index(drop=True)
     try:
-        valid = _validate(body, catalog, source=source, skip_invalid=skip_invalid, rows=keys)
+        valid = validate_frame(body, catalog, source=source, skip_invalid=skip_invalid, rows=keys)
     except EventLogError as exc:
         m = _NO_VALID.match(exc.message)
         if skip_invalid and m:  # every row of this partition is invalid: count them, keep going
@@ -452,9 +456,7 @@ def load_events_dask(
     files, kind = event_files(events)
     columns = _file_columns(files[0], kind)
     meta = _raw_meta(files, kind, columns)
-    from features.events import OPTIONAL, REQUIRED
-
-    context = [c for c in columns if c not in REQUIRED and c not in OPTIONAL and c != "row"]
+    context = context_columns(columns)
     raw = dd.from_map(
         _read_file,
         list(enumerate(files)),
@@ -486,8 +488,6 @@ def load_events_dask(
     for s in stats:
         for k, v in s["skipped"].items():
             skipped[k] = skipped.get(k, 0) + int(v)
-    from features.events import REASONS
-
     skipped = {r: skipped[r] for r in REASONS if skipped.get(r)}
     n_rows = sum(s["rows"] for s in stats)
     if n_rows == 0:
@@ -667,8 +667,6 @@ def _features_part(
 ) -> pd.DataFrame:
     """Point-in-time features of one partition (whole users) with the offline builder, plus
     labels, holdout flag, split numbers and the gap to the user's previous event."""
-    from training.pipeline import TRUTH_COLUMN, features_for
-
     if frame.empty:
         return _features_meta(spec)
     F = features_for(frame, catalog, spec)
@@ -706,49 +704,15 @@ def spec_for(dlog: DaskLog, split: Split | None = None) -> FeatureSpec:
     ``split``): categories from every partition, numeric columns as they are."""
     import dask
 
-    from training.pipeline import feature_context_columns
+    cols = feature_context_columns(dlog.context_columns)
 
-    cols = feature_context_columns(_LogView(dlog.context_columns))
-    meta = dlog.frames._meta
-    text = [
-        c
-        for c in cols
-        if not (pd.api.types.is_numeric_dtype(meta[c]) and not pd.api.types.is_bool_dtype(meta[c]))
-    ]
+    def facts(frame: pd.DataFrame) -> tuple[set[str], dict[str, dict[str, int]]]:
+        if split is not None and not frame.empty:
+            frame = frame.loc[~_holdout_rows(frame, split)]
+        return context_facts(frame, cols)
 
-    def training(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame if split is None or frame.empty else frame.loc[~_holdout_rows(frame, split)]
-
-    def counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
-        frame = training(frame)
-        return {c: value_counts(frame[c]) for c in text}
-
-    per_part = dask.compute(*[dask.delayed(counts)(p) for p in dlog.frames.to_delayed()])
-    merged: dict[str, dict[str, int]] = {c: {} for c in text}
-    for part in per_part:
-        for c, vc in part.items():
-            m = merged[c]
-            for k, n in vc.items():
-                m[k] = m.get(k, 0) + n
-    numeric = set(cols) - set(text)
-    if numeric:
-        present = dask.compute(
-            *[
-                dask.delayed(_present)(training(p), sorted(numeric))
-                for p in dlog.frames.to_delayed()
-            ]
-        )
-        numeric = {c for c in numeric if any(part[c] for part in present)}
-    return FeatureSpec.from_counts(cols, numeric, merged)
-
-
-def _present(frame: pd.DataFrame, cols: list[str]) -> dict[str, bool]:
-    return {c: bool(frame[c].notna().any()) for c in cols}
-
-
-@dataclass
-class _LogView:
-    context_columns: list[str]
+    parts = dask.compute(*[dask.delayed(facts)(p) for p in dlog.frames.to_delayed()])
+    return FeatureSpec.from_counts(cols, *merge_facts(parts))
 
 
 # -- fitting -----------------------------------------------------------------------------------
@@ -795,13 +759,13 @@ def fit_readiness_dask(
     min_rows: int = 0,
 ) -> ReadinessModel | None:
     """A calibrated ``ReadinessModel`` fitted with ``lightgbm.dask.DaskLGBMClassifier`` on the
-    rows of ``feats`` where ``mask`` holds: the same LightGBM parameters and the same isotonic
-    calibration on a held-out ``calibration_fraction`` of the rows (chosen by a hash of the row
-    key instead of a permutation). None when there are fewer than ``min_rows`` rows or one class.
+    rows of ``feats`` where ``mask`` holds: the model's own LightGBM parameters
+    (``ReadinessModel.lightgbm_params``) and isotonic calibration (``fit_calibration``) on a
+    held-out ``calibration_fraction`` of the rows (chosen by a hash of the row key instead of a
+    permutation). None when there are fewer than ``min_rows`` rows or one class.
     """
     import lightgbm as lgb
     from lightgbm.dask import DaskLGBMClassifier
-    from sklearn.isotonic import IsotonicRegression
 
     model = ReadinessModel(**kw)
     cols = _feature_columns(spec)
@@ -809,26 +773,15 @@ def fit_readiness_dask(
     n, pos = (int(v) for v in _compute(sel[label].count(), sel[label].sum()))
     if n < max(min_rows, 1) or pos in (0, n):
         return None
-    use_cal = model.calibration_fraction > 0 and n >= 200
+    use_cal = model.calibrates(n)
     fit_sel = sel[sel["u"] >= model.calibration_fraction] if use_cal else sel
     X, y, n_fit = _arrays(client, fit_sel, cols, label)
     if X is None:
         return None
     cats = [c for c in (model.categorical_features or ()) if c < len(cols)]
+    # the threads are each worker's own (lightgbm.dask gives every worker its thread count)
     clf = DaskLGBMClassifier(
-        client=client,
-        objective="binary",
-        n_estimators=model.n_estimators,
-        learning_rate=model.learning_rate,
-        num_leaves=model.num_leaves,
-        min_child_samples=min(model.min_child_samples, max(1, n_fit // 10)),
-        reg_lambda=model.reg_lambda,
-        random_state=model.random_state,
-        deterministic=True,
-        force_row_wise=True,
-        verbosity=-1,
-        min_data_per_group=20,
-        cat_smooth=10.0,
+        client=client, n_estimators=model.n_estimators, **model.lightgbm_params(n_fit)
     )
     # lightgbm.dask prints "Finding random open ports for workers" (its default logger)
     with (
@@ -842,18 +795,14 @@ def fit_readiness_dask(
     model.booster_ = booster
     model.classes_ = np.array([0, 1])
     model.n_features_in_ = len(cols)
-    model.calibrator_ = None
-    model.calibration_x_ = model.calibration_y_ = None
+    raw, y_cal = None, None
     if use_cal:
         cal = sel[sel["u"] < model.calibration_fraction]
         scored = cal.map_partitions(
             _raw_scores, booster, cols, label, meta={"raw": np.float64, "y": np.int8}
         ).compute()
-        if len(scored):
-            iso = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip")
-            model.calibrator_ = iso.fit(scored["raw"].to_numpy(), scored["y"].to_numpy())
-            model.calibration_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
-            model.calibration_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+        raw, y_cal = scored["raw"].to_numpy(), scored["y"].to_numpy()
+    model.fit_calibration(raw, y_cal)
     return model
 
 
@@ -953,26 +902,21 @@ def _score_part(
 
 
 # -- the outcome and the run ---------------------------------------------------------------------
-def _outcome_class() -> type:
-    from training.pipeline import TrainingOutcome
+@dataclass
+class DaskTrainingOutcome(TrainingOutcome):
+    """``TrainingOutcome`` whose holdout lives on the cluster: counts instead of a mask."""
 
-    @dataclass
-    class DaskTrainingOutcome(TrainingOutcome):
-        """``TrainingOutcome`` whose holdout lives on the cluster: counts instead of a mask."""
+    n_train: int = 0
+    n_holdout: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
-        n_train: int = 0
-        n_holdout: int = 0
-        extra: dict[str, Any] = field(default_factory=dict)
+    @property
+    def train_rows(self) -> int:
+        return self.n_train
 
-        @property
-        def train_rows(self) -> int:
-            return self.n_train
-
-        @property
-        def holdout_rows(self) -> int:
-            return self.n_holdout
-
-    return DaskTrainingOutcome
+    @property
+    def holdout_rows(self) -> int:
+        return self.n_holdout
 
 
 @on_cluster
@@ -990,9 +934,6 @@ def fit_and_evaluate_dask(
     """The Dask twin of ``training.pipeline.fit_and_evaluate`` (returns a ``TrainingOutcome``
     with ``n_train``/``n_holdout`` and ``extra["split"]``, the holdout boundary); ``holdout``
     is a ``training.holdout.Holdout`` (default: the calendar cut)."""
-    from models.readiness import LogisticBaseline
-    from training import evaluate as ev
-
     say = progress or (lambda _msg: None)
     plan = holdout or Holdout()
     seconds: dict[str, float] = {}
@@ -1093,8 +1034,7 @@ def fit_and_evaluate_dask(
         k: v for k, v in bundle.readiness.get_params().items() if k != "categorical_features"
     }
     example = _example(hold, cols, spec)
-    Outcome = _outcome_class()
-    return Outcome(
+    return DaskTrainingOutcome(
         bundle=bundle,
         baseline=baseline,
         spec=spec,
@@ -1137,8 +1077,6 @@ def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     the same hash as a single-machine run on one file holding them."""
     import dask
 
-    from training.pipeline import _iso, catalog_hash
-
     body_meta = dlog.frames._meta.drop(columns=["row"], errors="ignore")
 
     def hashes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -1155,8 +1093,8 @@ def fingerprint_dask(dlog: DaskLog, catalog: Catalog) -> dict[str, Any]:
     return {
         "rows": dlog.n_rows,
         "users": dlog.n_users,
-        "ts_min": _iso(dlog.ts_min),
-        "ts_max": _iso(dlog.ts_max),
+        "ts_min": iso_seconds(dlog.ts_min),
+        "ts_max": iso_seconds(dlog.ts_max),
         "sha256": h.hexdigest(),
         "catalog_sha256": catalog_hash(catalog),
         "skipped": int(dlog.n_skipped),
@@ -1198,29 +1136,20 @@ def champion_on_holdout_dask(
     dlog: DaskLog, catalog: Catalog, split: Split
 ) -> tuple[str | None, float | None, str | None]:
     """``training.pipeline.champion_on_holdout`` with the holdout scored on the workers."""
-    from training import evaluate as ev
-    from training import tracking
-    from training.modelio import load_model_bundle
 
-    version = tracking.alias_version(tracking.CHAMPION)
-    if version is None:
-        return None, None, None
-    try:
-        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
+    def score(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
         scored = dlog.frames.map_partitions(
             _score_holdout_with, bundle, catalog, split, meta={"y": np.int64, "p": np.float64}
         ).compute()
-    except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
-        return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
-    return version, ev.log_loss(scored["y"].to_numpy(), scored["p"].to_numpy()), None
+        return scored["y"].to_numpy(), scored["p"].to_numpy()
+
+    return score_champion(score)
 
 
 def _score_holdout_with(
     frame: pd.DataFrame, bundle: ModelBundle, catalog: Catalog, split: Split
 ) -> pd.DataFrame:
     """The held-out offers of one partition scored with their users' whole history."""
-    from training.pipeline import features_for
-
     if frame.empty:
         return pd.DataFrame({"y": np.empty(0, np.int64), "p": np.empty(0)})
     ho = _holdout_rows(frame, split)
@@ -1249,8 +1178,6 @@ def train_on_dask(
     readiness_model: str = "auto",
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
-    from training.pipeline import HOLDOUT_ARTIFACT_ROWS, log_training
-
     say = progress or (lambda _msg: None)
     event_files(events)  # a missing or empty input fails before a cluster starts
     say(f"dask: connecting ({address})")
@@ -1291,8 +1218,6 @@ def train_on_dask(
 
 # -- batch scoring: predict and recommend --------------------------------------------------------
 def _predict_part(frame: pd.DataFrame, bundle: ModelBundle, catalog: Catalog) -> pd.DataFrame:
-    from training.pipeline import features_for
-
     if frame.empty:
         return _predict_meta()
     F = features_for(frame, catalog, bundle.spec)
@@ -1347,23 +1272,13 @@ def _recommend_part(
     version: str | None,
     seed: int,
 ) -> pd.DataFrame:
-    from models.bundle import ModelScorer
-    from models.decide import Decider
-    from models.policies import PolicyConfig
-    from training.recommend import OUTPUT_COLUMNS, recommend_frame
-    from training.truth import feature_context_columns
-
     if frame.empty:
         return _recommend_meta()
     scorer = None if bundle is None else ModelScorer(bundle, catalog)
     decider = Decider(
         catalog, PolicyConfig.parse(policy), scorer=scorer, model_version=version, seed=seed
     )
-    from features.events import OPTIONAL, REQUIRED
-
-    ctx = feature_context_columns(
-        c for c in frame.columns if c not in REQUIRED and c not in OPTIONAL and c != "row"
-    )
+    ctx = feature_context_columns(context_columns(frame.columns))
     out = recommend_frame(frame, catalog, decider, ctx)
     first = frame.groupby("user_id", sort=False)["row"].min()
     out.insert(0, "first_key", first.loc[out["user_id"]].to_numpy(dtype=np.int64))
@@ -1371,8 +1286,6 @@ def _recommend_part(
 
 
 def _recommend_meta() -> pd.DataFrame:
-    from training.recommend import OUTPUT_COLUMNS
-
     text = ("user_id", "step", "stage", "policy", "reason")
     cols: dict[str, Any] = {"first_key": pd.Series([], dtype=np.int64)}
     for c in OUTPUT_COLUMNS:

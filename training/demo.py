@@ -16,6 +16,9 @@ import shutil
 from pathlib import Path
 
 from features.errors import InputError
+from service.run import serve_command
+from training import tracking
+from training.modelio import alias_version  # reads a local registry without importing MLflow
 
 DEMO_SEED = 7
 DEMO_INFO = "demo.json"
@@ -54,8 +57,6 @@ def fresh_state(home: Path) -> list[Path]:
 
 def ensure_demo(world: str, users: int, *, fresh: bool = False) -> tuple[Path, Path, str | None]:
     """``(events, catalog, champion version)``, creating whatever is missing."""
-    from training import tracking
-
     home = tracking.home()
     if fresh:
         removed = fresh_state(home)
@@ -75,6 +76,7 @@ def ensure_demo(world: str, users: int, *, fresh: bool = False) -> tuple[Path, P
                 source=str(folder),
             )
     else:
+        # start-up: the simulator is imported only when the demo data is missing
         from training.simulate import write_simulation
         from training.worlds import load_world
 
@@ -84,11 +86,10 @@ def ensure_demo(world: str, users: int, *, fresh: bool = False) -> tuple[Path, P
             f"simulated {made_info['users']} users of world {made_info['world']}: "
             f"{made_info['rows']} events"
         )
-    from training.modelio import alias_version  # no MLflow import for the local registry
-
     version = alias_version(tracking.CHAMPION)
     if version is None:
-        from training.pipeline import train_command
+        # start-up: the training stack (about 2 s to import) only when there is no model yet
+        from training.commands import train_command
 
         result = train_command(events=events, catalog=catalog, promote=True)
         version = result.version if result.promoted else tracking.alias_version(tracking.CHAMPION)
@@ -119,6 +120,4 @@ def demo_command(
 ) -> None:
     """CLI entry point (``nextstep demo``)."""
     _events, catalog, _version = ensure_demo(world, users, fresh=fresh)
-    from service.run import serve_command
-
     serve_command(catalog=catalog, host=host, port=port, workers=1)

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import STAGES, Catalog
+from features.offline import build_offline_features
+from features.spec import FeatureSpec
 from features.state import ACCEPTED
 
 
@@ -63,9 +65,6 @@ def rates_by_stage(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
 def accept_rate_by_momentum(frame: pd.DataFrame, catalog: Catalog, cap: int = 3) -> pd.DataFrame:
     """Observed readiness: accept rate by stage (rows) and accepts in a row before the offer
     (columns, ``cap`` meaning "cap or more"), from the point-in-time features."""
-    from features.offline import build_offline_features
-    from features.spec import FeatureSpec
-
     F = build_offline_features(frame, catalog, FeatureSpec())
     streak = F.X[:, F.names.index("cons_accepts")].astype(int).clip(max=cap)
     stage = np.asarray(catalog.stage_indices)[F.step_index]

@@ -35,6 +35,7 @@ import pandas as pd
 from features.catalog import Catalog, load_catalog
 from features.errors import NextstepError
 from features.events import EventLog, validate_frame, write_events
+from features.timeutil import parse_ts
 
 NO_RESPONSE_RULES = ("ignore", "declined")
 _RESERVED = {"user_id", "ts", "step", "outcome", "propensity", "policy", "decision_id", "row"}
@@ -68,8 +69,6 @@ def store_url(url: str | None = None) -> str:
 def _parse_since(since: str | float | None) -> float | None:
     if since is None or since == "":
         return None
-    from service.timeutil import parse_ts
-
     try:
         return parse_ts(since)
     except ValueError as exc:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from features.errors import NextstepError
+from features.timeutil import iso_seconds, parse_ts
 
 HOLDOUT_FRACTION = 0.2
 STRATEGIES = ("time", "arrival")
@@ -76,8 +76,6 @@ class Holdout:
         """From command-line values: ``start`` is ISO-8601 or epoch seconds."""
         ts: float | None = None
         if start is not None and start != "":
-            from service.timeutil import parse_ts
-
             try:
                 ts = parse_ts(start)
             except ValueError as exc:
@@ -117,7 +115,7 @@ class Holdout:
         """What the MLflow run records (params and bundle meta)."""
         out: dict[str, Any] = {"strategy": self.strategy, "fraction": self.fraction}
         if self.strategy == "time":
-            out["from"] = iso(cut) if cut is not None else None
+            out["from"] = iso_seconds(cut) if cut is not None else None
             out["from_ts"] = cut
             out["from_given"] = self.start is not None
         return out
@@ -126,9 +124,13 @@ class Holdout:
 def check_sides(n_train: int, n_holdout: int, cut: float) -> None:
     """A clear error when a calendar cut leaves one side empty."""
     if n_holdout == 0:
-        raise HoldoutError(f"no offer at or after the holdout cut {iso(cut)}: move --holdout-from")
+        raise HoldoutError(
+            f"no offer at or after the holdout cut {iso_seconds(cut)}: move --holdout-from"
+        )
     if n_train == 0:
-        raise HoldoutError(f"no offer before the holdout cut {iso(cut)}: move --holdout-from")
+        raise HoldoutError(
+            f"no offer before the holdout cut {iso_seconds(cut)}: move --holdout-from"
+        )
 
 
 def arrival_mask(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
@@ -158,7 +160,3 @@ def users_with(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     hit = np.zeros(int(codes.max()) + 1 if len(codes) else 0, dtype=bool)
     hit[codes[rows]] = True
     return hit[codes]
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

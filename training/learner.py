@@ -52,10 +52,11 @@ from sqlalchemy import func, select, union
 
 from features.catalog import Catalog, load_catalog
 from features.errors import NextstepError
+from features.timeutil import iso_seconds
 from service.store import Store
 from service.tables import decisions, outcomes
 from training import tracking
-from training.holdout import iso, users_with
+from training.holdout import users_with
 from training.lease import Lease, new_holder
 
 log = logging.getLogger("nextstep.learner")
@@ -200,7 +201,7 @@ class Learner:
         if self.retry_at is not None:
             if now >= self.retry_at:
                 return True, f"retry after {self.failures} failed cycle(s)"
-            return False, f"backing off until {iso(self.retry_at)}"
+            return False, f"backing off until {iso_seconds(self.retry_at)}"
         st = self.lease.state()
         if st.last_cycle_at is None:
             return True, "no cycle has finished on this store yet"
@@ -280,7 +281,7 @@ class Learner:
         if st is not None:
             result = CycleResult(
                 "skipped",
-                f"another learner ({st.holder}) holds the lease until {iso(st.expires_at)}",
+                f"another learner ({st.holder}) holds the lease until {iso_seconds(st.expires_at)}",
             )
             return self._finish(result, t0, holding=False)
         beat = _Heartbeat(self.lease, self.config.lease_ttl / 3.0)
@@ -309,7 +310,9 @@ class Learner:
         last_end = self.lease.state().last_window_end
         if last_end is not None and newest <= last_end:
             result.status = "skipped"
-            result.reason = f"no event newer than the last cycle's window end {iso(last_end)}"
+            result.reason = (
+                f"no event newer than the last cycle's window end {iso_seconds(last_end)}"
+            )
             return
         start = newest - self.config.window
         result.window_start, result.window_end = start, newest
@@ -318,7 +321,9 @@ class Learner:
         frame = log_.frame
         result.rows, result.users = len(frame), int(frame["user_id"].nunique())
         if result.rows == 0:
-            raise LearnerError(f"no outcomes in the window {iso(start)} .. {iso(newest)}")
+            raise LearnerError(
+                f"no outcomes in the window {iso_seconds(start)} .. {iso_seconds(newest)}"
+            )
         fp = fingerprint(log_, self.catalog)
         out = fit_and_evaluate(log_, self.catalog, seed=self.config.seed)
         held = frame.loc[users_with(frame, out.holdout)]
@@ -369,7 +374,7 @@ class Learner:
         if result.status == "failed":
             self.failures += 1
             self.retry_at = now + self.backoff_delay(self.failures)
-            result.tags["retry_at"] = iso(self.retry_at)
+            result.tags["retry_at"] = iso_seconds(self.retry_at)
         elif result.status != "skipped" or holding:
             self.failures, self.retry_at = 0, None
         if holding:
@@ -388,7 +393,7 @@ class Learner:
         version = f" version {result.version}" if result.version else ""
         log.log(level, "cycle %s%s: %s", result.status, version, result.reason)
         if result.status == "failed" and self.retry_at is not None:
-            log.warning("next attempt after back-off at %s", iso(self.retry_at))
+            log.warning("next attempt after back-off at %s", iso_seconds(self.retry_at))
         return result
 
 
@@ -422,8 +427,10 @@ def _log_run(result: CycleResult, config: LearnerConfig, holder: str) -> str:
     mlflow = tracking.setup()
     exp_id = tracking.experiment_id(EXPERIMENT_LEARN)
     params: dict[str, Any] = {
-        "window_start": iso(result.window_start) if result.window_start is not None else "-",
-        "window_end": iso(result.window_end) if result.window_end is not None else "-",
+        "window_start": iso_seconds(result.window_start)
+        if result.window_start is not None
+        else "-",
+        "window_end": iso_seconds(result.window_end) if result.window_end is not None else "-",
         "rows": result.rows,
         "users": result.users,
         "margin": config.margin,

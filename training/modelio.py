@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from features.catalog import Catalog
 from features.errors import NextstepError
 from models.bundle import ModelBundle, ModelScorer, load_bundle
+from models.serving import load_serving_dir
+from service.model_loader import MODEL_MARKER, MODEL_URI, fetch_artifacts, peek_sqlite_alias
 from training import tracking
-
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
-MARKER = ".nextstep-model.json"  # service.model_loader.MODEL_MARKER
 
 
 class ModelNotFoundError(NextstepError):
@@ -44,10 +42,10 @@ class ResolvedModel:
 def resolve(model_uri: str) -> ResolvedModel:
     """A local directory with the model's files for ``model_uri`` (downloading when needed)."""
     raw = str(model_uri).strip()
-    m = _URI.match(raw)
+    m = MODEL_URI.match(raw)
     if m is None and not ("/" in raw or os.sep in raw or Path(raw).exists()):
         # bare alias or version of the default model: "champion", "3"
-        m = _URI.match(
+        m = MODEL_URI.match(
             f"models:/{tracking.MODEL_NAME}/{raw}"
             if raw.isdigit()
             else f"models:/{tracking.MODEL_NAME}@{raw}"
@@ -92,8 +90,6 @@ TRUST_REGISTRY = False
 def load_scorer(model_uri: str, catalog: Catalog | None) -> tuple[ModelScorer, str | None]:
     """``(scorer, version)`` for ``model_uri`` from its serving artifact (no pickle; the
     joblib bundle only under ``--trust-registry``); smoke-tested on ``catalog``."""
-    from models.serving import load_serving_dir
-
     resolved = resolve(model_uri)
     scorer, meta = load_serving_dir(resolved.path, catalog, trust_pickle=TRUST_REGISTRY)
     version = resolved.version or _meta_version(meta)
@@ -121,7 +117,6 @@ def _peek(name: str, alias: str) -> tuple[str, str] | None:
     db = Path(uri[len("sqlite:///") :])
     if not db.exists():
         return None
-    from service.model_loader import peek_sqlite_alias
 
     return peek_sqlite_alias(db, name, alias)
 
@@ -129,8 +124,6 @@ def _peek(name: str, alias: str) -> tuple[str, str] | None:
 def _download(name: str, version: str, dest: Path, raw: str, location: str | None = None) -> None:
     """Fetch a version's artifacts into the cache: a plain copy when ``location`` (or the
     registry's download URI) is a directory on this machine, else MLflow's download."""
-    from service.model_loader import fetch_artifacts
-
     if location is None:
         if not tracking.registry_exists():
             raise ModelNotFoundError(
@@ -148,7 +141,7 @@ def _download(name: str, version: str, dest: Path, raw: str, location: str | Non
 
 def _local_version(path: Path) -> str | None:
     try:
-        return str(json.loads((path / MARKER).read_text(encoding="utf-8"))["version"])
+        return str(json.loads((path / MODEL_MARKER).read_text(encoding="utf-8"))["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -64,7 +64,8 @@ from features.errors import EventLogError, InputError
 from features.state import ACCEPTED, UserState, is_missing
 from models.guardrails import apply_guardrails, has_step_rules
 from models.planner import Planner
-from models.policies import DecisionInput, PolicyConfig, _Exploration
+from models.policies import PolicyConfig
+from models.policy_base import DecisionInput, Exploration
 from training.ope import LoggedData, effective_sample_size, estimate_all
 from training.trajectory_ope import Walks, walks
 from training.trajectory_ope import estimate as trajectory_estimates
@@ -497,7 +498,7 @@ def _plans(
     out: dict[str, list[Any]] = {}
     for name, policy in policies.items():
         base = policy
-        while isinstance(base, _Exploration):
+        while isinstance(base, Exploration):
             base = base.base
         if not isinstance(base, Planner) or base.scorer is None:
             continue

@@ -39,31 +39,31 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog, load_catalog
+from features.catalog import Catalog
 from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import NextstepError
-from features.events import EventLog, load_events
+from features.events import EventLog, write_events
 from features.offline import OfflineFeatures, build_offline_features
 from features.spec import FeatureSpec
-from models.bundle import ModelBundle, ModelScorer, fit_bundle
+from features.timeutil import iso_seconds
+from models.bundle import ModelBundle, ModelScorer
 from models.event_scoring import readiness_of_events
 from models.linear import LinearReadiness, is_linear
-from models.readiness import LogisticBaseline
-from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
+from models.readiness import LogisticBaseline, fit_bundle
+from models.serving import DIGEST_TAG, SERVING_DIR, save_bundle, serving_digest
 from training import evaluate as ev
-from training import policy_eval
+from training import policy_eval, tracking
 from training.context_reference import context_reference
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
+from training.modelio import load_model_bundle
 from training.pyfunc_signature import events_example, events_signature
-from training.train_warnings import record_warnings, training_warnings
-from training.truth import TRUTH_COLUMN, TRUTH_EXTRA
+from training.truth import TRUTH_COLUMN, feature_context_columns
 
 PARALLEL_ROWS = 500_000
 # The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
@@ -77,14 +77,6 @@ Progress = Callable[[str], None]
 
 
 # -- data preparation ---------------------------------------------------------------------------
-def feature_context_columns(log: EventLog) -> list[str]:
-    """Context columns that become features (simulator truth columns never do)."""
-    cols = list(log.context_columns)
-    if TRUTH_COLUMN in cols:
-        cols = [c for c in cols if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
-    return cols
-
-
 def holdout_mask(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
     """The arrival-order holdout (``training.holdout.arrival_mask``), kept under its old name."""
     return arrival_mask(frame, fraction)
@@ -120,8 +112,8 @@ def fingerprint(log: EventLog, catalog: Catalog) -> dict[str, Any]:
     return {
         "rows": len(frame),
         "users": int(frame["user_id"].nunique()),
-        "ts_min": _iso(float(ts.min())),
-        "ts_max": _iso(float(ts.max())),
+        "ts_min": iso_seconds(float(ts.min())),
+        "ts_max": iso_seconds(float(ts.max())),
         "sha256": h.hexdigest(),
         "catalog_sha256": catalog_hash(catalog),
         "skipped": int(log.n_skipped),
@@ -210,7 +202,7 @@ def fit_and_evaluate(
     # the layout is learned from the training rows only: a category or a step first seen in
     # the holdout is new to the model there, as it would be in production
     train_frame = frame.loc[tr]
-    spec = FeatureSpec.from_frame(train_frame, feature_context_columns(log))
+    spec = FeatureSpec.from_frame(train_frame, feature_context_columns(log.context_columns))
     if step_feature:
         spec = dataclasses.replace(spec, step_ids=logged_steps(train_frame, catalog))
     F = build_offline_features(frame, catalog, spec)
@@ -349,15 +341,20 @@ def champion_on_holdout(
 ) -> tuple[str | None, float | None, str | None]:
     """``(version, log loss on these holdout rows, problem)`` of the current champion;
     ``(None, None, None)`` when there is none; ``problem`` when it exists but cannot be scored."""
-    from training import tracking
-    from training.modelio import load_model_bundle
+    return score_champion(lambda bundle: score_bundle(bundle, frame, catalog, holdout)[:2])
 
+
+def score_champion(
+    score: Callable[[ModelBundle], tuple[np.ndarray, np.ndarray]],
+) -> tuple[str | None, float | None, str | None]:
+    """``champion_on_holdout`` for a holdout wherever it lives: ``score(bundle)`` returns the
+    held-out outcomes and the bundle's probabilities (the Dask engine scores on its workers)."""
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return None, None, None
     try:
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
-        y, p, _stage = score_bundle(bundle, frame, catalog, holdout)
+        y, p = score(bundle)
     except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
         return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
     return version, ev.log_loss(y, p), None
@@ -455,8 +452,6 @@ def log_training(
     serves it unless configured otherwise) and as the version's ``recommended_policy`` tag. With
     ``policy_gate`` the promotion also requires it to be no worse than the champion's policy.
     """
-    from training import tracking
-
     say = progress or (lambda _msg: None)
     say("logging the run to MLflow")
     mlflow = tracking.setup()
@@ -503,14 +498,14 @@ def log_training(
 
         out.bundle.meta.update(
             run_id=run_id,
-            trained_at=_iso(time.time()),
+            trained_at=iso_seconds(time.time()),
             data=fp,
             holdout=dict(out.holdout_info),
             metrics={k: ev.finite(v) for k, v in out.metrics.items()},
             params=out.params,
             readiness_model=SERVED_NAMES[served],
         )
-        bundle_dir = out.bundle.save(Path(tmp) / "bundle")
+        bundle_dir = save_bundle(out.bundle, Path(tmp) / "bundle")
         _write_catalog(catalog, bundle_dir / "catalog.yaml")
         say("registering the model")
         version = _log_model(mlflow, out, bundle_dir, held_out, catalog)
@@ -625,86 +620,6 @@ def _gate_policy(
     return GateDecision(ok, f"{g.reason}; {reason}", g.champion_version, g.champion_logloss)
 
 
-def train_command(
-    events: Path,
-    catalog: Path,
-    experiment: str = "nextstep-train",
-    promote: bool = False,
-    dask: str | None = None,
-    skip_invalid: bool = False,
-    tolerance: float = 0.0,
-    seed: int = 0,
-    policy_gate: bool = False,
-    holdout_by: str = "time",
-    holdout_fraction: float | None = None,
-    holdout_from: str | None = None,
-    step_feature: bool = STEP_FEATURE,
-    readiness_model: str = "auto",
-) -> TrainResult:
-    """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
-    on a Dask cluster instead (``training.dask_train``), logging the same run."""
-    if tolerance < 0 or not math.isfinite(tolerance):
-        raise NextstepError("--tolerance must be a finite number >= 0")
-    if policy_gate and dask:
-        raise NextstepError("--policy-gate is not available with --dask yet")
-    if readiness_model not in READINESS_CHOICES:
-        raise NextstepError(
-            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
-            f"not {readiness_model!r}"
-        )
-    split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    with _steps(console) as say:
-        say("loading the catalog and the event log")
-        cat = load_catalog(catalog)
-        if dask:
-            from training.dask_train import train_on_dask
-
-            result, skipped = train_on_dask(
-                events,
-                cat,
-                dask,
-                experiment=experiment,
-                promote=promote,
-                tolerance=tolerance,
-                seed=seed,
-                skip_invalid=skip_invalid,
-                holdout=split,
-                step_feature=step_feature,
-                progress=say,
-                readiness_model=readiness_model,
-            )
-        else:
-            log = load_events(events, cat, skip_invalid=skip_invalid)
-            result = train_log(
-                log,
-                cat,
-                experiment=experiment,
-                promote=promote,
-                tolerance=tolerance,
-                seed=seed,
-                holdout=split,
-                step_feature=step_feature,
-                progress=say,
-                policy_gate=policy_gate,
-                readiness_model=readiness_model,
-            )
-            skipped = log.skipped
-    if skipped:
-        detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
-        console.print(f"skipped {sum(skipped.values())} invalid rows ({detail})")
-    _print_summary(result)
-    from rich.markup import escape
-
-    warnings = training_warnings(result.metrics, result.fingerprint, result.readiness_model)
-    for w in warnings:
-        console.print(f"[bold yellow]warning:[/] {escape(w)}", highlight=False)
-    record_warnings(result.run_id, warnings)
-    return result
-
-
 # -- helpers --------------------------------------------------------------------------------------
 def _run_params(
     out: TrainingOutcome,
@@ -773,8 +688,6 @@ def _holdout_artifacts(
     at ``HOLDOUT_ARTIFACT_ROWS`` rows), the split (``holdout.json``: with a calendar cut only
     the offers at or after it are scored) and the catalog, so ``nextstep promote`` can score any
     two versions on the same rows later."""
-    from features.events import write_events
-
     folder.mkdir(parents=True, exist_ok=True)
     if len(frame) > HOLDOUT_ARTIFACT_ROWS:
         codes, _ = pd.factorize(frame["user_id"], sort=False)
@@ -809,8 +722,6 @@ def _log_model(
     ``features`` and ``models`` packages, register it as ``nextstep`` and return the version.
     Its signature and input example are raw events in the contract's columns
     (``training.pyfunc_signature``), which is what its ``predict`` takes."""
-    from training import tracking
-
     root = Path(__file__).resolve().parent.parent
     example = events_example(events, out.spec)
     output = readiness_of_events(out.bundle.readiness, out.spec, catalog, example)
@@ -831,78 +742,3 @@ def _log_model(
     if version is None:
         raise NextstepError("MLflow did not return a registered model version")
     return str(version)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class _steps:
-    """A rich progress display of named steps (spinner + elapsed time) on stderr."""
-
-    def __init__(self, console: Any) -> None:
-        self.console = console
-
-    def __enter__(self) -> Progress:
-        from rich.progress import Progress as RichProgress
-        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.progress = RichProgress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.progress.__enter__()
-        self.task = self.progress.add_task("starting", total=None)
-        return self._say
-
-    def _say(self, message: str) -> None:
-        self.progress.update(self.task, description=message)
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-
-def _print_summary(result: TrainResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    cols = [m for m in ("lgbm", "logreg", "truth") if m in result.metrics]
-    t = Table(title=f"nextstep train: holdout of {int(result.metrics['lgbm']['rows'])} offers")
-    t.caption = f"holdout: {result.holdout}" if result.holdout else None
-    t.add_column("metric")
-    for c in cols:
-        t.add_column(c, justify="right")
-    keys = ["auc", "logloss", "brier", "ece"]
-    keys += sorted(k for k in result.metrics["lgbm"] if k.startswith("auc_stage_"))
-    for k in keys:
-        t.add_row(k, *(_fmt(result.metrics[c].get(k)) for c in cols))
-    console = Console()
-    console.print(t)
-    for col, note in result.context.items():
-        console.print(f"context {col}: {note}", markup=False, highlight=False)
-    fp = result.fingerprint
-    console.print(
-        f"data: {fp['rows']} rows, {fp['users']} users, {fp['ts_min']} .. {fp['ts_max']}, "
-        f"sha256 {fp['sha256'][:12]}"
-    )
-    console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
-    if result.readiness_model != "lightgbm":
-        console.print(
-            f"readiness model served: {result.readiness_model} (lower holdout log loss than "
-            "LightGBM)"
-        )
-    alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
-    console.print(f"promotion: {result.decision}{alias}: {result.reason}")
-    if result.recommended_policy is not None:
-        trust = "" if result.recommended_trusted else " (untrusted: too little overlap; not served)"
-        console.print(
-            f"recommended policy (best lower bound of holdout trajectory OPE): "
-            f"{result.recommended_policy}{trust}"
-        )
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"

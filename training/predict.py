@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog, load_catalog
+from features.catalog import Catalog
 from features.errors import NextstepError
-from features.events import format_ts, load_events
+from features.events import format_ts
 from models.bundle import ModelScorer
+from training.pipeline import features_for
 
 _CSV = (".csv", ".csv.gz")
 _PARQUET = (".parquet", ".pq")
@@ -30,8 +31,6 @@ class OutputError(NextstepError):
 
 def predict_frame(frame: pd.DataFrame, catalog: Catalog, scorer: ModelScorer) -> pd.DataFrame:
     """``user_id, ts, step, p_accept`` for every row of a validated frame, in its order."""
-    from training.pipeline import features_for
-
     F = features_for(frame, catalog, scorer.spec)
     p = scorer.p_accept_rows(np.ascontiguousarray(F.X)) if len(frame) else np.empty(0)
     return pd.DataFrame(
@@ -44,7 +43,7 @@ def predict_frame(frame: pd.DataFrame, catalog: Catalog, scorer: ModelScorer) ->
     )
 
 
-def _check_output(path: Path) -> None:
+def check_output(path: Path) -> None:
     """The output path has a known extension and its directory exists (checked before work)."""
     if not path.name.lower().endswith(_CSV + _PARQUET):
         raise OutputError(
@@ -56,7 +55,7 @@ def _check_output(path: Path) -> None:
 
 def write_table(frame: pd.DataFrame, path: Path, ts_columns: tuple[str, ...] = ()) -> None:
     """CSV or Parquet by extension; ``ts_columns`` (epoch seconds) become ISO-8601 in CSV."""
-    _check_output(path)
+    check_output(path)
     name = path.name.lower()
     import pyarrow as pa
 
@@ -77,34 +76,3 @@ def write_table(frame: pd.DataFrame, path: Path, ts_columns: tuple[str, ...] = (
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), str(path))
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc})") from None
-
-
-def predict_command(
-    events: Path,
-    catalog: Path,
-    out: Path,
-    model: str = "models:/nextstep@champion",
-    skip_invalid: bool = False,
-    dask: str | None = None,
-) -> pd.DataFrame:
-    """CLI entry point (``nextstep predict``); ``dask`` (``local`` or a scheduler address)
-    reads a file, directory or glob of files and scores it on a Dask cluster."""
-    from training.modelio import load_scorer
-
-    cat = load_catalog(catalog)
-    _check_output(Path(out))
-    scorer, version = load_scorer(model, cat)
-    if dask:
-        from training.dask_train import predict_on_dask
-
-        result, n_skipped = predict_on_dask(
-            events, cat, scorer.bundle, dask, skip_invalid=skip_invalid
-        )
-    else:
-        log = load_events(events, cat, skip_invalid=skip_invalid)
-        result, n_skipped = predict_frame(log.frame, cat, scorer), log.n_skipped
-    write_table(result, Path(out), ts_columns=("ts",))
-    skipped = f", skipped {n_skipped} invalid rows" if n_skipped else ""
-    label = f"version {version}" if version else model
-    print(f"wrote {len(result)} predictions ({label}) to {out}{skipped}")
-    return result

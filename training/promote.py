@@ -33,9 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from features.catalog import load_catalog
 from features.errors import NextstepError
+from features.events import load_events
+from models.bundle import ModelScorer
 from training import tracking
-from training.pipeline import GateDecision, gate
+from training.compare import compare_log
+from training.evaluate import log_loss
+from training.export import export_log, read_store, resolve_catalog, store_url
+from training.modelio import load_model_bundle
+from training.pipeline import GateDecision, gate, score_bundle
+from training.report import build_report
 
 
 class PromotionError(NextstepError):
@@ -80,12 +88,6 @@ def promote_version(version: str, margin: float = 0.0) -> GateDecision:
 def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Log loss of the candidate and of the champion on the candidate's run holdout."""
     import mlflow.artifacts
-
-    from features.catalog import load_catalog
-    from features.events import load_events
-    from training.evaluate import log_loss
-    from training.modelio import load_model_bundle
-    from training.pipeline import score_bundle
 
     if not mv.run_id:
         raise PromotionError(f"version {version} has no training run to take a holdout from")
@@ -167,9 +169,6 @@ def online_evidence(
     version: str, margin: float, *, catalog: Path | None = None, url: str | None = None
 ) -> Evidence:
     """Candidate arm (serving ``version``) vs the champion's arm, from the service's store."""
-    from training.export import read_store, resolve_catalog, store_url
-    from training.report import build_report
-
     cat = resolve_catalog(catalog, url)
     decisions, outcomes = read_store(store_url(url))
     if decisions.empty:
@@ -214,11 +213,6 @@ def ope_evidence(
     version: str, margin: float, *, catalog: Path | None = None, url: str | None = None
 ) -> Evidence:
     """Planner on V vs planner on the champion, off-policy on the exported service log."""
-    from models.bundle import ModelScorer
-    from training.compare import compare_log
-    from training.export import export_log, resolve_catalog
-    from training.modelio import load_model_bundle
-
     cat = resolve_catalog(catalog, url)
     champion = tracking.alias_version(tracking.CHAMPION)
     if champion is None:

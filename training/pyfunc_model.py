@@ -25,13 +25,15 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from features.catalog import load_catalog
+from models.bundle import load_bundle
+from models.event_scoring import EVENT_COLUMNS, readiness_of_events
+
 
 class NextstepReadiness(PythonModel):
     """P(accept) per offer of an event log, from the bundle's calibrated readiness model."""
 
     def load_context(self, context) -> None:  # type: ignore[no-untyped-def]
-        from features.catalog import load_catalog
-        from models.bundle import load_bundle
 
         folder = Path(context.artifacts["bundle"])
         self.bundle = load_bundle(folder)
@@ -42,7 +44,6 @@ class NextstepReadiness(PythonModel):
     # ``model_input: pd.DataFrame``: a hint MLflow accepts without deriving a schema from it;
     # the logged signature (the event-log columns) is the schema.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-        from models.event_scoring import EVENT_COLUMNS, readiness_of_events
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if self.catalog is not None and all(c in frame.columns for c in EVENT_COLUMNS):

@@ -21,15 +21,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from features.catalog import Catalog, load_catalog
-from features.errors import EventLogError, NextstepError
-from features.events import load_events
+from features.catalog import Catalog
+from features.errors import EventLogError
 from features.state import ACCEPTED, UserState
+from models.decide import DecisionRequest
 
 MODEL_POLICIES = ("planner", "greedy")
 OUTPUT_COLUMNS = ("user_id", "step", "stage", "p_accept", "propensity", "policy", "reason")
@@ -182,8 +181,6 @@ def recommend_frame(
 ) -> pd.DataFrame:
     """One decision per user of a validated frame (see the module docstring); ``candidates``
     (per user, in order of first appearance; None = any step) restricts the choice."""
-    from models.decide import DecisionRequest
-
     fs = final_states(frame, catalog, context_columns)
     cols: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
     n = len(fs.user_ids)
@@ -215,81 +212,6 @@ def recommend_frame(
     return pd.DataFrame(
         {c: pd.Series(v, dtype=object if c in text else np.float64) for c, v in cols.items()}
     )
-
-
-def recommend_command(
-    events: Path,
-    catalog: Path,
-    out: Path,
-    policy: str = "planner",
-    model: str = "models:/nextstep@champion",
-    seed: int = 0,
-    skip_invalid: bool = False,
-    dask: str | None = None,
-    candidates_column: str | None = None,
-) -> pd.DataFrame:
-    """CLI entry point (``nextstep recommend``); ``dask`` (``local`` or a scheduler address)
-    reads a file, directory or glob of files and decides on a Dask cluster."""
-    if candidates_column and dask:
-        raise NextstepError("--candidates-column is not available with --dask")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from models.decide import Decider
-    from models.policies import PolicyConfig
-    from service.heap import frozen_heap
-    from training.predict import write_table
-    from training.truth import feature_context_columns
-
-    try:
-        config = PolicyConfig.parse(policy)
-    except ValueError as exc:
-        raise NextstepError(f"--policy: {exc}") from None
-    cat = load_catalog(catalog)
-    scorer, version = None, None
-    if config.name in MODEL_POLICIES:
-        from training.modelio import load_scorer
-
-        scorer, version = load_scorer(model, cat)
-    decider = Decider(cat, config, scorer=scorer, model_version=version, seed=seed)
-    if dask:
-        from training.dask_train import recommend_on_dask
-        from training.predict import _check_output
-
-        _check_output(Path(out))
-        bundle = None if scorer is None else scorer.bundle
-        result = recommend_on_dask(
-            events, cat, policy, bundle, version, dask, seed=seed, skip_invalid=skip_invalid
-        )
-        write_table(result, Path(out))
-        _say_written(result, decider.policy_name, version, out)
-        return result
-    log = load_events(events, cat, skip_invalid=skip_invalid)
-    ctx = feature_context_columns(log.context_columns)
-    per_user = None
-    if candidates_column:
-        per_user = user_candidates(log.frame, cat, candidates_column, log.source)
-        ctx = [c for c in ctx if c != candidates_column]
-    n_users = int(log.frame["user_id"].nunique())
-    with Progress(
-        *Progress.get_default_columns()[:1],
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("deciding", total=n_users)
-        with frozen_heap():  # the frame and the model live to the end: GC passes skip them
-            result = recommend_frame(
-                log.frame,
-                cat,
-                decider,
-                ctx,
-                progress=lambda k: bar.update(task, completed=k),
-                candidates=per_user,
-            )
-    write_table(result, Path(out))
-    _say_written(result, decider.policy_name, version, out)
-    return result
 
 
 def user_candidates(
@@ -345,9 +267,3 @@ def _step_ids(value: object) -> list[str] | None:
         if isinstance(parsed, list):
             return [str(x).strip() for x in parsed if str(x).strip()]
     return [x.strip() for x in re.split(r"[|,;]", text) if x.strip()]
-
-
-def _say_written(result: pd.DataFrame, policy: str, version: str | None, out: Path) -> None:
-    offered = int(result["step"].notna().sum())
-    label = f", model version {version}" if version else ""
-    print(f"wrote {len(result)} decisions ({offered} offers, policy {policy}{label}) to {out}")

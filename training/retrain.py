@@ -2,7 +2,7 @@
 
 1. ``training.export`` writes the store's decisions and outcomes as an event log (a temporary
    Parquet file; the default no-response rule, ``ignore``);
-2. ``training.pipeline.train_command`` fits, evaluates and registers a new version with
+2. ``training.commands.train_command`` fits, evaluates and registers a new version with
    ``promote=True``: the log-loss gate (with ``tolerance``) moves alias ``champion`` or refuses;
 3. the gate's decision is printed. A running service picks the new champion up with
    ``POST /admin/reload`` or by itself when ``NEXTSTEP_RELOAD_INTERVAL`` is set.
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from features.errors import NextstepError
+from training.commands import train_command
 from training.export import export_command
 
 
@@ -26,8 +27,6 @@ def retrain_command(
     no_response: str = "ignore",
 ):  # type: ignore[no-untyped-def]
     """CLI entry point; returns the ``TrainResult``."""
-    from training.pipeline import train_command
-
     with tempfile.TemporaryDirectory(prefix="nextstep-retrain-") as tmp:
         events = Path(tmp) / "export.parquet"
         exported = export_command(

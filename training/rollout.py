@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from features.errors import NextstepError
 from features.state import UserState
+from features.timeutil import iso_seconds
 from models.decide import Decider
 from training.simulate import ExactSolver, Population, SimUser, TypeBlindReference
 from training.worlds import World, load_world
@@ -175,7 +175,7 @@ class OverHttp:
         offers = invalid = errors = 0
         versions: list[str] = []
         while not u.done:
-            body = {"user_id": u.user_id, "context": u.context, "ts": _iso(u.ts)}
+            body = {"user_id": u.user_id, "context": u.context, "ts": iso_seconds(u.ts)}
             r = self.client.post("/v1/next-step", json=body)
             if r.status_code != 200:
                 errors += 1
@@ -194,7 +194,7 @@ class OverHttp:
             offers += 1
             r = self.client.post(
                 "/v1/outcomes",
-                json={"decision_id": d["decision_id"], "outcome": outcome, "ts": _iso(u.ts)},
+                json={"decision_id": d["decision_id"], "outcome": outcome, "ts": iso_seconds(u.ts)},
             )
             if r.status_code != 201:
                 errors += 1
@@ -203,10 +203,6 @@ class OverHttp:
                 break
             u.advance_clock()
         return offers, invalid, errors, versions
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reference_table(world: World, users: int, seed: int) -> dict[str, Any]:

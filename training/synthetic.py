@@ -15,7 +15,8 @@ import pandas as pd
 from features.catalog import Catalog
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
-from models.bundle import ModelBundle, fit_bundle
+from models.bundle import ModelBundle
+from models.readiness import fit_bundle
 from training.simulate import generate_log
 from training.worlds import World
 

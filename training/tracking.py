@@ -23,14 +23,13 @@ from typing import Any
 
 from features.errors import NextstepError
 
-MODEL_NAME = "nextstep"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+# the registry's names (models.registry), also read here as tracking.CHAMPION and so on
+from models.registry import CHALLENGER, CHAMPION, DEFAULT_MODEL_URI, MODEL_NAME  # noqa: F401
+
 EXPERIMENT_TRAIN = "nextstep-train"
 EXPERIMENT_COMPARE = "nextstep-compare"
 EXPERIMENT_ONLINE = "nextstep-online"
 EXPERIMENT_LEARN = "nextstep-learn"  # one run per cycle of ``nextstep learn``
-DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _QUIET_LOGGERS = ("mlflow", "alembic", "alembic.runtime.migration", "urllib3", "git")

@@ -13,5 +13,11 @@ TRUTH_EXTRA = ("user_type",)  # the hidden type that produced it
 
 
 def feature_context_columns(columns: Iterable[str]) -> list[str]:
-    """The context columns of an event log that may feed the models (truth removed)."""
-    return [c for c in columns if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]
+    """The context columns of an event log that may feed the models: all of them, except in a
+    simulator's log (one with ``TRUTH_COLUMN``), whose truth columns never do. One rule for
+    training (both engines), ``recommend`` and ``compare``: a real log's ``user_type`` column is
+    a feature wherever the model is used."""
+    cols = list(columns)
+    if TRUTH_COLUMN not in cols:
+        return cols
+    return [c for c in cols if c != TRUTH_COLUMN and c not in TRUTH_EXTRA]

@@ -12,12 +12,11 @@ import os
 import sys
 
 from features.errors import NextstepError
+from training import tracking
 
 
 def ui_args(host: str, port: int) -> list[str]:
     """The ``mlflow server`` command line for the current tracking store."""
-    from training import tracking
-
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise NextstepError(

@@ -9,7 +9,8 @@ from starlette.responses import Response
 
 from service import flows
 from service.deps import IdempotencyKey, ServicesDep
-from service.routers import problems, respond, run_flow
+from service.flows import run_flow
+from service.routers import problems, respond
 from service.schemas import OutcomeOut, OutcomeRequest
 
 router = APIRouter(prefix="/v1", tags=["outcomes"])

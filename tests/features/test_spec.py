@@ -14,7 +14,13 @@ import pytest
 
 from features.catalog import Catalog
 from features.offline import build_offline_features
-from features.spec import MAX_CATEGORIES, FeatureSpec, candidate_matrix
+from features.spec import (
+    MAX_CATEGORIES,
+    FeatureSpec,
+    candidate_matrix,
+    context_facts,
+    merge_facts,
+)
 from features.state import UserState
 
 CATALOG = Catalog.from_data(
@@ -137,3 +143,26 @@ def test_step_id_feature_is_coded_by_id_and_new_steps_are_missing(wide):
     assert math.isnan(codes[0]) and codes[1:].tolist() == [0.0, 1.0]
     rows = candidate_matrix(with_id, other, UserState(), [0, 1, 2], 0.0, {})
     assert math.isnan(rows[0, -1]) and rows[1:, -1].tolist() == [0.0, 1.0]
+
+
+def test_facts_of_parts_add_up_to_the_whole_log(wide):
+    """The Dask engine learns the layout from per-partition facts (``context_facts`` of each
+    part, ``merge_facts``): any split of the rows gives the single-machine spec."""
+    frame, spec = wide
+    cols = ["city", "plan", "score", "empty"]
+    # uneven parts, one empty, one where ``score`` has no value at all
+    blank = frame.iloc[100:900].assign(score=np.nan)
+    parts = [frame.iloc[:100], frame.iloc[0:0], blank, frame.iloc[900:]]
+    merged = FeatureSpec.from_counts(cols, *merge_facts([context_facts(p, cols) for p in parts]))
+    assert merged == spec
+    numeric, counts = merge_facts([context_facts(p, cols) for p in parts])
+    assert numeric == {"score"} and counts["empty"] == {}
+    assert sum(counts["city"].values()) == len(frame)
+    # a numeric column with no value in any part is left out, as on one machine
+    none = [p.assign(score=np.nan) for p in parts]
+    assert (
+        "score"
+        not in FeatureSpec.from_counts(
+            cols, *merge_facts([context_facts(p, cols) for p in none])
+        ).context_columns
+    )

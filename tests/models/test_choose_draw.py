@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.policies import _draw
+from models.policy_base import draw_index
 
 
 def test_draw_matches_generator_choice() -> None:
@@ -17,4 +17,4 @@ def test_draw_matches_generator_choice() -> None:
             probs = 0.95 * np.eye(n)[0] + 0.05 / n  # epsilon-greedy's shape
         seed = int(rng.integers(0, 2**63))
         expected = int(np.random.default_rng(seed).choice(n, p=probs / probs.sum()))
-        assert _draw(np.random.default_rng(seed), probs) == expected
+        assert draw_index(np.random.default_rng(seed), probs) == expected

@@ -17,10 +17,10 @@ import pytest
 from features.catalog import Catalog
 from features.spec import FeatureSpec
 from features.state import UserState
-from models.bundle import ModelBundle, ModelScorer, fit_bundle
+from models.bundle import ModelBundle, ModelScorer
 from models.linear import LinearReadiness, is_linear
 from models.planner import Planner
-from models.readiness import LogisticBaseline
+from models.readiness import LogisticBaseline, fit_bundle
 from models.serving import load_serving, save_serving
 
 CATALOG = Catalog.from_data(

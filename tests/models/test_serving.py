@@ -18,7 +18,7 @@ from features.state import ACCEPTED, DECLINED, HOUR, UserState
 from models.bundle import ModelLoadError, load_bundle_dir
 from models.decide import Decider
 from models.policies import PolicyConfig
-from models.serving import SERVING_DIR, ServingModel, load_serving_dir
+from models.serving import SERVING_DIR, ServingModel, load_serving_dir, save_bundle
 from training.synthetic import simulated_bundle
 from training.worlds import load_world
 
@@ -31,7 +31,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     bundle.readiness.booster_.best_iteration = 41
     bundle.back.calibration_x_ = bundle.back.calibration_y_ = None  # an uncalibrated one
     bundle.meta.update(version="7", metrics={"auc": 0.8123456789012345}, rows=np.int64(3000))
-    path = bundle.save(tmp_path_factory.mktemp("model") / "bundle")
+    path = save_bundle(bundle, tmp_path_factory.mktemp("model") / "bundle")
     return world.catalog, path
 
 
@@ -183,7 +183,7 @@ def test_a_model_for_other_features_is_still_refused(saved, tmp_path: Path) -> N
     catalog, path = saved
     bundle = load_bundle_dir(path)[0].bundle
     spec = dataclasses.replace(bundle.spec, context_columns=(*bundle.spec.context_columns, "x"))
-    other = dataclasses.replace(bundle, spec=spec).save(tmp_path / "other")
+    other = save_bundle(dataclasses.replace(bundle, spec=spec), tmp_path / "other")
     with pytest.raises(ModelLoadError):
         load_serving_dir(other, catalog)
 
@@ -191,7 +191,7 @@ def test_a_model_for_other_features_is_still_refused(saved, tmp_path: Path) -> N
 def test_missing_drop_and_come_back_models_use_the_base_rates(saved, tmp_path: Path) -> None:
     catalog, path = saved
     bundle = load_bundle_dir(path)[0].bundle
-    small = dataclasses.replace(bundle, drop=None, back=None).save(tmp_path / "small")
+    small = save_bundle(dataclasses.replace(bundle, drop=None, back=None), tmp_path / "small")
     full, _ = load_bundle_dir(small, catalog)
     lean, _ = load_serving_dir(small, catalog)
     assert isinstance(lean.bundle.readiness, ServingModel)
@@ -231,7 +231,7 @@ def test_a_failed_save_leaves_no_artifact_to_serve(
 
     monkeypatch.setattr(serving, "_write_serving", broken)
     with pytest.raises(OSError):
-        bundle.save(again)
+        save_bundle(bundle, again)
     assert not (again / SERVING_DIR).exists() and not (again / f"{SERVING_DIR}.tmp").exists()
     with pytest.raises(ModelLoadError, match="no serving artifact"):
         load_serving_dir(again, catalog)

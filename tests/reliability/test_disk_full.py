@@ -131,7 +131,7 @@ def test_disk_full_is_503_nothing_half_written_and_recovers(make_client: Any) ->
             for did, result in acked:
                 assert check.get_decision(conn, did) is not None
                 assert check.outcome_of(conn, did).outcome == result  # type: ignore[union-attr]
-            assert check.idempotent_get(conn, failed_key, "next-step") is None
+            assert check.idempotent(failed_key, "next-step", conn) is None
     finally:
         check.dispose()
     r = client.post(

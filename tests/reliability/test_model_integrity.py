@@ -33,7 +33,7 @@ def test_a_tampered_cached_model_is_refused_and_runs_nothing(
     from mlflow import MlflowClient
 
     from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
-    from training.pipeline import train_command
+    from training.commands import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

@@ -118,7 +118,7 @@ def test_train_promote_serve_reload_through_mlflow_server(
     from mlflow import MlflowClient
 
     from training.cli import app
-    from training.pipeline import train_command
+    from training.commands import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

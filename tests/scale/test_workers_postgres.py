@@ -83,7 +83,7 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, postgres_server) -> Iterator[dict[str, Any]]:
-    from training.pipeline import train_command
+    from training.commands import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

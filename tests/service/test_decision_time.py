@@ -12,9 +12,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from features.catalog import Catalog
+from features.timeutil import parse_ts
 from models.decide import Decider
 from service.experiments import Arm
-from service.timeutil import parse_ts
 
 EARLY, LATE = "2025-03-04T10:11:12Z", "2025-06-01T08:00:00Z"
 SWITCH = parse_ts("2025-04-01T00:00:00Z")  # the clip before this moment, the intro after

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 
 from features.catalog import Catalog
 from features.state import UserState
+from features.timeutil import parse_ts
 from models.bundle import ModelScorer
 from models.decide import Decider
 from service.experiments import Arm
-from service.timeutil import parse_ts
 from tests.service.helpers import decide
 
 TS = "2025-03-04T10:11:12Z"

@@ -138,7 +138,7 @@ def test_keyed_requests_replay_and_conflict_as_through_the_route(
         _same(a, b)
     assert len(served) == len(steps)
     with lane.app.state.store.read() as conn:  # the key's record holds the first response
-        rec = lane.app.state.store.idempotent_get(conn, "k-1", "next-step")
+        rec = lane.app.state.store.idempotent("k-1", "next-step", conn)
     assert rec is not None and rec.body == first["k-1"]
 
 

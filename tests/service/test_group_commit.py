@@ -72,16 +72,16 @@ def test_fast_history_read_equals_the_transactional_one(store: Store) -> None:
         )  # fmt: skip
     for user in ("u1", "u2", "nobody", "o'brien; DROP TABLE outcomes"):
         with store.read() as conn:
-            expected = store.history(conn, user)
-        assert store.read_history(user) == expected
-    assert [e.step for e in store.read_history("u1")] == [
+            expected = store.history(user, conn)
+        assert store.history(user) == expected
+    assert [e.step for e in store.history("u1")] == [
         "read_intro",
         "watch_clip",
         "read_intro",
         "read_intro",
     ]
-    assert store.read_history("u1")[1].context == {"device": "mobile"}
-    assert store.read_history("u1")[0].context == {"channel": "email"}  # the decision's
+    assert store.history("u1")[1].context == {"device": "mobile"}
+    assert store.history("u1")[0].context == {"channel": "email"}  # the decision's
 
 
 def _put_states(store: Store, states: dict[str, str]) -> None:
@@ -334,7 +334,7 @@ def test_sqlite_thread_connections_are_per_thread_and_replaced_after_an_error(
         def other() -> None:
             with store._hot_cursor() as (conn, _):
                 seen.append(conn)
-            store.read_history("u")
+            store.history("u")
 
         t = threading.Thread(target=other)
         t.start()
@@ -372,7 +372,7 @@ def test_sqlite_checkpoints_in_the_background_for_every_write_path(
     schema.dispose()
     store = Store(sqlite_url)
     try:
-        assert store.read_history("u") == []  # a hot connection opened before any write
+        assert store.history("u") == []  # a hot connection opened before any write
         assert store._checkpointer is None
         if path == "batch":
             store.insert_decision_rows([_row(f"b{j}", 1.0) for j in range(50)])

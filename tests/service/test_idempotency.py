@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service import flows
+from service.flows import serve_keyed_next_step
 from service.problems import Conflict
-from service.routers.decisions import serve_keyed_next_step
 from service.schemas import DecisionOutcomeRequest, NextStepRequest
 from service.tables import decisions, idempotency, outcomes
 from tests.service.helpers import decide
@@ -180,8 +180,8 @@ def test_expired_keys_are_pruned(client: TestClient) -> None:
     client.post("/v1/next-step", json={"user_id": "i8"}, headers={"Idempotency-Key": "new"})
     assert store.prune_idempotency(24 * 3600) == 1
     with store.read() as conn:
-        assert store.idempotent_get(conn, "old", flows.ROUTE_NEXT_STEP) is None
-        assert store.idempotent_get(conn, "new", flows.ROUTE_NEXT_STEP) is not None
+        assert store.idempotent("old", flows.ROUTE_NEXT_STEP, conn) is None
+        assert store.idempotent("new", flows.ROUTE_NEXT_STEP, conn) is not None
 
 
 # -- races (directly on the flows, 16 threads released together) ------------------------------
@@ -220,7 +220,7 @@ def test_concurrent_retries_with_one_key_have_one_effect(client: TestClient) -> 
     assert sum(not r.replayed for r in replies) == 1  # one decision, fifteen replays of it
     assert _count(client, decisions) == before + 1
     with store.read() as conn:
-        assert store.idempotent_get(conn, "rk", flows.ROUTE_NEXT_STEP).body == replies[0].body
+        assert store.idempotent("rk", flows.ROUTE_NEXT_STEP, conn).body == replies[0].body
 
     d = decide(client, "race2")
     oreq = DecisionOutcomeRequest(decision_id=d["decision_id"], outcome="accepted")

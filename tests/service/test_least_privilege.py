@@ -75,11 +75,11 @@ class _Registry:
 def test_readyz_never_publishes_credentials_of_a_failed_reload(
     make_client: Callable[..., TestClient],
 ) -> None:
-    from service.model_loader import ModelRefused
+    from models.bundle import ModelLoadError
 
     url = f"http://admin:{SECRET}@registry.internal:5000/api"
     c = make_client(
-        decider_factory=_Registry(ModelRefused(f"cannot download model 2 from {url}")),
+        decider_factory=_Registry(ModelLoadError(f"cannot download model 2 from {url}")),
         admin_keys=ADMIN,
     )
     r = c.post("/admin/reload", headers={"X-API-Key": ADMIN})

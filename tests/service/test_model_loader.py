@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from features.catalog import Catalog
-from service.model_loader import ModelLoader, ModelRef, ModelRefused, parse_ref
+from models.bundle import ModelLoadError
+from service.model_loader import ModelLoader, ModelRef, parse_ref
 from tests.service.helpers import CATALOG
 
 CAT = Catalog.from_data(CATALOG)
@@ -80,9 +81,9 @@ def test_explicit_path_and_refusals(tmp_path: Path) -> None:
     res = loader(tmp_path).resolve(parse_ref(str(ok), DEFAULT))
     assert res.model is not None and res.model.version == "v1" and res.model.source == "path"
     bad = write_model(tmp_path / "m2", "two", corrupt=True)
-    with pytest.raises(ModelRefused, match="bad magic number"):
+    with pytest.raises(ModelLoadError, match="bad magic number"):
         loader(tmp_path).resolve(parse_ref(str(bad), DEFAULT))
-    with pytest.raises(ModelRefused, match="does not exist"):
+    with pytest.raises(ModelLoadError, match="does not exist"):
         loader(tmp_path).resolve(parse_ref(str(tmp_path / "missing/"), DEFAULT))
 
 
@@ -139,7 +140,7 @@ def test_registry_alias_download_cache_and_outage(
         "nextstep", source=str(write_model(tmp_path / "a3", "three", corrupt=True))
     )
     client.set_registered_model_alias("nextstep", "champion", v3.version)
-    with pytest.raises(ModelRefused, match="bad magic number"):
+    with pytest.raises(ModelLoadError, match="bad magic number"):
         ml.resolve(parse_ref(None, DEFAULT))
 
     # the registry goes away: a fresh process serves the alias's last good cached version

@@ -33,8 +33,8 @@ from models.decide import Decider, DecisionRequest, DecisionResult, PlanJob, Rea
 from models.policies import PolicyConfig
 from service.app import create_app
 from service.experiments import Arm
+from service.flows import serve_next_step
 from service.plan_batcher import LoopPlanBatcher as _LoopPlanBatcher
-from service.routers.decisions import serve_next_step
 from service.schemas import NextStepRequest
 from service.settings import Settings
 from service.tables import decisions
@@ -730,6 +730,6 @@ def test_a_planner_shadow_plans_through_the_batcher(apps: Any) -> None:
             fresh = Decider(
                 shadow.catalog, PLANNER, scorer=shadow.scorer, model_version="1", seed=shadow.seed
             )
-            history = [e.row() for e in store.read_history(req.user_id)]
+            history = [e.row() for e in store.history(req.user_id)]
             want = fresh.decide(req.user_id, history, now=req.ts, context=req.context)
             assert (row.step, row.propensity) == (want.step, want.propensity), u

@@ -31,9 +31,9 @@ class Registry:
     def factory(self, catalog: Catalog, arm: Arm) -> Decider:
         self.loads += 1
         if self.broken:
-            from service.model_loader import ModelRefused
+            from models.bundle import ModelLoadError
 
-            raise ModelRefused(f"model version {self.version} is corrupt")
+            raise ModelLoadError(f"model version {self.version} is corrupt")
         return Decider(
             catalog, arm.policy, scorer=FakeScorer(catalog), model_version=str(self.version)
         )

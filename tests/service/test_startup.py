@@ -24,7 +24,13 @@ from fastapi.testclient import TestClient
 
 from features.catalog import Catalog, load_catalog
 from service.app import create_app
-from service.model_loader import ModelLoader, local_artifact_dir, parse_ref, peek_sqlite_alias
+from service.model_loader import (
+    MODEL_MARKER,
+    ModelLoader,
+    local_artifact_dir,
+    parse_ref,
+    peek_sqlite_alias,
+)
 from service.runtime import ModelDeciderFactory
 from service.settings import Settings
 from tests.service.helpers import CATALOG, FakeScorer
@@ -318,4 +324,4 @@ def test_batch_resolution_reads_a_local_registry_like_mlflow(
     resolved = modelio.resolve("champion")
     assert resolved.version == v2 and resolved.path == tmp_path / "batch-home" / "model-cache" / v2
     assert json.loads((resolved.path / "model.json").read_text())["tag"] == "two"
-    assert json.loads((resolved.path / modelio.MARKER).read_text())["version"] == v2
+    assert json.loads((resolved.path / MODEL_MARKER).read_text())["version"] == v2

@@ -60,7 +60,7 @@ def test_history_is_ordered_by_ts_not_arrival(client: TestClient) -> None:
     ]
     store = client.app.state.store
     with store.read() as conn:
-        events = store.history(conn, "h1")
+        events = store.history("h1", conn)
     assert events[1].context == {"channel": "web"}  # organic context is kept
 
 
@@ -114,7 +114,7 @@ def _read_only_checks(client: TestClient, sqlite_url: str) -> None:
     store = Store(sqlite_url)
     with store.read() as conn:  # nothing half-written
         assert store.outcome_of(conn, d["decision_id"]) is None
-        assert store.idempotent_get(conn, "k", "next-step") is None
+        assert store.idempotent("k", "next-step", conn) is None
     store.dispose()
 
 

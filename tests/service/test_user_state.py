@@ -46,7 +46,7 @@ def _stored(store: Store, catalog: Catalog, user_id: str) -> UserState:
 
 def _full_fold(store: Store, catalog: Catalog, user_id: str) -> UserState:
     with store.read() as conn:
-        return fold_history(catalog, [e.row() for e in store.history(conn, user_id)])
+        return fold_history(catalog, [e.row() for e in store.history(user_id, conn)])
 
 
 def _same(a: UserState, b: UserState) -> None:
@@ -232,7 +232,7 @@ def test_a_decision_reads_one_state_row_and_never_the_history(
         raise AssertionError("the decision path read a history")
 
     monkeypatch.setattr(store, "read_state_row", counted)
-    for name in ("read_history", "history", "histories"):
+    for name in ("history", "histories"):
         monkeypatch.setattr(store, name, forbidden)
     again = c.post("/v1/next-step", json={"user_id": "one-row"}).json()
     assert again["step"] != d["step"]  # the accepted step is not offered again

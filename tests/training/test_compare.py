@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from features.catalog import Catalog, load_catalog
 from features.events import EventLog, load_events, validate_frame
 from models.bundle import ModelScorer
-from models.policies import DecisionInput, PolicyOutput
+from models.policy_base import DecisionInput, PolicyOutput
+from models.serving import save_bundle
 from training.compare import CompareError, compare_log
 from training.offpolicy import (
     MissingPropensityError,
@@ -62,7 +63,7 @@ def model(
     """A small bundle fitted on the log itself, saved as a directory ``--model`` accepts."""
     _folder, catalog, log = sim
     bundle = bundle_from_frame(log.frame, catalog, CONTEXT, params={"n_estimators": 40})
-    path = bundle.save(tmp_path_factory.mktemp("model") / "bundle")
+    path = save_bundle(bundle, tmp_path_factory.mktemp("model") / "bundle")
     return path, ModelScorer(bundle, catalog)
 
 

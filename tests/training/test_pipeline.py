@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from features.errors import NextstepError
 from features.events import load_events, validate_frame, write_events
 from training import evaluate as ev
 from training.cli import app
+from training.commands import train_command
 from training.holdout import Holdout
 from training.pipeline import (
     TRUTH_COLUMN,
@@ -32,7 +31,6 @@ from training.pipeline import (
     fit_and_evaluate,
     gate,
     holdout_mask,
-    train_command,
     typical_gap_hours,
 )
 from training.simulate import generate_log, write_simulation
@@ -210,7 +208,8 @@ def test_the_pyfunc_model_predicts_on_raw_events_like_nextstep_predict(home, tra
 
 @pytest.mark.slow
 def test_load_scorer_resolves_aliases_versions_and_directories(home, trained, data):
-    from training.modelio import MARKER, ModelNotFoundError, load_scorer
+    from service.model_loader import MODEL_MARKER as MARKER
+    from training.modelio import ModelNotFoundError, load_scorer
 
     catalog = load_catalog(data["catalog"])
     _, v = load_scorer("models:/nextstep@champion", catalog)
@@ -259,9 +258,7 @@ def test_demo_trains_once_then_reuses_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTSTEP_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     served: list[dict] = []
-    fake = types.ModuleType("service.run")
-    fake.serve_command = lambda **kw: served.append(kw)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "service.run", fake)
+    monkeypatch.setattr(demo, "serve_command", lambda **kw: served.append(kw))
 
     demo.demo_command(world="eager", users=400, host="127.0.0.1", port=8123)
     assert (home / "demo" / "events.csv").exists() and (home / "mlflow.db").exists()
@@ -273,12 +270,12 @@ def test_demo_trains_once_then_reuses_everything(tmp_path, monkeypatch):
     }
     stamp = (home / "demo" / "events.csv").stat().st_mtime_ns
 
-    import training.pipeline
+    import training.commands
 
     def no_training(**kw):
         raise AssertionError("the second demo run must not train")
 
-    monkeypatch.setattr(training.pipeline, "train_command", no_training)
+    monkeypatch.setattr(training.commands, "train_command", no_training)
     demo.demo_command(world="eager", users=400, host="127.0.0.1", port=8123)
     assert len(served) == 2
     assert (home / "demo" / "events.csv").stat().st_mtime_ns == stamp

@@ -22,6 +22,7 @@ from features.events import EventLog, validate_frame, write_events
 from features.state import fold_history
 from models.decide import Decider
 from models.policies import PolicyConfig
+from models.serving import save_bundle
 from training.cli import app
 from training.modelio import ModelNotFoundError, load_scorer
 from training.predict import predict_frame
@@ -50,7 +51,7 @@ def model_dir(tmp_path_factory, world, log) -> Path:
     bundle = bundle_from_frame(
         log.frame, world.catalog, log.context_columns, params={"n_estimators": 40}
     )
-    return bundle.save(tmp_path_factory.mktemp("model") / "bundle")
+    return save_bundle(bundle, tmp_path_factory.mktemp("model") / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def ope_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     """A small simulated log trained twice with one seed (versions 1 and 2: the same model),
     version 1 champion; and a service store of decisions by a random policy (exact
     propensities) on that world's catalog, with seeded outcomes."""
-    from training.pipeline import train_command
+    from training.commands import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

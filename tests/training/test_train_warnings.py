@@ -41,7 +41,7 @@ def test_train_on_seven_rows_warns_and_tags_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from training import tracking
-    from training.pipeline import train_command
+    from training.commands import train_command
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -80,8 +80,9 @@ def test_a_better_logistic_baseline_is_what_the_bundle_serves(
     from features.catalog import load_catalog
     from models.linear import is_linear
     from training import tracking
+    from training.commands import train_command
     from training.modelio import load_model_bundle
-    from training.pipeline import SERVED_TAG, train_command
+    from training.pipeline import SERVED_TAG
     from training.simulate import write_simulation
     from training.worlds import load_world
 
@@ -112,8 +113,7 @@ def test_a_better_lightgbm_keeps_serving_lightgbm() -> None:
     import numpy as np
 
     from features.spec import FeatureSpec
-    from models.bundle import fit_bundle
-    from models.readiness import LogisticBaseline
+    from models.readiness import LogisticBaseline, fit_bundle
     from training.pipeline import TrainingOutcome, serve_better_readiness
 
     rng = np.random.default_rng(0)
@@ -158,8 +158,8 @@ def test_readiness_model_option_keeps_lightgbm_and_says_so(
 
     from models.linear import is_linear
     from training.cli import app
+    from training.commands import train_command
     from training.modelio import load_model_bundle
-    from training.pipeline import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

@@ -23,7 +23,7 @@ T0 = 1_750_000_000.0
 
 @pytest.fixture
 def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    from training.pipeline import train_command
+    from training.commands import train_command
     from training.simulate import write_simulation
     from training.worlds import load_world
 

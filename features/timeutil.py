@@ -1,7 +1,17 @@
-"""Request timestamps: ISO-8601 (offsets allowed, naive means UTC) or epoch seconds, UTC inside.
+"""Time, one rule for the event log, the CLI and the API: the range of timestamps nextstep
+accepts, parsing a timestamp (ISO-8601 with or without an offset, naive meaning UTC, or epoch
+seconds; UTC inside) and writing one back as ISO-8601 UTC.
+
+An event log or a request dated in year 9999 (or before 1970) is a unit or parsing mistake, not
+an event: epoch milliseconds read as seconds land in year 57000, a swapped date field in year
+0202. Refusing them at the door keeps time features (time since the last outcome, gaps between
+visits) meaningful. The range is "a date in the years 1970 to 2099 in any UTC offset", so it is
+widened by a day on both sides; one pair of constants, so the CLI, ``nextstep export`` and the
+API refuse the same things (a request the service stored always exports).
 
 A request's ``ts`` is "now" for that decision (docs/design.md §7), so it is parsed exactly and
-stored as float epoch seconds; responses render it back as ISO-8601 UTC.
+stored as float epoch seconds; responses render it back with ``iso``. Event logs are parsed
+column-wise by ``features.events`` with the same rule.
 """
 
 from __future__ import annotations
@@ -10,12 +20,16 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 
-from features.timerange import TS_MAX, TS_MIN, TS_RANGE_TEXT
-
-# The same range as an event log (features.timerange): the years 1970..2099 in any UTC offset. A
-# request dated outside it is a unit or parsing mistake, refused with 422.
-MIN_TS = TS_MIN
-MAX_TS = TS_MAX
+#: 1969-12-31T00:00:00Z and 2100-01-02T00:00:00Z in epoch seconds (both accepted).
+TS_MIN = -86400.0
+TS_MAX = 4102531200.0
+TS_RANGE_TEXT = "1969-12-31T00:00:00Z .. 2100-01-02T00:00:00Z"
+#: A JSON-schema pattern for RFC 3339 date-times inside the range: the years 1970 to 2099.
+TS_ISO_PATTERN = (
+    r"^(19[7-9][0-9]|20[0-9][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _LEAP = re.compile(r"^(.*[T ]\d\d:\d\d:)60(.*)$")
@@ -32,7 +46,7 @@ def parse_ts(value: object) -> float:
         ts = float(text) if _NUMBER.match(text) else _parse_iso(text)
     else:
         raise ValueError("ts must be an ISO-8601 string or epoch seconds")
-    if not math.isfinite(ts) or not MIN_TS <= ts <= MAX_TS:
+    if not math.isfinite(ts) or not TS_MIN <= ts <= TS_MAX:
         raise ValueError(f"ts is outside {TS_RANGE_TEXT}")
     return ts
 
@@ -62,3 +76,9 @@ def iso(ts: float) -> str:
     except OverflowError:
         dt = datetime.min.replace(tzinfo=UTC) if ts < 0 else datetime.max.replace(tzinfo=UTC)
     return dt.isoformat().replace("+00:00", "Z")
+
+
+def iso_seconds(ts: float) -> str:
+    """ISO-8601 UTC to the whole second (``2024-05-01T12:00:00Z``): for summaries and records
+    (a log's time range, when a model was trained), where fractions of a second are noise."""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
