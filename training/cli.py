@@ -508,6 +508,12 @@ def learn(
         str, typer.Option(help="Wait after a failed cycle; doubles per failure in a row.")
     ] = "60s",
     backoff_cap: Annotated[str, typer.Option(help="Longest wait after failures.")] = "1h",
+    readiness_model: Annotated[
+        str,
+        typer.Option(
+            help="As train --readiness-model (auto, lightgbm or logistic); LightGBM by default."
+        ),
+    ] = "lightgbm",
 ) -> None:
     """Retrain, gate and promote on a schedule: the loop without a person in it."""
     from training.learner import LearnerConfig, learn_command
@@ -521,6 +527,7 @@ def learn(
         max_cycles=max_cycles,
         backoff=backoff,
         backoff_cap=backoff_cap,
+        readiness_model=readiness_model,
     )
     code = learn_command(catalog, config, once=once)
     if code:

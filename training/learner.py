@@ -58,6 +58,7 @@ from service.tables import decisions, outcomes
 from training import tracking
 from training.holdout import users_with
 from training.lease import Lease, new_holder
+from training.pipeline import READINESS_CHOICES
 
 log = logging.getLogger("nextstep.learner")
 
@@ -105,6 +106,11 @@ class LearnerConfig:
     backoff_cap: float = 3600.0
     lease_ttl: float = 600.0
     seed: int = 0
+    # as ``nextstep train --readiness-model``, but LightGBM by default: unattended, the loop
+    # serves the model whose planner was measured across random worlds (the logistic one, which
+    # often wins a small window's log loss, decides worse in the tail and made the loop's
+    # recovery after a shift fail; docs/design.md, ``nextstep learn``)
+    readiness_model: str = "lightgbm"
 
     @classmethod
     def from_options(
@@ -120,6 +126,7 @@ class LearnerConfig:
         backoff_cap: str = "1h",
         lease_ttl: str = "10m",
         seed: int = 0,
+        readiness_model: str = "lightgbm",
     ) -> LearnerConfig:
         if min_outcomes is not None and min_outcomes < 1:
             raise LearnerError(f"--min-outcomes must be >= 1, got {min_outcomes}")
@@ -127,6 +134,11 @@ class LearnerConfig:
             raise LearnerError(f"--max-cycles must be >= 1, got {max_cycles}")
         if not math.isfinite(margin) or margin < 0:
             raise LearnerError(f"--margin must be a finite number >= 0, got {margin}")
+        if readiness_model not in READINESS_CHOICES:
+            raise LearnerError(
+                f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
+                f"not {readiness_model!r}"
+            )
         cfg = cls(
             every=parse_duration(every, "--every"),
             min_outcomes=min_outcomes,
@@ -138,6 +150,7 @@ class LearnerConfig:
             backoff_cap=parse_duration(backoff_cap, "--backoff-cap"),
             lease_ttl=parse_duration(lease_ttl, "--lease-ttl"),
             seed=seed,
+            readiness_model=readiness_model,
         )
         if cfg.backoff_cap < cfg.backoff:
             raise LearnerError("--backoff-cap must be at least --backoff")
@@ -335,6 +348,7 @@ class Learner:
             score_champion=lambda: (None, None, None),  # not called: promote=False
             promote=False,
             seed=self.config.seed,
+            readiness_model=self.config.readiness_model,
         )
         result.version = trained.version
         result.tags["train_run_id"] = trained.run_id

@@ -118,6 +118,7 @@ def test_durations_parse_and_bad_ones_are_named() -> None:
         (["--max-cycles", "0"], "--max-cycles"),
         (["--margin", "-0.1"], "--margin"),
         (["--backoff", "10m", "--backoff-cap", "1m"], "--backoff-cap"),
+        (["--readiness-model", "forest"], "--readiness-model"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(
@@ -469,3 +470,10 @@ def test_sigterm_stops_the_loop_and_releases_the_lease(
     assert proc.returncode == 0, out
     with sqlite3.connect(home["db"]) as db:
         assert db.execute("SELECT holder FROM learner_lease").fetchone()[0] is None
+
+
+def test_the_unattended_loop_keeps_lightgbm_readiness_unless_told() -> None:
+    """The learner serves LightGBM readiness by default (``train`` chooses by log loss);
+    ``--readiness-model`` reaches the config."""
+    assert LearnerConfig.from_options().readiness_model == "lightgbm"
+    assert LearnerConfig.from_options(readiness_model="auto").readiness_model == "auto"
