@@ -329,32 +329,40 @@ def test_a_gate_refusal_is_logged_with_its_reason(
 
 
 # -- two learners ---------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_two_learners_promote_once(home: dict[str, Any], sims: dict[str, Path]) -> None:
-    from training import tracking
-
-    fill_store(home["url"], sims["a"], sims["catalog"])
-    tracking.experiment_id(EXPERIMENT_LEARN)  # the tracking database exists before the race
-    learners = [
-        Learner(sims["catalog"], _config(), url=home["url"], holder=f"learner-{i}")
-        for i in range(2)
-    ]
-    barrier = threading.Barrier(2)
+def _race(learners: list[Learner], *, close: bool = True) -> dict[int, Any]:
+    """Each learner runs one cycle, all released at the same instant; their results by index."""
+    barrier = threading.Barrier(len(learners))
     results: dict[int, Any] = {}
 
     def go(i: int) -> None:
         barrier.wait()
         results[i] = learners[i].run_cycle()
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(learners))]
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join(600)
     finally:
-        for x in learners:
-            x.close()
+        if close:
+            for x in learners:
+                x.close()
+    return results
+
+
+@pytest.mark.slow
+def test_two_learners_promote_once(home: dict[str, Any], sims: dict[str, Path]) -> None:
+    from training import tracking
+
+    fill_store(home["url"], sims["a"], sims["catalog"])
+    tracking.experiment_id(EXPERIMENT_LEARN)  # the tracking database exists before the race
+    results = _race(
+        [
+            Learner(sims["catalog"], _config(), url=home["url"], holder=f"learner-{i}")
+            for i in range(2)
+        ]
+    )
     statuses = sorted(r.status for r in results.values())
     assert statuses == ["promoted", "skipped"], [r.reason for r in results.values()]
     promoted = next(r for r in results.values() if r.status == "promoted")
@@ -408,19 +416,8 @@ def test_two_learners_on_postgresql_promote_once(
     learners = [
         Learner(sims["catalog"], _config(), url=postgres_db, holder=f"pg-{i}") for i in range(2)
     ]
-    barrier = threading.Barrier(2)
-    results: dict[int, Any] = {}
-
-    def go(i: int) -> None:
-        barrier.wait()
-        results[i] = learners[i].run_cycle()
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    results = _race(learners, close=False)
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
         assert learners[0].lease.state().last_status == "promoted"
     finally:
         for x in learners:
