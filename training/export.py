@@ -36,6 +36,7 @@ from features.catalog import Catalog, load_catalog
 from features.errors import NextstepError
 from features.events import EventLog, validate_frame, write_events
 from features.timeutil import parse_ts
+from service.settings import Settings
 
 NO_RESPONSE_RULES = ("ignore", "declined")
 _RESERVED = {"user_id", "ts", "step", "outcome", "propensity", "policy", "decision_id", "row"}
@@ -54,8 +55,6 @@ class ExportResult:
 
 
 def _settings() -> Any:
-    from service.settings import Settings
-
     return Settings()
 
 

@@ -56,9 +56,11 @@ from features.timeutil import iso_seconds
 from service.store import Store
 from service.tables import decisions, outcomes
 from training import tracking
+from training.export import export_log, store_url
 from training.holdout import users_with
+from training.learn_gate import gate_candidate
 from training.lease import Lease, new_holder
-from training.pipeline import READINESS_CHOICES
+from training.pipeline import READINESS_CHOICES, fingerprint, fit_and_evaluate, log_training
 
 log = logging.getLogger("nextstep.learner")
 
@@ -186,7 +188,6 @@ class Learner:
         holder: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from training.export import store_url
 
         self.catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
         self.config = config or LearnerConfig()
@@ -311,9 +312,6 @@ class Learner:
     def _cycle(self, beat: _Heartbeat, result: CycleResult) -> None:
         """Steps 2-4 of a cycle, filling ``result`` as it goes (so a failure keeps what was
         known: the window, the candidate's version)."""
-        from training.export import export_log
-        from training.learn_gate import gate_candidate
-        from training.pipeline import fingerprint, fit_and_evaluate, log_training
 
         oldest, newest = self._event_range()
         if newest is None or self.new_outcomes(None) == 0:

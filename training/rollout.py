@@ -23,6 +23,8 @@ from features.errors import NextstepError
 from features.state import UserState
 from features.timeutil import iso_seconds
 from models.decide import Decider
+from models.policies import PolicyConfig
+from training.modelio import load_scorer
 from training.simulate import ExactSolver, Population, SimUser, TypeBlindReference
 from training.worlds import World, load_world
 
@@ -275,8 +277,6 @@ def rollout_command(
     if base is None:
         if policy is None:
             raise NextstepError("give --base URL (a live service) or --policy P (in process)")
-        from models.policies import PolicyConfig
-        from training.modelio import load_scorer
 
         w = load_world(world)
         config = PolicyConfig.parse(policy)
