@@ -304,3 +304,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if root.name.startswith("pytest-of-"):
         with contextlib.suppress(OSError):
             root.rmdir()  # only when empty
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored() -> Iterator[None]:
+    """MLflow writes ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ`` when a
+    tracking or registry URI is set; left there, the next test in the same worker (and every
+    subprocess it starts) would talk to this test's registry. Each test ends with the
+    ``MLFLOW_*`` environment it started with."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if k not in before:
+            del os.environ[k]
+    os.environ.update(before)

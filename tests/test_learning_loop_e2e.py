@@ -76,8 +76,9 @@ LEARN_TIMEOUT = 600.0  # seconds for the learner to promote
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTEP_")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    # no MLFLOW_* either: a registry URI an earlier test left in this worker's environment
+    # would send the learner's registrations and aliases to another test's registry
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEXTSTEP_", "MLFLOW_"))}
     env["NEXTSTEP_HOME"] = str(home)
     return env
 
@@ -252,7 +253,7 @@ def test_the_loop_notices_the_shift_retrains_and_recovers(tmp_path: Path) -> Non
         cycles = _learner_cycles(learner_log.read_text())
         assert len(cycles) == MAX_CYCLES and "promoted" in cycles, cycles
         champion = _champion(home)
-        assert champion != "1"
+        assert champion != "1", learner_log.read_text()[-4000:]
         while served[-1] != champion:  # the last promotion may be a second old
             assert time.monotonic() < deadline, (served, champion)
             failures.add(traffic.advance(traffic.admitted + TRICKLE))

@@ -104,8 +104,9 @@ class ServerProcess:
         self.workdir = Path(workdir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTEP_")}
-        clean.pop("MLFLOW_TRACKING_URI", None)
+        # no NEXTSTEP_* and no MLFLOW_* of this process: an MLflow call of an earlier test in the
+        # same worker can leave MLFLOW_REGISTRY_URI behind, pointing at another test's registry
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("NEXTSTEP_", "MLFLOW_"))}
         clean.update(env)
         exe = Path(sys.executable).with_name("nextstep")
         self.log_path = self.workdir / f"server-{self.port}.log"
