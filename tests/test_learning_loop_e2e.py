@@ -172,7 +172,10 @@ def _champion(home: Path) -> str:
     """The registry's champion version (what the learner promoted last)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    # the registry too: without it the client takes the process-wide registry URI, which an
+    # earlier test in this worker may have pointed at its own registry
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return str(client.get_model_version_by_alias("nextstep", "champion").version)
 
 
