@@ -286,6 +286,7 @@ class PreparedDecision:
     shadow_rows: list[dict[str, Any]]
     payload: dict[str, Any]
     body: bytes
+    context: Mapping[str, Any] | None = None  # the request's, for the watch's drift window
 
 
 def request_digest(req: NextStepRequest) -> str:
@@ -323,7 +324,7 @@ async def prepare_next_step(
         except Exception:  # a shadow must never break the served decision
             continue
         shadow_rows.append(_shadow_row(row["decision_id"], shadow, res))
-    return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload))
+    return PreparedDecision(row, shadow_rows, payload, orjson.dumps(payload), req.context)
 
 
 async def _decide_on_loop(
@@ -347,7 +348,7 @@ def decided(prepared: PreparedDecision, metrics: Metrics | None) -> Reply:
     """The reply for a stored ``PreparedDecision`` (and its count in the metrics)."""
     _count(metrics, prepared.payload)
     if metrics is not None:
-        metrics.watch.decided((prepared.row,))
+        metrics.watch.decided((prepared.row,), (prepared.context,))
     return Reply(200, prepared.body)
 
 
@@ -496,6 +497,7 @@ def _decide_batch(
     answers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     shadow_rows: list[dict[str, Any]] = []
+    contexts: list[Mapping[str, Any] | None] = []  # aligned with rows, for the watch
     shadowed = {name for name in by_arm if deciders.shadows(name)}  # arms that have shadows
     same: dict[tuple, DecisionResult] = {}
     drawn: dict[tuple, DecisionResult] = {}  # exploring decisions later users redraw from
@@ -534,6 +536,7 @@ def _decide_batch(
         else:
             row, payload = _decision(arm, req, result, now, None, None, ids[i])
         rows.append(row)
+        contexts.append(req.context)
         if arm.arm.name in shadowed:
             shadow_rows.extend(_shadow_rows(deciders, arm, req, state, now, row["decision_id"]))
         answers.append(payload)
@@ -545,7 +548,7 @@ def _decide_batch(
         )
         for labels, k in counts.items():
             metrics.count_decisions(*labels, n=k)
-        metrics.watch.decided(rows)
+        metrics.watch.decided(rows, contexts)
     return Reply(200, body)
 
 

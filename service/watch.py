@@ -25,7 +25,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from features.drift import META_KEY, DriftWindow, parse_reference
@@ -131,26 +130,24 @@ class Watch:
         self._drift: dict[str, tuple[Any, DriftWindow]] = {}  # arm -> (reference, window)
 
     # -- decisions -------------------------------------------------------------------------
-    def decided(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Stored decision rows (``flows._decision``): count offers, remember them for their
-        outcomes, and add their context to the drift window of their arm."""
+    def decided(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        contexts: Iterable[Mapping[str, Any] | None],
+    ) -> None:
+        """Stored decision rows (``flows._decision``) and their requests' contexts: count
+        offers, remember them for their outcomes, and add each context to the drift window of
+        its arm (the request's dict, not the row's JSON of it: no second parse per decision)."""
         with self._lock:
-            for row in rows:
+            for row, ctx in zip(rows, contexts, strict=True):
                 arm = row["arm"]
                 drift = self._drift.get(arm)
                 if drift is not None:
-                    ctx = row.get("context")
-                    drift[1].observe(orjson.loads(ctx) if ctx else None)
+                    drift[1].observe(ctx)
                 step = row["step"]
                 if step is None:
                     continue
-                key = (arm, bool(row["explored"]))
-                child = self._offer_children.get(key)
-                if child is None:
-                    child = self._offer_children[key] = self.offers.labels(
-                        arm, "true" if key[1] else "false"
-                    )
-                child.inc()
+                self._offer_child(arm, bool(row["explored"])).inc()
                 recent = self._recent
                 recent[row["decision_id"]] = (arm, step, row["p_accept"], row["ts"])
                 if len(recent) > RECENT_DECISIONS:
@@ -214,10 +211,16 @@ class Watch:
         with self._lock:
             for arm in arms:
                 for explored in (False, True):
-                    if (arm, explored) not in self._offer_children:
-                        self._offer_children[(arm, explored)] = self.offers.labels(
-                            arm, "true" if explored else "false"
-                        )
+                    self._offer_child(arm, explored)
+
+    def _offer_child(self, arm: str, explored: bool) -> Any:
+        """The ``offers{arm, explored}`` series, resolved once per label set (under the lock)."""
+        child = self._offer_children.get((arm, explored))
+        if child is None:
+            child = self._offer_children[(arm, explored)] = self.offers.labels(
+                arm, "true" if explored else "false"
+            )
+        return child
 
     def refresh(self) -> None:
         """Bring the drift gauges up to date (called before each scrape)."""
