@@ -36,7 +36,7 @@ from service.heap import frozen_heap
 from training.dask_train import predict_on_dask, recommend_on_dask, train_on_dask
 from training.holdout import Holdout
 from training.modelio import load_scorer
-from training.pipeline import READINESS_CHOICES, STEP_FEATURE, Progress, TrainResult, train_log
+from training.pipeline import STEP_FEATURE, Progress, TrainResult, check_readiness_choice, train_log
 from training.predict import check_output, predict_frame, write_table
 from training.recommend import MODEL_POLICIES, recommend_frame, user_candidates
 from training.train_warnings import record_warnings, training_warnings
@@ -65,11 +65,7 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
-    if readiness_model not in READINESS_CHOICES:
-        raise NextstepError(
-            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
-            f"not {readiness_model!r}"
-        )
+    check_readiness_choice(readiness_model)
     split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     console = Console(stderr=True)
     with _steps(console) as say:

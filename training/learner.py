@@ -60,7 +60,7 @@ from training.export import export_log, store_url
 from training.holdout import users_with
 from training.learn_gate import gate_candidate
 from training.lease import Lease, new_holder
-from training.pipeline import READINESS_CHOICES, fingerprint, fit_and_evaluate, log_training
+from training.pipeline import check_readiness_choice, fingerprint, fit_and_evaluate, log_training
 
 log = logging.getLogger("nextstep.learner")
 
@@ -136,11 +136,7 @@ class LearnerConfig:
             raise LearnerError(f"--max-cycles must be >= 1, got {max_cycles}")
         if not math.isfinite(margin) or margin < 0:
             raise LearnerError(f"--margin must be a finite number >= 0, got {margin}")
-        if readiness_model not in READINESS_CHOICES:
-            raise LearnerError(
-                f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, "
-                f"not {readiness_model!r}"
-            )
+        check_readiness_choice(readiness_model)
         cfg = cls(
             every=parse_duration(every, "--every"),
             min_outcomes=min_outcomes,

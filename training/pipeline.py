@@ -283,6 +283,15 @@ SERVED_NAMES = {"lgbm": "lightgbm", "logreg": "logistic"}
 READINESS_CHOICES = ("auto", "lightgbm", "logistic")
 
 
+def check_readiness_choice(choice: str) -> str:
+    """``choice`` when it is a ``--readiness-model`` value; else the one-line error (exit 2)."""
+    if choice not in READINESS_CHOICES:
+        raise NextstepError(
+            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, not {choice!r}"
+        )
+    return choice
+
+
 def serve_better_readiness(out: TrainingOutcome, choice: str = "auto") -> str:
     """Which fitted readiness model the bundle serves: ``"lgbm"``, or ``"logreg"`` when the
     logistic baseline has the strictly lower holdout log loss. Both were fitted on the same
@@ -294,11 +303,7 @@ def serve_better_readiness(out: TrainingOutcome, choice: str = "auto") -> str:
     ``logistic`` always. Log loss judges the probabilities, not the decisions the planner makes
     with them; a team that measured its planner to do better on the trees keeps them this way.
     """
-    if choice not in READINESS_CHOICES:
-        raise NextstepError(
-            f"--readiness-model must be one of {', '.join(READINESS_CHOICES)}, not {choice!r}"
-        )
-    if choice == "lightgbm":
+    if check_readiness_choice(choice) == "lightgbm":
         return "lgbm"
     lgbm = out.metrics.get("lgbm", {}).get("logloss", math.nan)
     logreg = out.metrics.get("logreg", {}).get("logloss", math.nan)
