@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Multi-stage: locked dependencies first (cached layer), the source second, non-root at run time.
-FROM python:3.11-slim AS build
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
 ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
@@ -13,7 +13,7 @@ COPY service ./service
 COPY nextstep ./nextstep
 RUN uv sync --locked --no-dev
 
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 RUN groupadd --gid 10001 nextstep && useradd --create-home --uid 10001 --gid 10001 nextstep
 # root owns the code: the runtime user can read and run it, never change it
 COPY --from=build /app /app

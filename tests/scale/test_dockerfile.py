@@ -5,6 +5,7 @@ the code actually understands."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,28 @@ def test_compose_wires_service_postgres_and_mlflow_server() -> None:
 
     known = {opt for p in server.params for opt in p.opts}
     assert {a for a in args if a.startswith("--")} <= known
+
+
+PINNED = re.compile(r"^[a-z0-9./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+
+
+def test_every_pulled_image_is_pinned_by_digest() -> None:
+    """A tag can be re-pointed at new bytes; a digest cannot, so a rebuild pulls what was reviewed.
+
+    The tag stays beside the digest for the reader; the image built here (``nextstep:local``) is
+    the only one not pulled.
+    """
+    bases = [
+        arg.split()[0]
+        for op, arg in _instructions(DOCKERFILE.read_text(encoding="utf-8"))
+        if op == "FROM"
+    ]
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    pulled = [
+        s["image"]
+        for s in compose["services"].values()
+        if "image" in s and "build" not in s and s["image"] != "nextstep:local"
+    ]
+    assert bases and pulled
+    loose = [ref for ref in bases + pulled if not PINNED.match(ref)]
+    assert not loose, f"not pinned by digest: {loose}"
