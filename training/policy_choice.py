@@ -6,14 +6,17 @@ trajectory estimates) and recommends the one whose 95% lower bound is highest: t
 not the point estimate, because a recommendation must survive the noise of the log. Ties (lower
 bounds within ``TIE``) go to the simpler policy, in the order of ``CANDIDATES``.
 
-The lower bound is the bootstrap bound of the estimate, trusted or flagged ``low_overlap``: a
-flagged estimate is not shown with an interval, but it is not worthless for ranking (a policy the
-log followed for 40 effective users can be clearly better than one it followed for 2,000).
-Below ``MIN_SELECTION_ESS`` effective users a bootstrap says nothing, so such an estimate
-competes with a distribution-free bound instead: Hoeffding's for rewards in [0, max] with the
-effective number of users in place of n, ``value - max * sqrt(ln(2 / alpha) / (2 ESS))`` (minus
-infinity at ESS 0). The recommendation says whether it rests on a trusted estimate; the service
-serves only trusted recommendations.
+The lower bound of a trusted estimate is its bootstrap bound. A flagged (``low_overlap``)
+estimate has no trustworthy bootstrap, but it is not worthless for ranking (a policy the log
+followed for 40 effective users can be clearly better than one it followed for 2,000), so it
+competes with the Korn-Graubard bound instead: the Clopper-Pearson lower limit of a proportion
+observed as ``ESS * value`` successes in ``ESS`` trials (Korn & Graubard 1998, the survey
+statistician's interval for a weighted proportion with few effective observations), for
+rewards scaled to [0, max]. Unlike a distribution-free (Hoeffding) bound it knows that a value
+near 0 is nearly certain to be small, so a policy estimated at 0 on thousands of effective users
+no longer beats one estimated at 0.3 on a handful merely because the latter's bound is vacuous.
+The recommendation says whether it rests on a trusted estimate; the service serves only trusted
+recommendations.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scipy.stats import beta
+
 CANDIDATES: tuple[str, ...] = ("ladder", "big_ask", "greedy", "planner")  # simplest first
 FIXED: tuple[str, ...] = ("ladder", "big_ask")  # need no model
 TIE = 1e-9
 ALPHA = 0.05
-MIN_SELECTION_ESS = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,14 @@ def selection_low(
     value: float, low: float, ess: float, low_overlap: bool, max_reward: float = 1.0
 ) -> float:
     """The lower bound a candidate competes with (see the module docstring)."""
-    if not low_overlap or ess >= MIN_SELECTION_ESS:
+    if not low_overlap:
         return low
     if ess <= 0:
         return -math.inf
-    return value - max_reward * math.sqrt(math.log(2 / ALPHA) / (2 * ess))
+    successes = ess * min(max(value / max_reward, 0.0), 1.0)
+    if successes <= 0:
+        return 0.0
+    return max_reward * float(beta.ppf(ALPHA / 2, successes, ess - successes + 1))
 
 
 def recommend(results: Mapping[str, Any]) -> Recommendation:

@@ -37,17 +37,36 @@ def test_ties_go_to_the_simpler_policy_in_candidate_order() -> None:
     )
 
 
-def test_untrusted_estimates_compete_with_their_bound_or_a_distribution_free_one() -> None:
-    # a tight-looking bootstrap on 5 effective users does not beat a trusted estimate:
-    # it competes with Hoeffding's bound 0.4 - sqrt(ln 40 / 10) < 0.05
-    few = {"ladder": _result(0.05, 0.1), "planner": _result(0.35, 0.4, untrusted=True, ess=5)}
+def test_untrusted_estimates_compete_with_the_korn_graubard_bound() -> None:
+    # the Clopper-Pearson limits of 3/10 and 20/40 are textbook values: [0.0667, 0.6525] and
+    # [0.3380, 0.6620]; an untrusted estimate is a proportion seen on ESS effective users
+    assert selection_low(0.3, 0.29, 10.0, True) == pytest.approx(0.0667, abs=1e-4)
+    assert selection_low(0.5, 0.49, 40.0, True) == pytest.approx(0.3380, abs=1e-4)
+    assert selection_low(1.0, 0.9, 40.0, True, max_reward=2.0) == pytest.approx(0.6760, abs=2e-4)
+    assert selection_low(0.0, 0.0, 500.0, True) == 0.0
+    assert selection_low(0.9, 0.8, 0.0, True) == -math.inf
+    assert selection_low(0.9, 0.8, 3.0, False) == 0.8  # a trusted estimate keeps its bootstrap
+    # a tight-looking bootstrap on 5 effective users does not beat a trusted estimate
+    few = {"ladder": _result(0.1, 0.15), "planner": _result(0.35, 0.4, untrusted=True, ess=5)}
     rec = recommend(few)
     assert rec.policy == "ladder" and rec.trusted
-    assert selection_low(0.4, 0.35, 5.0, True) == pytest.approx(0.4 - math.sqrt(math.log(40) / 10))
-    # on 40 effective users its bootstrap bound competes: far better, recommended, untrusted
+    # on 40 effective users it is far better: recommended, untrusted, with its bound
     far = {"ladder": _result(0.3, 0.33), "big_ask": _result(0.45, 0.5, untrusted=True, ess=40)}
     rec = recommend(far)
-    assert rec.policy == "big_ask" and not rec.trusted and rec.low == pytest.approx(0.45)
-    assert selection_low(0.9, 0.8, 0.0, True) == -math.inf
+    assert rec.policy == "big_ask" and not rec.trusted and rec.low == pytest.approx(0.338, abs=1e-3)
+
+
+def test_a_policy_known_to_convert_nobody_loses_to_an_uncertain_one_that_converts_some() -> None:
+    # a log that followed the ladder for 750 effective users, none of whom converted, and the
+    # goal-first policy for under 3: nothing guarantees the latter much, but the ladder is
+    # certainly worse than 15% and a vacuous bound must not hand it the recommendation
+    results = {
+        "ladder": _result(0.0, 0.0),
+        "big_ask": _result(0.0, 0.154, untrusted=True, ess=2.5),
+    }
+    assert recommend(results).policy == "big_ask"
+
+
+def test_no_candidates_is_an_error() -> None:
     with pytest.raises(ValueError):
         recommend({})
