@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         default=[],
         help="earlier --out files whose true values to reuse (same worlds, models and seeds: "
-        "the Monte Carlo values are deterministic), so only the estimates are recomputed",
+        "the Monte Carlo values are deterministic), so only the estimates are recomputed; "
+        "valid only while the policies' code is unchanged (drop a policy's rows to redo it)",
     )
     args = p.parse_args(argv)
     args.known_truths = {
