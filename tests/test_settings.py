@@ -52,6 +52,7 @@ def test_the_environment_is_read_on_every_command_call(
     first = tracking.tracking_uri()
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "b"))
     assert tracking.tracking_uri() != first
+    assert tracking.registry().cache_dir == tmp_path / "b" / "model-cache"
 
 
 def test_nextstep_prefixed_tracking_uri_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from features.errors import InputError
 from service.run import serve_command
 from training import tracking
-from training.modelio import alias_version  # reads a local registry without importing MLflow
 
 DEMO_SEED = 7
 DEMO_INFO = "demo.json"
@@ -86,7 +85,7 @@ def ensure_demo(world: str, users: int, *, fresh: bool = False) -> tuple[Path, P
             f"simulated {made_info['users']} users of world {made_info['world']}: "
             f"{made_info['rows']} events"
         )
-    version = alias_version(tracking.CHAMPION)
+    version = tracking.alias_version(tracking.CHAMPION)  # a local registry: no MLflow import
     if version is None:
         # start-up: the training stack (about 2 s to import) only when there is no model yet
         from training.commands import train_command

@@ -208,7 +208,7 @@ def test_the_pyfunc_model_predicts_on_raw_events_like_nextstep_predict(home, tra
 
 @pytest.mark.slow
 def test_load_scorer_resolves_aliases_versions_and_directories(home, trained, data):
-    from service.model_loader import MODEL_MARKER as MARKER
+    from models.resolver import MODEL_MARKER as MARKER
     from training.modelio import ModelNotFoundError, load_scorer
 
     catalog = load_catalog(data["catalog"])
