@@ -8,8 +8,11 @@ COPY pyproject.toml uv.lock README.md LICENSE ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY features ./features
 COPY models ./models
+COPY evaluation ./evaluation
 COPY training ./training
+COPY simulation ./simulation
 COPY service ./service
+COPY loop ./loop
 COPY nextstep ./nextstep
 RUN uv sync --locked --no-dev
 

@@ -1,17 +1,17 @@
 """Coverage of the trajectory conversion intervals, and policy selection, over random worlds.
 
 ``python -m benchmarks.ope_coverage --family 30`` draws worlds ``random:0`` .. ``random:29``
-(``training.world_family``: exploration 10-70%, ladder/big_ask/random incumbents) and in each:
+(``simulation.world_family``: exploration 10-70%, ladder/big_ask/random incumbents) and in each:
 
 1. fits the outcome models on one simulated log (``--train-users``) and evaluates the candidate
    policies (``ladder``, ``big_ask``, ``greedy``, ``planner``) on another (``--users``) with the
-   trajectory estimators of ``training.trajectory_ope``, exactly as ``nextstep compare`` does;
+   trajectory estimators of ``evaluation.trajectory_ope``, exactly as ``nextstep compare`` does;
 2. computes every policy's true value: exactly (``ExactSolver``) for the fixed rules, by Monte
    Carlo with the service's ``Decider`` (``--mc-users``, standard error reported) for the
    model-based ones;
 3. records whether each headline interval covers the truth, whether a miss is flagged
    ``low_overlap`` or lies within 1.5 interval widths, and the policy the training run would
-   recommend (``training.policy_choice``) against the best candidate's true value.
+   recommend (``evaluation.policy_choice``) against the best candidate's true value.
 
 Prints a table per policy and exploration band and writes the rows as JSON (``--out``).
 """
@@ -28,17 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluation.offpolicy import build_policy, evaluate_log, trajectory
+from evaluation.policy_choice import CANDIDATES, TIE, recommend, selection_low, simplicity
 from features.events import validate_frame
 from features.state import UserState
 from models.bundle import ModelScorer
 from models.decide import Decider, DecisionRequest
 from models.policies import PolicyConfig
-from training.compare import exact_policy
-from training.offpolicy import build_policy, evaluate_log, trajectory
-from training.policy_choice import CANDIDATES, TIE, recommend, selection_low, simplicity
-from training.simulate import START, Dynamics, ExactSolver, generate_log, make_user
-from training.synthetic import bundle_from_frame
-from training.worlds import load_world
+from simulation.compare import exact_policy
+from simulation.simulate import START, Dynamics, ExactSolver, generate_log, make_user
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import load_world
 
 CONTEXT = ("channel", "device")
 BANDS = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7))
@@ -68,7 +68,7 @@ def truth_of(world: Any, name: str, scorer: Any, mc_users: int, seed: int) -> tu
 
 
 def lockstep_value(world: Any, decider: Decider, users: int, seed: int) -> tuple[float, float]:
-    """``training.rollout.run_users`` with ``InProcess``, all users walked in lockstep.
+    """``simulation.rollout.run_users`` with ``InProcess``, all users walked in lockstep.
 
     Each round asks ``Decider.decide_many`` for every active user at once (one planner pass, one
     model call per level), which gives each user exactly the decision ``decide`` would; every
@@ -183,7 +183,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     )
     est_cols = [c for c in df.columns if c.endswith("_covered") and c != "covered"]
     out.append("per estimator (all pairs): " + str(df[est_cols].mean().round(3).to_dict()))
-    # selection, by the rule of training.policy_choice on the measured estimates
+    # selection, by the rule of evaluation.policy_choice on the measured estimates
     df["selection_low"] = [
         selection_low(r.value, r.low, r.ess, bool(r.low_overlap)) for r in df.itertuples()
     ]

@@ -25,9 +25,9 @@ from features.catalog import Catalog
 from features.offline import build_offline_features
 from features.state import UserState
 from models.bundle import ModelScorer
-from training.rollout import walk_user
-from training.simulate import SimUser
-from training.worlds import World
+from simulation.rollout import walk_user
+from simulation.simulate import SimUser
+from simulation.worlds import World
 
 # (state, eligible steps, now, context) -> the step to offer
 Chooser = Callable[[UserState, list[int], float, Mapping[str, Any]], int]

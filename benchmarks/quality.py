@@ -7,7 +7,7 @@ planner with the exact type-aware optimum, the type-blind reference and each fix
 Results go to ``benchmarks/quality.json``.
 
 The random family (``--family N``): worlds ``random:0`` .. ``random:N-1``
-(``training.world_family``). The first ``--http-worlds`` of them go through the same
+(``simulation.world_family``). The first ``--http-worlds`` of them go through the same
 train-serve-rollout path over HTTP; in every world the planner and its peers
 (``benchmarks.peers``) are also fitted in process on the same log and walked with the same new
 users. The summary gives, per policy, the median and worst decile of the ratio to the

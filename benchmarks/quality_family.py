@@ -21,10 +21,10 @@ from benchmarks.peers import PeerWalk, conversion_model, greedy_value
 from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
-from training.rollout import InProcess, reference_table, run_users
-from training.simulate import generate_log
-from training.synthetic import bundle_from_frame
-from training.worlds import load_world
+from simulation.rollout import InProcess, reference_table, run_users
+from simulation.simulate import generate_log
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import load_world
 
 POLICIES = ("planner", "bandit", "greedy_value", "conversion_model")
 FIXED = ("ladder", "big_ask", "random")

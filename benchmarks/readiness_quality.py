@@ -23,8 +23,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
 from models.readiness import LogisticBaseline, fit_bundle
-from training.simulate import START, Dynamics, TypeBlindReference, generate_log
-from training.worlds import STATIONARY, World, load_world
+from simulation.simulate import START, Dynamics, TypeBlindReference, generate_log
+from simulation.worlds import STATIONARY, World, load_world
 
 ROOT = Path(__file__).resolve().parents[1]
 

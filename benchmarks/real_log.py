@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation import evaluate as ev
 from features.catalog import Catalog
 from features.events import EventLog, validate_frame
 from models.readiness import LogisticBaseline
-from training import evaluate as ev
 from training.holdout import Holdout
 from training.pipeline import fit_and_evaluate
 

@@ -427,7 +427,7 @@ def bench_batch(env: Env) -> None:
     code = (
         "import time, pandas as pd\n"
         "from pathlib import Path\n"
-        "from training.commands import recommend_command\n"
+        "from nextstep.cli.commands import recommend_command\n"
         f"t=time.perf_counter(); df=recommend_command(Path({str(env.events)!r}), Path({str(env.catalog)!r}), "
         f"Path({str(env.dir / 'rec.csv')!r})); el=time.perf_counter()-t\n"
         "n=len(df); t=time.perf_counter(); ev=pd.read_csv("
@@ -501,7 +501,7 @@ def bench_features(n: int) -> None:
     catalog.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    from training.worlds import load_world
+    from simulation.worlds import load_world
 
     catalog.write_text(yaml.safe_dump({"steps": load_world("ladder").catalog.to_list()}))
     common = SYNTH + f"df = synth({n}, {max(1, n // 8)})\nimport time\n"
@@ -537,7 +537,7 @@ def bench_train(n: int) -> None:
     code = SYNTH + (
         "import time, numpy as np, lightgbm as lgb\n"
         "from features.spec import FeatureSpec\nfrom features.offline import build_offline_features\n"
-        "from models.readiness import fit_bundle\nfrom training.worlds import load_world\n"
+        "from models.readiness import fit_bundle\nfrom simulation.worlds import load_world\n"
         f"df = synth({n}, {n // 4}); cat = load_world('ladder').catalog\n"
         "spec = FeatureSpec.from_frame(df, ['channel']); f = build_offline_features(df, cat, spec)\n"
         "rng = np.random.default_rng(1)\n"
@@ -565,7 +565,7 @@ def bench_train(n: int) -> None:
 def bench_ope(n: int, n_boot: int) -> None:
     import numpy as np
 
-    from training.ope import LoggedData, estimate_all
+    from evaluation.ope import LoggedData, estimate_all
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.1, 1.0, n)

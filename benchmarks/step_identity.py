@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from features.events import validate_frame
+from simulation.simulate import generate_log
+from simulation.worlds import STATIONARY, load_world
 from training.pipeline import fit_and_evaluate
-from training.simulate import generate_log
-from training.worlds import STATIONARY, load_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TWINS = ROOT / "tests" / "training" / "worlds" / "twin_steps.yaml"

@@ -1,5 +1,6 @@
 """Names in the model registry, written once: training registers and promotes under them
-(``training.tracking``), the service and the CLI load by them (``service.model_loader``)."""
+(``training.tracking``), the service and the CLI resolve references to them
+(``models.resolver``)."""
 
 from __future__ import annotations
 

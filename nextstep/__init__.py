@@ -1,6 +1,7 @@
-"""nextstep: the installed distribution's version, and ``python -m nextstep`` (the same command
-line as the ``nextstep`` script). The code lives in ``features``, ``models``, ``training`` and
-``service``."""
+"""nextstep: the installed distribution's version, ``python -m nextstep`` (the same command
+line as the ``nextstep`` script), the command line itself (``nextstep.cli``, the top layer) and
+the settings every process shares (``nextstep.settings``, the bottom one). The rest of the code
+lives in one top-level package per room (docs/design.md, "Layout")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``python -m nextstep``: the ``nextstep`` command line."""
 
-from training.cli import main
+from nextstep.cli.app import main
 
 if __name__ == "__main__":
     main()

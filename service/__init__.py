@@ -10,7 +10,8 @@ Modules, one job each:
 * ``flows`` — what each endpoint does (idempotency, one outcome per decision, conversion).
 * ``store``/``tables``/``migrations/`` — SQLAlchemy Core on SQLite (WAL) or PostgreSQL, Alembic.
 * ``experiments`` — arms and sticky assignment; ``runtime`` — the swappable snapshot of one
-  ``models.decide.Decider`` per arm; ``model_loader`` — MLflow registry, cache, fallback.
+  ``models.decide.Decider`` per arm; ``model_loader`` — the served models: loaded scorers,
+  cached fallback, digests (references resolved by ``models.resolver``).
 * ``problems`` — RFC 9457 errors; ``middleware`` — body limits, media type, request metrics;
   ``metrics`` — Prometheus; ``schemas`` — request/response shapes (timestamps are parsed and
   written by ``features.timeutil``).

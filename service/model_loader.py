@@ -1,21 +1,18 @@
-"""Model resolution: registry alias -> version -> local cache -> loaded scorer.
+"""The service's models: registry alias -> version -> local cache -> loaded scorer.
 
-The only module that talks to MLflow, and it imports MLflow lazily (about 1.2 s and 190 MB, plus
-about a second to open a SQLite tracking store, which checks its schema with alembic): a service
-with no registry never pays for it and the hot path never touches it. Every version ever served
-is kept under ``{home}/model-cache/{version}/`` (written to a temporary directory and renamed, so
-a cache entry is complete or absent) and ``aliases.json`` remembers which version each alias last
-pointed at, and in which registry, so an unreachable registry degrades to "serve the cached
-champion" rather than "serve nothing". A model that cannot be loaded is refused with a message
-saying why; the caller decides what keeps serving.
+References are parsed, aliases read and versions downloaded into the cache by
+``models.resolver`` (shared with the batch commands), which imports MLflow only when it must: a
+service with no registry never pays for it and the hot path never touches it. This module adds
+what keeps a service serving: the loaded scorers, remembered per version; ``aliases.json``, which
+version each alias last pointed at and in which registry, so an unreachable registry degrades to
+"serve the cached champion" rather than "serve nothing"; and the sha256 each version was
+registered with, checked before a model is loaded. A model that cannot be loaded is refused with
+a message saying why; the caller decides what keeps serving.
 
 Start-up is kept short (``nextstep serve`` to ``/readyz`` in about 3 s, most of it importing
 FastAPI, scikit-learn and LightGBM) in two ways:
 
-* a local SQLite registry is read directly (``peek_sqlite_alias``: one read-only query, a few
-  milliseconds) instead of through MLflow, and a ``file://`` artifact location is copied rather
-  than downloaded through MLflow. Anything unexpected (another schema, workspaces, a remote
-  artifact store, a locked database) makes the peek answer "don't know" and MLflow decides;
+* a local SQLite registry is read directly instead of through MLflow (``models.resolver``);
 * when even that is not possible (a tracking server, a locked database), ``resolve(...,
   prefer_cache=True)`` serves the version this alias last resolved to *in this registry* from the
   cache and marks it ``unconfirmed``; the runtime then asks the registry in the background and
@@ -28,13 +25,9 @@ import dataclasses
 import json
 import logging
 import os
-import re
-import shutil
-import sqlite3
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,58 +36,11 @@ from typing import Any
 from features.catalog import Catalog
 from features.errors import NextstepError
 from models.bundle import ModelLoadError
-from models.registry import MODEL_NAME
+from models.resolver import ModelRef, Registry, meta_version
 from models.serving import DIGEST_TAG, load_serving_dir, serving_directory, verify_serving
 from service.redact import redact
 
-MODEL_MARKER = ".nextstep-model.json"
 log = logging.getLogger("nextstep.service.model")
-DEFAULT_NAME = MODEL_NAME
-# ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (``training.modelio`` reads it too)
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
-_NO_MODEL = {"", "none", "null", "ladder"}
-_DELETED_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
-_DEFAULT_WORKSPACE = "default"  # mlflow.utils.workspace_utils.DEFAULT_WORKSPACE_NAME
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What an arm asks for: a registry alias or version, a local directory, or no model."""
-
-    kind: str  # "alias" | "version" | "path" | "none"
-    name: str = DEFAULT_NAME
-    alias: str | None = None
-    version: str | None = None
-    path: Path | None = None
-
-    @property
-    def label(self) -> str:
-        if self.kind == "alias":
-            return f"models:/{self.name}@{self.alias}"
-        if self.kind == "version":
-            return f"models:/{self.name}/{self.version}"
-        return str(self.path) if self.kind == "path" else "none"
-
-
-def parse_ref(ref: str | None, default_uri: str) -> ModelRef:
-    """``champion``, ``3``, ``models:/nextstep@champion``, ``models:/nextstep/3``, a path, none."""
-    raw = (default_uri if ref is None else str(ref)).strip()
-    if raw.lower() in _NO_MODEL:
-        return ModelRef("none")
-    m = MODEL_URI.match(raw)
-    if m:
-        if m["alias"]:
-            return ModelRef("alias", name=m["name"], alias=m["alias"])
-        return ModelRef("version", name=m["name"], version=m["version"])
-    if raw.startswith("file://"):
-        return ModelRef("path", path=Path(raw[len("file://") :]))
-    if "/" in raw or os.sep in raw or Path(raw).is_dir():
-        return ModelRef("path", path=Path(raw))
-    base = MODEL_URI.match(default_uri.strip())
-    name = base["name"] if base else DEFAULT_NAME
-    if raw.isdigit():
-        return ModelRef("version", name=name, version=raw)
-    return ModelRef("alias", name=name, alias=raw)
 
 
 @dataclass(frozen=True)
@@ -120,135 +66,6 @@ class Resolution:
 BundleLoader = Callable[[Path, Catalog], tuple[Any, Mapping[str, Any]]]
 
 
-NO_TAG = ""  # peek_sqlite_tag: the registry was read and the version has no such tag
-
-
-def peek_sqlite_tag(
-    db: Path, name: str, version: str, key: str, *, timeout: float = 0.25
-) -> str | None:
-    """One model-version tag read straight from an MLflow SQLite registry: its value,
-    ``NO_TAG`` when the version has none, None when the database could not be read (ask
-    MLflow)."""
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
-    except (sqlite3.Error, ValueError):
-        return None
-    try:
-        row = conn.execute(
-            "SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = ?",
-            (name, int(version), key),
-        ).fetchone()
-    except (sqlite3.Error, ValueError):
-        return None
-    finally:
-        conn.close()
-    return NO_TAG if row is None else str(row[0])
-
-
-def peek_sqlite_alias(
-    db: Path, name: str, alias: str, *, timeout: float = 0.25
-) -> tuple[str, str] | None:
-    """``(version, artifact location)`` of ``name@alias`` read straight from an MLflow SQLite
-    registry, or None for "don't know, ask MLflow".
-
-    Why: opening the registry through MLflow costs about 2.5 s (``import mlflow`` plus the
-    store's alembic schema check), most of a cold start; this query costs milliseconds. It
-    mirrors ``SqlAlchemyStore.get_model_version_by_alias`` and ``get_model_version_download_uri``
-    (alias row -> non-deleted version row -> ``storage_location or source``) and gives up on
-    anything it does not fully understand: a missing table or column, workspaces switched on, the
-    special ``latest`` alias, a version not READY, no alias at all, or a database locked for
-    longer than ``timeout``. ``tests/service/test_startup.py`` checks it against MLflow itself.
-    """
-    if alias.lower() == "latest" or os.environ.get("MLFLOW_WORKSPACE"):
-        return None
-    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes"):
-        return None
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
-    except (sqlite3.Error, ValueError):
-        return None
-    try:
-        aliases = {r[1] for r in conn.execute("PRAGMA table_info(registered_model_aliases)")}
-        versions = {r[1] for r in conn.execute("PRAGMA table_info(model_versions)")}
-        needed = {"name", "version", "current_stage", "status", "source", "storage_location"}
-        if not {"name", "alias", "version"} <= aliases or not needed <= versions:
-            return None
-        ws = "workspace" in aliases or "workspace" in versions
-        if ws and not ("workspace" in aliases and "workspace" in versions):
-            return None
-        sql = (
-            "SELECT mv.version, mv.storage_location, mv.source, mv.status "
-            "FROM registered_model_aliases a JOIN model_versions mv "
-            "ON mv.name = a.name AND mv.version = a.version"
-            + (" AND mv.workspace = a.workspace" if ws else "")
-            + " WHERE a.name = ? AND a.alias = ? AND mv.current_stage != ?"
-            + (" AND a.workspace = ?" if ws else "")
-        )
-        args = (name, alias, _DELETED_STAGE, *((_DEFAULT_WORKSPACE,) if ws else ()))
-        rows = conn.execute(sql, args).fetchall()
-    except sqlite3.Error:  # locked, corrupt, not a registry
-        return None
-    finally:
-        conn.close()
-    if len(rows) != 1:
-        return None
-    version, storage_location, source, status = rows[0]
-    location = storage_location or source
-    if status != "READY" or not location:
-        return None
-    return str(version), str(location)
-
-
-def fetch_artifacts(
-    src: str, dest: Path, marker: Mapping[str, str], tracking_uri: str | None
-) -> None:
-    """Put a model version's artifacts at ``dest``, complete or not at all: a plain copy when
-    ``src`` is a directory on this machine (no MLflow), else MLflow's download. ``marker``
-    (name, version) is written into it as ``.nextstep-model.json``. The service's cache and
-    the batch commands' cache both fill through here; two processes racing for the same
-    version both succeed (the second finds the first's copy)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
-    try:
-        local_dir = local_artifact_dir(src)
-        if local_dir is not None:
-            local = tmp / (local_dir.name or "artifacts")
-            shutil.copytree(local_dir, local)
-        else:
-            import mlflow.artifacts
-
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=src, dst_path=str(tmp), tracking_uri=tracking_uri
-                )
-            )
-        (local / MODEL_MARKER).write_text(json.dumps({**marker, "source": src}), encoding="utf-8")
-        try:
-            os.replace(local, dest)  # complete or absent, never half-written
-        except OSError:
-            if not dest.exists():  # not "another process was faster"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def local_artifact_dir(location: str) -> Path | None:
-    """The directory an artifact location names when it is on this machine, else None.
-
-    MLflow's download of a local directory is a copy; doing the copy ourselves avoids importing
-    MLflow (and opening its tracking store) for the common local set-up."""
-    parsed = urllib.parse.urlparse(location)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            return None
-        path = Path(urllib.parse.unquote(parsed.path))
-    elif parsed.scheme:  # s3://, models:/, runs:/, mlflow-artifacts:/ ...
-        return None
-    else:
-        path = Path(location)
-    return path if path.is_absolute() and path.is_dir() else None
-
-
 def _default_bundle_loader(path: Path, catalog: Catalog) -> tuple[Any, Mapping[str, Any]]:
     # the serving artifact: no scikit-learn, pandas or SciPy imports
     return load_serving_dir(path, catalog)
@@ -266,12 +83,17 @@ class ModelLoader:
         bundle_loader: BundleLoader | None = None,
         sqlite_fast_path: bool = True,
     ) -> None:
-        self.cache_dir = Path(home) / "model-cache"
+        # False: always go through MLflow, even for a local SQLite registry (tests, escape hatch)
+        self.registry = Registry(
+            Path(home) / "model-cache",
+            tracking_uri,
+            client=self._client,
+            sqlite_fast_path=sqlite_fast_path,
+        )
+        self.cache_dir = self.registry.cache_dir
         self.tracking_uri = tracking_uri
         self.catalog = catalog
         self.bundle_loader = bundle_loader or _default_bundle_loader
-        # False: always go through MLflow, even for a local SQLite registry (tests, escape hatch)
-        self.sqlite_fast_path = sqlite_fast_path
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -294,12 +116,9 @@ class ModelLoader:
         alias (or there is no registry). Raises when the registry cannot be asked."""
         if ref.kind == "version":
             return ref.version
-        if ref.kind != "alias" or not self._registry_exists():
+        if ref.kind != "alias" or ref.alias is None:
             return None
-        hint = self._peek(ref)
-        if hint is not None:
-            return hint[0]
-        return self._registry_version(ref)
+        return self.registry.alias_version(ref.name, ref.alias)
 
     def current_version(self, ref: ModelRef) -> str | None:
         """The version ``ref`` points at in the registry now (None if unknown): for polling."""
@@ -323,22 +142,6 @@ class ModelLoader:
         self._remember_alias(ref, version)
 
     # -- registry --------------------------------------------------------------------------
-    def _registry_exists(self) -> bool:
-        """False when the tracking store is a SQLite file that does not exist (nothing trained)."""
-        db = self._sqlite_path()
-        return db.exists() if db is not None else True
-
-    def _sqlite_path(self) -> Path | None:
-        uri = self.tracking_uri
-        return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-    def _peek(self, ref: ModelRef) -> tuple[str, str] | None:
-        """``(version, location)`` straight from a local SQLite registry, or None (ask MLflow)."""
-        db = self._sqlite_path()
-        if not self.sqlite_fast_path or db is None or "?" in str(db) or ref.alias is None:
-            return None
-        return peek_sqlite_alias(db, ref.name, ref.alias)
-
     def _client(self) -> Any:
         # MLflow retries an unreachable server for minutes by default; start-up should not.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -347,24 +150,8 @@ class ModelLoader:
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def _registry_version(self, ref: ModelRef) -> str | None:
-        """The alias's version through MLflow; None when the registry says there is no such
-        alias/model."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mv = self._client().get_model_version_by_alias(ref.name, ref.alias)
-        except MlflowException as exc:
-            if getattr(exc, "error_code", "") in (
-                "RESOURCE_DOES_NOT_EXIST",
-                "INVALID_PARAMETER_VALUE",
-            ):
-                return None
-            raise
-        return str(mv.version)
-
     def _resolve_registry(self, ref: ModelRef, *, prefer_cache: bool) -> Resolution:
-        if not self._registry_exists():
+        if not self.registry.exists():
             cached = self._cached_for(ref)
             if cached is None:
                 return Resolution(None, "no model registry yet: serving ladder")
@@ -373,7 +160,7 @@ class ModelLoader:
                 model,
                 f"no registry at {redact(self.tracking_uri)}; serving cached version {cached}",
             )
-        hint = self._peek(ref) if ref.kind == "alias" else None
+        hint = self.registry.peek(ref.name, ref.alias) if ref.alias is not None else None
         if hint is None and prefer_cache and ref.kind == "alias":
             early = self._serve_recorded(ref)
             if early is not None:
@@ -385,7 +172,8 @@ class ModelLoader:
             elif hint is not None:
                 version, location = hint
             else:
-                version = self._registry_version(ref)
+                assert ref.alias is not None
+                version = self.registry.mlflow_version(ref.name, ref.alias)
         except Exception as exc:  # unreachable server, broken database, network
             cached = self._cached_for(ref)
             # the note is published on /readyz: the exception's type only (its text may quote
@@ -402,10 +190,10 @@ class ModelLoader:
         if uri in self._loaded:
             self._remember_alias(ref, version)
             return Resolution(dataclasses.replace(self._loaded[uri], source="registry"))
-        path = self._version_dir(ref.name, version)
+        path = self.registry.version_dir(ref.name, version)
         if not path.exists():
             try:
-                self._download(ref.name, version, path, location)
+                self.registry.download(ref.name, version, path, location)
             except Exception as exc:
                 raise ModelLoadError(
                     f"cannot download model {ref.name} version {version}: "
@@ -427,7 +215,7 @@ class ModelLoader:
         version, registry = self._alias_record(ref)
         if version is None or registry != self.tracking_uri:
             return None  # never resolved here: the cache says nothing about this registry
-        if not self._version_dir(ref.name, version).exists():
+        if not self.registry.version_dir(ref.name, version).exists():
             return None
         try:
             model = self._load_cached(ref, version, source="cache")
@@ -440,11 +228,9 @@ class ModelLoader:
     def _registry_digest(self, name: str, version: str) -> str | None:
         """The sha256 recorded on the model version at registration (``DIGEST_TAG``), None
         when the version has none (registered before digests were recorded)."""
-        db = self._sqlite_path()
-        if self.sqlite_fast_path and db is not None and "?" not in str(db):
-            found = peek_sqlite_tag(db, name, version, DIGEST_TAG)
-            if found is not None:
-                return found or None
+        found = self.registry.peek_tag(name, version, DIGEST_TAG)
+        if found is not None:
+            return found or None
         tags = getattr(self._client().get_model_version(name, version), "tags", None) or {}
         return tags.get(DIGEST_TAG)
 
@@ -469,21 +255,9 @@ class ModelLoader:
         if data.get(uri) == digest:
             return
         data[uri] = digest
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".digests-", suffix=".tmp", dir=self.cache_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2))
-        os.replace(tmp, self._digests_file())
-
-    def _download(self, name: str, version: str, dest: Path, location: str | None) -> None:
-        src = location or self._client().get_model_version_download_uri(name, version)
-        fetch_artifacts(src, dest, {"name": name, "version": version}, self.tracking_uri)
+        _replace_json(self._digests_file(), data)
 
     # -- cache -------------------------------------------------------------------------------
-    def _version_dir(self, name: str, version: str) -> Path:
-        leaf = version if name == DEFAULT_NAME else f"{name}-{version}"
-        return self.cache_dir / leaf
-
     def _aliases_file(self) -> Path:
         return self.cache_dir / "aliases.json"
 
@@ -515,35 +289,24 @@ class ModelLoader:
         ):
             return
         data[key] = {"version": version, "registry": self.tracking_uri, "at": time.time()}
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # a unique temporary name: two workers may record at the same moment
-        fd, tmp = tempfile.mkstemp(prefix=".aliases-", suffix=".tmp", dir=self.cache_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2))
-        os.replace(tmp, self._aliases_file())
+        _replace_json(self._aliases_file(), data)
 
     def _cached_for(self, ref: ModelRef) -> str | None:
         """The cached version for ``ref``: a pinned version, the alias's last, or the newest."""
         if ref.kind == "version":
-            return ref.version if self._version_dir(ref.name, ref.version or "").exists() else None
+            pinned = self.registry.version_dir(ref.name, ref.version or "")
+            return ref.version if pinned.exists() else None
         v, _registry = self._alias_record(ref)
-        if v and self._version_dir(ref.name, v).exists():
+        if v and self.registry.version_dir(ref.name, v).exists():
             return v
-        if not self.cache_dir.exists():
-            return None
-        prefix = "" if ref.name == DEFAULT_NAME else f"{ref.name}-"
-        versions = [
-            p.name[len(prefix) :]
-            for p in self.cache_dir.iterdir()
-            if p.is_dir() and p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
-        ]
+        versions = self.registry.cached_versions(ref.name)
         return max(versions, key=int) if versions else None
 
     def _load_cached(self, ref: ModelRef, version: str, *, source: str) -> LoadedModel:
         uri = f"models:/{ref.name}/{version}"
         if uri in self._loaded:
             return self._loaded[uri]
-        path = self._version_dir(ref.name, version)
+        path = self.registry.version_dir(ref.name, version)
         expected = self._recorded_digest(uri)
         return self._load_dir(path, version, source=source, uri=uri, expected=expected)
 
@@ -586,8 +349,18 @@ class ModelLoader:
                 f"model {uri} refused: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None
         meta = dict(meta or {})
-        resolved = version or str(meta.get("version") or meta.get("model_version") or path.name)
+        resolved = version or meta_version(meta) or path.name
         model = LoadedModel(resolved, scorer, meta, source, uri)
         if version is not None:
             self._loaded[uri] = model
         return model
+
+
+def _replace_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` whole or not at all; the temporary name is unique because two
+    workers may record at the same moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -25,8 +25,9 @@ from features.catalog import Catalog
 from models.bundle import ModelLoadError
 from models.decide import Decider
 from models.policies import POLICIES, PolicyConfig
+from models.resolver import ModelRef, parse_ref
 from service.experiments import Arm, Experiment, load_experiment
-from service.model_loader import ModelLoader, ModelRef, Resolution, parse_ref
+from service.model_loader import ModelLoader, Resolution
 from service.redact import redact
 from service.settings import Settings
 

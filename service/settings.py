@@ -1,5 +1,8 @@
 """Service settings, read once from the environment (docs/design.md section 10).
 
+The fields every process shares (``NEXTSTEP_HOME``, the MLflow tracking URI) and what derives
+from them come from ``nextstep.settings.NextstepSettings``; this class adds the service's own.
+
 One typed object, built in ``create_app`` (never at import time), so tests construct their own and
 nothing reads ``os.environ`` on the hot path. Values that would make the service unsafe or
 meaningless (a non-positive body limit, an unknown policy) are refused here, at start-up, rather
@@ -12,25 +15,20 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
 
 from models.guardrails import GuardrailSettings
 from models.policies import PolicyConfig
 from models.registry import DEFAULT_MODEL_URI
+from nextstep.settings import NextstepSettings
 from service.experiments import parse_exploration
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
-class Settings(BaseSettings):
+class Settings(NextstepSettings):
     """Everything the service is configured with; env prefix ``NEXTSTEP_``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="NEXTSTEP_", extra="ignore", populate_by_name=True, frozen=True
-    )
-
-    home: Path = Path("./.nextstep")
     database_url: str | None = None
     api_keys: SecretStr | None = None
     # Keys for /admin/* only (comma-separated), never accepted on /v1: a product backend's key
@@ -82,10 +80,6 @@ class Settings(BaseSettings):
     watch_window: int = Field(default=200, ge=1, le=100_000)
     drift_window: int = Field(default=1000, ge=10, le=100_000)
     calibration_alert: float = Field(default=0.10, gt=0, le=1)
-    mlflow_tracking_uri: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "NEXTSTEP_MLFLOW_TRACKING_URI"),
-    )
 
     @field_validator("log_level")
     @classmethod
@@ -126,13 +120,6 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'service.db').resolve()}"
-
-    @property
-    def tracking_uri(self) -> str:
-        """MLflow's tracking URI: its own variable, else the SQLite file under ``home``."""
-        if self.mlflow_tracking_uri:
-            return self.mlflow_tracking_uri
-        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     @property
     def keys(self) -> tuple[bytes, ...]:

@@ -14,7 +14,7 @@ Layout (shared with ``nextstep report`` / ``export``, which read it):
 * ``idempotency`` — the first 2xx response to a request carrying an ``Idempotency-Key``,
   keyed by (key, route), written in the same transaction as the effect it describes.
 * ``learner_lease`` — which ``nextstep learn`` process may promote right now, and the learning
-  loop's schedule (``training.lease``; migration 0005). The service never reads it.
+  loop's schedule (``loop.lease``; migration 0005). The service never reads it.
 
 Times are float epoch seconds everywhere so SQLite and PostgreSQL behave identically.
 """
@@ -139,7 +139,7 @@ store_meta = Table(
     Column("value", Text, nullable=False),
 )
 
-# The learner's lock and its schedule (migration 0005; ``training.lease``): one row per lease
+# The learner's lock and its schedule (migration 0005; ``loop.lease``): one row per lease
 # name. ``holder`` (NULL when free) owns it until ``expires_at`` (epoch seconds, renewed while a
 # cycle runs); the ``last_*`` columns say when the last cycle finished and which event time its
 # data window ended at, so a restarted learner, or a second one, keeps the same schedule.

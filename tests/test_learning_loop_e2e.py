@@ -2,7 +2,7 @@
 
 A real ``nextstep serve`` (SQLite store, the planner with 30% exploration, reloading its
 champion every second) starts with a model trained on the world before its shift. Simulated
-users of ``ladder_shift`` arrive over HTTP in event-time order (``training.traffic``); from the
+users of ``ladder_shift`` arrive over HTTP in event-time order (``simulation.traffic``); from the
 shift on, buying is far more acceptable. The test asserts, in order:
 
 1. the watch's calibration error of ``purchase`` on the champion arm is under the alert
@@ -46,9 +46,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from simulation.traffic import LiveTraffic, TrafficCounts
+from simulation.worlds import load_world
 from tests.service.helpers import ServerProcess
-from training.traffic import LiveTraffic, TrafficCounts
-from training.worlds import load_world
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,9 +11,20 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from training.cli import app
+from nextstep.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
+# the top-level packages, one room each (docs/design.md, "Layout")
+ROOMS = [
+    "features",
+    "models",
+    "evaluation",
+    "training",
+    "simulation",
+    "service",
+    "loop",
+    "nextstep",
+]
 
 
 def test_version_option() -> None:
@@ -49,8 +60,20 @@ def test_licence_python_versions_and_typing_markers() -> None:
     assert meta["requires-python"] == ">=3.11"
     lock = tomllib.loads((ROOT / "uv.lock").read_text(encoding="utf-8"))
     assert lock["requires-python"] == ">=3.11"  # the lock resolves for 3.12 and 3.13 too
-    packages = ["features", "models", "training", "service", "nextstep"]
+    packages = ROOMS
     wheel = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["hatch"]
     assert sorted(wheel["build"]["targets"]["wheel"]["packages"]) == sorted(packages)
     for pkg in packages:
         assert (ROOT / pkg / "py.typed").is_file(), pkg
+
+
+def test_every_room_is_built_linted_and_copied_into_the_image() -> None:
+    """A top-level package missing from the wheel, the import contracts or the image's COPY
+    lines would install, lint or run without it."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    assert sorted(tool["importlinter"]["root_packages"]) == sorted(ROOMS)
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert on_disk == set(ROOMS)
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    copied = {line.split()[1] for line in dockerfile if line.startswith("COPY ") and "./" in line}
+    assert set(ROOMS) <= copied

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from evaluation import evaluate as ev
 from features.catalog import Catalog
 from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import EventLogError, NextstepError
@@ -72,7 +73,6 @@ from models.bundle import ModelBundle, ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
 from models.readiness import LogisticBaseline, ReadinessModel
-from training import evaluate as ev
 from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.pipeline import (

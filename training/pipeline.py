@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluation import evaluate as ev
 from features.catalog import Catalog
 from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import NextstepError
@@ -57,7 +58,6 @@ from models.event_scoring import readiness_of_events
 from models.linear import LinearReadiness, is_linear
 from models.readiness import LogisticBaseline, fit_bundle
 from models.serving import DIGEST_TAG, SERVING_DIR, save_bundle, serving_digest
-from training import evaluate as ev
 from training import policy_eval, tracking
 from training.context_reference import context_reference
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with

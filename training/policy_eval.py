@@ -1,8 +1,8 @@
 """Candidate policies valued on a training run's holdout users (``nextstep train``).
 
 The holdout users were not used to fit the models, so the trajectory estimates of
-``training.offpolicy`` on them are out of sample for the model-based candidates too. The table and
-chart go to the training run; ``training.policy_choice.recommend`` picks the policy the model
+``evaluation.offpolicy`` on them are out of sample for the model-based candidates too. The table and
+chart go to the training run; ``evaluation.policy_choice.recommend`` picks the policy the model
 version should be served with.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import pandas as pd
 
+from evaluation.offpolicy import Trajectory, build_policy, evaluate_log, trajectory
+from evaluation.policy_choice import CANDIDATES, Recommendation, recommend, selection_low
 from features.catalog import Catalog
 from features.errors import InputError
 from models.bundle import ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
-from training.offpolicy import Trajectory, build_policy, evaluate_log, trajectory
-from training.policy_choice import CANDIDATES, Recommendation, recommend, selection_low
 
 N_BOOT = 200
 META_KEY = "recommended_policy"  # in the bundle meta and as a model-version tag

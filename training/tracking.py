@@ -1,10 +1,11 @@
 """MLflow set-up shared by every command that records something (docs/design.md section 8).
 
 ``import mlflow`` costs about 1.2 s and 190 MB, so this module imports it only inside functions:
-importing ``training.tracking`` itself is free. Conventions, in one place:
+importing ``training.tracking`` itself is cheap. Conventions, in one place:
 
 * tracking URI: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///{NEXTSTEP_HOME}/mlflow.db``
-  (the service's settings resolve it the same way);
+  (``nextstep.settings.NextstepSettings``, the class the service's settings extend, read anew on
+  every call so a change of the environment between two commands is seen);
 * artifacts of experiments created here: ``{NEXTSTEP_HOME}/mlartifacts/<experiment>`` when the
   tracking store is that local default (a remote server keeps its own artifact root);
 * one experiment per purpose (``nextstep-train``, ``nextstep-compare``, ``nextstep-online``,
@@ -25,6 +26,8 @@ from features.errors import NextstepError
 
 # the registry's names (models.registry), also read here as tracking.CHAMPION and so on
 from models.registry import CHALLENGER, CHAMPION, DEFAULT_MODEL_URI, MODEL_NAME  # noqa: F401
+from models.resolver import Registry
+from nextstep.settings import NextstepSettings
 
 EXPERIMENT_TRAIN = "nextstep-train"
 EXPERIMENT_COMPARE = "nextstep-compare"
@@ -41,18 +44,21 @@ class TrackingError(NextstepError):
 
 def home() -> Path:
     """``NEXTSTEP_HOME`` (default ``./.nextstep``), created if missing, as an absolute path."""
-    p = Path(os.environ.get("NEXTSTEP_HOME") or ".nextstep").expanduser().resolve()
+    return _made_home(NextstepSettings())
+
+
+def _made_home(settings: NextstepSettings) -> Path:
+    p = settings.home.resolve()
     p.mkdir(parents=True, exist_ok=True)
     return p
 
 
-def default_tracking_uri() -> str:
-    return f"sqlite:///{home() / 'mlflow.db'}"
-
-
 def tracking_uri() -> str:
-    """MLflow's own variable wins; else the SQLite file under ``NEXTSTEP_HOME``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    """MLflow's own variable wins; else the SQLite file under ``NEXTSTEP_HOME`` (created)."""
+    settings = NextstepSettings()
+    if settings.mlflow_tracking_uri is None:
+        _made_home(settings)  # SQLite creates the file, not its folder
+    return settings.tracking_uri
 
 
 def is_local_default() -> bool:
@@ -60,7 +66,14 @@ def is_local_default() -> bool:
 
     Compared by value: ``mlflow.set_tracking_uri`` itself exports ``MLFLOW_TRACKING_URI``.
     """
-    return tracking_uri() == default_tracking_uri()
+    settings = NextstepSettings()
+    return settings.tracking_uri == settings.default_tracking_uri
+
+
+def registry() -> Registry:
+    """The model registry on ``tracking_uri()`` with its cache under ``NEXTSTEP_HOME`` (read
+    now); MLflow, when it must be asked, through ``client()``."""
+    return Registry(home() / "model-cache", tracking_uri(), client=client)
 
 
 def registry_exists() -> bool:
@@ -69,10 +82,7 @@ def registry_exists() -> bool:
     Lets read-only callers (``predict``, ``demo``) answer "no model" without creating an empty
     database and paying for its schema migrations.
     """
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).exists()
-    return True
+    return registry().exists()
 
 
 def quiet_mlflow() -> None:
@@ -146,18 +156,10 @@ def experiment_id(name: str) -> str:
 
 
 def alias_version(alias: str, name: str = MODEL_NAME) -> str | None:
-    """The version an alias points at, or None (no registry, no model, no such alias)."""
-    if not registry_exists():
-        return None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client().get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    return str(mv.version)
+    """The version an alias points at, or None (no registry, no model, no such alias). A local
+    SQLite registry is read directly, without importing MLflow (``nextstep demo`` asks this just
+    before serving, where MLflow would cost about 2.5 s and 190 MB the service never needs)."""
+    return registry().alias_version(name, alias)
 
 
 def set_alias(alias: str, version: str, name: str = MODEL_NAME) -> None:

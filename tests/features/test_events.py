@@ -29,7 +29,7 @@ from features.events import (
     validate_frame,
     write_events,
 )
-from training.cli import app
+from nextstep.cli.app import app
 
 CATALOG_YAML = """\
 steps:

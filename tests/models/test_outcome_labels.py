@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.synthetic import bundle_from_frame
-from training.worlds import load_world
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import load_world
 
 CAT = load_world("ladder").catalog
 

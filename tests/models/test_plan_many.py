@@ -34,8 +34,8 @@ from models.bundle import ModelScorer
 from models.decide import Decider, DecisionRequest
 from models.planner import Planner, _unique_rows
 from models.policies import PolicyConfig
-from training.synthetic import simulated_bundle
-from training.worlds import load_world
+from simulation.synthetic import simulated_bundle
+from simulation.worlds import load_world
 
 T0 = 1.7e9
 

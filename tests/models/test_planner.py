@@ -9,8 +9,8 @@ from features.state import UserState
 from models.bundle import ModelScorer
 from models.decide import Decider, UnknownCandidateError
 from models.policies import PolicyConfig
-from training.synthetic import simulated_bundle
-from training.worlds import load_world
+from simulation.synthetic import simulated_bundle
+from simulation.worlds import load_world
 
 
 def _scorer(world_name: str, users: int = 4000, seed: int = 1) -> tuple:

@@ -15,8 +15,8 @@ from features.state import ACCEPTED, DECLINED, HOUR, UserState
 from models.bundle import ModelScorer
 from models.native import NativePredictor
 from models.planner import Planner
-from training.synthetic import simulated_bundle
-from training.worlds import load_world
+from simulation.synthetic import simulated_bundle
+from simulation.worlds import load_world
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
-from training.rollout import InProcess, run_users
-from training.synthetic import simulated_bundle
-from training.worlds import load_world
+from simulation.rollout import InProcess, run_users
+from simulation.synthetic import simulated_bundle
+from simulation.worlds import load_world
 
 
 def _world_with_prerequisites_and_goals() -> str:

@@ -13,13 +13,13 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from evaluation import evaluate as ev
 from features.events import validate_frame
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
 from models.readiness import LogisticBaseline, ReadinessModel
-from training import evaluate as ev
-from training.simulate import generate_log
-from training.worlds import load_world
+from simulation.simulate import generate_log
+from simulation.worlds import load_world
 
 # ReadinessModel is binary-only (its tags say so); the few checks below still fail for the
 # documented reasons and run as non-strict xfail, so fixing the estimator shows as XPASS.

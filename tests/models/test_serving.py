@@ -19,8 +19,8 @@ from models.bundle import ModelLoadError, load_bundle_dir
 from models.decide import Decider
 from models.policies import PolicyConfig
 from models.serving import SERVING_DIR, ServingModel, load_serving_dir, save_bundle
-from training.synthetic import simulated_bundle
-from training.worlds import load_world
+from simulation.synthetic import simulated_bundle
+from simulation.worlds import load_world
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ def test_a_tampered_cached_model_is_refused_and_runs_nothing(
     from mlflow import MlflowClient
 
     from models.serving import DIGEST_TAG, SERVING_DIR, serving_digest
-    from training.commands import train_command
-    from training.simulate import write_simulation
-    from training.worlds import load_world
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
 
     home = tmp_path / "home"
     tracking = f"sqlite:///{home / 'mlflow.db'}"

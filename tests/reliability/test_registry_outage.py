@@ -21,9 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mlflow-train")]
 def test_unreachable_registry_serves_the_cached_champion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.commands import train_command
-    from training.simulate import write_simulation
-    from training.worlds import load_world
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
 
     home = tmp_path / "home"
     tracking = f"sqlite:///{home / 'mlflow.db'}"

@@ -153,7 +153,7 @@ def test_secrets_come_only_from_the_environment(
     for text in (repr(s), str(s), s.model_dump_json(), str(s.model_dump())):
         assert KEY_A not in text and KEY_B not in text
     # `nextstep serve` has no option that could carry a key (argv is visible in `ps`)
-    from training import cli
+    from nextstep.cli import app as cli
 
     params = inspect.signature(cli.serve).parameters
     assert set(params) == {"catalog", "host", "port", "workers", "insecure"}
@@ -161,7 +161,7 @@ def test_secrets_come_only_from_the_environment(
 
 
 def test_default_bind_is_loopback() -> None:
-    from training import cli
+    from nextstep.cli import app as cli
 
     default = inspect.signature(cli.serve).parameters["host"].default
     assert default == "127.0.0.1"

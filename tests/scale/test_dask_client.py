@@ -43,7 +43,7 @@ def test_local_n_starts_n_single_threaded_workers() -> None:
 
 @pytest.mark.slow
 def test_an_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
-    from training.cli import app
+    from nextstep.cli.app import app
 
     address = f"tcp://127.0.0.1:{_closed_port()}"  # the client gives up after 20 s
     events = tmp_path / "events.csv"

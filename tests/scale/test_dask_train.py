@@ -24,11 +24,11 @@ from typer.testing import CliRunner
 from features.catalog import load_catalog
 from features.errors import EventLogError
 from features.events import load_events, write_events
-from training.cli import app
-from training.commands import train_command
+from nextstep.cli.app import app
+from nextstep.cli.commands import train_command
+from simulation.simulate import write_simulation
+from simulation.worlds import load_world
 from training.pipeline import features_for, fingerprint
-from training.simulate import write_simulation
-from training.worlds import load_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dask")]
 
@@ -180,7 +180,7 @@ def test_dask_run_is_reproducible_and_gated(home, data, trained, cluster):
 
 
 def test_predict_and_recommend_with_dask_match_one_machine(home, data, trained, cluster, tmp_path):
-    from training.commands import predict_command, recommend_command
+    from nextstep.cli.commands import predict_command, recommend_command
 
     address, _ = cluster
     kw = {"catalog": data["catalog"], "model": "models:/nextstep/1"}

@@ -29,8 +29,8 @@ import pytest
 
 from features.catalog import load_catalog
 from features.events import load_events, write_events
-from training.simulate import write_simulation
-from training.worlds import load_world
+from simulation.simulate import write_simulation
+from simulation.worlds import load_world
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dask")]
 
@@ -93,7 +93,7 @@ def test_losing_a_worker_mid_fit_is_a_clear_error(tmp_path: Path, cluster) -> No
         "NEXTSTEP_HOME": str(tmp_path / "home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}",
     }
-    cmd = [sys.executable, "-m", "training.cli", "train", "--events", str(events)]
+    cmd = [sys.executable, "-m", "nextstep.cli.app", "train", "--events", str(events)]
     cmd += ["--catalog", str(catalog), "--dask", address]
     job = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path

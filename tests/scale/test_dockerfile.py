@@ -79,8 +79,8 @@ def test_image_runs_nextstep_serve_as_non_root_with_a_readiness_healthcheck() ->
 def test_compose_wires_service_postgres_and_mlflow_server() -> None:
     from typer.testing import CliRunner
 
+    from nextstep.cli.app import app
     from service.settings import Settings
-    from training.cli import app
 
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
     services = compose["services"]

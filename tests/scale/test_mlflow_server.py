@@ -117,10 +117,10 @@ def test_train_promote_serve_reload_through_mlflow_server(
 ) -> None:
     from mlflow import MlflowClient
 
-    from training.cli import app
-    from training.commands import train_command
-    from training.simulate import write_simulation
-    from training.worlds import load_world
+    from nextstep.cli.app import app
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
 
     uri = mlflow_server["uri"]
     for name in [n for n in os.environ if n.startswith(("NEXTSTEP_", "MLFLOW_"))]:

@@ -83,9 +83,9 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, postgres_server) -> Iterator[dict[str, Any]]:
-    from training.commands import train_command
-    from training.simulate import write_simulation
-    from training.worlds import load_world
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
 
     base = tmp_path_factory.mktemp("workers")
     home = base / "home"
@@ -169,8 +169,8 @@ def _rows(db_url: str, sql: str) -> list[Any]:
 
 def test_two_workers_share_one_postgres(served) -> None:
     from service.experiments import parse_experiment
-    from training.rollout import OverHttp, run_users
-    from training.worlds import load_world
+    from simulation.rollout import OverHttp, run_users
+    from simulation.worlds import load_world
 
     workers = served["workers"]
     assert len(workers) == 2, f"expected 2 uvicorn workers, found {workers}"

@@ -146,8 +146,8 @@ def test_shadow_arm_decides_beside_the_served_arm_and_is_never_served(
     make_client: Callable[..., TestClient], tmp_path: Path
 ) -> None:
     from features.catalog import Catalog
-    from training.export import read_shadows, read_store
-    from training.report import build_shadow_reports
+    from loop.export import read_shadows, read_store
+    from loop.report import build_shadow_reports
 
     exp = {
         "name": "shadowed",

@@ -35,8 +35,8 @@ HOUR = 3600.0
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    from training.synthetic import simulated_bundle
-    from training.worlds import load_world
+    from simulation.synthetic import simulated_bundle
+    from simulation.worlds import load_world
 
     world = load_world("eager")
     bundle = simulated_bundle(world, 300, 3, params={"n_estimators": 20}, n_jobs=1)

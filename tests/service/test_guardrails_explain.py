@@ -121,8 +121,8 @@ def test_no_guardrails_by_default_and_explain_is_null_without_a_model(
 # -- explanations with a real model -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    from training.synthetic import simulated_bundle
-    from training.worlds import load_world
+    from simulation.synthetic import simulated_bundle
+    from simulation.worlds import load_world
 
     world = load_world("eager")
     cat = world.catalog

@@ -1,4 +1,4 @@
-"""The learner's lease (``training.lease``, migration 0005) on SQLite and PostgreSQL: one holder
+"""The learner's lease (``loop.lease``, migration 0005) on SQLite and PostgreSQL: one holder
 at a time, renewals only by the holder, expiry hands it over, and a race has one winner."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from loop.lease import Lease
 from service.store import Store
-from training.lease import Lease
 
 
 class Clock:

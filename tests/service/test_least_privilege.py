@@ -198,7 +198,7 @@ def test_cli_serve_refuses_an_open_bind_with_exit_2(
 ) -> None:
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from nextstep.cli.app import app
 
     monkeypatch.setenv("NEXTSTEP_CATALOG", "restored-after-the-test")
     r = CliRunner().invoke(app, ["serve", "--catalog", str(catalog_path), "--host", "0.0.0.0"])

@@ -12,7 +12,8 @@ import pytest
 
 from features.catalog import Catalog
 from models.bundle import ModelLoadError
-from service.model_loader import ModelLoader, ModelRef, parse_ref
+from models.resolver import ModelRef, parse_ref
+from service.model_loader import ModelLoader
 from tests.service.helpers import CATALOG
 
 CAT = Catalog.from_data(CATALOG)

@@ -67,8 +67,8 @@ def _close_batchers() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model() -> tuple[Catalog, ModelBundle]:
-    from training.synthetic import simulated_bundle
-    from training.worlds import load_world
+    from simulation.synthetic import simulated_bundle
+    from simulation.worlds import load_world
 
     world = load_world("eager")
     bundle = simulated_bundle(world, 800, 3, params={"n_estimators": 30}, n_jobs=1)

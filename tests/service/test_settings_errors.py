@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from nextstep.cli.app import app
 
 
 @pytest.mark.parametrize(

@@ -23,14 +23,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.catalog import Catalog, load_catalog
+from models.resolver import MODEL_MARKER, local_artifact_dir, parse_ref, peek_sqlite_alias
 from service.app import create_app
-from service.model_loader import (
-    MODEL_MARKER,
-    ModelLoader,
-    local_artifact_dir,
-    parse_ref,
-    peek_sqlite_alias,
-)
+from service.model_loader import ModelLoader
 from service.runtime import ModelDeciderFactory
 from service.settings import Settings
 from tests.service.helpers import CATALOG, FakeScorer
@@ -312,15 +307,17 @@ def test_a_record_from_another_registry_is_not_trusted(tmp_path: Path) -> None:
 def test_batch_resolution_reads_a_local_registry_like_mlflow(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``training.modelio`` (batch commands, ``nextstep demo``) takes the same direct read."""
+    """``training.tracking`` and ``training.modelio`` (batch commands, ``nextstep demo``) take
+    the same direct read, and it agrees with MLflow's answer."""
     from training import modelio, tracking
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "batch-home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
     registry.add("one")
     v2 = registry.add("two")
-    assert modelio.alias_version("champion") == tracking.alias_version("champion") == v2
-    assert modelio.alias_version("challenger") is None
+    assert tracking.alias_version("champion") == v2
+    assert tracking.registry().mlflow_version("nextstep", "champion") == v2
+    assert tracking.alias_version("challenger") is None
     resolved = modelio.resolve("champion")
     assert resolved.version == v2 and resolved.path == tmp_path / "batch-home" / "model-cache" / v2
     assert json.loads((resolved.path / "model.json").read_text())["tag"] == "two"

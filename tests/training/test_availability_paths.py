@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from evaluation.offpolicy import build_policy, evaluate_log
 from features.catalog import Catalog
 from features.events import validate_frame, write_events
 from features.spec import root_block
@@ -22,13 +23,12 @@ from models.bundle import ModelScorer
 from models.decide import Decider
 from models.planner import Planner
 from models.policies import PolicyConfig
-from training.cli import app
-from training.offpolicy import build_policy, evaluate_log
+from nextstep.cli.app import app
+from simulation.rollout import InProcess, run_users
+from simulation.simulate import generate_log
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import BUILTIN, World, world_from_dict
 from training.recommend import recommend_frame
-from training.rollout import InProcess, run_users
-from training.simulate import generate_log
-from training.synthetic import bundle_from_frame
-from training.worlds import BUILTIN, World, world_from_dict
 
 RESTRICTED = "watch_clip"
 

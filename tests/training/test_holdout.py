@@ -17,10 +17,10 @@ from features.events import validate_frame, write_events
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
 from features.state import STATE_FEATURES
-from training.cli import app
+from nextstep.cli.app import app
+from simulation.worlds import load_world
 from training.holdout import Holdout, HoldoutError, arrival_mask, users_with
 from training.pipeline import _write_catalog, fit_and_evaluate
-from training.worlds import load_world
 
 DAY = 86400.0
 T0 = 1_700_000_000.0

@@ -18,12 +18,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from evaluation import evaluate as ev
 from features.catalog import load_catalog
 from features.errors import NextstepError
 from features.events import load_events, validate_frame, write_events
-from training import evaluate as ev
-from training.cli import app
-from training.commands import train_command
+from nextstep.cli.app import app
+from nextstep.cli.commands import train_command
+from simulation.simulate import generate_log, write_simulation
+from simulation.worlds import load_world
 from training.holdout import Holdout
 from training.pipeline import (
     TRUTH_COLUMN,
@@ -33,8 +35,6 @@ from training.pipeline import (
     holdout_mask,
     typical_gap_hours,
 )
-from training.simulate import generate_log, write_simulation
-from training.worlds import load_world
 
 pytestmark = pytest.mark.xdist_group("mlflow-train")  # one registry, one worker
 
@@ -208,7 +208,7 @@ def test_the_pyfunc_model_predicts_on_raw_events_like_nextstep_predict(home, tra
 
 @pytest.mark.slow
 def test_load_scorer_resolves_aliases_versions_and_directories(home, trained, data):
-    from service.model_loader import MODEL_MARKER as MARKER
+    from models.resolver import MODEL_MARKER as MARKER
     from training.modelio import ModelNotFoundError, load_scorer
 
     catalog = load_catalog(data["catalog"])
@@ -252,7 +252,7 @@ def test_promote_command_gates_on_holdout_log_loss(home, trained, client):
 @pytest.mark.slow
 def test_demo_trains_once_then_reuses_everything(tmp_path, monkeypatch):
     """``nextstep demo``: simulate + train + promote on the first run, nothing on the second."""
-    from training import demo
+    from nextstep.cli import demo
 
     home = tmp_path / "demo-home"
     monkeypatch.setenv("NEXTSTEP_HOME", str(home))
@@ -270,12 +270,12 @@ def test_demo_trains_once_then_reuses_everything(tmp_path, monkeypatch):
     }
     stamp = (home / "demo" / "events.csv").stat().st_mtime_ns
 
-    import training.commands
+    import nextstep.cli.commands
 
     def no_training(**kw):
         raise AssertionError("the second demo run must not train")
 
-    monkeypatch.setattr(training.commands, "train_command", no_training)
+    monkeypatch.setattr(nextstep.cli.commands, "train_command", no_training)
     demo.demo_command(world="eager", users=400, host="127.0.0.1", port=8123)
     assert len(served) == 2
     assert (home / "demo" / "events.csv").stat().st_mtime_ns == stamp
@@ -382,7 +382,7 @@ def test_plots_are_png_files(tmp_path):
 
 @pytest.mark.slow
 def test_train_values_candidate_policies_and_tags_the_recommendation(home, trained, client):
-    from training.policy_choice import CANDIDATES
+    from evaluation.policy_choice import CANDIDATES
 
     first, _ = trained
     run = client.get_run(first.run_id)
@@ -413,8 +413,8 @@ def test_train_values_candidate_policies_and_tags_the_recommendation(home, train
 
 
 def test_policy_gate_refuses_a_clearly_worse_recommended_policy():
-    from training.offpolicy import Estimate, Trajectory
-    from training.policy_choice import recommend
+    from evaluation.offpolicy import Estimate, Trajectory
+    from evaluation.policy_choice import recommend
     from training.policy_eval import PolicyEvaluation, policy_gate
 
     def result(value: float, half: float) -> Trajectory:

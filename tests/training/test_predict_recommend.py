@@ -23,13 +23,13 @@ from features.state import fold_history
 from models.decide import Decider
 from models.policies import PolicyConfig
 from models.serving import save_bundle
-from training.cli import app
+from nextstep.cli.app import app
+from simulation.simulate import generate_log
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import load_world
 from training.modelio import ModelNotFoundError, load_scorer
 from training.predict import predict_frame
 from training.recommend import final_states, recommend_frame
-from training.simulate import generate_log
-from training.synthetic import bundle_from_frame
-from training.worlds import load_world
 
 USERS = 600
 

@@ -13,11 +13,11 @@ from features.events import EventLog, validate_frame
 from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
+from simulation.simulate import generate_log
+from simulation.synthetic import bundle_from_frame
+from simulation.worlds import load_world
 from training import recommend
 from training.recommend import OUTPUT_COLUMNS, final_states, recommend_frame
-from training.simulate import generate_log
-from training.synthetic import bundle_from_frame
-from training.worlds import load_world
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from features.catalog import Catalog
 from features.events import validate_frame
 from features.state import UserState
 from models.bundle import ModelScorer
+from simulation.simulate import generate_log
+from simulation.worlds import load_world
 from training.pipeline import fit_and_evaluate
-from training.simulate import generate_log
-from training.worlds import load_world
 
 TWINS = Path(__file__).parent / "worlds" / "twin_steps.yaml"
 

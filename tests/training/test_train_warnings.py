@@ -40,8 +40,8 @@ def test_missing_metrics_are_not_a_warning() -> None:
 def test_train_on_seven_rows_warns_and_tags_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from nextstep.cli.commands import train_command
     from training import tracking
-    from training.commands import train_command
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -79,12 +79,12 @@ def test_a_better_logistic_baseline_is_what_the_bundle_serves(
 
     from features.catalog import load_catalog
     from models.linear import is_linear
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
     from training import tracking
-    from training.commands import train_command
     from training.modelio import load_model_bundle
     from training.pipeline import SERVED_TAG
-    from training.simulate import write_simulation
-    from training.worlds import load_world
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -157,11 +157,11 @@ def test_readiness_model_option_keeps_lightgbm_and_says_so(
     from typer.testing import CliRunner
 
     from models.linear import is_linear
-    from training.cli import app
-    from training.commands import train_command
+    from nextstep.cli.app import app
+    from nextstep.cli.commands import train_command
+    from simulation.simulate import write_simulation
+    from simulation.worlds import load_world
     from training.modelio import load_model_bundle
-    from training.simulate import write_simulation
-    from training.worlds import load_world
 
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from features.events import validate_frame, write_events
-from training.cli import app
+from nextstep.cli.app import app
+from simulation.simulate import generate_log
+from simulation.worlds import load_world
 from training.pipeline import _write_catalog, fit_and_evaluate
-from training.simulate import generate_log
-from training.worlds import load_world
 
 
 def wide_log(users: int = 500, seed: int = 3) -> tuple[pd.DataFrame, object]:
