@@ -12,12 +12,9 @@ shift on, buying is far more acceptable. The test asserts, in order:
    ``--max-cycles``, and the service switches to it by itself;
 3. once the watch's window holds the new model's offers, calibration is back under the
    threshold;
-4. conversion of the users who arrive after that is not below the same policy with a model
-   trained offline on post-shift data only (``nextstep simulate`` of ``ladder_shift:after_shift``,
-   ``nextstep train``, ``nextstep rollout``) by more than ``MARGIN`` plus 2 standard errors of
-   the difference (a non-inferiority check: the loop's model learns from its own exploring
-   window across the shift, not from clean post-shift logs, so "recovered" means close to that
-   reference, and doing better than it is no failure);
+4. conversion of the users who arrive after that is within 2 standard errors of the same policy
+   with a model trained offline on post-shift data only (``nextstep simulate`` of
+   ``ladder_shift:after_shift``, ``nextstep train``, ``nextstep rollout``);
 5. no request failed at any point, promotions included: no error answer, no 5xx, no invalid
    decision.
 
@@ -25,7 +22,7 @@ The learner retrains with LightGBM readiness (its default ``--readiness-model li
 with the logistic baseline, which wins the holdout log loss on these windows, the first
 retrained planner asked hesitant users to buy too early and promises 3 and 4 held in one run of
 six; with LightGBM they held in every run measured (calibration after the switch -0.08 to
-+0.01, conversion gap -0.04 to -0.02 against 2 SE of about 0.04).
++0.01, conversion gap -0.03 to -0.02 against 2 SE of about 0.04).
 
 Sizes are chosen for power, not luck: the shift moves the purchase's calibration error by about
 +0.25 against a threshold of 0.10 (a 200-offer window has a standard error near 0.03; enough
@@ -78,7 +75,6 @@ LEARNING_MAX = 4400  # users that may arrive while the learner works
 FLUSH = 450  # users after the switch before calibration is judged (window: 200 offers)
 RECOVERED = 1200  # users whose conversion is compared with the reference
 MAX_CYCLES = 2
-MARGIN = 0.02  # non-inferiority margin of promise 4 (about 4% of the reference's conversion)
 LEARN_TIMEOUT = 600.0  # seconds for the learner to promote
 
 
@@ -227,10 +223,7 @@ def test_the_loop_notices_the_shift_retrains_and_recovers(tmp_path: Path) -> Non
             failures.add(traffic.advance(min(traffic.admitted + CHUNK, shift_at + LEARN_AFTER)))
             errors_after.append(svc.calibration()[0])
         first_alert = next((k for k, e in enumerate(errors_after) if abs(e) > THRESHOLD), None)
-        # within 900 users: the shift adds about +0.25 to each new offer's error, so the
-        # 200-offer window crosses 0.10 once about half of it is post-shift, at about 0.12
-        # purchase offers per user some 800 users in
-        assert first_alert is not None and first_alert <= 5, errors_after
+        assert first_alert is not None and first_alert <= 2, errors_after  # within 450 users
         assert all(e > THRESHOLD for e in errors_after[first_alert:]), errors_after
         assert svc.model_version() == "1"
 
@@ -321,7 +314,7 @@ def test_the_loop_notices_the_shift_retrains_and_recovers(tmp_path: Path) -> Non
         print(summary)
         # last, so that every other promise above has been checked first
         assert abs(after_err) < THRESHOLD, summary
-        assert gap >= -(MARGIN + bound), summary
+        assert abs(gap) <= bound, summary
     finally:
         if learner is not None and learner.poll() is None:
             learner.kill()
