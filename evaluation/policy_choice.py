@@ -29,7 +29,6 @@ from typing import Any
 from scipy.stats import beta
 
 CANDIDATES: tuple[str, ...] = ("ladder", "big_ask", "greedy", "planner")  # simplest first
-FIXED: tuple[str, ...] = ("ladder", "big_ask")  # need no model
 TIE = 1e-9
 ALPHA = 0.05
 
