@@ -5,6 +5,9 @@ to them are not. Sections (select with ``--only``):
 
 * ``service``  – next-step throughput and p50/p99 at 16 connections (wrk, users with histories,
   real model and SQLite store) against a bare FastAPI app parsing the same body; p99 at 1 connection.
+* ``history``  – next-step throughput and p99 at 16 connections for users with long histories
+  (a hundred answered offers each) against users with two, in the same run: the decision reads
+  one folded state row, so the ratio should stay near 1.
 * ``misses``   – next-steps that are all planner misses (returning users, varied histories), at
   16 connections, with concurrent misses planned together against each planned alone.
 * ``batch``    – ``next-step:batch`` decisions/s against single calls; ``recommend`` users/s.
@@ -168,7 +171,7 @@ local users = %d
 local counter = 0
 request = function()
   counter = counter + 1
-  local u = "bench-" .. (counter %% users)
+  local u = "%s" .. (counter %% users)
   local body = '{"user_id":"' .. u .. '","context":{"channel":"email","device":"mobile"}}'
   return wrk.format("POST", "/v1/next-step", {["Content-Type"]="application/json"}, body)
 end
@@ -277,6 +280,62 @@ def bench_misses(env: Env, seconds: int) -> None:
     )
 
 
+def _answered_offers(c: Any, prefix: str, users: int, offers: int) -> None:
+    """``users`` users, each with ``offers`` answered offers: half accept their first offer,
+    then all decline (a history that reaches a goal ends; one of declines goes on)."""
+    for i in range(users):
+        for k in range(offers):
+            d = c.post(
+                "/v1/next-step", json={"user_id": f"{prefix}{i}", "context": {"channel": "email"}}
+            ).json()
+            if d["step"] is None:
+                break
+            outcome = "accepted" if k == 0 and i % 2 else "declined"
+            c.post("/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": outcome})
+
+
+def bench_history(env: Env, seconds: int) -> None:
+    """Users with a hundred answered offers against users with two, same server, same run."""
+    import httpx
+
+    if shutil.which("wrk") is None:
+        _record("history", skipped="wrk is not installed (apt-get install -y wrk)")
+        return
+    users, long_offers = 200, 100
+    port = _free_port()
+    proc = env.serve(port)
+    base = f"http://127.0.0.1:{port}"
+    runs: dict[str, dict[str, float]] = {}
+    try:
+        _wait(f"{base}/readyz", proc)
+        with httpx.Client(base_url=base) as c:
+            _answered_offers(c, "short-", users, 2)
+            _answered_offers(c, "long-", users, long_offers)
+        for name in ("short", "long"):
+            lua = env.dir / f"history_{name}.lua"
+            lua.write_text(LUA % (users, f"{name}-"))
+            _wrk(f"{base}/", 16, 2, lua)  # warm-up: each user's first visit at its state plans
+        for name in ("short", "long", "short", "long"):  # alternated, best of two: the first
+            # run after the histories were written is slower whichever group goes first
+            r = _wrk(f"{base}/", 16, seconds, env.dir / f"history_{name}.lua")
+            if name not in runs or r["rps"] > runs[name]["rps"]:
+                runs[name] = r
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    s, lg = runs["short"], runs["long"]
+    _record(
+        "history",
+        answered_offers_long=long_offers,
+        rps_16_short=round(s["rps"]),
+        rps_16_long=round(lg["rps"]),
+        ratio_long_to_short=round(lg["rps"] / s["rps"], 3),
+        p99_ms_16_short=s["p99_ms"],
+        p99_ms_16_long=lg["p99_ms"],
+        non_2xx=s["non_2xx"] + lg["non_2xx"],
+    )
+
+
 def _start_bare_app(port: int) -> subprocess.Popen:
     """The same-run baseline: the bare FastAPI app on one uvicorn worker, access log off."""
     return subprocess.Popen(
@@ -304,7 +363,7 @@ def bench_service(env: Env, seconds: int) -> None:
         return
     users = 500
     lua = env.dir / "next_step.lua"
-    lua.write_text(LUA % users)
+    lua.write_text(LUA % (users, "bench-"))
     port = _free_port()
     proc = env.serve(port)
     base = f"http://127.0.0.1:{port}"
@@ -642,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="nextstep benchmarks (ratios against same-run baselines)"
     )
-    ap.add_argument("--only", default="service,misses,batch,features,train,ope,startup")
+    ap.add_argument("--only", default="service,history,misses,batch,features,train,ope,startup")
     ap.add_argument(
         "--events", type=int, default=10_000_000, help="events for the features section"
     )
@@ -657,11 +716,13 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    env = Env(3000) if only & {"service", "misses", "batch", "startup"} else None
+    env = Env(3000) if only & {"service", "history", "misses", "batch", "startup"} else None
     if "startup" in only:
         bench_startup(env)
     if "service" in only:
         bench_service(env, args.seconds)
+    if "history" in only:
+        bench_history(env, args.seconds)
     if "misses" in only:
         bench_misses(env, args.seconds)
     if "batch" in only:
