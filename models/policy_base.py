@@ -182,27 +182,34 @@ class Choice:
     output: PolicyOutput
 
 
-def draw_index(u: float, probs: np.ndarray) -> int:
-    """The index a uniform ``u`` in [0, 1) picks from ``probs`` (inverse of the normalised
-    cumulative sum): what ``Generator.choice(len(probs), p=probs / probs.sum())`` returns for
-    the double ``u`` it draws, without ``choice``'s argument checks."""
+def draw_index(gen: np.random.Generator, probs: np.ndarray) -> int:
+    """``gen.choice(len(probs), p=probs / probs.sum())``, the same index from the same stream,
+    without ``choice``'s argument checks (half the cost of an exploring decision): numpy
+    draws one double and searches the normalised cumulative sum exactly like this."""
     cdf = (probs / probs.sum()).cumsum()
     cdf /= cdf[-1]
-    return int(cdf.searchsorted(u, side="right"))
+    return int(cdf.searchsorted(gen.random(), side="right"))
 
 
-def choose(policy: Any, inp: DecisionInput, uniform: Callable[[], float]) -> Choice:
-    """Draw a step from the policy's distribution; deterministic policies draw nothing.
+def choose(
+    policy: Any,
+    inp: DecisionInput,
+    rng: np.random.Generator | Callable[[], np.random.Generator],
+) -> Choice:
+    """Draw a step from the policy's distribution; deterministic policies draw without the RNG.
 
-    ``uniform`` gives the draw's uniform number; it is only called when the distribution has
-    more than one step to draw from (making it costs more than a cached decision).
+    ``rng`` may be a factory: seeding a generator costs more than a cached decision, so it is
+    only built when the distribution has more than one step to draw from.
     """
     out = policy(inp)
     probs = out.probs
     listed = probs.tolist()  # a few candidates: Python floats are cheaper than numpy calls
     nz = [i for i, x in enumerate(listed) if x > 0]
-    # a deterministic choice consumes no randomness
-    k = nz[0] if len(nz) == 1 else draw_index(uniform(), probs)
+    if len(nz) == 1:  # a deterministic choice consumes no randomness
+        k = nz[0]
+    else:
+        gen = rng if isinstance(rng, np.random.Generator) else rng()
+        k = draw_index(gen, probs)
     return Choice(
         index=k,
         step=inp.candidates[k],
