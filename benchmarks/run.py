@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,9 +281,11 @@ def bench_misses(env: Env, seconds: int) -> None:
     )
 
 
-def _answered_offers(c: Any, prefix: str, users: int, offers: int) -> None:
-    """``users`` users, each with ``offers`` answered offers: half accept their first offer,
-    then all decline (a history that reaches a goal ends; one of declines goes on)."""
+def _answered_offers(
+    c: Any, prefix: str, users: int, offers: int, outcome: Callable[[int, int], str]
+) -> None:
+    """``users`` users, each with up to ``offers`` answered offers; ``outcome(i, k)`` is user
+    ``i``'s answer to their ``k``-th offer (a user with nothing left to offer stops early)."""
     for i in range(users):
         for k in range(offers):
             d = c.post(
@@ -290,8 +293,7 @@ def _answered_offers(c: Any, prefix: str, users: int, offers: int) -> None:
             ).json()
             if d["step"] is None:
                 break
-            outcome = "accepted" if k == 0 and i % 2 else "declined"
-            c.post("/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": outcome})
+            c.post("/v1/outcomes", json={"decision_id": d["decision_id"], "outcome": outcome(i, k)})
 
 
 def bench_history(env: Env, seconds: int) -> None:
@@ -309,8 +311,13 @@ def bench_history(env: Env, seconds: int) -> None:
     try:
         _wait(f"{base}/readyz", proc)
         with httpx.Client(base_url=base) as c:
-            _answered_offers(c, "short-", users, 2)
-            _answered_offers(c, "long-", users, long_offers)
+            # half accept their first offer, then all decline: a history that reaches a goal
+            # ends, one of declines goes on
+            def outcome(i: int, k: int) -> str:
+                return "accepted" if k == 0 and i % 2 else "declined"
+
+            _answered_offers(c, "short-", users, 2, outcome)
+            _answered_offers(c, "long-", users, long_offers, outcome)
         for name in ("short", "long"):
             lua = env.dir / f"history_{name}.lua"
             lua.write_text(LUA % (users, f"{name}-"))
@@ -370,17 +377,7 @@ def bench_service(env: Env, seconds: int) -> None:
     try:
         _wait(f"{base}/readyz", proc)
         with httpx.Client(base_url=base) as c:  # users with histories: two answered offers each
-            for i in range(users):
-                for outcome in ("accepted", "declined"):
-                    d = c.post(
-                        "/v1/next-step",
-                        json={"user_id": f"bench-{i}", "context": {"channel": "email"}},
-                    ).json()
-                    if d["step"] is not None:
-                        c.post(
-                            "/v1/outcomes",
-                            json={"decision_id": d["decision_id"], "outcome": outcome},
-                        )
+            _answered_offers(c, "bench-", users, 2, lambda i, k: ("accepted", "declined")[k])
         # warm-up, not measured: each user's first request at its new state plans (a planner
         # miss, ~2.6 ms each, 500 of them); the measured runs then see repeat visits
         _wrk(f"{base}/", 16, 2, lua)
