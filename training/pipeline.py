@@ -675,6 +675,8 @@ def _run_params(
         "data_source": str(fp["source"])[:480],
         "catalog_sha256": fp["catalog_sha256"],
         "typical_gap_hours": round(out.typical_gap_hours, 4),
+        # the spacings the planner plans a new user at (models.planner.Planner._gap_seconds)
+        "return_gap_hours": ",".join(f"{h:.4g}" for h in out.bundle.return_gap_hours) or "-",
     }
 
 
