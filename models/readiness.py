@@ -2,7 +2,8 @@
 
 ``ReadinessModel`` is a LightGBM classifier calibrated with isotonic regression on a held-out
 slice of its training data: the planner multiplies these probabilities along imagined paths, so
-they must be right in level, not only in order. It follows the scikit-learn estimator API so
+they must be right in level, not only in order. Given the offers' times, the slice is the latest
+one (``models.forward_calibration``). It follows the scikit-learn estimator API so
 ``clone``, pipelines and ``parametrize_with_checks`` work. ``LogisticBaseline`` is the honest
 yardstick on the same features (categories one-hot encoded, numbers scaled). The same
 ``ReadinessModel`` class also fits P(drop | decline) and P(comes back | accept): they are binary
@@ -26,6 +27,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.spec import FeatureSpec
+from models import forward_calibration as fc
 from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
 
@@ -35,9 +37,21 @@ __all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel", "fit_bundle
 class ReadinessModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM binary classifier.
 
+    How it is calibrated (``fit``): the trees are fitted on all rows but a calibration slice,
+    score that slice, and the isotonic map is fitted to those out-of-sample scores; then the
+    trees are fitted again on every row with the same parameters, and the map is kept. The map
+    describes how a model of this recipe scores rows it has not seen, which is what serving is;
+    the served trees lose no data to calibration (scikit-learn's ``CalibratedClassifierCV`` with
+    ``ensemble=False`` does the same with folds). With the offers' times (``fit(..., ts=...)``)
+    the slice is the latest ``calibration_fraction`` of the rows, the ones closest to serving
+    time; without, a random one. ``step_feature`` names the ``step_id`` column, whose missing
+    value (a step new to the model) is learned at the rate the slice meets steps new to it
+    (``models.forward_calibration``).
+
     Parameters are stored untouched in ``__init__`` (scikit-learn convention); learned
     attributes end in ``_``: ``booster_`` (the native LightGBM booster, called directly on the hot
-    path), ``calibrator_`` (isotonic map from raw to calibrated probability or None).
+    path), ``calibrator_`` (isotonic map from raw to calibrated probability or None),
+    ``new_step_rate_`` (the share of training rows whose step id was hidden).
     """
 
     def __init__(
@@ -50,6 +64,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         reg_lambda: float = 1.0,
         categorical_features: tuple[int, ...] | None = None,
         calibration_fraction: float = 0.2,
+        step_feature: int | None = None,
         random_state: int = 0,
         n_jobs: int = 2,
     ) -> None:
@@ -60,12 +75,12 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         self.reg_lambda = reg_lambda
         self.categorical_features = categorical_features
         self.calibration_fraction = calibration_fraction
+        self.step_feature = step_feature
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ReadinessModel:
-        import lightgbm as lgb
-
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, ts: Any = None) -> ReadinessModel:
+        """Fit and calibrate (see the class docstring); ``ts``: each row's time, optional."""
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         if type_of_target(y) not in ("binary",) and len(np.unique(y)) != 1:
             raise ValueError(f"Only binary classification is supported, got {type_of_target(y)}")
@@ -73,29 +88,45 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError("needs samples of both classes to fit a readiness model")
         n = len(y_enc)
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         rng = np.random.default_rng(self.random_state)
-        use_cal = self.calibrates(n)
-        if use_cal:
-            perm = rng.permutation(n)
-            n_cal = int(n * self.calibration_fraction)
-            cal_idx, fit_idx = perm[:n_cal], perm[n_cal:]
+        self.new_step_rate_ = 0.0
+        if not self.calibrates(n):
+            self.booster_ = self._train(X, y_enc, w)
+            self.fit_calibration(None, None)
+            return self
+        if ts is None:
+            fit_idx, cal_idx = fc.random_split(n, self.calibration_fraction, rng)
         else:
-            fit_idx, cal_idx = np.arange(n), np.arange(0)
+            fit_idx, cal_idx = fc.latest_split(np.asarray(ts), self.calibration_fraction)
+        step = self.step_feature
+        X_cal = X[cal_idx]
+        if step is not None and 0 <= step < X.shape[1]:
+            new = fc.new_values(X[fit_idx, step], X_cal[:, step])
+            self.new_step_rate_ = float(new.mean())
+            X_cal[new, step] = np.nan  # as serving sees a step the model has not seen
+            X = fc.hide_at_rate(X, step, self.new_step_rate_, rng)
+        fit_w = None if w is None else w[fit_idx]
+        forward = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
+        self.fit_calibration(forward.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
+        self.booster_ = self._train(X, y_enc, w)
+        return self
+
+    def _train(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
+        """The LightGBM booster of this recipe on ``X``, ``y`` (weights ``w``)."""
+        import lightgbm as lgb
+
         cats = [c for c in (self.categorical_features or ()) if c < X.shape[1]]
-        w = None if sample_weight is None else np.asarray(sample_weight)[fit_idx]
-        train = lgb.Dataset(
-            X[fit_idx],
-            label=y_enc[fit_idx],
+        data = lgb.Dataset(
+            X,
+            label=y,
             weight=w,
             categorical_feature=cats or "auto",
             free_raw_data=True,
             params={"verbosity": -1},
         )
-        params = {**self.lightgbm_params(len(fit_idx)), "num_threads": self.n_jobs}
-        self.booster_ = lgb.train(params, train, num_boost_round=self.n_estimators)
-        raw = self.booster_.predict(X[cal_idx], num_threads=self.n_jobs) if use_cal else None
-        self.fit_calibration(raw, None if raw is None else y_enc[cal_idx])
-        return self
+        params = {**self.lightgbm_params(len(y)), "num_threads": self.n_jobs}
+        return lgb.train(params, data, num_boost_round=self.n_estimators)
 
     def calibrates(self, n: int) -> bool:
         """Whether a fit on ``n`` rows holds out ``calibration_fraction`` of them to calibrate
@@ -269,8 +300,10 @@ def fit_bundle(
     seed: int = 0,
     n_jobs: int = 2,
     params: Mapping[str, Any] | None = None,
+    ts: np.ndarray | None = None,
 ) -> ModelBundle:
-    """Fit the three outcome models on point-in-time feature rows.
+    """Fit the three outcome models on point-in-time feature rows (``ts``: each row's time,
+    so that each model calibrates on its latest rows; see ``ReadinessModel``).
 
     * readiness: every offer, label = accepted;
     * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
@@ -280,13 +313,20 @@ def fit_bundle(
     * back: accepted non-goal offers, label = the user had a later event.
     """
     cats = tuple(spec.categorical_indices)
-    kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
-    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
+    step = spec.names.index("step_id") if spec.step_ids else None
+    kw = {
+        "categorical_features": cats,
+        "step_feature": step,
+        "random_state": seed,
+        "n_jobs": n_jobs,
+        **(params or {}),
+    }
+    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts)
     no = ~accepted
     gone = dropped | ~came_back
-    drop = _fit_optional(X[no], gone[no], kw)
+    drop = _fit_optional(X[no], gone[no], kw, None if ts is None else ts[no])
     acc_ng = accepted & ~is_goal.astype(bool)
-    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw, None if ts is None else ts[acc_ng])
     base_rates = {
         "accept": float(accepted.mean()),
         "drop": float(gone[no].mean()) if no.any() else 0.3,
@@ -302,10 +342,12 @@ def fit_bundle(
     )
 
 
-def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
+def _fit_optional(
+    X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any], ts: np.ndarray | None
+) -> ReadinessModel | None:
     y = y.astype(int)
     if len(y) < 50 or y.min() == y.max():
         return None
     params = dict(kw)
     params.setdefault("n_estimators", 80)
-    return ReadinessModel(**params).fit(X, y)
+    return ReadinessModel(**params).fit(X, y, ts=ts)

@@ -230,6 +230,7 @@ def fit_and_evaluate(
         seed=seed,
         n_jobs=n_jobs,
         params=fit_params,
+        ts=F.ts[tr],
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
     reference = context_reference(X_tr, spec)  # what the service's drift watch compares with
