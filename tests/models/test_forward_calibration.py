@@ -98,3 +98,19 @@ def test_a_new_step_gets_the_prior_of_its_attributes():
     without = ReadinessModel(**kw).fit(X, y, ts=ts)
     assert with_step.new_step_rate_ == 0.0
     np.testing.assert_array_equal(with_step.predict_proba(X[:500]), without.predict_proba(X[:500]))
+
+
+def test_the_served_trees_learn_from_the_calibration_slice_too():
+    """The trees are refitted on every row: a pattern found only in the latest slice (which
+    calibrates) is still in the served model."""
+    rng = np.random.default_rng(8)
+    n = 20_000
+    ts = np.sort(rng.uniform(0, 1, n))
+    x = rng.normal(size=(n, 2))
+    late = ts >= 0.85  # inside the latest 20%
+    x[~late, 1] = -5.0  # the second column only varies late, where it decides
+    logit = 0.5 * x[:, 0] + np.where(late, 2.0 * x[:, 1], 0.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    model = ReadinessModel(n_estimators=60, n_jobs=1).fit(x, y, ts=ts)
+    p = model.predict_proba(np.array([[0.0, -1.5], [0.0, 1.5]]))[:, 1]
+    assert p[1] - p[0] > 0.5, p
