@@ -2,14 +2,21 @@
 
 A model is served on the future: later offers, and often steps that did not exist when it was
 trained (a new course, a new screen). Its calibration should describe that situation, so
-``ReadinessModel.fit`` calibrates on the rows closest to it:
+``ReadinessModel.fit`` chooses the rows that calibrate it by a backtest inside its training rows:
 
-* **the latest slice** (``latest_split``): given the offers' times, the last ``fraction`` of the
-  training rows in time order (ties by position) is scored by trees fitted on the earlier rows,
-  and the isotonic map is fitted to those scores. A level that drifts over the log (a pass rate
-  sliding from one intake to the next) is then read where it is nearest to serving time, not
-  averaged over the whole log as a random slice does (``random_split``, kept for rows without
-  times);
+* **the backtest** (``backtest_split``, ``latest_calibrates_better``): the latest ``fraction``
+  of the rows in time order plays the future; trees fitted on the earliest rows score it, once
+  through an isotonic map fitted on a random slice of the earlier rows and once through a map
+  fitted on the slice just before the future. The trees are the same, so the difference in log
+  loss on the future is the calibration's alone: the latest slice calibrates only when it wins
+  by more than twice its standard error. A log whose level drifts (a pass rate sliding from one
+  intake to the next) then reads the level where it is nearest to serving time; a log that does
+  not drift keeps a random slice, which estimates a stable level over the whole log and is not
+  thrown by what only the end of a log holds (in a simulated log, fewer first visits);
+* **the latest slice** (``latest_split``): the last ``fraction`` of the training rows in time
+  order (ties by position) is scored by trees fitted on the earlier rows, and the isotonic map
+  is fitted to those scores; a random slice (``random_split``) otherwise, and always for rows
+  without times;
 * **new steps** (``new_values``, ``hide_at_rate``): in that forward split, the slice's offers of
   steps the earlier rows never had are what serving meets as a new step; they are scored with
   the step id missing, as serving encodes a step the model has not seen. And because a tree
@@ -40,6 +47,42 @@ def latest_split(ts: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarra
     order = np.lexsort((np.arange(n), np.asarray(ts, dtype=np.float64)))
     n_cal = int(n * fraction)
     return np.sort(order[: n - n_cal]), np.sort(order[n - n_cal :])
+
+
+def backtest_split(
+    ts: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(fit, random_cal, latest_cal, future)`` row indices of the backtest: in time order
+    (ties by position) the latest ``fraction`` of the rows is the future and the ``fraction``
+    before it the latest calibration slice; of the rows before those, a random set of the same
+    size is the random calibration slice and the rest fit the trees."""
+    n = len(ts)
+    order = np.lexsort((np.arange(n), np.asarray(ts, dtype=np.float64)))
+    k = int(n * fraction)
+    past = rng.permutation(order[: n - 2 * k])
+    return (
+        np.sort(past[k:]),
+        np.sort(past[:k]),
+        np.sort(order[n - 2 * k : n - k]),
+        np.sort(order[n - k :]),
+    )
+
+
+def latest_calibrates_better(y: np.ndarray, p_random: np.ndarray, p_latest: np.ndarray) -> bool:
+    """Whether the latest slice's probabilities ``p_latest`` of outcomes ``y`` have a lower log
+    loss than the random slice's ``p_random`` by more than twice the standard error of the
+    paired per-row difference (a difference within noise keeps the random slice)."""
+    y = np.asarray(y, dtype=np.float64)
+    gain = _row_log_loss(y, p_random) - _row_log_loss(y, p_latest)
+    if len(gain) < 2:
+        return False
+    se = float(gain.std(ddof=1)) / np.sqrt(len(gain))
+    return bool(gain.mean() > 2.0 * se)
+
+
+def _row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
 def new_values(seen: np.ndarray, values: np.ndarray) -> np.ndarray:

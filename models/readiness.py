@@ -3,11 +3,11 @@
 ``ReadinessModel`` is a LightGBM classifier calibrated with isotonic regression on a held-out
 slice of its training data: the planner multiplies these probabilities along imagined paths, so
 they must be right in level, not only in order. Given the offers' times, the slice is the latest
-one (``models.forward_calibration``). It follows the scikit-learn estimator API so
-``clone``, pipelines and ``parametrize_with_checks`` work. ``LogisticBaseline`` is the honest
-yardstick on the same features (categories one-hot encoded, numbers scaled). The same
-``ReadinessModel`` class also fits P(drop | decline) and P(comes back | accept): they are binary
-outcome models over the same feature rows.
+one when a backtest shows the level drifting (``models.forward_calibration``). It follows the
+scikit-learn estimator API so ``clone``, pipelines and ``parametrize_with_checks`` work.
+``LogisticBaseline`` is the honest yardstick on the same features (categories one-hot encoded,
+numbers scaled). The same ``ReadinessModel`` class also fits P(drop | decline) and P(comes
+back | accept): they are binary outcome models over the same feature rows.
 """
 
 from __future__ import annotations
@@ -38,20 +38,22 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM binary classifier.
 
     How it is calibrated (``fit``): the trees are fitted on all rows but a calibration slice,
-    score that slice, and the isotonic map is fitted to those out-of-sample scores; then the
-    trees are fitted again on every row with the same parameters, and the map is kept. The map
-    describes how a model of this recipe scores rows it has not seen, which is what serving is;
-    the served trees lose no data to calibration (scikit-learn's ``CalibratedClassifierCV`` with
-    ``ensemble=False`` does the same with folds). With the offers' times (``fit(..., ts=...)``)
-    the slice is the latest ``calibration_fraction`` of the rows, the ones closest to serving
-    time; without, a random one. ``step_feature`` names the ``step_id`` column, whose missing
-    value (a step new to the model) is learned at the rate the slice meets steps new to it
-    (``models.forward_calibration``).
+    score that slice, and the isotonic map is fitted to those out-of-sample scores. The slice is
+    a random ``calibration_fraction`` of the rows, or, given the offers' times
+    (``fit(..., ts=...)``) and when a backtest inside the training rows shows the level
+    drifting, the latest one, closest to serving time. The latest slice holds the newest offers,
+    so the served trees are then fitted again on every row with the same parameters and the map
+    is kept: it describes how a model of this recipe scores rows it has not seen, which is what
+    serving is (scikit-learn's ``CalibratedClassifierCV`` with ``ensemble=False`` does the same
+    with folds).
+    ``step_feature`` names the ``step_id`` column, whose missing value (a step new to the model)
+    is learned at the rate the slice meets steps new to it (``models.forward_calibration``).
 
     Parameters are stored untouched in ``__init__`` (scikit-learn convention); learned
     attributes end in ``_``: ``booster_`` (the native LightGBM booster, called directly on the hot
     path), ``calibrator_`` (isotonic map from raw to calibrated probability or None),
-    ``new_step_rate_`` (the share of training rows whose step id was hidden).
+    ``new_step_rate_`` (the share of training rows whose step id was hidden),
+    ``calibration_slice_`` (``"latest"``, ``"random"``, or None when nothing calibrates).
     """
 
     def __init__(
@@ -91,26 +93,59 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         rng = np.random.default_rng(self.random_state)
         self.new_step_rate_ = 0.0
+        self.calibration_slice_: str | None = None
         if not self.calibrates(n):
             self.booster_ = self._train(X, y_enc, w)
             self.fit_calibration(None, None)
             return self
-        if ts is None:
-            fit_idx, cal_idx = fc.random_split(n, self.calibration_fraction, rng)
-        else:
+        step = self.step_feature if self.step_feature is not None else -1
+        self.calibration_slice_ = "random"
+        if ts is not None and self._latest_calibrates_better(X, y_enc, w, np.asarray(ts), step):
+            self.calibration_slice_ = "latest"
+        if self.calibration_slice_ == "latest":
             fit_idx, cal_idx = fc.latest_split(np.asarray(ts), self.calibration_fraction)
-        step = self.step_feature
+        else:
+            fit_idx, cal_idx = fc.random_split(n, self.calibration_fraction, rng)
         X_cal = X[cal_idx]
-        if step is not None and 0 <= step < X.shape[1]:
-            new = fc.new_values(X[fit_idx, step], X_cal[:, step])
-            self.new_step_rate_ = float(new.mean())
-            X_cal[new, step] = np.nan  # as serving sees a step the model has not seen
+        if ts is not None and 0 <= step < X.shape[1]:
+            # how often serving meets a new step: as often as the latest slice meets steps the
+            # earlier rows never had, whichever slice calibrates
+            earlier, latest = fc.latest_split(np.asarray(ts), self.calibration_fraction)
+            self.new_step_rate_ = float(fc.new_values(X[earlier, step], X[latest, step]).mean())
+            if self.calibration_slice_ == "latest":  # as serving sees a step new to the model
+                X_cal[fc.new_values(X[fit_idx, step], X_cal[:, step]), step] = np.nan
             X = fc.hide_at_rate(X, step, self.new_step_rate_, rng)
+            if self.calibration_slice_ == "random":
+                X_cal = X[cal_idx]  # hidden as often as in the rows that fit
         fit_w = None if w is None else w[fit_idx]
         forward = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
         self.fit_calibration(forward.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
-        self.booster_ = self._train(X, y_enc, w)
+        # the latest slice holds the newest offers (new steps, the current level): the served
+        # trees must learn from them too; a random slice is only a fifth fewer of the same rows
+        latest = self.calibration_slice_ == "latest"
+        self.booster_ = self._train(X, y_enc, w) if latest else forward
         return self
+
+    def _latest_calibrates_better(
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, ts: np.ndarray, step: int
+    ) -> bool:
+        """The backtest of ``models.forward_calibration``: one set of trees, two calibration
+        slices, scored on the latest rows (steps new to the trees' rows scored as new)."""
+        rng = np.random.default_rng([self.random_state, 1])
+        fit, rand, latest, future = fc.backtest_split(ts, self.calibration_fraction, rng)
+        if min(len(rand), len(latest), len(future)) == 0 or len(np.unique(y[fit])) < 2:
+            return False
+        X_latest, X_future = X[latest], X[future]
+        if 0 <= step < X.shape[1]:
+            for part in (X_latest, X_future):
+                part[fc.new_values(X[fit, step], part[:, step]), step] = np.nan
+        trees = self._train(X[fit], y[fit], None if w is None else w[fit])
+        raw_future = trees.predict(X_future, num_threads=self.n_jobs)
+        p = {}
+        for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
+            self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y[rows])
+            p[name] = self.calibrate(raw_future)
+        return fc.latest_calibrates_better(y[future], p["random"], p["latest"])
 
     def _train(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
         """The LightGBM booster of this recipe on ``X``, ``y`` (weights ``w``)."""

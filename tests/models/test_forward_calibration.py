@@ -1,13 +1,14 @@
-"""Calibration on the latest slice and the learned prior for a new step
-(``models.forward_calibration``, ``ReadinessModel.fit(..., ts=...)``)."""
+"""Which slice calibrates (a backtest inside the training rows), calibration on the latest slice
+and the learned prior for a new step (``models.forward_calibration``,
+``ReadinessModel.fit(..., ts=...)``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from evaluation import evaluate as ev
 from models import forward_calibration as fc
 from models.readiness import ReadinessModel
-from evaluation import evaluate as ev
 
 
 def test_latest_split_calibrates_on_the_latest_rows_ties_by_position():
@@ -17,6 +18,26 @@ def test_latest_split_calibrates_on_the_latest_rows_ties_by_position():
     assert sorted(fit.tolist()) == [1, 2, 3, 4, 6, 7, 9]
     fit, cal = fc.latest_split(ts, 0.5)  # of the four rows at time 3, the last two calibrate
     assert sorted(cal.tolist()) == [0, 5, 6, 8, 9]
+
+
+def test_backtest_split_plays_the_latest_rows_as_the_future():
+    rng = np.random.default_rng(0)
+    ts = rng.permutation(100).astype(float)
+    fit, rand, latest, future = fc.backtest_split(ts, 0.2, rng)
+    assert sorted(np.concatenate([fit, rand, latest, future]).tolist()) == list(range(100))
+    assert len(rand) == len(latest) == len(future) == 20
+    assert ts[future].min() == 80 and ts[latest].min() == 60 and ts[latest].max() == 79
+    assert ts[rand].max() < 60 and ts[fit].max() < 60  # the random slice is from the past
+
+
+def test_the_latest_slice_must_win_by_more_than_noise():
+    rng = np.random.default_rng(1)
+    y = (rng.random(20_000) < 0.8).astype(float)
+    right, off = np.full(len(y), 0.8), np.full(len(y), 0.85)
+    assert fc.latest_calibrates_better(y, p_random=off, p_latest=right)
+    assert not fc.latest_calibrates_better(y, p_random=right, p_latest=off)
+    jitter = np.clip(0.8 + rng.normal(0, 1e-4, len(y)), 0, 1)  # a difference within noise
+    assert not fc.latest_calibrates_better(y, p_random=right, p_latest=jitter)
 
 
 def test_new_values_are_codes_the_earlier_rows_never_had():
@@ -50,6 +71,8 @@ def test_calibrating_on_the_latest_slice_follows_a_drifting_level():
     kw = {"n_estimators": 60, "n_jobs": 1, "random_state": 0}
     latest = ReadinessModel(**kw).fit(X[tr], y[tr], ts=ts[tr])
     random = ReadinessModel(**kw).fit(X[tr], y[tr])
+    assert latest.calibration_slice_ == "latest"  # the backtest saw the level drift
+    assert random.calibration_slice_ == "random"  # no times: nothing to backtest
     p_latest = latest.predict_proba(X[ho])[:, 1]
     p_random = random.predict_proba(X[ho])[:, 1]
     gap_latest = abs(p_latest.mean() - y[ho].mean())
@@ -58,6 +81,23 @@ def test_calibrating_on_the_latest_slice_follows_a_drifting_level():
     ece_latest = ev.expected_calibration_error(y[ho], p_latest)
     ece_random = ev.expected_calibration_error(y[ho], p_random)
     assert ece_latest < ece_random, (ece_latest, ece_random)
+
+
+def test_a_log_that_does_not_drift_keeps_the_random_slice():
+    """Same log without the drift: the backtest finds no clear gain in the latest slice, so the
+    fit with times is exactly the fit without (same random slice, same trees)."""
+    rng = np.random.default_rng(4)
+    n = 30_000
+    ts = np.sort(rng.uniform(0, 1, n))
+    X = rng.normal(size=(n, 3))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 + 1.2 * X[:, 0])))).astype(int)
+    kw = {"n_estimators": 60, "n_jobs": 1, "random_state": 0}
+    with_times = ReadinessModel(**kw).fit(X, y, ts=ts)
+    assert with_times.calibration_slice_ == "random"
+    without = ReadinessModel(**kw).fit(X, y)
+    np.testing.assert_array_equal(with_times.predict_proba(X[:500]), without.predict_proba(X[:500]))
+    again = ReadinessModel(**kw).fit(X, y, ts=ts)  # deterministic given the seed
+    np.testing.assert_array_equal(with_times.predict_proba(X[:500]), again.predict_proba(X[:500]))
 
 
 def _steps_log(n: int, seed: int, late_steps: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,17 +140,18 @@ def test_a_new_step_gets_the_prior_of_its_attributes():
     np.testing.assert_array_equal(with_step.predict_proba(X[:500]), without.predict_proba(X[:500]))
 
 
-def test_the_served_trees_learn_from_the_calibration_slice_too():
-    """The trees are refitted on every row: a pattern found only in the latest slice (which
-    calibrates) is still in the served model."""
+def test_the_served_trees_learn_from_the_latest_slice_too():
+    """When the latest slice calibrates, the trees are refitted on every row: a pattern found
+    only in that slice is still in the served model."""
     rng = np.random.default_rng(8)
-    n = 20_000
+    n = 30_000
     ts = np.sort(rng.uniform(0, 1, n))
-    x = rng.normal(size=(n, 2))
+    x = rng.normal(size=(n, 3))
     late = ts >= 0.85  # inside the latest 20%
     x[~late, 1] = -5.0  # the second column only varies late, where it decides
-    logit = 0.5 * x[:, 0] + np.where(late, 2.0 * x[:, 1], 0.0)
+    logit = 2.5 + 1.2 * x[:, 0] - 2.0 * ts + np.where(late, 2.0 * x[:, 1], 0.0)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     model = ReadinessModel(n_estimators=60, n_jobs=1).fit(x, y, ts=ts)
-    p = model.predict_proba(np.array([[0.0, -1.5], [0.0, 1.5]]))[:, 1]
+    assert model.calibration_slice_ == "latest"
+    p = model.predict_proba(np.array([[0.0, -1.5, 0.0], [0.0, 1.5, 0.0]]))[:, 1]
     assert p[1] - p[0] > 0.5, p
