@@ -9,7 +9,8 @@ trained (a new course, a new screen). Its calibration should describe that situa
   through an isotonic map fitted on a random slice of the earlier rows and once through a map
   fitted on the slice just before the future. The trees are the same, so the difference in log
   loss on the future is the calibration's alone: the latest slice calibrates only when it wins
-  by more than twice its standard error. A log whose level drifts (a pass rate sliding from one
+  by more than twice its standard error, clustered by user when the users are known (one
+  user's rows are not independent witnesses). A log whose level drifts (a pass rate sliding from one
   intake to the next) then reads the level where it is nearest to serving time; a log that does
   not drift keeps a random slice, which estimates a stable level over the whole log and is not
   thrown by what only the end of a log holds (in a simulated log, fewer first visits);
@@ -68,16 +69,46 @@ def backtest_split(
     )
 
 
-def latest_calibrates_better(y: np.ndarray, p_random: np.ndarray, p_latest: np.ndarray) -> bool:
+def latest_calibrates_better(
+    y: np.ndarray,
+    p_random: np.ndarray,
+    p_latest: np.ndarray,
+    users: np.ndarray | None = None,
+) -> bool:
     """Whether the latest slice's probabilities ``p_latest`` of outcomes ``y`` have a lower log
-    loss than the random slice's ``p_random`` by more than twice the standard error of the
-    paired per-row difference (a difference within noise keeps the random slice)."""
+    loss than the random slice's ``p_random`` by more than twice the standard error of the mean
+    paired per-row difference (a difference within noise keeps the random slice).
+
+    ``users``: each row's user. One user's rows share that user's appetite, so their
+    differences move together and a per-row standard error would count one user's many rows
+    as many independent witnesses; given the users, the error is clustered by user
+    (``clustered_se``)."""
     y = np.asarray(y, dtype=np.float64)
     gain = _row_log_loss(y, p_random) - _row_log_loss(y, p_latest)
     if len(gain) < 2:
         return False
-    se = float(gain.std(ddof=1)) / np.sqrt(len(gain))
+    se = row_se(gain) if users is None else clustered_se(gain, np.asarray(users))
     return bool(gain.mean() > 2.0 * se)
+
+
+def row_se(values: np.ndarray) -> float:
+    """Standard error of the mean of ``values`` taken as independent rows."""
+    return float(np.std(values, ddof=1)) / np.sqrt(len(values))
+
+
+def clustered_se(values: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of the mean of ``values`` when rows of one group are correlated: the
+    spread of the groups' summed residuals (each group's sum minus its rows times the mean),
+    with the small-sample factor G / (G - 1), which makes it equal to ``row_se`` when every
+    group has one row; infinite with fewer than two groups."""
+    values = np.asarray(values, dtype=np.float64)
+    _, g = np.unique(groups, return_inverse=True)
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    if n_groups < 2:
+        return float("inf")
+    resid = np.bincount(g, weights=values - values.mean(), minlength=n_groups)
+    var = n_groups / (n_groups - 1) * float(resid @ resid) / len(values) ** 2
+    return float(np.sqrt(var))
 
 
 def _row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:

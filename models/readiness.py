@@ -81,8 +81,11 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None, ts: Any = None) -> ReadinessModel:
-        """Fit and calibrate (see the class docstring); ``ts``: each row's time, optional."""
+    def fit(
+        self, X: Any, y: Any, sample_weight: Any = None, ts: Any = None, users: Any = None
+    ) -> ReadinessModel:
+        """Fit and calibrate (see the class docstring); ``ts``: each row's time, ``users``: each
+        row's user (the backtest's error is clustered by user), both optional."""
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         if type_of_target(y) not in ("binary",) and len(np.unique(y)) != 1:
             raise ValueError(f"Only binary classification is supported, got {type_of_target(y)}")
@@ -100,7 +103,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             return self
         step = self.step_feature if self.step_feature is not None else -1
         self.calibration_slice_ = "random"
-        if ts is not None and self._latest_calibrates_better(X, y_enc, w, np.asarray(ts), step):
+        if ts is not None and self._latest_calibrates_better(X, y_enc, w, ts, users, step):
             self.calibration_slice_ = "latest"
         if self.calibration_slice_ == "latest":
             fit_idx, cal_idx = fc.latest_split(np.asarray(ts), self.calibration_fraction)
@@ -127,12 +130,14 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         return self
 
     def _latest_calibrates_better(
-        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, ts: np.ndarray, step: int
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, ts: Any, users: Any, step: int
     ) -> bool:
         """The backtest of ``models.forward_calibration``: one set of trees, two calibration
         slices, scored on the latest rows (steps new to the trees' rows scored as new)."""
         rng = np.random.default_rng([self.random_state, 1])
-        fit, rand, latest, future = fc.backtest_split(ts, self.calibration_fraction, rng)
+        fit, rand, latest, future = fc.backtest_split(
+            np.asarray(ts), self.calibration_fraction, rng
+        )
         if min(len(rand), len(latest), len(future)) == 0 or len(np.unique(y[fit])) < 2:
             return False
         X_latest, X_future = X[latest], X[future]
@@ -145,7 +150,8 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
             self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y[rows])
             p[name] = self.calibrate(raw_future)
-        return fc.latest_calibrates_better(y[future], p["random"], p["latest"])
+        users_future = None if users is None else np.asarray(users)[future]
+        return fc.latest_calibrates_better(y[future], p["random"], p["latest"], users_future)
 
     def _train(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
         """The LightGBM booster of this recipe on ``X``, ``y`` (weights ``w``)."""
@@ -336,9 +342,11 @@ def fit_bundle(
     n_jobs: int = 2,
     params: Mapping[str, Any] | None = None,
     ts: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> ModelBundle:
     """Fit the three outcome models on point-in-time feature rows (``ts``: each row's time,
-    so that each model calibrates on its latest rows; see ``ReadinessModel``).
+    so that each model can calibrate on its latest rows; ``users``: each row's user, so that the
+    backtest deciding it counts users, not rows, as witnesses; see ``ReadinessModel``).
 
     * readiness: every offer, label = accepted;
     * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
@@ -356,12 +364,12 @@ def fit_bundle(
         "n_jobs": n_jobs,
         **(params or {}),
     }
-    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts)
+    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts, users=users)
     no = ~accepted
     gone = dropped | ~came_back
-    drop = _fit_optional(X[no], gone[no], kw, None if ts is None else ts[no])
+    drop = _fit_optional(X[no], gone[no], kw, _rows(ts, no), _rows(users, no))
     acc_ng = accepted & ~is_goal.astype(bool)
-    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw, None if ts is None else ts[acc_ng])
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw, _rows(ts, acc_ng), _rows(users, acc_ng))
     base_rates = {
         "accept": float(accepted.mean()),
         "drop": float(gone[no].mean()) if no.any() else 0.3,
@@ -377,12 +385,20 @@ def fit_bundle(
     )
 
 
+def _rows(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[mask]
+
+
 def _fit_optional(
-    X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any], ts: np.ndarray | None
+    X: np.ndarray,
+    y: np.ndarray,
+    kw: Mapping[str, Any],
+    ts: np.ndarray | None,
+    users: np.ndarray | None,
 ) -> ReadinessModel | None:
     y = y.astype(int)
     if len(y) < 50 or y.min() == y.max():
         return None
     params = dict(kw)
     params.setdefault("n_estimators", 80)
-    return ReadinessModel(**params).fit(X, y, ts=ts)
+    return ReadinessModel(**params).fit(X, y, ts=ts, users=users)

@@ -231,6 +231,7 @@ def fit_and_evaluate(
         n_jobs=n_jobs,
         params=fit_params,
         ts=F.ts[tr],
+        users=pd.factorize(frame["user_id"])[0][tr],
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
     reference = context_reference(X_tr, spec)  # what the service's drift watch compares with

@@ -40,6 +40,25 @@ def test_the_latest_slice_must_win_by_more_than_noise():
     assert not fc.latest_calibrates_better(y, p_random=right, p_latest=jitter)
 
 
+def test_the_clustered_error_counts_users_not_rows():
+    """40 users of 50 rows each: the latest slice is better for every row of 24 users and
+    worse for every row of 16. Read as 2,000 independent rows the gain is clear (z about 4);
+    read as 40 users it is well within noise, so the random slice stays."""
+    users = np.repeat(np.arange(40), 50)
+    y = np.ones(len(users))
+    p_random = np.full(len(users), 0.5)
+    p_latest = np.where(users < 24, 0.6, 0.4)
+    assert fc.latest_calibrates_better(y, p_random, p_latest)  # per-row error
+    assert not fc.latest_calibrates_better(y, p_random, p_latest, users)
+    # one row per user: the clustered error is the per-row one
+    rows = np.arange(len(users))
+    assert fc.latest_calibrates_better(y, p_random, p_latest, rows)
+    gain = np.where(users < 24, np.log(0.6 / 0.5), np.log(0.4 / 0.5))
+    assert np.isclose(fc.clustered_se(gain, rows), fc.row_se(gain))
+    assert fc.clustered_se(gain, users) > 5 * fc.row_se(gain)
+    assert fc.clustered_se(gain, np.zeros(len(gain))) == float("inf")
+
+
 def test_new_values_are_codes_the_earlier_rows_never_had():
     seen = np.array([0.0, 1.0, np.nan, 1.0])
     values = np.array([1.0, 2.0, np.nan, 0.0, 3.0])
