@@ -182,7 +182,15 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
     def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
         """LightGBM's parameters (its own names) for a fit on ``n_fit`` rows: one recipe for
         this machine's ``fit`` and the Dask engine's (``training.dask_train``), which adds only
-        how many threads to use."""
+        how many threads to use.
+
+        ``cat_l2``, the L2 penalty on the leaf values of a categorical split, grows with the
+        log (``n_fit / 1000``, never below LightGBM's 10): a category's own effect is shrunk
+        toward its neighbours' until it holds a share of the rows, not a fixed count. In a
+        large log a level seen in a few dozen rows (a new course whose first offers came in
+        early) can otherwise carry those rows' rate to every later offer of it; levels with a
+        real share of the log keep their effect. Categories of up to four values are split one
+        against the rest and do not use it."""
         return {
             "objective": "binary",
             "learning_rate": self.learning_rate,
@@ -195,6 +203,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             "verbosity": -1,
             "min_data_per_group": 20,
             "cat_smooth": 10.0,
+            "cat_l2": max(10.0, n_fit / 1000.0),
         }
 
     def fit_calibration(self, raw: np.ndarray | None, y: np.ndarray | None) -> None:
