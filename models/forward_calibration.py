@@ -9,14 +9,11 @@ trained (a new course, a new screen). Its calibration should describe that situa
   through an isotonic map fitted on a random slice of the earlier rows and once through a map
   fitted on the slice just before the future. The trees are the same, so the difference in log
   loss on the future is the calibration's alone: the latest slice calibrates only when it wins
-  by more than twice its standard error. That error has two parts: the future's rows,
-  clustered by user when the users are known (one user's rows are not independent witnesses),
-  and the maps' own noise, each fitted on a finite slice, which a placebo measures (two maps
-  fitted on two halves of the random slice, whose true difference is nil). A log whose level
-  drifts (a pass rate sliding from one intake to the next) then reads the level where it is
-  nearest to serving time; a log that does not drift keeps a random slice, which estimates a
-  stable level over the whole log and is not thrown by what only the end of a log holds (in a
-  simulated log, fewer first visits);
+  by more than twice its standard error, clustered by user when the users are known (one
+  user's rows are not independent witnesses). A log whose level drifts (a pass rate sliding from one
+  intake to the next) then reads the level where it is nearest to serving time; a log that does
+  not drift keeps a random slice, which estimates a stable level over the whole log and is not
+  thrown by what only the end of a log holds (in a simulated log, fewer first visits);
 * **the latest slice** (``latest_split``): the last ``fraction`` of the training rows in time
   order (ties by position) is scored by trees fitted on the earlier rows, and the isotonic map
   is fitted to those scores; a random slice (``random_split``) otherwise, and always for rows
@@ -31,8 +28,6 @@ trained (a new course, a new screen). Its calibration should describe that situa
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 
@@ -79,7 +74,6 @@ def latest_calibrates_better(
     p_random: np.ndarray,
     p_latest: np.ndarray,
     users: np.ndarray | None = None,
-    map_se: float = 0.0,
 ) -> bool:
     """Whether the latest slice's probabilities ``p_latest`` of outcomes ``y`` have a lower log
     loss than the random slice's ``p_random`` by more than twice the standard error of the mean
@@ -88,45 +82,13 @@ def latest_calibrates_better(
     ``users``: each row's user. One user's rows share that user's appetite, so their
     differences move together and a per-row standard error would count one user's many rows
     as many independent witnesses; given the users, the error is clustered by user
-    (``clustered_se``). ``map_se``: the part of the error that comes from the two maps being
-    fitted on finite slices (``map_noise_se``), which the future's rows cannot show: it is
-    added in quadrature."""
+    (``clustered_se``)."""
     y = np.asarray(y, dtype=np.float64)
     gain = _row_log_loss(y, p_random) - _row_log_loss(y, p_latest)
     if len(gain) < 2:
         return False
     se = row_se(gain) if users is None else clustered_se(gain, np.asarray(users))
-    return bool(gain.mean() > 2.0 * float(np.hypot(se, map_se)))
-
-
-def map_noise_se(
-    y_cal: np.ndarray,
-    raw_cal: np.ndarray,
-    y_future: np.ndarray,
-    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    rng: np.random.Generator,
-    repeats: int = 16,
-) -> float:
-    """How much the backtest's gain moves only because each map is fitted on a finite slice: a
-    placebo. The random slice (scores ``raw_cal``, outcomes ``y_cal``) is cut in two random
-    halves ``repeats`` times; ``score(raw, y)`` fits a map on one half and returns its
-    probabilities of the future's outcomes ``y_future``. Two maps from the same slice have no
-    true difference, so their log-loss difference on the future is noise alone; a map fitted
-    on half the rows carries twice the noise of one fitted on the whole slice, so the placebo's
-    difference carries four map-noises and the real comparison (two whole slices) two: the
-    standard error is the root mean square placebo difference over the square root of 2."""
-    y_future = np.asarray(y_future, dtype=np.float64)
-    n = len(y_cal)
-    if n < 4 or repeats < 1:
-        return 0.0
-    diffs = []
-    for _ in range(repeats):
-        perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2 :]
-        loss_a = _row_log_loss(y_future, score(raw_cal[a], y_cal[a]))
-        loss_b = _row_log_loss(y_future, score(raw_cal[b], y_cal[b]))
-        diffs.append(float((loss_a - loss_b).mean()))
-    return float(np.sqrt(np.mean(np.square(diffs)) / 2.0))
+    return bool(gain.mean() > 2.0 * se)
 
 
 def row_se(values: np.ndarray) -> float:

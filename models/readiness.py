@@ -146,17 +146,12 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
                 part[fc.new_values(X[fit, step], part[:, step]), step] = np.nan
         trees = self._train(X[fit], y[fit], None if w is None else w[fit])
         raw_future = trees.predict(X_future, num_threads=self.n_jobs)
-
-        def score(raw_cal: np.ndarray, y_cal: np.ndarray) -> np.ndarray:
-            self.fit_calibration(raw_cal, y_cal)  # fit refits the served map afterwards
-            return self.calibrate(raw_future)
-
-        raw_random = trees.predict(X[rand], num_threads=self.n_jobs)
-        p_random = score(raw_random, y[rand])
-        p_latest = score(trees.predict(X_latest, num_threads=self.n_jobs), y[latest])
-        map_se = fc.map_noise_se(y[rand], raw_random, y[future], score, rng)
+        p = {}
+        for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
+            self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y[rows])
+            p[name] = self.calibrate(raw_future)
         users_future = None if users is None else np.asarray(users)[future]
-        return fc.latest_calibrates_better(y[future], p_random, p_latest, users_future, map_se)
+        return fc.latest_calibrates_better(y[future], p["random"], p["latest"], users_future)
 
     def _train(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
         """The LightGBM booster of this recipe on ``X``, ``y`` (weights ``w``)."""

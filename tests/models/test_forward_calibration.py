@@ -59,32 +59,6 @@ def test_the_clustered_error_counts_users_not_rows():
     assert fc.clustered_se(gain, np.zeros(len(gain))) == float("inf")
 
 
-def test_the_maps_own_noise_is_measured_by_a_placebo():
-    """A map that is only the slice's mean rate: its noise is that of a mean, so the placebo's
-    error is at least 4 times smaller when the slice is 16 times larger (4 when the loss moves
-    with the map's error, 16 when with its square); a map that ignores its slice has none.
-    Added to a clear gain on the future's rows, a large map noise keeps the random slice."""
-    rng = np.random.default_rng(2)
-    y_future = (rng.random(20_000) < 0.8).astype(float)
-
-    def mean_rate(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.full(len(y_future), y.mean())
-
-    def fixed(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.full(len(y_future), 0.8)
-
-    def placebo(n: int, score) -> float:  # type: ignore[no-untyped-def]
-        y_cal = (rng.random(n) < 0.8).astype(float)
-        return fc.map_noise_se(y_cal, np.zeros(n), y_future, score, rng, repeats=64)
-
-    small, large = placebo(500, mean_rate), placebo(8_000, mean_rate)
-    assert small / large > 3.0, (small, large)
-    assert placebo(1_000, fixed) == 0.0
-    right, off = np.full(len(y_future), 0.8), np.full(len(y_future), 0.83)
-    assert fc.latest_calibrates_better(y_future, p_random=off, p_latest=right)
-    assert not fc.latest_calibrates_better(y_future, off, right, map_se=small * 10)
-
-
 def test_new_values_are_codes_the_earlier_rows_never_had():
     seen = np.array([0.0, 1.0, np.nan, 1.0])
     values = np.array([1.0, 2.0, np.nan, 0.0, 3.0])
