@@ -9,11 +9,12 @@ trained (a new course, a new screen). Its calibration should describe that situa
   through an isotonic map fitted on a random slice of the earlier rows and once through a map
   fitted on the slice just before the future. The trees are the same, so the difference in log
   loss on the future is the calibration's alone: the latest slice calibrates only when it wins
-  by more than twice its standard error, clustered by user when the users are known (one
-  user's rows are not independent witnesses). A log whose level drifts (a pass rate sliding from one
-  intake to the next) then reads the level where it is nearest to serving time; a log that does
-  not drift keeps a random slice, which estimates a stable level over the whole log and is not
-  thrown by what only the end of a log holds (in a simulated log, fewer first visits);
+  by more than three standard errors (``MARGIN_SE``: the error counts the future's rows,
+  clustered by user when the users are known, not the maps' own noise). A log whose level
+  drifts (a pass rate sliding from one intake to the next) then reads the level where it is
+  nearest to serving time; a log that does not drift keeps a random slice, which estimates a
+  stable level over the whole log and is not thrown by what only the end of a log holds (in a
+  simulated log, fewer first visits);
 * **the latest slice** (``latest_split``): the last ``fraction`` of the training rows in time
   order (ties by position) is scored by trees fitted on the earlier rows, and the isotonic map
   is fitted to those scores; a random slice (``random_split``) otherwise, and always for rows
@@ -30,6 +31,14 @@ trained (a new course, a new screen). Its calibration should describe that situa
 from __future__ import annotations
 
 import numpy as np
+
+MARGIN_SE = 3.0
+"""How many standard errors of the future's rows the latest slice's gain must exceed. The
+error counts the future's rows (by user) but not the noise of the two maps and of the trees,
+each fitted on a finite slice; in the simulated worlds a placebo (two maps from two halves of
+one random slice, with no true difference) spread 1.5 to 2.5 times wider than that error, and
+refitting the same backtest with another thread count moved the gain by one error. Three of
+them is about two of the whole noise."""
 
 
 def random_split(
@@ -76,8 +85,8 @@ def latest_calibrates_better(
     users: np.ndarray | None = None,
 ) -> bool:
     """Whether the latest slice's probabilities ``p_latest`` of outcomes ``y`` have a lower log
-    loss than the random slice's ``p_random`` by more than twice the standard error of the mean
-    paired per-row difference (a difference within noise keeps the random slice).
+    loss than the random slice's ``p_random`` by more than ``MARGIN_SE`` standard errors of the
+    mean paired per-row difference (a difference within noise keeps the random slice).
 
     ``users``: each row's user. One user's rows share that user's appetite, so their
     differences move together and a per-row standard error would count one user's many rows
@@ -88,7 +97,7 @@ def latest_calibrates_better(
     if len(gain) < 2:
         return False
     se = row_se(gain) if users is None else clustered_se(gain, np.asarray(users))
-    return bool(gain.mean() > 2.0 * se)
+    return bool(gain.mean() > MARGIN_SE * se)
 
 
 def row_se(values: np.ndarray) -> float:
