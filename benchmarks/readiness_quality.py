@@ -86,6 +86,8 @@ def evaluate_world(name: str, train_users: int, test_users: int, seed: int) -> d
         spec,
         typical_gap_hours=24.0,
         seed=seed,
+        ts=tr.ts,
+        users=pd.factorize(train["user_id"])[0],
     )
     y = te.accepted.astype(int)
     p_lgbm = bundle.readiness.predict_proba(te.X)[:, 1]

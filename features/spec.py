@@ -14,8 +14,9 @@ value at all, and that is reported):
   category and every other value, seen in training or new, shares one "other" category (code
   ``len(categories)``). A long tail of rare values carries little signal per value and would
   let the trees memorise noise; pooled, it is one well-estimated group. All categories go to
-  LightGBM as categorical features, regularised by its ``cat_smooth`` and
-  ``min_data_per_group`` (``models.readiness``).
+  LightGBM as categorical features, regularised by its ``cat_smooth``,
+  ``min_data_per_group`` and ``cat_l2``, the last grown with the log
+  (``ReadinessModel.lightgbm_params``).
 
 ``describe()`` says, per column, what was done; ``nextstep train`` prints it and logs it.
 

@@ -2,11 +2,12 @@
 
 ``ReadinessModel`` is a LightGBM classifier calibrated with isotonic regression on a held-out
 slice of its training data: the planner multiplies these probabilities along imagined paths, so
-they must be right in level, not only in order. It follows the scikit-learn estimator API so
-``clone``, pipelines and ``parametrize_with_checks`` work. ``LogisticBaseline`` is the honest
-yardstick on the same features (categories one-hot encoded, numbers scaled). The same
-``ReadinessModel`` class also fits P(drop | decline) and P(comes back | accept): they are binary
-outcome models over the same feature rows.
+they must be right in level, not only in order. Given the offers' times, the slice is the latest
+one when a backtest shows the level drifting (``models.forward_calibration``). It follows the
+scikit-learn estimator API so ``clone``, pipelines and ``parametrize_with_checks`` work.
+``LogisticBaseline`` is the honest yardstick on the same features (categories one-hot encoded,
+numbers scaled). The same ``ReadinessModel`` class also fits P(drop | decline) and P(comes
+back | accept): they are binary outcome models over the same feature rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.spec import FeatureSpec
+from models import forward_calibration as fc
 from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
 
@@ -35,9 +37,23 @@ __all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel", "fit_bundle
 class ReadinessModel(ClassifierMixin, BaseEstimator):
     """Calibrated LightGBM binary classifier.
 
+    How it is calibrated (``fit``): the trees are fitted on all rows but a calibration slice,
+    score that slice, and the isotonic map is fitted to those out-of-sample scores. The slice is
+    a random ``calibration_fraction`` of the rows, or, given the offers' times
+    (``fit(..., ts=...)``) and when a backtest inside the training rows shows the level
+    drifting, the latest one, closest to serving time. The latest slice holds the newest offers,
+    so the served trees are then fitted again on every row with the same parameters and the map
+    is kept: it describes how a model of this recipe scores rows it has not seen, which is what
+    serving is (scikit-learn's ``CalibratedClassifierCV`` with ``ensemble=False`` does the same
+    with folds).
+    ``step_feature`` names the ``step_id`` column, whose missing value (a step new to the model)
+    is learned at the rate the slice meets steps new to it (``models.forward_calibration``).
+
     Parameters are stored untouched in ``__init__`` (scikit-learn convention); learned
     attributes end in ``_``: ``booster_`` (the native LightGBM booster, called directly on the hot
-    path), ``calibrator_`` (isotonic map from raw to calibrated probability or None).
+    path), ``calibrator_`` (isotonic map from raw to calibrated probability or None),
+    ``new_step_rate_`` (the share of training rows whose step id was hidden),
+    ``calibration_slice_`` (``"latest"``, ``"random"``, or None when nothing calibrates).
     """
 
     def __init__(
@@ -50,6 +66,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         reg_lambda: float = 1.0,
         categorical_features: tuple[int, ...] | None = None,
         calibration_fraction: float = 0.2,
+        step_feature: int | None = None,
         random_state: int = 0,
         n_jobs: int = 2,
     ) -> None:
@@ -60,12 +77,15 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         self.reg_lambda = reg_lambda
         self.categorical_features = categorical_features
         self.calibration_fraction = calibration_fraction
+        self.step_feature = step_feature
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> ReadinessModel:
-        import lightgbm as lgb
-
+    def fit(
+        self, X: Any, y: Any, sample_weight: Any = None, ts: Any = None, users: Any = None
+    ) -> ReadinessModel:
+        """Fit and calibrate (see the class docstring); ``ts``: each row's time, ``users``: each
+        row's user (the backtest's error is clustered by user), both optional."""
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         if type_of_target(y) not in ("binary",) and len(np.unique(y)) != 1:
             raise ValueError(f"Only binary classification is supported, got {type_of_target(y)}")
@@ -73,29 +93,81 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError("needs samples of both classes to fit a readiness model")
         n = len(y_enc)
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         rng = np.random.default_rng(self.random_state)
-        use_cal = self.calibrates(n)
-        if use_cal:
-            perm = rng.permutation(n)
-            n_cal = int(n * self.calibration_fraction)
-            cal_idx, fit_idx = perm[:n_cal], perm[n_cal:]
+        self.new_step_rate_ = 0.0
+        self.calibration_slice_: str | None = None
+        if not self.calibrates(n):
+            self.booster_ = self._train(X, y_enc, w)
+            self.fit_calibration(None, None)
+            return self
+        step = self.step_feature if self.step_feature is not None else -1
+        self.calibration_slice_ = "random"
+        if ts is not None and self._latest_calibrates_better(X, y_enc, w, ts, users, step):
+            self.calibration_slice_ = "latest"
+        if self.calibration_slice_ == "latest":
+            fit_idx, cal_idx = fc.latest_split(np.asarray(ts), self.calibration_fraction)
         else:
-            fit_idx, cal_idx = np.arange(n), np.arange(0)
+            fit_idx, cal_idx = fc.random_split(n, self.calibration_fraction, rng)
+        X_cal = X[cal_idx]
+        if ts is not None and 0 <= step < X.shape[1]:
+            # how often serving meets a new step: as often as the latest slice meets steps the
+            # earlier rows never had, whichever slice calibrates
+            earlier, latest = fc.latest_split(np.asarray(ts), self.calibration_fraction)
+            self.new_step_rate_ = float(fc.new_values(X[earlier, step], X[latest, step]).mean())
+            if self.calibration_slice_ == "latest":  # as serving sees a step new to the model
+                X_cal[fc.new_values(X[fit_idx, step], X_cal[:, step]), step] = np.nan
+            X = fc.hide_at_rate(X, step, self.new_step_rate_, rng)
+            if self.calibration_slice_ == "random":
+                X_cal = X[cal_idx]  # hidden as often as in the rows that fit
+        fit_w = None if w is None else w[fit_idx]
+        forward = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
+        self.fit_calibration(forward.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
+        # the latest slice holds the newest offers (new steps, the current level): the served
+        # trees must learn from them too; a random slice is only a fifth fewer of the same rows
+        latest = self.calibration_slice_ == "latest"
+        self.booster_ = self._train(X, y_enc, w) if latest else forward
+        return self
+
+    def _latest_calibrates_better(
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, ts: Any, users: Any, step: int
+    ) -> bool:
+        """The backtest of ``models.forward_calibration``: one set of trees, two calibration
+        slices, scored on the latest rows (steps new to the trees' rows scored as new)."""
+        rng = np.random.default_rng([self.random_state, 1])
+        fit, rand, latest, future = fc.backtest_split(
+            np.asarray(ts), self.calibration_fraction, rng
+        )
+        if min(len(rand), len(latest), len(future)) == 0 or len(np.unique(y[fit])) < 2:
+            return False
+        X_latest, X_future = X[latest], X[future]
+        if 0 <= step < X.shape[1]:
+            for part in (X_latest, X_future):
+                part[fc.new_values(X[fit, step], part[:, step]), step] = np.nan
+        trees = self._train(X[fit], y[fit], None if w is None else w[fit])
+        raw_future = trees.predict(X_future, num_threads=self.n_jobs)
+        p = {}
+        for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
+            self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y[rows])
+            p[name] = self.calibrate(raw_future)
+        users_future = None if users is None else np.asarray(users)[future]
+        return fc.latest_calibrates_better(y[future], p["random"], p["latest"], users_future)
+
+    def _train(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
+        """The LightGBM booster of this recipe on ``X``, ``y`` (weights ``w``)."""
+        import lightgbm as lgb
+
         cats = [c for c in (self.categorical_features or ()) if c < X.shape[1]]
-        w = None if sample_weight is None else np.asarray(sample_weight)[fit_idx]
-        train = lgb.Dataset(
-            X[fit_idx],
-            label=y_enc[fit_idx],
+        data = lgb.Dataset(
+            X,
+            label=y,
             weight=w,
             categorical_feature=cats or "auto",
             free_raw_data=True,
             params={"verbosity": -1},
         )
-        params = {**self.lightgbm_params(len(fit_idx)), "num_threads": self.n_jobs}
-        self.booster_ = lgb.train(params, train, num_boost_round=self.n_estimators)
-        raw = self.booster_.predict(X[cal_idx], num_threads=self.n_jobs) if use_cal else None
-        self.fit_calibration(raw, None if raw is None else y_enc[cal_idx])
-        return self
+        params = {**self.lightgbm_params(len(y)), "num_threads": self.n_jobs}
+        return lgb.train(params, data, num_boost_round=self.n_estimators)
 
     def calibrates(self, n: int) -> bool:
         """Whether a fit on ``n`` rows holds out ``calibration_fraction`` of them to calibrate
@@ -105,7 +177,15 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
     def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
         """LightGBM's parameters (its own names) for a fit on ``n_fit`` rows: one recipe for
         this machine's ``fit`` and the Dask engine's (``training.dask_train``), which adds only
-        how many threads to use."""
+        how many threads to use.
+
+        ``cat_l2``, the L2 penalty on the leaf values of a categorical split, grows with the
+        log (``n_fit / 1000``, never below LightGBM's 10): a category's own effect is shrunk
+        toward its neighbours' until it holds a share of the rows, not a fixed count. In a
+        large log a level seen in a few dozen rows (a new course whose first offers came in
+        early) can otherwise carry those rows' rate to every later offer of it; levels with a
+        real share of the log keep their effect. Categories of up to four values are split one
+        against the rest and do not use it."""
         return {
             "objective": "binary",
             "learning_rate": self.learning_rate,
@@ -118,6 +198,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             "verbosity": -1,
             "min_data_per_group": 20,
             "cat_smooth": 10.0,
+            "cat_l2": max(10.0, n_fit / 1000.0),
         }
 
     def fit_calibration(self, raw: np.ndarray | None, y: np.ndarray | None) -> None:
@@ -270,8 +351,12 @@ def fit_bundle(
     seed: int = 0,
     n_jobs: int = 2,
     params: Mapping[str, Any] | None = None,
+    ts: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> ModelBundle:
-    """Fit the three outcome models on point-in-time feature rows.
+    """Fit the three outcome models on point-in-time feature rows (``ts``: each row's time,
+    so that each model can calibrate on its latest rows; ``users``: each row's user, so that the
+    backtest deciding it counts users, not rows, as witnesses; see ``ReadinessModel``).
 
     * readiness: every offer, label = accepted;
     * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
@@ -281,13 +366,20 @@ def fit_bundle(
     * back: accepted non-goal offers, label = the user had a later event.
     """
     cats = tuple(spec.categorical_indices)
-    kw = {"categorical_features": cats, "random_state": seed, "n_jobs": n_jobs, **(params or {})}
-    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int))
+    step = spec.names.index("step_id") if spec.step_ids else None
+    kw = {
+        "categorical_features": cats,
+        "step_feature": step,
+        "random_state": seed,
+        "n_jobs": n_jobs,
+        **(params or {}),
+    }
+    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts, users=users)
     no = ~accepted
     gone = dropped | ~came_back
-    drop = _fit_optional(X[no], gone[no], kw)
+    drop = _fit_optional(X[no], gone[no], kw, _rows(ts, no), _rows(users, no))
     acc_ng = accepted & ~is_goal.astype(bool)
-    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw, _rows(ts, acc_ng), _rows(users, acc_ng))
     base_rates = {
         "accept": float(accepted.mean()),
         "drop": float(gone[no].mean()) if no.any() else 0.3,
@@ -304,10 +396,20 @@ def fit_bundle(
     )
 
 
-def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
+def _rows(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[mask]
+
+
+def _fit_optional(
+    X: np.ndarray,
+    y: np.ndarray,
+    kw: Mapping[str, Any],
+    ts: np.ndarray | None,
+    users: np.ndarray | None,
+) -> ReadinessModel | None:
     y = y.astype(int)
     if len(y) < 50 or y.min() == y.max():
         return None
     params = dict(kw)
     params.setdefault("n_estimators", 80)
-    return ReadinessModel(**params).fit(X, y)
+    return ReadinessModel(**params).fit(X, y, ts=ts, users=users)

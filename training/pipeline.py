@@ -247,6 +247,8 @@ def fit_and_evaluate(
         seed=seed,
         n_jobs=n_jobs,
         params=fit_params,
+        ts=F.ts[tr],
+        users=pd.factorize(frame["user_id"])[0][tr],
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
     reference = context_reference(X_tr, spec)  # what the service's drift watch compares with

@@ -139,3 +139,32 @@ def test_lightgbm_is_at_least_as_good_as_logistic_regression(ladder_data, fitted
     assert lgbm["logloss"] <= lr["logloss"] + 0.002, (lgbm, lr)
     assert lgbm["auc"] >= lr["auc"] - 0.002, (lgbm, lr)
     assert lgbm["auc"] > best["auc"] - 0.03, (lgbm, best)  # close to what the truth allows
+
+
+def test_a_category_level_seen_in_a_few_rows_of_a_large_log_is_shrunk():
+    """60,000 rows, eight frequent levels (pass 98% or 93%) and one seen in 40 rows that pass
+    at 50%, as a course whose first few offers came in early. With ``cat_l2`` grown with the log
+    (60 here) the sparse level's own effect is shrunk toward its neighbours more than with
+    LightGBM's fixed 10; the frequent levels keep their difference either way."""
+
+    class FixedCatL2(ReadinessModel):
+        def lightgbm_params(self, n_fit: int) -> dict:  # type: ignore[type-arg]
+            return {**super().lightgbm_params(n_fit), "cat_l2": 10.0}
+
+    rng = np.random.default_rng(0)
+    n = 60_000
+    level = rng.integers(0, 8, n).astype(float)
+    level[:40] = 8.0
+    rate = np.where(level % 2 == 0, 0.98, 0.93)
+    rate[:40] = 0.5
+    y = (rng.random(n) < rate).astype(int)
+    X = np.column_stack([rng.normal(size=n), level])
+    probe = np.column_stack([np.zeros(9), np.arange(9.0)])
+    kw = {"categorical_features": (1,), "calibration_fraction": 0.0, "n_jobs": 1}
+    grown = ReadinessModel(**kw).fit(X, y).predict_proba(probe)[:, 1]
+    fixed = FixedCatL2(**kw).fit(X, y).predict_proba(probe)[:, 1]
+    assert grown[8] > fixed[8] + 0.03, (grown[8], fixed[8])
+    for p in (grown, fixed):
+        assert p[[0, 2, 4, 6]].min() > p[[1, 3, 5, 7]].max() + 0.03
+    assert ReadinessModel().lightgbm_params(60_000)["cat_l2"] == 60.0
+    assert ReadinessModel().lightgbm_params(5_000)["cat_l2"] == 10.0  # LightGBM's default

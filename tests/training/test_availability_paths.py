@@ -168,10 +168,16 @@ def test_the_look_ahead_only_imagines_steps_that_exist_for_the_user(world, score
     keys = [planner.cache_key(*root, scorer, cat, 3600.0) for root in roots]
     assert keys[0] != keys[1]
     # and the planner, on the same candidates, values the intro differently when the clip
-    # (the ladder's next rung) does not exist for the user
-    free = Catalog.from_data(
-        [{k: v for k, v in s.to_dict().items() if k != "available_when"} for s in cat]
+    # (the ladder's next rung) does not exist for the user: an email user, whose offers of
+    # the clip the model has learned from, under a catalog that keeps the clip from email
+    elsewhere = Catalog.from_data(
+        [
+            {**s.to_dict(), "available_when": {"channel": ["search"]}}
+            if s.id == RESTRICTED
+            else s.to_dict()
+            for s in cat
+        ]
     )
-    q_search, _ = planner.bind(scorer, cat).q_values(*roots[1], scorer, cat)
-    q_blind, _ = planner.bind(scorer, free).q_values(*roots[1], scorer, free)
-    assert q_search[0] != q_blind[0]
+    q_email, _ = planner.bind(scorer, cat).q_values(*roots[0], scorer, cat)
+    q_without, _ = planner.bind(scorer, elsewhere).q_values(*roots[0], scorer, elsewhere)
+    assert q_email[0] != q_without[0]
