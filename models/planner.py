@@ -24,8 +24,8 @@ soon a user comes back is much of what tells one kind of user from another. So t
 visits come at the user's own pace, and a new user, whose pace nobody knows yet, is planned
 once per spacing of the return-gap mixture learned from the log and valued by the average:
 planning every new user at one typical spacing plans them all as the typical returner's kind
-(in random worlds whose kinds of user return at different speeds, that lost up to a fifth of
-the conversion the mixture reaches).
+(in random worlds whose kinds of user return at different speeds, that cost up to 0.08 of the
+type-blind reference's conversion).
 """
 
 from __future__ import annotations
