@@ -62,9 +62,6 @@ class ModelBundle:
     drop: OutcomeModel | None = None
     back: OutcomeModel | None = None
     typical_gap_hours: float = 24.0
-    # quantile midpoints of the gaps between a user's consecutive events: the spacings the
-    # planner averages over while a user's own pace is unknown (``Planner._gap_seconds``)
-    return_gap_hours: tuple[float, ...] = ()
     base_rates: Mapping[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 

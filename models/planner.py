@@ -18,14 +18,6 @@ small LightGBM calls, not hundreds. ``Planner.plan_many`` plans many users at on
 all their trees are columns (``features.state.StateColumns``), each level of all of them is one
 call per model, and rows that repeat across users are scored once. A single decision is the
 one-root case of the same code.
-
-Time is part of the state the models read (hours since the last visit, the mean gap), and how
-soon a user comes back is much of what tells one kind of user from another. So the imagined
-visits come at the user's own pace, and a new user, whose pace nobody knows yet, is planned
-once per spacing of the return-gap mixture learned from the log and valued by the average:
-planning every new user at one typical spacing plans them all as the typical returner's kind
-(in random worlds whose kinds of user return at different speeds, that cost up to 0.08 of the
-type-blind reference's conversion).
 """
 
 from __future__ import annotations
@@ -121,9 +113,9 @@ class Planner:
         """
         results: list[tuple[PolicyOutput, np.ndarray] | None] = [None] * len(roots)
         pending: dict[tuple, list[int]] = {}
-        todo: list[tuple[tuple, int, tuple[float, ...], list[float]]] = []
+        todo: list[tuple[tuple, int, float, list[float]]] = []
         cache = self._cache
-        gaps = [self._gap_seconds(r[0], r[2], scorer) for r in roots]
+        gaps = [self._gap_seconds(r[0], scorer) for r in roots]
         keys, contexts = self._keys(roots, gaps, scorer, catalog)
         for i, key in enumerate(keys):
             hit = cache.get(key)
@@ -163,38 +155,32 @@ class Planner:
         Lets a caller that can wait (the service's event loop) collect misses of concurrent
         requests and hand them to ``plan_many`` together, while a hit answers at once.
         """
-        keys, _ = self._keys([root], [self._gap_seconds(root[0], root[2], scorer)], scorer, catalog)
+        keys, _ = self._keys([root], [self._gap_seconds(root[0], scorer)], scorer, catalog)
         return self._cache.get(keys[0])
 
     def _plan_misses(
         self,
         roots: Sequence[tuple[UserState, Sequence[int], float, Any]],
-        gaps: Sequence[tuple[float, ...]],
+        gaps: Sequence[float],
         contexts: Sequence[list[float]],
         scorer: Any,
         catalog: Catalog,
     ) -> list[tuple[PolicyOutput, np.ndarray]]:
         """The full look-ahead of every root, all trees together."""
-        # a root whose pace is unknown is planned once per spacing of the learned mixture
-        reps = [len(g) for g in gaps]
-        x_roots = [r for r, m in zip(roots, reps, strict=True) for _ in range(m)]
-        x_ctx = [c for c, m in zip(contexts, reps, strict=True) for _ in range(m)]
-        block = root_block(scorer.spec, catalog, x_roots, x_ctx)
-        gap = np.fromiter((v for g in gaps for v in g), dtype=np.float64, count=len(x_roots))
+        block = root_block(scorer.spec, catalog, roots, contexts)
+        gap = np.array(gaps, dtype=np.float64)
         tree = _Tree(catalog, scorer, self.retry, self.chain)
-        q_x, p_x = tree.expand(
-            block.states, block.now, gap, block.contexts, block.node, block.step, self.depth
+        step = block.step
+        q_all, p_all = tree.expand(
+            block.states, block.now, gap, block.contexts, block.node, step, self.depth
         )
         out: list[tuple[PolicyOutput, np.ndarray]] = []
         efforts_all = catalog.arrays["effort"]
         a = 0
-        for (_, candidates, _, _), m in zip(roots, reps, strict=True):
-            n = len(candidates)
-            # the expected value over the spacings; the root's own readiness does not depend on them
-            q = q_x[a : a + m * n].reshape(m, n).mean(axis=0)
-            p = p_x[a : a + n]
-            efforts = efforts_all[block.step[a : a + n]]
-            a += m * n
+        for n in block.counts:
+            q, p = q_all[a : a + n], p_all[a : a + n]
+            efforts = efforts_all[step[a : a + n]]
+            a += n
             best = float(q.max())
             near = np.flatnonzero(q >= best * (1.0 - self.relative_tolerance) - self.tolerance)
             k = int(near[np.lexsort((near, efforts[near]))[0]])
@@ -233,25 +219,23 @@ class Planner:
         context: Any,
         scorer: Any,
         catalog: Catalog,
-        gap: float | tuple[float, ...],
+        gap: float,
     ) -> tuple:
         """Everything the look-ahead's feature rows depend on, as the models see it.
 
         The counts, accepted steps, efforts, values and context are kept exactly. The clock
         enters the tree only through the four time features of each imagined visit (the
-        root at ``now``, then one visit every ``gap`` seconds, ``depth + chain`` deep, for each
-        spacing when ``gap`` is the tuple a new user is planned with); the key
+        root at ``now``, then one visit every ``gap`` seconds, ``depth + chain`` deep); the key
         holds, for each of them, its position among the models' split thresholds, computed
         with ``features.state.time_features`` on exactly the floats the rows will contain.
         Two users with equal keys therefore get identical predictions at every node.
         """
-        spacings = (gap,) if isinstance(gap, float | int) else tuple(gap)
-        return self._keys([(state, candidates, now, context)], [spacings], scorer, catalog)[0][0]
+        return self._keys([(state, candidates, now, context)], [gap], scorer, catalog)[0][0]
 
     def _keys(
         self,
         roots: Sequence[tuple[UserState, Sequence[int], float, Any]],
-        gaps: Sequence[tuple[float, ...]],
+        gaps: Sequence[float],
         scorer: Any,
         catalog: Catalog,
     ) -> tuple[list[tuple], list[list[float]]]:
@@ -261,33 +245,22 @@ class Planner:
         base = len(STATE_FEATURES) + len(CANDIDATE_FEATURES)
         horizon = self.depth + self.chain
         if len(roots) >= _VECTOR_KEYS:
-            states = [r[0] for r in roots]
-            nows = [r[2] for r in roots]
-            width = max(len(g) for g in gaps)
-            thresholds_arr = scorer.split_arrays[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
-            per_spacing = [  # the j-th spacing of every root (the last one again for shorter lists)
-                _time_codes(
-                    states, nows, [g[min(j, len(g) - 1)] for g in gaps], horizon, thresholds_arr
-                )
-                for j in range(width)
-            ]
-            codes = (
-                np.concatenate(per_spacing, axis=1).tolist()
-                if width > 1
-                else per_spacing[0].tolist()
-            )
-            size = per_spacing[0].shape[1]
-            time_keys = [c[: size * len(g)] for c, g in zip(codes, gaps, strict=True)]
+            time_keys = _time_codes(
+                [r[0] for r in roots],
+                [r[2] for r in roots],
+                gaps,
+                horizon,
+                scorer.split_arrays[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)],
+            ).tolist()
         else:  # a few roots: numpy's per-call cost would exceed the Python loop's
             thresholds = splits[_TIME_COLUMN : _TIME_COLUMN + len(TIME_FEATURES)]
             time_keys = [
                 [
                     -1 if v != v else _float_bits(v) if thr is None else bisect_left(thr, v)
-                    for gap in spacing
                     for row in _visit_times(state, now, gap, horizon)
                     for v, thr in zip(row, thresholds, strict=True)
                 ]
-                for (state, _, now, _), spacing in zip(roots, gaps, strict=True)
+                for (state, _, now, _), gap in zip(roots, gaps, strict=True)
             ]
         encode = scorer.spec.encode_merged
         keys: list[tuple] = []
@@ -329,24 +302,11 @@ class Planner:
         return keys, contexts
 
     @staticmethod
-    def _gap_seconds(state: UserState, now: float, scorer: Any) -> tuple[float, ...]:
-        """How long until each imagined next visit, as the spacings the look-ahead averages over.
-
-        The user's own pace where it shows: the mean gap between their asks, or, after a single
-        ask, the time since it. A new user is planned once per spacing of the bundle's
-        return-gap mixture and the values averaged: how soon a user comes back tells the models
-        who the user is (fast returners and slow ones accept differently), so one typical
-        spacing would plan every new user as the typical returner's kind. The typical gap when
-        the bundle has no mixture (nobody in its log came back).
-        """
+    def _gap_seconds(state: UserState, scorer: Any) -> float:
+        """How long until the imagined next visit: this user's own pace when known."""
         if state.n_asks > 1:
-            return ((state.last_ts - state.first_ts) / (state.n_asks - 1),)
-        if state.n_asks == 1 and now > state.last_ts:
-            return (now - state.last_ts,)
-        mixture = scorer.bundle.return_gap_hours
-        if mixture:
-            return tuple(float(h) * HOUR for h in mixture)
-        return (float(scorer.bundle.typical_gap_hours) * HOUR,)
+            return (state.last_ts - state.first_ts) / (state.n_asks - 1)
+        return float(scorer.bundle.typical_gap_hours) * HOUR
 
 
 class _Tree:

@@ -347,7 +347,6 @@ def fit_bundle(
     spec: FeatureSpec,
     *,
     typical_gap_hours: float,
-    return_gap_hours: tuple[float, ...] = (),
     seed: int = 0,
     n_jobs: int = 2,
     params: Mapping[str, Any] | None = None,
@@ -391,7 +390,6 @@ def fit_bundle(
         drop=drop,
         back=back,
         typical_gap_hours=typical_gap_hours,
-        return_gap_hours=tuple(return_gap_hours),
         base_rates=base_rates,
     )
 

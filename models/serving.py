@@ -194,7 +194,6 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
         "format": _FORMAT,
         "models": models,
         "typical_gap_hours": float(bundle.typical_gap_hours),
-        "return_gap_hours": [float(h) for h in bundle.return_gap_hours],
         "base_rates": {k: float(v) for k, v in bundle.base_rates.items()},
     }
     (out / _INDEX).write_text(json.dumps(index), encoding="utf-8")
@@ -243,7 +242,6 @@ def load_serving(directory: Path, expected_sha256: str | None = None) -> ModelBu
         drop=models["drop"],
         back=models["back"],
         typical_gap_hours=float(index["typical_gap_hours"]),
-        return_gap_hours=tuple(float(h) for h in index.get("return_gap_hours", ())),
         base_rates=index["base_rates"],
         meta=meta,
     )

@@ -19,7 +19,6 @@ from models.bundle import ModelBundle
 from models.readiness import fit_bundle
 from simulation.simulate import generate_log
 from simulation.worlds import World
-from training.pipeline import consecutive_gaps_hours, return_gap_hours
 
 
 def simulated_bundle(
@@ -51,7 +50,6 @@ def bundle_from_frame(
     spec = FeatureSpec.from_frame(frame, list(context_columns))
     off = build_offline_features(frame, catalog, spec)
     is_goal = catalog.arrays["is_goal"][off.step_index] > 0
-    gaps = consecutive_gaps_hours(frame)  # as ``nextstep train`` computes them
     return fit_bundle(
         off.X,
         off.accepted,
@@ -59,8 +57,7 @@ def bundle_from_frame(
         off.came_back,
         is_goal,
         spec,
-        typical_gap_hours=float(np.median(gaps)) if len(gaps) else 24.0,
-        return_gap_hours=return_gap_hours(gaps),
+        typical_gap_hours=24.0,
         seed=seed,
         params=params,
         n_jobs=n_jobs,

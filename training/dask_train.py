@@ -77,12 +77,10 @@ from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.pipeline import (
     HOLDOUT_ARTIFACT_ROWS,
-    RETURN_GAP_POINTS,
     TrainingOutcome,
     catalog_hash,
     features_for,
     log_training,
-    return_gap_hours,
     score_champion,
 )
 from training.recommend import OUTPUT_COLUMNS, recommend_frame
@@ -965,14 +963,11 @@ def fit_and_evaluate_dask(
         raise NextstepError("the training rows have only one outcome; readiness needs both")
     gaps = feats["gap_s"][train & feats["gap_s"].notnull()]
     if n_train <= GAP_EXACT_ROWS:
-        g = gaps.compute().to_numpy(dtype=np.float64) / 3600.0
-        gap_hours = float(np.median(g)) if len(g) else 24.0
-        mixture = return_gap_hours(g)
-    else:  # Dask's approximate quantiles: the median and the mixture's points in one pass
-        levels = (np.arange(RETURN_GAP_POINTS) + 0.5) / RETURN_GAP_POINTS
-        q = gaps.quantile([0.5, *levels.tolist()]).compute().to_numpy(dtype=np.float64) / 3600.0
-        gap_hours = float(q[0]) if np.isfinite(q[0]) else 24.0
-        mixture = tuple(float(h) for h in q[1:]) if np.isfinite(q[1:]).all() else ()
+        g = gaps.compute().to_numpy(dtype=np.float64)
+        gap_hours = float(np.median(g) / 3600.0) if len(g) else 24.0
+    else:
+        q = gaps.quantile(0.5).compute()
+        gap_hours = float(q / 3600.0) if np.isfinite(q) else 24.0
     seconds["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -1000,7 +995,6 @@ def fit_and_evaluate_dask(
         drop=drop,
         back=back,
         typical_gap_hours=gap_hours,
-        return_gap_hours=mixture,
         base_rates={
             "accept": n_pos / n_train,
             "drop": n_drop / n_no if n_no else 0.3,

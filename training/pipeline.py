@@ -66,7 +66,6 @@ from training.pyfunc_signature import events_example, events_signature
 from training.truth import TRUTH_COLUMN, feature_context_columns
 
 PARALLEL_ROWS = 500_000
-RETURN_GAP_POINTS = 5  # spacings in the planner's return-gap mixture (Planner._gap_seconds)
 # The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
 # lowered log loss in every built-in world, in a world of steps alike in attributes and on a
 # real log of new cohorts (benchmarks/step_identity.py, benchmarks/real_log.py).
@@ -89,30 +88,16 @@ def logged_steps(frame: pd.DataFrame, catalog: Catalog) -> tuple[str, ...]:
     return tuple(s for s in catalog.ids if s in seen)
 
 
-def consecutive_gaps_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
-    """The gaps in hours between each user's consecutive events."""
+def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
+    """Median gap in hours between a user's consecutive events (24 when nobody returns)."""
     f = frame if rows is None else frame.loc[rows]
     codes, _ = pd.factorize(f["user_id"], sort=False)
     ts = f["ts"].to_numpy(dtype=np.float64)
     order = np.lexsort((ts, codes))
     c, t = codes[order], ts[order]
     same = c[1:] == c[:-1]
-    return (t[1:] - t[:-1])[same] / 3600.0
-
-
-def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
-    """Median gap in hours between a user's consecutive events (24 when nobody returns)."""
-    gaps = consecutive_gaps_hours(frame, rows)
-    return float(np.median(gaps)) if len(gaps) else 24.0
-
-
-def return_gap_hours(gaps_hours: np.ndarray, points: int = RETURN_GAP_POINTS) -> tuple[float, ...]:
-    """``points`` quantile midpoints of the gaps (empty when nobody returns): an equal-weight
-    mixture of spacings for the planner's look-ahead while a user's own pace is unknown."""
-    if len(gaps_hours) == 0:
-        return ()
-    levels = (np.arange(points) + 0.5) * (100.0 / points)
-    return tuple(float(h) for h in np.percentile(gaps_hours, levels))
+    gaps = (t[1:] - t[:-1])[same]
+    return float(np.median(gaps) / 3600.0) if len(gaps) else 24.0
 
 
 def fingerprint(log: EventLog, catalog: Catalog) -> dict[str, Any]:
@@ -226,8 +211,7 @@ def fit_and_evaluate(
     if y_tr.min() == y_tr.max():
         raise NextstepError("the training rows have only one outcome; readiness needs both")
     is_goal = catalog.arrays["is_goal"][F.step_index] > 0  # any catalog size
-    gaps = consecutive_gaps_hours(frame, tr)
-    gap = float(np.median(gaps)) if len(gaps) else 24.0
+    gap = typical_gap_hours(frame, tr)
     seconds["features"] = time.perf_counter() - t
 
     n_jobs = 1 if len(frame) < PARALLEL_ROWS else max(1, os.cpu_count() or 1)
@@ -243,7 +227,6 @@ def fit_and_evaluate(
         is_goal[tr],
         spec,
         typical_gap_hours=gap,
-        return_gap_hours=return_gap_hours(gaps),
         seed=seed,
         n_jobs=n_jobs,
         params=fit_params,
@@ -677,8 +660,6 @@ def _run_params(
         "data_source": str(fp["source"])[:480],
         "catalog_sha256": fp["catalog_sha256"],
         "typical_gap_hours": round(out.typical_gap_hours, 4),
-        # the spacings the planner plans a new user at (models.planner.Planner._gap_seconds)
-        "return_gap_hours": ",".join(f"{h:.4g}" for h in out.bundle.return_gap_hours) or "-",
     }
 
 

@@ -130,7 +130,7 @@ def test_planner_keys_exact_times_for_a_linear_model(linear_bundle) -> None:
     planner = Planner().bind(scorer, CATALOG)
     state = dataclasses.replace(UserState(), n_asks=1, first_ts=100.0, prev_ts=100.0, last_ts=500.0)
     roots = [(state, [0, 1, 2, 3], 1_000.0 + k, {}) for k in range(40)]
-    keys, _ = planner._keys(roots, [(3600.0,)] * len(roots), scorer, CATALOG)
+    keys, _ = planner._keys(roots, [3600.0] * len(roots), scorer, CATALOG)
     assert len(set(keys)) == len(roots)
     alone = planner.cache_key(state, [0, 1, 2, 3], 1_001.0, {}, scorer, CATALOG, 3600.0)
     assert alone == keys[1]

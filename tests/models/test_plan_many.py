@@ -51,13 +51,11 @@ def world_scorer(request):
 # -- the reference: the look-ahead one node at a time ------------------------------------------
 def _reference_plan(planner: Planner, state, candidates, now, context, scorer, cat):
     """``(q, p, greedy)`` exactly as the unbatched planner computed them."""
-    qs = []
-    for gap in planner._gap_seconds(state, now, scorer):  # a new user: one tree per spacing
-        q, p = _ref_expand(
-            planner, [(state, now)], [candidates], planner.depth, context, scorer, cat, gap
-        )
-        qs.append(q[0])
-    q, p = np.stack(qs).mean(axis=0), p[0]
+    gap = planner._gap_seconds(state, scorer)
+    q, p = _ref_expand(
+        planner, [(state, now)], [candidates], planner.depth, context, scorer, cat, gap
+    )
+    q, p = q[0], p[0]
     best = float(q.max())
     efforts = np.asarray([cat.efforts[i] for i in candidates])
     near = np.flatnonzero(q >= best * (1.0 - planner.relative_tolerance) - planner.tolerance)
@@ -157,15 +155,13 @@ def _reference_key(planner: Planner, state, candidates, now, context, scorer, ca
     )
     col = STATE_FEATURES.index(TIME_FEATURES[0])
     thresholds = splits[col : col + len(TIME_FEATURES)]
-    rows = []
-    for spacing in gap:  # the root and its imagined visits, once per spacing
-        rows.append(time_features(state.n_asks, state.first_ts, state.last_ts, state.prev_ts, now))
-        first = state.first_ts if state.n_asks else now
-        prev, last, t = state.last_ts, now, now
-        for d in range(1, planner.depth + planner.chain + 1):
-            t = t + spacing
-            rows.append(time_features(state.n_asks + d, first, last, prev, t))
-            prev, last = last, t
+    rows = [time_features(state.n_asks, state.first_ts, state.last_ts, state.prev_ts, now)]
+    first = state.first_ts if state.n_asks else now
+    prev, last, t = state.last_ts, now, now
+    for d in range(1, planner.depth + planner.chain + 1):
+        t = t + gap
+        rows.append(time_features(state.n_asks + d, first, last, prev, t))
+        prev, last = last, t
     time_key = tuple(
         -1 if v != v else bisect_left(thr, v)
         for row in rows
@@ -254,7 +250,7 @@ def test_plan_many_equals_the_node_by_node_look_ahead(world_scorer, depth) -> No
         np.testing.assert_array_equal(alone[0].scores, q_ref)
         np.testing.assert_array_equal(alone[1], p_ref)
     assert len(planner._cache) < len(roots)  # repeated users were planned once
-    gaps = [planner._gap_seconds(r[0], r[2], scorer) for r in roots]
+    gaps = [planner._gap_seconds(r[0], scorer) for r in roots]
     keys, _ = planner._keys(roots, gaps, scorer, cat)  # the batched key is the per-value key
     for root, gap, key in zip(roots, gaps, keys, strict=True):
         assert key == _reference_key(planner, *root, scorer, cat, gap)

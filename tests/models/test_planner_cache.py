@@ -73,7 +73,7 @@ def test_time_only_enters_through_split_positions(ladder) -> None:
     state = UserState()
     state.apply(cat, 0, ACCEPTED, 1.7e9, {"channel": "email"})
     cands = cat.eligible_indices(state.accepted_mask)
-    gap = planner._gap_seconds(state, 1.7e9 + 60, scorer)
+    gap = planner._gap_seconds(state, scorer)
 
     def key(now: float) -> tuple:
         return planner.cache_key(state, cands, now, {}, scorer, cat, gap)
@@ -98,33 +98,3 @@ def test_native_predictor_equals_booster_predict(ladder, rows: int) -> None:
     np.testing.assert_array_equal(
         scorer.p_accept_rows(X), scorer.bundle.readiness.positive_proba(X)
     )
-
-
-def test_imagined_visits_come_at_the_users_own_pace_or_the_learned_mixture(ladder) -> None:
-    """A new user is planned at every spacing of the bundle's return-gap mixture; after one ask
-    the time since it is the user's pace, after more the mean gap between asks."""
-    cat, scorer = ladder
-    mixture = scorer.bundle.return_gap_hours
-    assert len(mixture) == 5 and list(mixture) == sorted(mixture) and mixture[0] < mixture[-1]
-    t0 = 1.7e9
-    new = UserState()
-    assert Planner._gap_seconds(new, t0, scorer) == tuple(h * HOUR for h in mixture)
-    once = UserState()
-    once.apply(cat, 0, ACCEPTED, t0, {"channel": "email"})
-    assert Planner._gap_seconds(once, t0 + 3 * HOUR, scorer) == (3 * HOUR,)
-    thrice = UserState()
-    for k, hours in enumerate((0.0, 1.0, 5.0)):
-        thrice.apply(cat, k, ACCEPTED, t0 + hours * HOUR, {"channel": "email"})
-    assert Planner._gap_seconds(thrice, t0 + 50 * HOUR, scorer) == (2.5 * HOUR,)
-    # a new user's plan is the mean of the plans at each spacing: different from any one of them
-    planner = Planner().bind(scorer, cat)
-    cands = cat.eligible_indices(0)
-    q_mix, _ = planner.q_values(new, cands, t0, {"channel": "email"}, scorer, cat)
-    per_spacing = [
-        planner._plan_misses([(new, cands, t0, {"channel": "email"})], [(g,)], [ctx], scorer, cat)
-        for g in Planner._gap_seconds(new, t0, scorer)
-        for ctx in [scorer.spec.encode_merged({}, {"channel": "email"})]
-    ]
-    qs = np.stack([plan[0][0].scores for plan in per_spacing])
-    np.testing.assert_array_equal(q_mix, qs.mean(axis=0))
-    assert not np.allclose(qs[0], qs[-1])  # the spacing matters to the models

@@ -118,16 +118,7 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     assert (p1["engine"], p2["engine"]) == ("local", "dask")
     # the same rows in the same order, the same users in the holdout
     assert p1["data_sha256"] == p2["data_sha256"]
-    assert len(p1["return_gap_hours"].split(",")) == 5  # the planner's spacings for new users
-    for k in (
-        "rows",
-        "train_rows",
-        "holdout_rows",
-        "data_users",
-        "features",
-        "context_columns",
-        "return_gap_hours",  # exact quantiles on both engines at this size
-    ):
+    for k in ("rows", "train_rows", "holdout_rows", "data_users", "features", "context_columns"):
         assert p1[k] == p2[k], k
     for k in ("model_num_leaves", "model_n_estimators", "model_learning_rate"):
         assert p1[k] == p2[k], k

@@ -33,7 +33,6 @@ from training.pipeline import (
     fit_and_evaluate,
     gate,
     holdout_mask,
-    return_gap_hours,
     typical_gap_hours,
 )
 
@@ -340,14 +339,6 @@ def test_typical_gap_is_the_median_gap_within_users():
     f = pd.DataFrame({"user_id": ["a", "b", "a", "a", "b"], "ts": [0, 0, 3600, 3 * 3600, 7200]})
     assert typical_gap_hours(f) == 2.0  # gaps: a 1h, 2h; b 2h
     assert typical_gap_hours(f.iloc[:2]) == 24.0  # nobody came back
-
-
-def test_return_gap_mixture_is_quantile_midpoints_of_the_gaps():
-    gaps = np.arange(1.0, 101.0)  # 1..100 hours
-    mixture = return_gap_hours(gaps, points=4)
-    assert mixture == pytest.approx((13.375, 38.125, 62.875, 87.625))  # 12.5/37.5/62.5/87.5th
-    assert return_gap_hours(np.array([2.0, 2.0]), points=3) == (2.0, 2.0, 2.0)
-    assert return_gap_hours(np.zeros(0)) == ()  # nobody came back: the typical gap alone
 
 
 def test_gate_compares_log_loss_with_tolerance():
