@@ -103,17 +103,19 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             return self
         step = self.step_feature if self.step_feature is not None else -1
         self.calibration_slice_ = "random"
+        # (earlier rows, latest slice) in time order: the forward split, whichever slice calibrates
+        forward = None if ts is None else fc.latest_split(np.asarray(ts), self.calibration_fraction)
         if ts is not None and self._latest_calibrates_better(X, y_enc, w, ts, users, step):
             self.calibration_slice_ = "latest"
-        if self.calibration_slice_ == "latest":
-            fit_idx, cal_idx = fc.latest_split(np.asarray(ts), self.calibration_fraction)
+        if forward is not None and self.calibration_slice_ == "latest":
+            fit_idx, cal_idx = forward
         else:
             fit_idx, cal_idx = fc.random_split(n, self.calibration_fraction, rng)
         X_cal = X[cal_idx]
-        if ts is not None and 0 <= step < X.shape[1]:
+        if forward is not None and 0 <= step < X.shape[1]:
             # how often serving meets a new step: as often as the latest slice meets steps the
             # earlier rows never had, whichever slice calibrates
-            earlier, latest = fc.latest_split(np.asarray(ts), self.calibration_fraction)
+            earlier, latest = forward
             self.new_step_rate_ = float(fc.new_values(X[earlier, step], X[latest, step]).mean())
             if self.calibration_slice_ == "latest":  # as serving sees a step new to the model
                 X_cal[fc.new_values(X[fit_idx, step], X_cal[:, step]), step] = np.nan
@@ -121,12 +123,12 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             if self.calibration_slice_ == "random":
                 X_cal = X[cal_idx]  # hidden as often as in the rows that fit
         fit_w = None if w is None else w[fit_idx]
-        forward = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
-        self.fit_calibration(forward.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
+        trees = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
+        self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
         # the latest slice holds the newest offers (new steps, the current level): the served
         # trees must learn from them too; a random slice is only a fifth fewer of the same rows
         latest = self.calibration_slice_ == "latest"
-        self.booster_ = self._train(X, y_enc, w) if latest else forward
+        self.booster_ = self._train(X, y_enc, w) if latest else trees
         return self
 
     def _latest_calibrates_better(
@@ -148,8 +150,10 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         raw_future = trees.predict(X_future, num_threads=self.n_jobs)
         p = {}
         for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
-            self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y[rows])
-            p[name] = self.calibrate(raw_future)
+            _, knots_x, knots_y = _isotonic_map(
+                trees.predict(X_cal, num_threads=self.n_jobs), y[rows]
+            )
+            p[name] = calibrated(raw_future, knots_x, knots_y)
         users_future = None if users is None else np.asarray(users)[future]
         return fc.latest_calibrates_better(y[future], p["random"], p["latest"], users_future)
 
@@ -208,13 +212,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         self.calibration_x_ = self.calibration_y_ = None
         if raw is None or len(raw) == 0:
             return
-        self.calibrator_ = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(
-            raw, y
-        )
-        # The fitted isotonic map is piecewise linear: np.interp on its knots gives the same
-        # numbers without scikit-learn's per-call validation (milliseconds on the hot path).
-        self.calibration_x_ = np.asarray(self.calibrator_.X_thresholds_, dtype=np.float64)
-        self.calibration_y_ = np.asarray(self.calibrator_.y_thresholds_, dtype=np.float64)
+        self.calibrator_, self.calibration_x_, self.calibration_y_ = _isotonic_map(raw, y)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -392,6 +390,17 @@ def fit_bundle(
         typical_gap_hours=typical_gap_hours,
         base_rates=base_rates,
     )
+
+
+def _isotonic_map(
+    raw: np.ndarray, y: np.ndarray
+) -> tuple[IsotonicRegression, np.ndarray, np.ndarray]:
+    """The isotonic map from raw scores to labels, and its knots. The map is piecewise linear:
+    ``np.interp`` on its knots (``models.calibration.calibrated``) gives the same numbers without
+    scikit-learn's per-call validation (milliseconds on the hot path)."""
+    iso = IsotonicRegression(y_min=EPS, y_max=1 - EPS, out_of_bounds="clip").fit(raw, y)
+    knots_x = np.asarray(iso.X_thresholds_, dtype=np.float64)
+    return iso, knots_x, np.asarray(iso.y_thresholds_, dtype=np.float64)
 
 
 def _rows(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
