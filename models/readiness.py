@@ -352,8 +352,14 @@ def fit_bundle(
     users: np.ndarray | None = None,
 ) -> ModelBundle:
     """Fit the three outcome models on point-in-time feature rows (``ts``: each row's time,
-    so that each model can calibrate on its latest rows; ``users``: each row's user, so that the
+    so that readiness can calibrate on its latest rows; ``users``: each row's user, so that the
     backtest deciding it counts users, not rows, as witnesses; see ``ReadinessModel``).
+
+    Only readiness gets the times. Drop and come-back are labelled by whether the user has a
+    later event, which the end of the log censors: its latest rows look like users who left.
+    A forward backtest reads that as a drifting level and calibrates on the censored slice (in
+    the learner's windows it did, and the planner then gave up on users who would have come
+    back), so these two models calibrate on a random slice.
 
     * readiness: every offer, label = accepted;
     * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
@@ -374,9 +380,9 @@ def fit_bundle(
     readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts, users=users)
     no = ~accepted
     gone = dropped | ~came_back
-    drop = _fit_optional(X[no], gone[no], kw, _rows(ts, no), _rows(users, no))
+    drop = _fit_optional(X[no], gone[no], kw)
     acc_ng = accepted & ~is_goal.astype(bool)
-    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw, _rows(ts, acc_ng), _rows(users, acc_ng))
+    back = _fit_optional(X[acc_ng], came_back[acc_ng], kw)
     base_rates = {
         "accept": float(accepted.mean()),
         "drop": float(gone[no].mean()) if no.any() else 0.3,
@@ -403,20 +409,10 @@ def _isotonic_map(
     return iso, knots_x, np.asarray(iso.y_thresholds_, dtype=np.float64)
 
 
-def _rows(values: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
-    return None if values is None else values[mask]
-
-
-def _fit_optional(
-    X: np.ndarray,
-    y: np.ndarray,
-    kw: Mapping[str, Any],
-    ts: np.ndarray | None,
-    users: np.ndarray | None,
-) -> ReadinessModel | None:
+def _fit_optional(X: np.ndarray, y: np.ndarray, kw: Mapping[str, Any]) -> ReadinessModel | None:
     y = y.astype(int)
     if len(y) < 50 or y.min() == y.max():
         return None
     params = dict(kw)
     params.setdefault("n_estimators", 80)
-    return ReadinessModel(**params).fit(X, y, ts=ts, users=users)
+    return ReadinessModel(**params).fit(X, y)

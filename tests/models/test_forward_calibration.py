@@ -174,3 +174,34 @@ def test_the_served_trees_learn_from_the_latest_slice_too():
     assert model.calibration_slice_ == "latest"
     p = model.predict_proba(np.array([[0.0, -1.5, 0.0], [0.0, 1.5, 0.0]]))[:, 1]
     assert p[1] - p[0] > 0.5, p
+
+
+def test_only_readiness_backtests_its_slice_drop_and_back_are_censored_by_the_log_end():
+    """Drop and come-back are labelled by a later event, so the log's last rows look like users
+    who left. Given the times, readiness (whose level drifts here) calibrates on the latest slice;
+    drop and come-back, whose only drift is that censoring, calibrate on a random slice, exactly
+    as they would without times."""
+    from features.spec import FeatureSpec
+    from models.readiness import fit_bundle
+
+    rng = np.random.default_rng(9)
+    n = 30_000
+    spec = FeatureSpec()
+    ts = np.sort(rng.uniform(0, 1, n))
+    X = rng.normal(size=(n, len(spec.names)))
+    accepted = rng.random(n) < 1 / (1 + np.exp(-(2.5 + 1.2 * X[:, 0] - 2.0 * ts)))
+    # a user's next event comes some time later; the nearer the log's end, the likelier it
+    # is not in the log yet
+    censored = rng.random(n) < np.exp(-(1 - ts) / 0.15)
+    came_back = (rng.random(n) < 0.85) & ~censored
+    dropped = ~accepted & (rng.random(n) < 0.2)
+    is_goal = np.zeros(n, bool)
+    kw = {"typical_gap_hours": 24.0, "n_jobs": 1, "params": {"n_estimators": 40}}
+    args = (X, accepted, dropped, came_back, is_goal, spec)
+    with_times = fit_bundle(*args, ts=ts, users=np.arange(n), **kw)
+    without = fit_bundle(*args, **kw)
+    assert with_times.readiness.calibration_slice_ == "latest"
+    for name in ("drop", "back"):
+        model, plain = getattr(with_times, name), getattr(without, name)
+        assert model.calibration_slice_ == "random", name
+        np.testing.assert_array_equal(model.predict_proba(X[-500:]), plain.predict_proba(X[-500:]))
