@@ -10,8 +10,17 @@ candidate's holdout, whom the candidate never trained on), with two pieces of ev
 (b) **Planner value** (trajectory OPE, ``evaluation.offpolicy``): each model drives the planner
     over the held-out users' logged walks, valued by WDR. The difference ``candidate - champion``
     gets a *paired* bootstrap interval (``evaluation.trajectory_ope.difference``: one set of user
-    resamples for both sides, the missing mass counted against the candidate). The candidate
-    passes when the lower 95% bound of the difference is above ``-margin``.
+    resamples for both sides, the missing mass widening it). OPE vetoes on evidence of harm: the
+    candidate is refused when the upper 95% bound of the difference is below ``-margin``, that
+    is, when its planner is worse than the champion's by more than the margin even with every
+    walk the log lacks counted in its favour.
+
+    Why not ask OPE to prove the candidate no worse (lower bound above ``-margin``): a retraining
+    window's held-out users are a few thousand walks of an exploring policy, and once the
+    missing mass widens the interval its lower end sits near -0.3 whatever the two models are.
+    Such a rule refused whenever OPE did not abstain, so whether a loop recovered from a shift
+    hung on whether the effective users happened to clear ``MIN_ESS``. Log loss (a) is the
+    well-powered test; OPE stops a candidate that is clearly worse where it matters.
 
     OPE can only veto where the log supports it. When either policy's whole-walk weights leave
     too few effective users (``trajectory_ope.overlap``: fewer than ``MIN_ESS`` users, too little
@@ -163,9 +172,16 @@ def _ope_check(
             f"[{d.low:+.4f}, {d.high:+.4f}] not trusted: {note})"
         )
         return
-    passed = d.low > -margin
-    result.ope_status = "passed" if passed else "refused"
+    refused = ope_refuses(d, margin)
+    result.ope_status = "refused" if refused else "passed"
     result.reason += (
-        f"; planner value difference ({d.estimator}) {d.value:+.4f}, paired lower 95% bound "
-        f"{d.low:+.4f} {'>' if passed else '<='} -{margin:g} on {d.users} users"
+        f"; planner value difference ({d.estimator}) {d.value:+.4f}, paired 95% interval "
+        f"[{d.low:+.4f}, {d.high:+.4f}], upper bound {'<' if refused else '>='} -{margin:g} "
+        f"on {d.users} users"
     )
+
+
+def ope_refuses(d: Difference, margin: float) -> bool:
+    """Whether OPE's ``candidate - champion`` difference is evidence of harm (module
+    docstring): the whole interval lies below ``-margin``."""
+    return d.high < -margin
