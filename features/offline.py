@@ -546,3 +546,17 @@ def _ffill(
     """Latest present value within each row's run, including the row itself."""
     last = np.maximum.accumulate(np.where(present, idx, -1))
     return np.where(last >= gs, x_s[last], missing)
+
+
+def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
+    """Median gap in hours between a user's consecutive events (24 when nobody returns): the
+    spacing at which the planner imagines a user's later visits. One definition for ``train``
+    and the simulated bundles, so that a benchmark measures the planner ``train`` serves."""
+    f = frame if rows is None else frame.loc[rows]
+    codes, _ = pd.factorize(f["user_id"], sort=False)
+    ts = f["ts"].to_numpy(dtype=np.float64)
+    order = np.lexsort((ts, codes))
+    c, t = codes[order], ts[order]
+    same = c[1:] == c[:-1]
+    gaps = (t[1:] - t[:-1])[same]
+    return float(np.median(gaps) / 3600.0) if len(gaps) else 24.0

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
-from features.offline import build_offline_features
+from features.offline import build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
 from models.bundle import ModelBundle
 from models.readiness import fit_bundle
@@ -46,7 +46,9 @@ def bundle_from_frame(
     params: Mapping[str, Any] | None = None,
     n_jobs: int = 1,
 ) -> ModelBundle:
-    """Fit the three outcome models on an event frame (a validated log's ``frame``)."""
+    """Fit the three outcome models on an event frame (a validated log's ``frame``) as ``nextstep
+    train`` fits them on its training rows: the log's median return gap, each offer's time and
+    user (so readiness backtests its calibration slice), no holdout and no MLflow."""
     spec = FeatureSpec.from_frame(frame, list(context_columns))
     off = build_offline_features(frame, catalog, spec)
     is_goal = catalog.arrays["is_goal"][off.step_index] > 0
@@ -57,8 +59,10 @@ def bundle_from_frame(
         off.came_back,
         is_goal,
         spec,
-        typical_gap_hours=24.0,
+        typical_gap_hours=typical_gap_hours(frame),
         seed=seed,
         params=params,
         n_jobs=n_jobs,
+        ts=off.ts,
+        users=pd.factorize(frame["user_id"])[0],
     )

@@ -50,7 +50,7 @@ from features.catalog import Catalog
 from features.drift import META_KEY as DRIFT_META_KEY
 from features.errors import NextstepError
 from features.events import EventLog, write_events
-from features.offline import OfflineFeatures, build_offline_features
+from features.offline import OfflineFeatures, build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
 from features.timeutil import iso_seconds
 from models.bundle import ModelBundle, ModelScorer
@@ -86,18 +86,6 @@ def logged_steps(frame: pd.DataFrame, catalog: Catalog) -> tuple[str, ...]:
     """The steps offered in the log, in catalog order: the values of the ``step_id`` feature."""
     seen = set(frame["step"].unique().tolist())
     return tuple(s for s in catalog.ids if s in seen)
-
-
-def typical_gap_hours(frame: pd.DataFrame, rows: np.ndarray | None = None) -> float:
-    """Median gap in hours between a user's consecutive events (24 when nobody returns)."""
-    f = frame if rows is None else frame.loc[rows]
-    codes, _ = pd.factorize(f["user_id"], sort=False)
-    ts = f["ts"].to_numpy(dtype=np.float64)
-    order = np.lexsort((ts, codes))
-    c, t = codes[order], ts[order]
-    same = c[1:] == c[:-1]
-    gaps = (t[1:] - t[:-1])[same]
-    return float(np.median(gaps) / 3600.0) if len(gaps) else 24.0
 
 
 def fingerprint(log: EventLog, catalog: Catalog) -> dict[str, Any]:
