@@ -25,17 +25,18 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path))
-    monkeypatch.setenv("NEXTSTEP_API_KEYS", " k1 ,k2,, ")
+    # keys no temporary path can contain: repr(s) shows the home folder
+    monkeypatch.setenv("NEXTSTEP_API_KEYS", " key-one-Zq9 ,key-two-Zq9,, ")
     monkeypatch.setenv("NEXTSTEP_DATABASE_URL", "postgresql://u@h:5/db")
     monkeypatch.setenv("NEXTSTEP_LOG_LEVEL", "debug")
     monkeypatch.setenv("NEXTSTEP_POLICY", "greedy+epsilon=0.1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     s = Settings()
-    assert s.keys == (b"k1", b"k2") and s.auth_enabled
+    assert s.keys == (b"key-one-Zq9", b"key-two-Zq9") and s.auth_enabled
     assert s.db_url == "postgresql+psycopg://u@h:5/db"
     assert s.log_level == "DEBUG" and s.tracking_uri == "http://mlflow:5000"
     assert s.policy_config.exploration == "epsilon"
-    assert "k1" not in repr(s)
+    assert "key-one" not in repr(s) and "Zq9" not in repr(s)
 
 
 @pytest.mark.parametrize(
