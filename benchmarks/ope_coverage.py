@@ -11,7 +11,9 @@
    model-based ones;
 3. records whether each headline interval covers the truth, whether a miss is flagged
    ``low_overlap`` or lies within 1.5 interval widths, and the policy the training run would
-   recommend (``evaluation.policy_choice``) against the best candidate's true value.
+   recommend (``evaluation.policy_choice``) against the best candidate's true value. The
+   selection summary re-applies the current rule to the stored estimates, so re-running with
+   an ``--out`` file whose worlds are all measured re-summarises without recomputing.
 
 Prints a table per policy and exploration band and writes the rows as JSON (``--out``).
 """
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.offpolicy import build_policy, evaluate_log, trajectory
-from evaluation.policy_choice import CANDIDATES, TIE, recommend, selection_low, simplicity
+from evaluation.policy_choice import CANDIDATES, Bounds, choose, recommend
 from features.events import validate_frame
 from features.state import UserState
 from models.bundle import ModelScorer
@@ -184,14 +186,19 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     est_cols = [c for c in df.columns if c.endswith("_covered") and c != "covered"]
     out.append("per estimator (all pairs): " + str(df[est_cols].mean().round(3).to_dict()))
     # selection, by the rule of evaluation.policy_choice on the measured estimates
-    df["selection_low"] = [
-        selection_low(r.value, r.low, r.ess, bool(r.low_overlap)) for r in df.itertuples()
-    ]
     sel = []
     for k, w in df.groupby("world"):
         best = w.loc[w["truth"].idxmax()]
-        top = w[w["selection_low"] >= w["selection_low"].max() - TIE]
-        rec = top.loc[min(top.index, key=lambda i: simplicity(top.loc[i, "policy"]))]
+        by_name = w.set_index("policy")
+        rec = by_name.loc[
+            choose(
+                {
+                    n: Bounds(r.value, r.low, r.high, r.ess, bool(r.low_overlap))
+                    for n, r in by_name.iterrows()
+                }
+            )
+        ]
+        rec["policy"] = rec.name
         fixed = w[w["policy"].isin(["ladder", "big_ask"])]
         best_fixed = fixed.loc[fixed["truth"].idxmax()]
         mc = rec["truth_se"] ** 2

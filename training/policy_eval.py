@@ -3,7 +3,7 @@
 The holdout users were not used to fit the models, so the trajectory estimates of
 ``evaluation.offpolicy`` on them are out of sample for the model-based candidates too. The table and
 chart go to the training run; ``evaluation.policy_choice.recommend`` picks the policy the model
-version should be served with.
+version should be served with (the planner, unless another candidate is confidently better).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from evaluation.offpolicy import Trajectory, build_policy, evaluate_log, trajectory
-from evaluation.policy_choice import CANDIDATES, Recommendation, recommend, selection_low
+from evaluation.policy_choice import CANDIDATES, Bounds, Recommendation, recommend
 from features.catalog import Catalog
 from features.errors import InputError
 from models.bundle import ModelScorer
@@ -41,6 +41,7 @@ class PolicyEvaluation:
         rows = []
         for name, r in self.results.items():
             h = r.headline
+            bounds = Bounds.of(r)
             rows.append(
                 {
                     "policy": name,
@@ -50,13 +51,8 @@ class PolicyEvaluation:
                     "high": h.high,
                     "ess": r.ess,
                     "low_overlap": r.low_overlap,
-                    "selection_low": selection_low(
-                        h.value,
-                        r.estimates[h.estimator]["low"],
-                        r.ess,
-                        r.low_overlap,
-                        float(r.extra.get("max_reward", 1.0)),
-                    ),
+                    "selection_low": bounds.selection_low,
+                    "selection_high": bounds.selection_high,
                     "recommended": name == self.recommendation.policy,
                 }
             )

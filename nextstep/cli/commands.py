@@ -258,8 +258,8 @@ def _print_summary(result: TrainResult) -> None:
     if result.recommended_policy is not None:
         trust = "" if result.recommended_trusted else " (untrusted: too little overlap; not served)"
         console.print(
-            f"recommended policy (best lower bound of holdout trajectory OPE): "
-            f"{result.recommended_policy}{trust}"
+            "recommended policy (holdout trajectory OPE: the planner unless another is "
+            f"confidently better): {result.recommended_policy}{trust}"
         )
 
 

@@ -1,4 +1,5 @@
-"""The recommendation rule: best lower bound among trusted estimates, ties to the simpler."""
+"""The recommendation rule: the planner unless a challenger is confidently better; among
+challengers the best lower bound, ties to the simpler."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 
 from evaluation.offpolicy import Estimate, Trajectory
-from evaluation.policy_choice import CANDIDATES, recommend, selection_low
+from evaluation.policy_choice import CANDIDATES, recommend, selection_high, selection_low
 
 
 def _result(low: float, value: float, *, untrusted: bool = False, ess: float = 10.0) -> Trajectory:
@@ -24,17 +25,51 @@ def _result(low: float, value: float, *, untrusted: bool = False, ess: float = 1
     )
 
 
-def test_the_best_lower_bound_wins_not_the_best_point_estimate() -> None:
+def test_a_tighter_rule_does_not_displace_the_planner_it_is_not_shown_to_beat() -> None:
+    # the ladder's interval [0.30, 0.38] is tighter and its lower bound higher, but it overlaps
+    # the planner's [0.28, 0.45]: no evidence the ladder is better, so the planner stays
     rec = recommend({"ladder": _result(0.30, 0.33), "planner": _result(0.28, 0.40)})
-    assert rec.policy == "ladder" and rec.trusted and rec.low == pytest.approx(0.30)
+    assert rec.policy == "planner" and rec.trusted and rec.low == pytest.approx(0.28)
+    # equal estimates everywhere: the planner too
+    assert recommend({n: _result(0.25, 0.3) for n in CANDIDATES}).policy == "planner"
 
 
-def test_ties_go_to_the_simpler_policy_in_candidate_order() -> None:
-    results = {name: _result(0.25, 0.3) for name in reversed(CANDIDATES)}
+def test_a_challenger_whose_lower_bound_clears_the_planners_upper_bound_wins() -> None:
+    results = {
+        "ladder": _result(0.40, 0.45),  # [0.40, 0.50] above the planner's [0.20, 0.30]
+        "big_ask": _result(0.42, 0.44),  # the best lower bound among the challengers
+        "greedy": _result(0.29, 0.50),  # a better point estimate, but overlapping the planner
+        "planner": _result(0.20, 0.25),
+    }
+    rec = recommend(results)
+    assert rec.policy == "big_ask" and rec.low == pytest.approx(0.42)
+    # ... and ties among the challengers go to the simpler one
+    results["ladder"] = _result(0.42, 0.45)
+    assert recommend(results).policy == "ladder"
+
+
+def test_without_a_planner_the_best_lower_bound_wins_ties_to_the_simpler() -> None:
+    results = {name: _result(0.25, 0.3) for name in reversed(CANDIDATES) if name != "planner"}
     assert recommend(results).policy == CANDIDATES[0]
-    assert recommend({"planner": _result(0.2, 0.3), "greedy": _result(0.2, 0.5)}).policy == (
+    assert recommend({"ladder": _result(0.2, 0.3), "greedy": _result(0.2, 0.5)}).policy == "ladder"
+    assert recommend({"big_ask": _result(0.2, 0.3), "greedy": _result(0.21, 0.5)}).policy == (
         "greedy"
     )
+
+
+def test_a_flagged_planner_defends_with_the_wider_of_its_two_upper_bounds() -> None:
+    # Clopper-Pearson upper limits of 3/10 and 20/40 (textbook): 0.6525 and 0.6620
+    assert selection_high(0.3, 0.31, 10.0, True) == pytest.approx(0.6525, abs=1e-4)
+    assert selection_high(0.5, 0.51, 40.0, True) == pytest.approx(0.6620, abs=1e-4)
+    assert selection_high(0.5, 0.90, 40.0, True) == 0.90  # a wider bootstrap bound is kept
+    assert selection_high(0.5, 0.51, 40.0, False) == 0.51  # a trusted estimate keeps its own
+    assert selection_high(0.5, 0.51, 0.0, True) == math.inf
+    assert selection_high(1.0, 1.0, 40.0, True, max_reward=1.0) == 1.0
+    # a planner seen on 10 effective users at 0.3: a trusted ladder at [0.5, 0.6] is not enough
+    thin = {"ladder": _result(0.5, 0.55), "planner": _result(0.29, 0.3, untrusted=True)}
+    assert recommend(thin).policy == "planner"
+    thin["ladder"] = _result(0.7, 0.75)  # above 0.6525: confidently better
+    assert recommend(thin).policy == "ladder"
 
 
 def test_untrusted_estimates_compete_with_the_korn_graubard_bound() -> None:
@@ -47,7 +82,7 @@ def test_untrusted_estimates_compete_with_the_korn_graubard_bound() -> None:
     assert selection_low(0.9, 0.8, 0.0, True) == -math.inf
     assert selection_low(0.9, 0.8, 3.0, False) == 0.8  # a trusted estimate keeps its bootstrap
     # a tight-looking bootstrap on 5 effective users does not beat a trusted estimate
-    few = {"ladder": _result(0.1, 0.15), "planner": _result(0.35, 0.4, untrusted=True, ess=5)}
+    few = {"ladder": _result(0.1, 0.15), "big_ask": _result(0.35, 0.4, untrusted=True, ess=5)}
     rec = recommend(few)
     assert rec.policy == "ladder" and rec.trusted
     # on 40 effective users it is far better: recommended, untrusted, with its bound

@@ -397,13 +397,20 @@ def test_train_values_candidate_policies_and_tags_the_recommendation(home, train
         )
     assert (table["low"] <= table["value"] + 1e-12).all()
     assert (table["value"] <= table["high"] + 1e-12).all()
-    # the recommendation follows the rule on the logged table: best lower bound, then simplest
+    # the recommendation follows the rule on the logged table: the planner, unless a challenger's
+    # lower bound clears the planner's upper bound (then the best such lower bound, then simplest)
     trusted = ~table["low_overlap"]
     assert (table.loc[trusted, "selection_low"] == table.loc[trusted, "low"]).all()
+    assert (table.loc[trusted, "selection_high"] == table.loc[trusted, "high"]).all()
     assert (table.loc[~trusted, "selection_low"] <= table.loc[~trusted, "value"]).all()
-    lows = table["selection_low"]
-    best = table[lows >= lows.max() - 1e-9]["policy"]
-    expected = min(best, key=list(CANDIDATES).index)
+    assert (table.loc[~trusted, "selection_high"] >= table.loc[~trusted, "value"]).all()
+    bar = float(table.loc[table["policy"] == "planner", "selection_high"].iloc[0])
+    challengers = table[(table["policy"] != "planner") & (table["selection_low"] > bar + 1e-9)]
+    expected = "planner"
+    if len(challengers):
+        lows = challengers["selection_low"]
+        best = challengers[lows >= lows.max() - 1e-9]["policy"]
+        expected = min(best, key=list(CANDIDATES).index)
     assert first.recommended_policy == expected
     assert table.loc[table["recommended"], "policy"].tolist() == [expected]
     tags = client.get_model_version("nextstep", first.version).tags
