@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from evaluation.policy_choice import DEFAULT as DEFAULT_POLICY
 from features.catalog import load_catalog
 from features.errors import NextstepError
 from features.events import load_events
@@ -256,7 +257,11 @@ def _print_summary(result: TrainResult) -> None:
     alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
     console.print(f"promotion: {result.decision}{alias}: {result.reason}")
     if result.recommended_policy is not None:
-        trust = "" if result.recommended_trusted else " (untrusted: too little overlap; not served)"
+        trust = (
+            ""
+            if result.recommended_trusted or result.recommended_policy == DEFAULT_POLICY
+            else " (untrusted: too little overlap; the service keeps the planner)"
+        )
         console.print(
             "recommended policy (holdout trajectory OPE: the planner unless another is "
             f"confidently better): {result.recommended_policy}{trust}"
