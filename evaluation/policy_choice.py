@@ -8,10 +8,11 @@ ties (within ``TIE``) to the simpler policy in the order of ``CANDIDATES``.
 
 Why not simply the best lower bound: a fixed rule the log followed closely has a tight interval,
 the planner (which the log rarely follows for a whole walk) a wide one, so ranking by lower bound
-handed the recommendation to a tight but worse rule. Over 60 random worlds of
-``benchmarks.ope_coverage`` that rule lost 0.027 of conversion on average (0.27 at worst) against
-the best candidate's true value; asking a challenger for evidence that it is better, not merely
-tighter, lost 0.005. Without a planner among the candidates, the best lower bound wins.
+handed the recommendation to a tight but worse rule. In the two 30-world families of
+``benchmarks.ope_coverage`` that rule gave up 0.025 and 0.042 of conversion on average against the
+best candidate's true value; asking a challenger for evidence that it is better, not merely
+tighter, gives up 0.004 and 0.007. Without a planner among the candidates, the best lower bound
+wins.
 
 The lower bound of a trusted estimate is its bootstrap bound. A flagged (``low_overlap``)
 estimate has no trustworthy bootstrap, but it is not worthless for ranking (a policy the log
