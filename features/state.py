@@ -376,6 +376,13 @@ class StateColumns:
             None if self.unavailable is None else self.unavailable[parent],
         )
 
+    def take(self, rows: np.ndarray) -> StateColumns:
+        """The nodes ``rows`` (repeats allowed), as a new block."""
+        return StateColumns(
+            *(getattr(self, f)[rows] for f in _COLUMN_FIELDS),
+            None if self.unavailable is None else self.unavailable[rows],
+        )
+
     def vectors(self, now: np.ndarray) -> np.ndarray:
         """The STATE_FEATURES of every node at its own time ``now[i]``: (nodes, 12)."""
         out = np.empty((len(self), len(STATE_FEATURES)), dtype=np.float64)
@@ -391,6 +398,24 @@ class StateColumns:
             self.n_asks, self.first_ts, self.last_ts, self.prev_ts, now
         )
         return out
+
+
+_COLUMN_FIELDS = (
+    "n_asks",
+    "n_accepts",
+    "n_declines",
+    "cons_accepts",
+    "cons_declines",
+    "max_effort",
+    "value_received",
+    "stage_reached",
+    "first_ts",
+    "last_ts",
+    "prev_ts",
+    "accepted",
+    "offers",
+    "declines",
+)
 
 
 def time_feature_columns(

@@ -2,8 +2,9 @@
 
 From the user's point-in-time state it looks ahead over the catalog with the learned outcome
 models: P(accept), P(drop | decline) and P(comes back | accept). It evaluates an expectimax tree
-``depth`` offers deep, whose leaves are valued by the best goal one could ask for right there
-(readiness times the goal's worth), and picks the step with the highest expected goal value.
+``depth`` offers deep, whose leaves are valued by two walks in the same models (up the ladder,
+and by the biggest warm-up step, each ending in the best goal one could ask for: readiness times
+the goal's worth), and picks the step with the highest expected goal value.
 Among steps within ``relative_tolerance`` of the best (3% of its value by default), the one with
 the least effort wins: when asking for less costs (almost) nothing, ask for less. The tolerance
 is relative because values differ in scale from funnel to funnel and shrink late in a user's
@@ -52,7 +53,7 @@ class Planner:
     """Depth-limited expectimax over learned outcome models.
 
     ``depth`` full levels are expanded (every eligible step, accept and decline), then each leaf
-    is valued by a chain of up to ``chain`` ladder steps ending in the best goal;
+    is valued by the better of two walks of up to ``chain`` warm-up steps ending in the best goal;
     a step whose expected goal value is within ``relative_tolerance`` of the best (as a share
     of the best) plus ``tolerance`` (absolute) counts as "as good", and the cheapest of those
     wins.
@@ -422,25 +423,42 @@ class _Tree:
     def chain_values(
         self, states: StateColumns, now: np.ndarray, gap: np.ndarray, ctx: np.ndarray
     ) -> np.ndarray:
-        """Leaf values: the best of "ask a goal after k more ladder steps", k = 0..chain.
+        """Leaf values: the best of "ask a goal after k more warm-up steps", k = 0..chain, over
+        two walks from the leaf: up the ladder (the cheapest eligible non-goal step next) and by
+        the biggest warm-up (the largest eligible non-goal step next).
 
-        Each step of the chain counts one retry after a decline (weighted by ``retry``, since a
+        Each step of a walk counts one retry after a decline (weighted by ``retry``, since a
         decline makes the next yes less likely); further branches are ignored, so this is a
         cautious estimate of what the user's future is worth. It is what lets a short
-        look-ahead see that a hesitant user's goal lies five small steps away.
+        look-ahead see that a hesitant user's goal lies five small steps away. The second walk
+        is there because the ladder alone cannot see that one bigger yes can be worth more
+        than several small ones, each with its own risk of a decline: where the effort gap to
+        the goal, resistance or a penalty after declines govern readiness, the best path skips
+        rungs. Both walks of every leaf go through the same model calls.
         """
         n = len(states)
-        best = np.zeros(n)
-        reach = np.ones(n)  # probability of still walking the chain
-        active = np.arange(n)  # leaf of each chain node
-        for _ in range(self.chain + 1):
+        walk = np.concatenate([np.arange(n), np.arange(n)])  # rows n.. walk the big steps
+        states = states.take(walk)
+        now, gap, ctx = now[walk], gap[walk], ctx[walk]
+        big = np.arange(2 * n) >= n
+        up = self.by_effort
+        down = self.by_effort[::-1].copy()
+        best = np.zeros(2 * n)
+        reach = np.ones(2 * n)  # probability of still walking the chain
+        active = np.arange(2 * n)  # walk of each chain node
+        for level in range(self.chain + 1):
             if len(active) == 0:
                 break
             elig = self.eligible(states)
             goals = elig & self.is_goal
-            rest = (elig & ~self.is_goal)[:, self.by_effort]
+            rest = elig & ~self.is_goal
             has_step = rest.any(axis=1)
-            ladder = self.by_effort[rest.argmax(axis=1)]  # cheapest non-goal step
+            ladder = np.where(
+                big[active], down[rest[:, down].argmax(axis=1)], up[rest[:, up].argmax(axis=1)]
+            )
+            if level == 0:  # both walks start at the leaf: ask its goals once, and where the
+                goals[n:] = False  # biggest warm-up is the cheapest, walk once
+                has_step[n:] &= ladder[n:] != ladder[:n]
             g_node, g_step = np.nonzero(goals)
             s_node = np.flatnonzero(has_step)
             s_step = ladder[s_node]
@@ -456,6 +474,8 @@ class _Tree:
             pa = pa * (1.0 + (1.0 - pa) * (1.0 - pd) * self.retry)
             leaf_g = active[g_node]
             np.maximum.at(best, leaf_g, reach[leaf_g] * pa[:ng] * self.reward[g_step])
+            if level == 0:
+                best[n:] = best[:n]
             leaf_s = active[s_node]
             reach[leaf_s] *= pa[ng:] * pb[ng:]
             go = reach[leaf_s] > best[leaf_s]  # the chain could still beat what we have
@@ -471,7 +491,7 @@ class _Tree:
             gap = gap[keep]
             ctx = ctx[keep]
             active = active[keep]
-        return best
+        return np.maximum(best[:n], best[n:])
 
 
 def _unique_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

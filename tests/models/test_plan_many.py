@@ -103,6 +103,13 @@ def _ref_expand(planner, nodes, cands, depth, context, scorer, cat, gap):
 
 
 def _ref_chain(planner, nodes, context, scorer, cat, gap):
+    """The better of two walks per leaf: up the ladder and by the biggest warm-up."""
+    cheapest = _ref_walk(planner, nodes, context, scorer, cat, gap, lambda s: (cat.efforts[s], s))
+    biggest = _ref_walk(planner, nodes, context, scorer, cat, gap, lambda s: (-cat.efforts[s], -s))
+    return np.maximum(cheapest, biggest)
+
+
+def _ref_walk(planner, nodes, context, scorer, cat, gap, order):
     n = len(nodes)
     best = np.zeros(n)
     reach = np.ones(n)
@@ -117,7 +124,7 @@ def _ref_chain(planner, nodes, context, scorer, cat, gap):
             elig = cat.eligible_indices(states[i].accepted_mask)
             goals = [s for s in elig if (cat.goal_mask >> s) & 1]
             rest = [s for s in elig if not (cat.goal_mask >> s) & 1]
-            step = min(rest, key=lambda s: (cat.efforts[s], s)) if rest else None
+            step = min(rest, key=order) if rest else None
             chain_nodes.append((states[i], times[i]))
             chain_cands.append(goals + ([step] if step is not None else []))
             meta.append((i, goals, step))
