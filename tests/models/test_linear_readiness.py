@@ -136,3 +136,14 @@ def test_planner_keys_exact_times_for_a_linear_model(linear_bundle) -> None:
     assert alone == keys[1]
     out, p = planner.plan_many(roots[:2], scorer, CATALOG)[0]
     assert out.greedy in (0, 1, 2, 3) and len(p) == 4 and np.isclose(out.probs.sum(), 1.0)
+
+
+def test_the_planner_walks_only_the_ladder_with_a_linear_readiness(linear_bundle) -> None:
+    """The biggest-warm-up walk needs readiness that can rate an early big yes; the logistic
+    baseline, linear in effort and history, over-rates it, so with it leaves walk the ladder."""
+    from models.planner import _Tree
+
+    linear = ModelScorer(linear_bundle, CATALOG)
+    trees = ModelScorer(dataclasses.replace(linear_bundle, readiness=linear_bundle.drop), CATALOG)
+    assert _Tree(CATALOG, linear, 0.8, 6).walks == 1
+    assert _Tree(CATALOG, trees, 0.8, 6).walks == 2
