@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -400,22 +400,8 @@ class StateColumns:
         return out
 
 
-_COLUMN_FIELDS = (
-    "n_asks",
-    "n_accepts",
-    "n_declines",
-    "cons_accepts",
-    "cons_declines",
-    "max_effort",
-    "value_received",
-    "stage_reached",
-    "first_ts",
-    "last_ts",
-    "prev_ts",
-    "accepted",
-    "offers",
-    "declines",
-)
+# every per-node column of ``StateColumns`` (``take`` copies them all)
+_COLUMN_FIELDS = tuple(f.name for f in fields(StateColumns) if f.name != "unavailable")
 
 
 def time_feature_columns(
