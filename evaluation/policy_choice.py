@@ -67,10 +67,15 @@ def selection_low(
         return low
     if ess <= 0:
         return -math.inf
-    successes = ess * min(max(value / max_reward, 0.0), 1.0)
+    successes = _successes(value, ess, max_reward)
     if successes <= 0:
         return 0.0
     return max_reward * float(beta.ppf(ALPHA / 2, successes, ess - successes + 1))
+
+
+def _successes(value: float, ess: float, max_reward: float) -> float:
+    """A flagged estimate read as a proportion: successes among ``ess`` effective users."""
+    return ess * min(max(value / max_reward, 0.0), 1.0)
 
 
 def selection_high(
@@ -82,7 +87,7 @@ def selection_high(
         return high
     if ess <= 0:
         return math.inf
-    successes = ess * min(max(value / max_reward, 0.0), 1.0)
+    successes = _successes(value, ess, max_reward)
     if successes >= ess:
         return max(high, max_reward)
     return max(high, max_reward * float(beta.ppf(1 - ALPHA / 2, successes + 1, ess - successes)))

@@ -337,6 +337,7 @@ class _Tree:
         self.has_requires = bool(requires.any())
         effort = catalog.arrays["effort"]
         self.by_effort = np.lexsort((np.arange(k), effort))  # ladder order: (effort, position)
+        self.by_effort_desc = self.by_effort[::-1].copy()  # the biggest-warm-up walk's order
         # the biggest-warm-up walk needs readiness that can tell when an early big yes is
         # likely; the logistic baseline, linear in effort and history, over-rates it
         self.walks = 1 if is_linear(scorer.bundle.readiness) else 2
@@ -451,8 +452,7 @@ class _Tree:
             now, gap, ctx = now[walk], gap[walk], ctx[walk]
         m = len(states)
         big = np.arange(m) >= n
-        up = self.by_effort
-        down = self.by_effort[::-1].copy()
+        up, down = self.by_effort, self.by_effort_desc
         best = np.zeros(m)
         reach = np.ones(m)  # probability of still walking the chain
         active = np.arange(m)  # walk of each chain node
@@ -463,9 +463,10 @@ class _Tree:
             goals = elig & self.is_goal
             rest = elig & ~self.is_goal
             has_step = rest.any(axis=1)
-            ladder = np.where(
-                big[active], down[rest[:, down].argmax(axis=1)], up[rest[:, up].argmax(axis=1)]
-            )
+            ladder = up[rest[:, up].argmax(axis=1)]
+            if two:
+                b = np.flatnonzero(big[active])
+                ladder[b] = down[rest[b][:, down].argmax(axis=1)]
             if two and level == 0:  # both walks start at the leaf: ask its goals once, and
                 goals[n:] = False  # where the biggest warm-up is the cheapest, walk once
                 has_step[n:] &= ladder[n:] != ladder[:n]
