@@ -139,11 +139,22 @@ def test_planner_keys_exact_times_for_a_linear_model(linear_bundle) -> None:
 
 
 def test_the_planner_walks_only_the_ladder_with_a_linear_readiness(linear_bundle) -> None:
-    """The biggest-warm-up walk needs readiness that can rate an early big yes; the logistic
-    baseline, linear in effort and history, over-rates it, so with it leaves walk the ladder."""
-    from models.planner import _Tree
+    """The other walks need readiness that can rate an early bigger yes; the logistic
+    baseline, linear in effort and history, over-rates it, so with it leaves walk the ladder.
+    With trees, the prerequisites-first walk is there exactly when a goal requires a step."""
+    from models.planner import _BIGGEST, _LADDER, _UNLOCK, _Tree
 
     linear = ModelScorer(linear_bundle, CATALOG)
     trees = ModelScorer(dataclasses.replace(linear_bundle, readiness=linear_bundle.drop), CATALOG)
-    assert _Tree(CATALOG, linear, 0.8, 6).walks == 1
-    assert _Tree(CATALOG, trees, 0.8, 6).walks == 2
+    assert _Tree(CATALOG, linear, 0.8, 6).walks == (_LADDER,)
+    assert _Tree(CATALOG, trees, 0.8, 6).walks == (_LADDER, _BIGGEST)
+    gated = Catalog.from_data(
+        [
+            {"id": "intro", "stage": "start", "effort": 1},
+            {"id": "clip", "stage": "deliver", "effort": 2},
+            {"id": "account", "stage": "build", "effort": 3, "requires": ["intro"]},
+            {"id": "buy", "stage": "convert", "effort": 5, "goal": True, "requires": ["account"]},
+        ]
+    )
+    assert _Tree(gated, linear, 0.8, 6).walks == (_LADDER,)
+    assert _Tree(gated, trees, 0.8, 6).walks == (_LADDER, _BIGGEST, _UNLOCK)

@@ -103,10 +103,26 @@ def _ref_expand(planner, nodes, cands, depth, context, scorer, cat, gap):
 
 
 def _ref_chain(planner, nodes, context, scorer, cat, gap):
-    """The better of two walks per leaf: up the ladder and by the biggest warm-up."""
-    cheapest = _ref_walk(planner, nodes, context, scorer, cat, gap, lambda s: (cat.efforts[s], s))
-    biggest = _ref_walk(planner, nodes, context, scorer, cat, gap, lambda s: (-cat.efforts[s], -s))
-    return np.maximum(cheapest, biggest)
+    """The best of the walks per leaf: up the ladder, by the biggest warm-up and, where a goal
+    requires other steps, the cheapest of the steps some goal needs first."""
+    needed = _needed_by_goals(cat)
+    orders = [lambda s: (cat.efforts[s], s), lambda s: (-cat.efforts[s], -s)]
+    if needed:
+        orders.append(lambda s: (s not in needed, cat.efforts[s], s))
+    walks = [_ref_walk(planner, nodes, context, scorer, cat, gap, order) for order in orders]
+    return np.max(walks, axis=0)
+
+
+def _needed_by_goals(cat) -> set[int]:
+    """Steps some goal requires, directly or through other steps (by id, one step at a time)."""
+    needed: set[int] = set()
+    todo = [r for g in cat.goal_indices for r in cat.steps[g].requires]
+    while todo:
+        i = cat.index[todo.pop()]
+        if i not in needed:
+            needed.add(i)
+            todo.extend(cat.steps[i].requires)
+    return needed
 
 
 def _ref_walk(planner, nodes, context, scorer, cat, gap, order):
