@@ -488,9 +488,9 @@ class _Tree:
                     first = np.where(first.any(axis=1, keepdims=True), first, rest[u])
                     ladder[u] = up[first[:, up].argmax(axis=1)]
             if w > 1 and level == 0:  # all walks start at the leaf: ask its goals once, and
-                goals[n:] = False  # where the biggest warm-up is the cheapest, walk once
-                big = kind == _BIGGEST
-                has_step[big] &= ladder[big] != np.tile(ladder[:n], w)[big]
+                goals[n:] = False  # take another walk only where it starts off the ladder
+                other = kind != _LADDER
+                has_step[other] &= ladder[other] != np.tile(ladder[:n], w)[other]
             g_node, g_step = np.nonzero(goals)
             s_node = np.flatnonzero(has_step)
             s_step = ladder[s_node]

@@ -104,12 +104,18 @@ def _ref_expand(planner, nodes, cands, depth, context, scorer, cat, gap):
 
 def _ref_chain(planner, nodes, context, scorer, cat, gap):
     """The best of the walks per leaf: up the ladder, by the biggest warm-up and, where a goal
-    requires other steps, the cheapest of the steps some goal needs first."""
+    requires other steps, the cheapest of the steps some goal needs first. A walk whose first
+    warm-up is the ladder's is not walked (it only asks the leaf's goals)."""
     needed = _needed_by_goals(cat)
-    orders = [lambda s: (cat.efforts[s], s), lambda s: (-cat.efforts[s], -s)]
+
+    def ladder(s: int) -> tuple:
+        return (cat.efforts[s], s)
+
+    orders = [lambda s: (-cat.efforts[s], -s)]
     if needed:
         orders.append(lambda s: (s not in needed, cat.efforts[s], s))
-    walks = [_ref_walk(planner, nodes, context, scorer, cat, gap, order) for order in orders]
+    walks = [_ref_walk(planner, nodes, context, scorer, cat, gap, ladder)]
+    walks += [_ref_walk(planner, nodes, context, scorer, cat, gap, o, ladder) for o in orders]
     return np.max(walks, axis=0)
 
 
@@ -125,14 +131,14 @@ def _needed_by_goals(cat) -> set[int]:
     return needed
 
 
-def _ref_walk(planner, nodes, context, scorer, cat, gap, order):
+def _ref_walk(planner, nodes, context, scorer, cat, gap, order, unless_first=None):
     n = len(nodes)
     best = np.zeros(n)
     reach = np.ones(n)
     states = [st for st, _ in nodes]
     times = [t for _, t in nodes]
     active = list(range(n))
-    for _ in range(planner.chain + 1):
+    for level in range(planner.chain + 1):
         if not active:
             break
         chain_nodes, chain_cands, meta = [], [], []
@@ -141,6 +147,8 @@ def _ref_walk(planner, nodes, context, scorer, cat, gap, order):
             goals = [s for s in elig if (cat.goal_mask >> s) & 1]
             rest = [s for s in elig if not (cat.goal_mask >> s) & 1]
             step = min(rest, key=order) if rest else None
+            if level == 0 and unless_first and rest and step == min(rest, key=unless_first):
+                step = None
             chain_nodes.append((states[i], times[i]))
             chain_cands.append(goals + ([step] if step is not None else []))
             meta.append((i, goals, step))
