@@ -146,8 +146,8 @@ def test_the_planner_walks_only_the_ladder_with_a_linear_readiness(linear_bundle
 
     linear = ModelScorer(linear_bundle, CATALOG)
     trees = ModelScorer(dataclasses.replace(linear_bundle, readiness=linear_bundle.drop), CATALOG)
-    assert _Tree(CATALOG, linear, 0.8, 6).walks == (_LADDER,)
-    assert _Tree(CATALOG, trees, 0.8, 6).walks == (_LADDER, _BIGGEST)
+    assert _Tree(CATALOG, linear, 0.8, 6, 0.95).walks == (_LADDER,)
+    assert _Tree(CATALOG, trees, 0.8, 6, 0.95).walks == (_LADDER, _BIGGEST)
     gated = Catalog.from_data(
         [
             {"id": "intro", "stage": "start", "effort": 1},
@@ -156,5 +156,5 @@ def test_the_planner_walks_only_the_ladder_with_a_linear_readiness(linear_bundle
             {"id": "buy", "stage": "convert", "effort": 5, "goal": True, "requires": ["account"]},
         ]
     )
-    assert _Tree(gated, linear, 0.8, 6).walks == (_LADDER,)
-    assert _Tree(gated, trees, 0.8, 6).walks == (_LADDER, _BIGGEST, _UNLOCK)
+    assert _Tree(gated, linear, 0.8, 6, 0.95).walks == (_LADDER,)
+    assert _Tree(gated, trees, 0.8, 6, 0.95).walks == (_LADDER, _BIGGEST, _UNLOCK)

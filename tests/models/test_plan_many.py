@@ -93,7 +93,8 @@ def _ref_expand(planner, nodes, cands, depth, context, scorer, cat, gap):
         v = np.array([float(c.max()) if len(c) else 0.0 for c in cq])
     v_acc = np.where(acc_idx >= 0, v[np.maximum(acc_idx, 0)], 0.0)
     v_dec = v[dec_idx]
-    q = pa * np.where(is_goal, reward, pb * v_acc) + (1.0 - pa) * (1.0 - pd) * v_dec
+    d = planner.discount
+    q = pa * np.where(is_goal, reward, d * pb * v_acc) + (1.0 - pa) * (1.0 - pd) * d * v_dec
     out_q, out_p, i = [], [], 0
     for cs in cands:
         out_q.append(q[i : i + len(cs)])
@@ -157,7 +158,8 @@ def _ref_walk(planner, nodes, context, scorer, cat, gap, order, unless_first=Non
         X = scorer.block(chain_nodes, chain_cands, context, cat)
         pa = scorer.p_accept_rows(X)
         pb = scorer.p_back_rows(X)
-        pa = pa * (1.0 + (1.0 - pa) * (1.0 - scorer.p_drop_rows(X)) * planner.retry)
+        stays = (1.0 - pa) * (1.0 - scorer.p_drop_rows(X))
+        pa = pa * (1.0 + stays * planner.retry * planner.discount)
         r = 0
         nxt = []
         for i, goals, step in meta:
@@ -165,7 +167,7 @@ def _ref_walk(planner, nodes, context, scorer, cat, gap, order, unless_first=Non
                 best[i] = max(best[i], reach[i] * pa[r] * cat.goal_rewards[g])
                 r += 1
             if step is not None:
-                reach[i] *= pa[r] * pb[r]
+                reach[i] *= pa[r] * pb[r] * planner.discount
                 states[i] = states[i].after(cat, step, ACCEPTED, times[i])
                 times[i] += gap
                 r += 1

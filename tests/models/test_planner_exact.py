@@ -119,8 +119,10 @@ def setting() -> tuple[World, OracleScorer]:
 
 
 def _exact_planner(oracle: OracleScorer) -> Planner:
-    """As deep as the horizon, and no "as good" tolerance: the expectimax itself."""
-    return Planner(depth=HORIZON, relative_tolerance=0.0).bind(oracle, oracle.world.catalog)
+    """As deep as the horizon, with no "as good" tolerance and no discount for trusting the
+    models less the further they look (these models are the truth): the expectimax itself."""
+    planner = Planner(depth=HORIZON, relative_tolerance=0.0, discount=1.0)
+    return planner.bind(oracle, oracle.world.catalog)
 
 
 def test_every_root_value_is_the_exact_optimal_q(setting) -> None:
