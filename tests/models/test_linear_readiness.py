@@ -158,3 +158,6 @@ def test_the_planner_walks_only_the_ladder_with_a_linear_readiness(linear_bundle
     )
     assert _Tree(gated, linear, 0.8, 6, 0.95).walks == (_LADDER,)
     assert _Tree(gated, trees, 0.8, 6, 0.95).walks == (_LADDER, _BIGGEST, _UNLOCK)
+    # nor does it discount later asks: that counters what trees over-rate
+    assert _Tree(CATALOG, linear, 0.8, 6, 0.95).discount == 1.0
+    assert _Tree(CATALOG, trees, 0.8, 6, 0.95).discount == 0.95
