@@ -47,6 +47,7 @@ from features.state import (
     time_feature_columns,
     time_features,
 )
+from models.baselines import goal_prerequisites
 from models.linear import is_linear
 from models.policy_base import DecisionInput, Ladder, PolicyOutput, one_hot
 
@@ -361,7 +362,8 @@ class _Tree:
         effort = catalog.arrays["effort"]
         self.by_effort = np.lexsort((np.arange(k), effort))  # ladder order: (effort, position)
         self.by_effort_desc = self.by_effort[::-1].copy()  # the biggest-warm-up walk's order
-        self.unlocks = goal_prerequisites(catalog) & ~self.is_goal
+        needed = goal_prerequisites(catalog)  # the steps big_ask heads for, as a mask
+        self.unlocks = np.array([(needed >> j) & 1 for j in range(k)], dtype=bool) & ~self.is_goal
         walks = [_LADDER]
         # the other walks need readiness that can tell when an early bigger yes is likely; the
         # logistic baseline, linear in effort and history, over-rates it
@@ -547,21 +549,6 @@ class _Tree:
             ctx = ctx[keep]
             active = active[keep]
         return best.reshape(w, n).max(axis=0)
-
-
-def goal_prerequisites(catalog: Catalog) -> np.ndarray:
-    """Per step: whether some goal requires it, directly or through other steps."""
-    need = 0
-    frontier = 0
-    for g in catalog.goal_indices:
-        frontier |= catalog.requires_mask[g]
-    while frontier & ~need:
-        need |= frontier
-        frontier = 0
-        for j in range(catalog.n):
-            if (need >> j) & 1:
-                frontier |= catalog.requires_mask[j]
-    return np.array([bool((need >> j) & 1) for j in range(catalog.n)])
 
 
 def _unique_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
