@@ -2,9 +2,11 @@
 
 Built-in worlds (``--worlds``): simulate the exploring log of ``--train-users`` users,
 ``nextstep train --promote`` on it, start ``nextstep serve`` on a free port, then ``nextstep
-rollout --base`` with ``--users`` new simulated users over HTTP. The table compares the served
-planner with the exact type-aware optimum, the type-blind reference and each fixed baseline.
-Results go to ``benchmarks/quality.json``.
+rollout --base`` with ``--users`` new simulated users over HTTP. That is done twice on the same
+model and the same new users: as shipped (exploring on 5% of decisions) and with
+``NEXTSTEP_EXPLORATION=none``, so what exploring costs is its own column. The table compares the
+served planner with the exact type-aware optimum, the type-blind reference and each fixed
+baseline. Results go to ``benchmarks/quality.json``.
 
 The random family (``--family N``): worlds ``random:0`` .. ``random:N-1``
 (``simulation.world_family``). The first ``--http-worlds`` of them go through the same
@@ -58,11 +60,23 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120.0) -> Non
     raise TimeoutError("server did not become ready")
 
 
-def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -> dict:
+def run_world(
+    world: str,
+    train_users: int,
+    users: int,
+    seed: int,
+    work: Path,
+    explorations: tuple[str | None, ...] = (None,),
+) -> dict:
+    """Train once on the world's exploring log, then serve and roll out once per entry of
+    ``explorations`` (``None``: the service's default, else ``NEXTSTEP_EXPLORATION``), with the
+    same new users each time. The first rollout is the result; the others go under
+    ``"exploration"`` by setting, so the cost of exploring is measured on the same model."""
     home = work / world
     env = {**os.environ, "NEXTSTEP_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("NEXTSTEP_DATABASE_URL", None)
+    env.pop("NEXTSTEP_EXPLORATION", None)
     data = home / "data"
     run = lambda *a: subprocess.run([NS, *a], env=env, check=True)  # noqa: E731
     run(
@@ -84,6 +98,32 @@ def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -
         str(data / "catalog.yaml"),
         "--promote",
     )
+    results = []
+    for k, exploration in enumerate(explorations):
+        # each service gets its own user-state database: the same new users walk each time
+        serve_env = {**env, "NEXTSTEP_DATABASE_URL": f"sqlite:///{home / f'service{k}.db'}"}
+        if exploration is not None:
+            serve_env["NEXTSTEP_EXPLORATION"] = exploration
+        results.append(
+            serve_and_roll_out(world, data, home / f"rollout{k}.json", users, seed, serve_env)
+        )
+    first = results[0]
+    if len(explorations) > 1:
+        first["exploration"] = {
+            (e or "default"): {
+                "conversion": r["result"]["conversion"],
+                "se": r["result"]["se"],
+                "ratio_to_optimum": r["ratio_to_optimum"],
+            }
+            for e, r in zip(explorations, results, strict=True)
+        }
+    return first
+
+
+def serve_and_roll_out(
+    world: str, data: Path, out: Path, users: int, seed: int, env: dict[str, str]
+) -> dict:
+    """Start ``nextstep serve`` on the promoted model, walk ``users`` new users through it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -94,19 +134,23 @@ def run_world(world: str, train_users: int, users: int, seed: int, work: Path) -
     )
     try:
         wait_ready(base, proc)
-        out = home / "rollout.json"
-        run(
-            "rollout",
-            "--world",
-            world,
-            "--base",
-            base,
-            "--users",
-            str(users),
-            "--seed",
-            str(seed + 1000),
-            "--json",
-            str(out),
+        subprocess.run(
+            [
+                NS,
+                "rollout",
+                "--world",
+                world,
+                "--base",
+                base,
+                "--users",
+                str(users),
+                "--seed",
+                str(seed + 1000),
+                "--json",
+                str(out),
+            ],
+            env=env,
+            check=True,
         )
         return json.loads(out.read_text())
     finally:
@@ -133,11 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.worlds.split(","):
-            results[world] = run_world(world, args.train_users, args.users, args.seed, Path(tmp))
+            results[world] = run_world(
+                world,
+                args.train_users,
+                args.users,
+                args.seed,
+                Path(tmp),
+                explorations=(None, "none"),
+            )
     args.out.write_text(json.dumps(results, indent=2))
     print(
         f"\n{'world':10} {'planner':>16} {'optimum':>8} {'blind':>8} {'ladder':>8} "
-        f"{'big_ask':>8} {'random':>8} {'ratio':>6} {'+SE':>6} inv err"
+        f"{'big_ask':>8} {'random':>8} {'ratio':>6} {'+SE':>6} inv err {'no-explore':>10}"
     )
     for world, r in results.items():
         res, ref = r["result"], r["reference"]
@@ -145,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{world:10} {res['conversion']:.4f} ± {res['se']:.4f} {ref['optimum']:8.4f} "
             f"{ref['type_blind']:8.4f} {ref['ladder']:8.4f} {ref['big_ask']:8.4f} "
             f"{ref['random']:8.4f} {r['ratio_to_optimum']:6.3f} "
-            f"{r['margin_over_best_fixed_se']:6.1f} {res['invalid']:3d} {res['errors']:3d}"
+            f"{r['margin_over_best_fixed_se']:6.1f} {res['invalid']:3d} {res['errors']:3d} "
+            f"{r['exploration']['none']['ratio_to_optimum']:10.3f}"
         )
     return 0
 
