@@ -60,6 +60,11 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120.0) -> Non
     raise TimeoutError("server did not become ready")
 
 
+def ns(env: dict[str, str], *args: str) -> None:
+    """Run one ``nextstep`` command in ``env``; a failure stops the benchmark."""
+    subprocess.run([NS, *args], env=env, check=True)
+
+
 def run_world(
     world: str,
     train_users: int,
@@ -78,8 +83,8 @@ def run_world(
     env.pop("NEXTSTEP_DATABASE_URL", None)
     env.pop("NEXTSTEP_EXPLORATION", None)
     data = home / "data"
-    run = lambda *a: subprocess.run([NS, *a], env=env, check=True)  # noqa: E731
-    run(
+    ns(
+        env,
         "simulate",
         "--world",
         world,
@@ -90,7 +95,8 @@ def run_world(
         "--out",
         str(data),
     )
-    run(
+    ns(
+        env,
         "train",
         "--events",
         str(data / "events.csv"),
@@ -134,23 +140,19 @@ def serve_and_roll_out(
     )
     try:
         wait_ready(base, proc)
-        subprocess.run(
-            [
-                NS,
-                "rollout",
-                "--world",
-                world,
-                "--base",
-                base,
-                "--users",
-                str(users),
-                "--seed",
-                str(seed + 1000),
-                "--json",
-                str(out),
-            ],
-            env=env,
-            check=True,
+        ns(
+            env,
+            "rollout",
+            "--world",
+            world,
+            "--base",
+            base,
+            "--users",
+            str(users),
+            "--seed",
+            str(seed + 1000),
+            "--json",
+            str(out),
         )
         return json.loads(out.read_text())
     finally:
