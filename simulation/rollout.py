@@ -207,21 +207,29 @@ class OverHttp:
         return offers, invalid, errors, versions
 
 
-def reference_table(world: World, users: int, seed: int) -> dict[str, Any]:
+def reference_table(
+    world: World, users: int, seed: int, *, blind_seed: int | None = None
+) -> dict[str, Any]:
     """Exact optimum and baselines, plus the type-blind reference by Monte Carlo.
+
+    The type-blind walk draws its own users (``seed + 1_000_003``) unless ``blind_seed`` names
+    the seed of the users a policy was walked with: then, in a world without a shift, it walks
+    those very users (common random numbers), so a policy's ratio to it measures the policy
+    and not which users each side happened to draw.
 
     For a world with a shift these are the references of the world its first users meet, and
     ``after_shift`` holds the same table for the world after the shift."""
-    out = _references(world.before_shift(), users, seed)
+    blind = seed + 1_000_003 if blind_seed is None else blind_seed
+    out = _references(world.before_shift(), users, blind)
     if world.shift is not None:
-        out["after_shift"] = _references(world.after_shift(), users, seed)
+        out["after_shift"] = _references(world.after_shift(), users, blind)
     return out
 
 
-def _references(world: World, users: int, seed: int) -> dict[str, Any]:
+def _references(world: World, users: int, blind_seed: int) -> dict[str, Any]:
     solver = ExactSolver(world)
     table = solver.table()
-    blind, blind_se = TypeBlindReference(world, solver).monte_carlo(users, seed + 1_000_003)
+    blind, blind_se = TypeBlindReference(world, solver).monte_carlo(users, blind_seed)
     out = {name: row["overall"] for name, row in table.items()}
     out["type_blind"] = blind
     out["type_blind_se"] = blind_se
