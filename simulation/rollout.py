@@ -255,7 +255,9 @@ def rollout(
     else:
         raise NextstepError("rollout needs --base URL or --policy P")
     res = run_users(world, users, seed, step_fn)
-    ref = reference_table(world, min(users, 4000), seed)
+    # the type-blind reference walks (the first 4,000 of) these very users: the ratio then
+    # measures the policy, not which users each side happened to draw
+    ref = reference_table(world, min(users, 4000), seed, blind_seed=seed)
     best_fixed = max(ref[k] for k in ("ladder", "big_ask", "random"))
     return {
         "world": world.name,

@@ -121,7 +121,7 @@ def rollout_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 
 def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Path) -> None:
-    from simulation.simulate import ExactSolver
+    from simulation.simulate import ExactSolver, TypeBlindReference
     from simulation.worlds import load_world
 
     r = _cli(
@@ -136,6 +136,9 @@ def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Pa
     assert abs(res["conversion"] - exact["ladder"]["overall"]) <= 4 * res["se"] + 1e-9
     assert out["reference"]["optimum"] == pytest.approx(exact["optimum"]["overall"])
     assert out["ratio_to_optimum"] == pytest.approx(res["conversion"] / exact["optimum"]["overall"])
+    # the type-blind reference walks the rollout's own users (common random numbers)
+    paired, _ = TypeBlindReference(load_world("ladder")).monte_carlo(400, 3)
+    assert out["reference"]["type_blind"] == paired
 
 
 def test_rollout_command_needs_a_base_or_a_policy(rollout_json: Path) -> None:
