@@ -61,6 +61,18 @@ class OfflineFeatures:
     ts: np.ndarray  # (n_rows,) float epoch seconds
     names: list[str]
 
+    def subset(self, rows: np.ndarray) -> OfflineFeatures:
+        """The features of some rows (a boolean mask or indices), in that order."""
+        return OfflineFeatures(
+            X=self.X[rows],
+            accepted=self.accepted[rows],
+            dropped=self.dropped[rows],
+            came_back=self.came_back[rows],
+            step_index=self.step_index[rows],
+            ts=self.ts[rows],
+            names=self.names,
+        )
+
 
 def build_offline_features(
     frame: pd.DataFrame, catalog: Catalog, spec: FeatureSpec
