@@ -604,17 +604,24 @@ def bench_train(n: int) -> None:
         "isg = ((cat.goal_mask >> f.step_index) & 1).astype(bool)\n"
         "t = time.perf_counter(); fit_bundle(f.X, y, f.dropped, f.came_back, isg, spec, typical_gap_hours=24.0)\n"
         "print(base); print(time.perf_counter() - t)\n"
+        "from features.transitions import goal_worth_earned, logged_transitions\n"
+        "t = time.perf_counter(); tr = logged_transitions(df, cat, spec, f)\n"
+        "fit_bundle(f.X, y, f.dropped, f.came_back, isg, spec, typical_gap_hours=24.0,"
+        " transitions=tr, earned=goal_worth_earned(cat, f))\n"
+        "print(time.perf_counter() - t)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
-    base, ours = float(out[-2]), float(out[-1])
+    base, ours, with_value = float(out[-3]), float(out[-2]), float(out[-1])
     _record(
         "train",
         offers=n,
         bundle_seconds=round(ours, 1),
         plain_lgbm_seconds=round(base, 1),
         ratio_to_plain_lgbm=round(ours / base, 2),
+        # what ``nextstep train`` fits: the three models and the value model (fitted Q)
+        bundle_with_value_seconds=round(with_value, 1),
     )
 
 

@@ -64,6 +64,9 @@ class ModelBundle:
     typical_gap_hours: float = 24.0
     base_rates: Mapping[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # the value of an offer by fitted Q iteration (models.fitted_q), or None (bundles trained
+    # before it, or by the Dask engine): the planner then values leaves by its walks alone
+    value: Any = None
 
 
 def find_bundle_file(path: str | Path) -> Path | None:
@@ -144,6 +147,7 @@ class ModelScorer:
                 ("accept", bundle.readiness),
                 ("drop", bundle.drop),
                 ("back", bundle.back),
+                ("value", value_model(bundle)),
             )
             if model is not None
         }
@@ -232,10 +236,25 @@ class ModelScorer:
             return np.full(len(X), self.bundle.base_rates.get("drop", 0.3))
         return self.bundle.drop.calibrate(self._native["drop"](X))
 
+    @property
+    def has_value(self) -> bool:
+        """Whether the bundle holds a learned value of offers (``q_rows``)."""
+        return "value" in self._native
+
+    def q_rows(self, X: np.ndarray) -> np.ndarray:
+        """The fitted-Q value of each row's offer, in the goals' units (``models.fitted_q``)."""
+        return value_model(self.bundle).calibrate(self._native["value"](X))
+
     def p_back_rows(self, X: np.ndarray) -> np.ndarray:
         if self.bundle.back is None:
             return np.full(len(X), self.bundle.base_rates.get("back", 0.8))
         return self.bundle.back.calibrate(self._native["back"](X))
+
+
+def value_model(bundle: Any) -> Any:
+    """The bundle's fitted-Q value model, None when it has none (also for bundles pickled
+    before the field existed)."""
+    return getattr(bundle, "value", None)
 
 
 def _split_points(
@@ -256,7 +275,7 @@ def _split_points(
             walk(node["left_child"])
             walk(node["right_child"])
 
-    for model in (bundle.readiness, bundle.drop, bundle.back):
+    for model in (bundle.readiness, bundle.drop, bundle.back, value_model(bundle)):
         if model is None:
             continue
         for tree in model.booster_.dump_model()["tree_info"]:

@@ -27,9 +27,12 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.spec import FeatureSpec
+from features.transitions import Transitions
 from models import forward_calibration as fc
+from models.boosting import tree_params
 from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
+from models.fitted_q import FittedQ
 
 __all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel", "fit_bundle"]
 
@@ -191,15 +194,15 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         real share of the log keep their effect. Categories of up to four values are split one
         against the rest and do not use it."""
         return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": min(self.min_child_samples, max(1, n_fit // 10)),
-            "lambda_l2": self.reg_lambda,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_row_wise": True,
-            "verbosity": -1,
+            **tree_params(
+                "binary",
+                learning_rate=self.learning_rate,
+                num_leaves=self.num_leaves,
+                min_child_samples=self.min_child_samples,
+                reg_lambda=self.reg_lambda,
+                random_state=self.random_state,
+                n_fit=n_fit,
+            ),
             "min_data_per_group": 20,
             "cat_smooth": 10.0,
             "cat_l2": max(10.0, n_fit / 1000.0),
@@ -350,6 +353,8 @@ def fit_bundle(
     params: Mapping[str, Any] | None = None,
     ts: np.ndarray | None = None,
     users: np.ndarray | None = None,
+    transitions: Transitions | None = None,
+    earned: np.ndarray | None = None,
 ) -> ModelBundle:
     """Fit the three outcome models on point-in-time feature rows (``ts``: each row's time,
     so that readiness can calibrate on its latest rows; ``users``: each row's user, so that the
@@ -366,7 +371,9 @@ def fit_bundle(
       (a user who declines their last offer of a horizon, or simply never returns, is as lost
       to the planner as one who said "stop": counting only explicit drops made every look-ahead
       assume a decline is always followed by another visit);
-    * back: accepted non-goal offers, label = the user had a later event.
+    * back: accepted non-goal offers, label = the user had a later event;
+    * value (with ``transitions``, ``features.transitions``, and ``earned``, each offer's goal
+      worth won): the value of offering a step now by fitted Q iteration (``models.fitted_q``).
     """
     cats = tuple(spec.categorical_indices)
     step = spec.names.index("step_id") if spec.step_ids else None
@@ -388,6 +395,9 @@ def fit_bundle(
         "drop": float(gone[no].mean()) if no.any() else 0.3,
         "back": float(came_back[acc_ng].mean()) if acc_ng.any() else 0.8,
     }
+    value = None
+    if transitions is not None and earned is not None and len(earned):
+        value = FittedQ(random_state=seed, n_jobs=n_jobs).fit(X, earned, transitions=transitions)
     return ModelBundle(
         readiness=readiness,
         spec=spec,
@@ -395,6 +405,7 @@ def fit_bundle(
         back=back,
         typical_gap_hours=typical_gap_hours,
         base_rates=base_rates,
+        value=value,
     )
 
 

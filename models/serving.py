@@ -56,7 +56,7 @@ _INDEX = "serving.json"
 _SPEC = "spec.json"
 _META = "meta.json"
 _FORMAT = 2  # 1 held the spec and meta as a pickle: refused, it could run code
-_MODELS = ("readiness", "drop", "back")
+_MODELS = ("readiness", "drop", "back", "value")  # value: fitted Q (models.fitted_q), optional
 DIGEST_TAG = "serving_sha256"  # the model-version tag holding ``serving_digest``
 
 
@@ -120,8 +120,11 @@ class ServingModel:
     booster_: NativeBooster
     calibration_x_: np.ndarray | None
     calibration_y_: np.ndarray | None
+    scale_: float | None = None  # the value model's: its output times the best goal's worth
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        if self.scale_ is not None:  # a value, not a probability (FittedQ.calibrate)
+            return raw * self.scale_
         return calibrated(raw, self.calibration_x_, self.calibration_y_)
 
     def positive_proba(self, X: np.ndarray) -> np.ndarray:
@@ -171,7 +174,7 @@ def save_serving(bundle: ModelBundle, path: Path) -> Path:
 def _write_serving(bundle: ModelBundle, out: Path) -> None:
     models: dict[str, Any] = {}
     for name in _MODELS:
-        model = getattr(bundle, name)
+        model = getattr(bundle, name, None)
         if model is None:
             models[name] = None
             continue
@@ -182,12 +185,14 @@ def _write_serving(bundle: ModelBundle, out: Path) -> None:
         # every tree: the predictor applies ``best_iteration`` itself, as the booster did
         text = booster.model_to_string(num_iteration=-1)
         (out / f"{name}.txt").write_text(text, encoding="utf-8")
-        knots = (model.calibration_x_, model.calibration_y_)
+        knots = (getattr(model, "calibration_x_", None), getattr(model, "calibration_y_", None))
         models[name] = {
             "best_iteration": int(booster.best_iteration),
             # floats as JSON: Python writes the shortest text that reads back to the same bits
             "knots": None if knots[0] is None else [np.asarray(k).tolist() for k in knots],
         }
+        if getattr(model, "scale_", None) is not None:
+            models[name]["scale"] = float(model.scale_)
     (out / _SPEC).write_text(json.dumps(bundle.spec.to_dict()), encoding="utf-8")
     (out / _META).write_text(json.dumps(_plain(bundle.meta)), encoding="utf-8")
     index = {
@@ -232,7 +237,7 @@ def load_serving(directory: Path, expected_sha256: str | None = None) -> ModelBu
             raise ValueError(f"{name} expects {booster.num_feature()} features")
         knots = entry["knots"]
         x, y = (None, None) if knots is None else (np.asarray(k, np.float64) for k in knots)
-        models[name] = ServingModel(booster, x, y)
+        models[name] = ServingModel(booster, x, y, entry.get("scale"))
     readiness = models["readiness"]
     if readiness is None:
         raise ValueError("no readiness model")
@@ -241,6 +246,7 @@ def load_serving(directory: Path, expected_sha256: str | None = None) -> ModelBu
         spec=spec,
         drop=models["drop"],
         back=models["back"],
+        value=models["value"],
         typical_gap_hours=float(index["typical_gap_hours"]),
         base_rates=index["base_rates"],
         meta=meta,

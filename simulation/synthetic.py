@@ -15,6 +15,7 @@ import pandas as pd
 from features.catalog import Catalog
 from features.offline import build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
+from features.transitions import goal_worth_earned, logged_transitions
 from models.bundle import ModelBundle
 from models.readiness import fit_bundle
 from simulation.simulate import generate_log
@@ -65,4 +66,6 @@ def bundle_from_frame(
         n_jobs=n_jobs,
         ts=off.ts,
         users=pd.factorize(frame["user_id"])[0],
+        transitions=logged_transitions(frame, catalog, spec, off),
+        earned=goal_worth_earned(catalog, off),
     )

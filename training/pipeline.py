@@ -53,6 +53,7 @@ from features.events import EventLog, write_events
 from features.offline import OfflineFeatures, build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
 from features.timeutil import iso_seconds
+from features.transitions import goal_worth_earned, logged_transitions
 from models.bundle import ModelBundle, ModelScorer
 from models.event_scoring import readiness_of_events
 from models.linear import LinearReadiness, is_linear
@@ -220,6 +221,9 @@ def fit_and_evaluate(
         params=fit_params,
         ts=F.ts[tr],
         users=pd.factorize(frame["user_id"])[0][tr],
+        # the value of offers backs up along the training rows' own users (features.transitions)
+        transitions=logged_transitions(train_frame, catalog, spec, F.subset(tr)),
+        earned=goal_worth_earned(catalog, F)[tr],
     )
     seconds["fit_lgbm"] = time.perf_counter() - t
     reference = context_reference(X_tr, spec)  # what the service's drift watch compares with

@@ -56,6 +56,11 @@ def _reference_plan(planner: Planner, state, candidates, now, context, scorer, c
         planner, [(state, now)], [candidates], planner.depth, context, scorer, cat, gap
     )
     q, p = q[0], p[0]
+    w = planner.value_weight
+    if w and scorer.has_value:  # the learned value of each offer, beside the tree's
+        q = (1.0 - w) * q + w * scorer.q_rows(
+            scorer.block([(state, now)], [candidates], context, cat)
+        )
     best = float(q.max())
     efforts = np.asarray([cat.efforts[i] for i in candidates])
     near = np.flatnonzero(q >= best * (1.0 - planner.relative_tolerance) - planner.tolerance)

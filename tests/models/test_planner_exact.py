@@ -10,7 +10,6 @@ root value says. The learned models only ever add estimation error on top of thi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -22,9 +21,8 @@ from models.planner import Planner
 from simulation.rollout import walk_user
 from simulation.simulate import CAP, START, Dynamics, ExactSolver, make_user
 from simulation.synthetic import simulated_bundle
-from simulation.worlds import World, load_world
+from simulation.worlds import World
 
-HORIZON = 3
 _COL = {name: i for i, name in enumerate((*STATE_FEATURES, *CANDIDATE_FEATURES))}
 _STEP_COLUMNS = [_COL[c] for c in ("effort", "stage", "value", "is_goal")]
 
@@ -34,28 +32,6 @@ def _attributes(catalog) -> list[tuple[float, ...]]:
     arr = catalog.arrays
     rows = np.column_stack([arr[c] for c in ("effort", "stage", "value", "is_goal")])
     return [tuple(map(float, r)) for r in rows]
-
-
-_EFFECTS = ("resistance", "momentum", "decline_penalty", "value_coef", "fatigue")
-
-
-def _tiny_world() -> World:
-    """The first small random world with prerequisites, several goals and a type that has every
-    effect, cut to that type alone and three asks: an exact programme small enough to solve,
-    with every term of the readiness formula in play."""
-    for seed in range(500):
-        w = load_world(f"random:{seed}")
-        cat = w.catalog
-        if not (4 <= cat.n <= 6 and len(cat.goal_indices) >= 2 and any(cat.requires_mask)):
-            continue
-        if len(set(_attributes(cat))) < cat.n:
-            continue
-        for t in w.types:
-            if all(getattr(t, e) != 0 for e in _EFFECTS):
-                return dataclasses.replace(
-                    w, types=(dataclasses.replace(t, weight=1.0),), max_asks=HORIZON
-                )
-    raise AssertionError("no such world in the family")  # pragma: no cover
 
 
 class OracleScorer:
@@ -110,8 +86,8 @@ class OracleScorer:
 
 
 @pytest.fixture(scope="module")
-def setting() -> tuple[World, OracleScorer]:
-    world = _tiny_world()
+def setting(tiny_world: World) -> tuple[World, OracleScorer]:
+    world = tiny_world
     real = ModelScorer(
         simulated_bundle(world, 400, 3, params={"n_estimators": 10}, n_jobs=1), world.catalog
     )
@@ -121,7 +97,9 @@ def setting() -> tuple[World, OracleScorer]:
 def _exact_planner(oracle: OracleScorer) -> Planner:
     """As deep as the horizon, with no "as good" tolerance and no discount for trusting the
     models less the further they look (these models are the truth): the expectimax itself."""
-    planner = Planner(depth=HORIZON, relative_tolerance=0.0, discount=1.0)
+    planner = Planner(
+        depth=oracle.world.max_asks, relative_tolerance=0.0, discount=1.0, value_weight=0.0
+    )
     return planner.bind(oracle, oracle.world.catalog)
 
 

@@ -56,8 +56,10 @@ def test_served_probabilities_and_contributions_equal_the_bundles(saved, rows: i
     assert lean.bundle.typical_gap_hours == full.bundle.typical_gap_hours
     assert dict(lean.bundle.base_rates) == dict(full.bundle.base_rates)
     X = _rows(rows, len(full.spec.names))
-    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
+    assert lean.has_value and full.has_value
+    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows", "q_rows"):
         np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
+    np.testing.assert_allclose(full.q_rows(X), full.bundle.value.predict(X), rtol=1e-12)
     np.testing.assert_array_equal(
         lean.bundle.readiness.contributions(X[:40]), full.bundle.readiness.contributions(X[:40])
     )
@@ -137,7 +139,7 @@ def test_the_artifact_holds_no_pickle(saved) -> None:
     _catalog, path = saved
     files = sorted(p.name for p in (path / SERVING_DIR).iterdir())
     assert files == ["back.txt", "drop.txt", "meta.json", "readiness.txt", "serving.json",
-                     "spec.json"]  # fmt: skip
+                     "spec.json", "value.txt"]  # fmt: skip
     for f in (path / SERVING_DIR).iterdir():
         data = f.read_bytes()
         assert not data.startswith(b"\x80"), f"{f.name} looks like a pickle"
@@ -196,8 +198,10 @@ def test_missing_drop_and_come_back_models_use_the_base_rates(saved, tmp_path: P
     lean, _ = load_serving_dir(small, catalog)
     assert isinstance(lean.bundle.readiness, ServingModel)
     X = _rows(50, len(full.spec.names))
-    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows"):
+    assert lean.has_value and full.has_value
+    for rows_of in ("p_accept_rows", "p_drop_rows", "p_back_rows", "q_rows"):
         np.testing.assert_array_equal(getattr(lean, rows_of)(X), getattr(full, rows_of)(X))
+    np.testing.assert_allclose(full.q_rows(X), full.bundle.value.predict(X), rtol=1e-12)
 
 
 def test_the_best_iteration_is_honoured(saved) -> None:
