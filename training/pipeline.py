@@ -54,7 +54,7 @@ from features.offline import OfflineFeatures, build_offline_features, typical_ga
 from features.spec import FeatureSpec
 from features.timeutil import iso_seconds
 from features.transitions import goal_worth_earned, logged_transitions
-from models.bundle import ModelBundle, ModelScorer
+from models.bundle import ModelBundle, ModelScorer, value_model
 from models.event_scoring import readiness_of_events
 from models.linear import LinearReadiness, is_linear
 from models.readiness import LogisticBaseline, fit_bundle
@@ -206,7 +206,7 @@ def fit_and_evaluate(
     n_jobs = 1 if len(frame) < PARALLEL_ROWS else max(1, os.cpu_count() or 1)
     fit_params = {**(params or {})}
     t = time.perf_counter()
-    say("fitting LightGBM readiness, drop and come-back models")
+    say("fitting LightGBM readiness, drop and come-back models and the value model")
     X_tr = np.ascontiguousarray(F.X[tr])
     bundle = fit_bundle(
         X_tr,
@@ -631,6 +631,8 @@ def _run_params(
     return {
         **{f"model_{k}": v for k, v in out.params.items()},
         "engine": engine,
+        # the value model's backups (models.fitted_q); 0: the bundle has none (Dask engine)
+        "value_backups": getattr(value_model(out.bundle), "n_iterations_", 0),
         "seed": seed,
         "rows": fp["rows"],
         "train_rows": out.train_rows,

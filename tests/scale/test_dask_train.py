@@ -116,6 +116,7 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     two = client.get_run(v2.run_id)
     p1, p2 = one.data.params, two.data.params
     assert (p1["engine"], p2["engine"]) == ("local", "dask")
+    assert int(p1["value_backups"]) >= 2 and p2["value_backups"] == "0"  # Dask fits no value model
     # the same rows in the same order, the same users in the holdout
     assert p1["data_sha256"] == p2["data_sha256"]
     for k in ("rows", "train_rows", "holdout_rows", "data_users", "features", "context_columns"):

@@ -117,6 +117,7 @@ def test_train_logs_a_run_and_registers_the_champion(home, data, trained, client
     assert tags["nextstep.holdout"] == f"offers at or after {p['holdout_from']} (calendar cut)"
     assert float(p["holdout_fraction"]) == 0.2
     assert "model_num_leaves" in p and p["seed"] == "0"
+    assert int(p["value_backups"]) >= 2  # a value model was fitted, backed up past one offer
     assert tags["nextstep.promotion"] == "promoted"
     assert "first version" in tags["nextstep.promotion_reason"]
     plots = {a.path for a in client.list_artifacts(first.run_id, "plots")}
