@@ -13,8 +13,9 @@ model's (``value_weight``). The walks cannot see a best path of another shape (i
 accumulated value makes the goal easier, a climb through the steps that deliver value), and
 fitted Q, which needs no path shape, extrapolates wherever the incumbent's log is thin; they
 err in different places. With the default tolerance the mean converts 0.007 of the type-blind
-reference more than the tree alone on ``random:0..29`` (SE 0.003, paired by world) and 0.016
-more on ``random:30..59`` (SE 0.006), which none of the planner's constants was chosen on;
+reference more than the tree alone on ``random:0..29`` (SE 0.003, paired by world), and 0.016
+and 0.012 more on ``random:30..59`` and ``random:60..89`` (SE 0.006 each), which none of the
+planner's constants was chosen on;
 fitted Q alone, taken greedily, gained 0.001 (SE 0.008) on the first family.
 Among steps within ``relative_tolerance`` of the best (3% of its value by default), the one with
 the least effort wins: when asking for less costs (almost) nothing, ask for less. The tolerance
