@@ -83,6 +83,11 @@ class Catalog:
         self.stage_indices = [s.stage_index for s in self.steps]
         self.goal_mask = sum(1 << i for i, s in enumerate(self.steps) if s.is_goal)
         self.requires_mask = [sum(1 << self.index[r] for r in s.requires) for s in self.steps]
+        # the same as a (steps, steps) 0/1 matrix, row i marking what step i requires: what the
+        # vectorised eligibility checks (planner look-ahead, logged transitions) multiply by
+        self.requires = np.array(
+            [[(m >> j) & 1 for j in range(self.n)] for m in self.requires_mask], dtype=np.int64
+        ).reshape(self.n, self.n)
         # available_when rules per step (kept in ``extra``, so the catalog writes back as read)
         self.rules: tuple[tuple[Rule, ...], ...] = tuple(
             parse_rules(s.extra.get(FIELD), s.id, source) for s in self.steps

@@ -89,11 +89,8 @@ def logged_transitions(
 
     is_goal = catalog.arrays["is_goal"] > 0
     eligible = ~accepted & ~(accepted & is_goal).any(axis=1, keepdims=True)
-    requires = np.array(
-        [[(m >> j) & 1 for j in range(k)] for m in catalog.requires_mask], dtype=np.int64
-    )
-    if requires.any():
-        eligible &= ((~accepted).astype(np.int64) @ requires.T) == 0
+    if catalog.requires.any():
+        eligible &= ((~accepted).astype(np.int64) @ catalog.requires.T) == 0
     if catalog.has_availability:
         eligible &= _available(frame, catalog, spec, k)[order]
 

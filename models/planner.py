@@ -371,13 +371,8 @@ class _Tree:
         k = catalog.n
         self.is_goal = catalog.arrays["is_goal"] > 0
         self.reward = np.asarray(catalog.goal_rewards, dtype=np.float64)
-        requires = np.zeros((k, k), dtype=np.int64)
-        for i, m in enumerate(catalog.requires_mask):
-            for j in range(k):
-                if (m >> j) & 1:
-                    requires[i, j] = 1
-        self.requires_t = requires.T.copy()
-        self.has_requires = bool(requires.any())
+        self.requires_t = catalog.requires.T.copy()
+        self.has_requires = bool(catalog.requires.any())
         effort = catalog.arrays["effort"]
         self.by_effort = np.lexsort((np.arange(k), effort))  # ladder order: (effort, position)
         self.by_effort_desc = self.by_effort[::-1].copy()  # the biggest-warm-up walk's order

@@ -17,7 +17,7 @@ import pytest
 from features.offline import build_offline_features
 from features.spec import FeatureSpec, candidate_rows, root_block
 from features.state import UserState
-from features.transitions import logged_transitions
+from features.transitions import goal_worth_earned, logged_transitions
 from models.fitted_q import FittedQ
 from simulation.simulate import START, Dynamics, ExactSolver, generate_log, make_user
 
@@ -30,9 +30,10 @@ def fitted(tiny_world):
     cat = world.catalog
     spec = FeatureSpec.from_frame(frame, ["channel", "device"])
     off = build_offline_features(frame, cat, spec)
-    earned = np.where(off.accepted, np.asarray(cat.goal_rewards)[off.step_index], 0.0)
     tr = logged_transitions(frame, cat, spec, off)
-    model = FittedQ(random_state=0, n_jobs=1).fit(off.X, earned, transitions=tr)
+    model = FittedQ(random_state=0, n_jobs=1).fit(
+        off.X, goal_worth_earned(cat, off), transitions=tr
+    )
     return world, spec, model
 
 
