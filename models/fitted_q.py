@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from features.transitions import Transitions
-from models.boosting import tree_params
+from models.boosting import threads_for, tree_params
 
 _CHUNK = 1 << 18  # candidate rows scored per call: memory stays a slice, not the whole set
 
@@ -36,7 +36,8 @@ class FittedQ(RegressorMixin, BaseEstimator):
     earned (a goal's worth when a goal was accepted, else 0), and ``transitions`` (see
     ``features.transitions``) every logged state's candidate rows and each row's next row.
     ``n_iterations`` backups are made (None: the longest user's number of offers, at most
-    ``max_iterations``). Learned: ``booster_``, ``scale_`` (the worth a prediction of 1 means),
+    ``max_iterations``). ``n_jobs``: LightGBM's threads (None: by size, ``models.boosting``).
+    Learned: ``booster_``, ``scale_`` (the worth a prediction of 1 means),
     ``n_iterations_``.
     """
 
@@ -51,7 +52,7 @@ class FittedQ(RegressorMixin, BaseEstimator):
         min_child_samples: int = 40,
         reg_lambda: float = 1.0,
         random_state: int = 0,
-        n_jobs: int = 2,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_iterations = n_iterations
         self.max_iterations = max_iterations
@@ -85,7 +86,7 @@ class FittedQ(RegressorMixin, BaseEstimator):
                 random_state=self.random_state,
                 n_fit=n,
             ),
-            "num_threads": self.n_jobs,
+            "num_threads": threads_for(n, self.n_jobs),
         }
         v = np.zeros(n)  # value of the best offer in the state before each row
         booster = None
@@ -96,7 +97,7 @@ class FittedQ(RegressorMixin, BaseEstimator):
             v = np.zeros(n)
             for a in range(0, len(tr), _CHUNK):
                 b = min(len(tr), a + _CHUNK)
-                q = booster.predict(tr.rows(a, b), num_threads=self.n_jobs)
+                q = booster.predict(tr.rows(a, b), num_threads=params["num_threads"])
                 np.maximum.at(v, tr.node[a:b], q)
         self.booster_ = booster
         return self
@@ -105,7 +106,8 @@ class FittedQ(RegressorMixin, BaseEstimator):
         """Expected goal worth of each row's offer, in the goals' own units."""
         check_is_fitted(self)
         X = np.asarray(X, dtype=np.float64)
-        return self.calibrate(self.booster_.predict(X, num_threads=self.n_jobs))
+        threads = threads_for(len(X), self.n_jobs)
+        return self.calibrate(self.booster_.predict(X, num_threads=threads))
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """The booster's output (a share of the best goal's worth) in the goals' units: what

@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from features.spec import FeatureSpec
 from features.transitions import Transitions
 from models import forward_calibration as fc
-from models.boosting import tree_params
+from models.boosting import threads_for, tree_params
 from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
 from models.fitted_q import FittedQ
@@ -57,6 +57,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
     path), ``calibrator_`` (isotonic map from raw to calibrated probability or None),
     ``new_step_rate_`` (the share of training rows whose step id was hidden),
     ``calibration_slice_`` (``"latest"``, ``"random"``, or None when nothing calibrates).
+    ``n_jobs``: LightGBM's threads; None chooses by the fit's size (``models.boosting``).
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         calibration_fraction: float = 0.2,
         step_feature: int | None = None,
         random_state: int = 0,
-        n_jobs: int = 2,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -127,7 +128,9 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
                 X_cal = X[cal_idx]  # hidden as often as in the rows that fit
         fit_w = None if w is None else w[fit_idx]
         trees = self._train(X[fit_idx], y_enc[fit_idx], fit_w)
-        self.fit_calibration(trees.predict(X_cal, num_threads=self.n_jobs), y_enc[cal_idx])
+        self.fit_calibration(
+            trees.predict(X_cal, num_threads=threads_for(n, self.n_jobs)), y_enc[cal_idx]
+        )
         # the latest slice holds the newest offers (new steps, the current level): the served
         # trees must learn from them too; a random slice is only a fifth fewer of the same rows
         latest = self.calibration_slice_ == "latest"
@@ -150,12 +153,11 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             for part in (X_latest, X_future):
                 part[fc.new_values(X[fit, step], part[:, step]), step] = np.nan
         trees = self._train(X[fit], y[fit], None if w is None else w[fit])
-        raw_future = trees.predict(X_future, num_threads=self.n_jobs)
+        threads = threads_for(len(y), self.n_jobs)
+        raw_future = trees.predict(X_future, num_threads=threads)
         p = {}
         for name, rows, X_cal in (("random", rand, X[rand]), ("latest", latest, X_latest)):
-            _, knots_x, knots_y = _isotonic_map(
-                trees.predict(X_cal, num_threads=self.n_jobs), y[rows]
-            )
+            _, knots_x, knots_y = _isotonic_map(trees.predict(X_cal, num_threads=threads), y[rows])
             p[name] = calibrated(raw_future, knots_x, knots_y)
         users_future = None if users is None else np.asarray(users)[future]
         return fc.latest_calibrates_better(y[future], p["random"], p["latest"], users_future)
@@ -173,7 +175,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             free_raw_data=True,
             params={"verbosity": -1},
         )
-        params = {**self.lightgbm_params(len(y)), "num_threads": self.n_jobs}
+        params = {**self.lightgbm_params(len(y)), "num_threads": threads_for(len(y), self.n_jobs)}
         return lgb.train(params, data, num_boost_round=self.n_estimators)
 
     def calibrates(self, n: int) -> bool:
@@ -349,7 +351,7 @@ def fit_bundle(
     *,
     typical_gap_hours: float,
     seed: int = 0,
-    n_jobs: int = 2,
+    n_jobs: int | None = None,
     params: Mapping[str, Any] | None = None,
     ts: np.ndarray | None = None,
     users: np.ndarray | None = None,

@@ -28,7 +28,7 @@ def simulated_bundle(
     seed: int,
     *,
     params: Mapping[str, Any] | None = None,
-    n_jobs: int = 2,
+    n_jobs: int | None = None,
 ) -> ModelBundle:
     """Fit the readiness, drop and come-back models on ``users`` simulated users of ``world``."""
     frame = pd.DataFrame(generate_log(world, users, seed))
@@ -45,7 +45,7 @@ def bundle_from_frame(
     *,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
 ) -> ModelBundle:
     """Fit the three outcome models on an event frame (a validated log's ``frame``) as ``nextstep
     train`` fits them on its training rows: the log's median return gap, each offer's time and

@@ -22,8 +22,8 @@ Choices, so they are written down once:
 * **Simulator truth.** A column ``true_p_accept`` (from ``generate_log(with_truth=True)``) is
   never a feature (nor ``user_type`` next to it); it is scored as the reference model ``truth``,
   the best any model could do.
-* LightGBM runs single-threaded below ``PARALLEL_ROWS`` rows: on a busy 2-core machine
-  ``num_threads=2`` was measured 18x slower (OpenMP spin-waiting), for no gain at this size.
+* LightGBM runs single-threaded on fits below ``models.boosting.PARALLEL_ROWS`` rows: on a busy
+  2-core machine ``num_threads=2`` was measured 18x slower (OpenMP spin-waiting), for no gain.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -66,7 +65,6 @@ from training.modelio import load_model_bundle
 from training.pyfunc_signature import events_example, events_signature
 from training.truth import TRUTH_COLUMN, feature_context_columns
 
-PARALLEL_ROWS = 500_000
 # The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
 # lowered log loss in every built-in world, in a world of steps alike in attributes and on a
 # real log of new cohorts (benchmarks/step_identity.py, benchmarks/real_log.py).
@@ -203,7 +201,6 @@ def fit_and_evaluate(
     gap = typical_gap_hours(frame, tr)
     seconds["features"] = time.perf_counter() - t
 
-    n_jobs = 1 if len(frame) < PARALLEL_ROWS else max(1, os.cpu_count() or 1)
     fit_params = {**(params or {})}
     t = time.perf_counter()
     say("fitting LightGBM readiness, drop and come-back models and the value model")
@@ -217,7 +214,6 @@ def fit_and_evaluate(
         spec,
         typical_gap_hours=gap,
         seed=seed,
-        n_jobs=n_jobs,
         params=fit_params,
         ts=F.ts[tr],
         users=pd.factorize(frame["user_id"])[0][tr],

@@ -65,3 +65,7 @@ def test_same_log_same_values(fitted) -> None:
     a = FittedQ(random_state=3, n_jobs=1).fit(off.X, earned, transitions=tr).predict(off.X)
     b = FittedQ(random_state=3, n_jobs=1).fit(off.X, earned, transitions=tr).predict(off.X)
     assert np.array_equal(a, b)
+    # a log this small is fitted single-threaded unless asked otherwise (models.boosting)
+    by_size = FittedQ(random_state=3).fit(off.X, earned, transitions=tr)
+    assert by_size.booster_.params["num_threads"] == 1
+    assert np.array_equal(by_size.predict(off.X), a)
