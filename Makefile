@@ -25,8 +25,9 @@ run: install
 	$(NS) demo --world $(DEMO_WORLD) --users $(DEMO_USERS) --host $(HOST) --port $(PORT)
 
 ## The whole suite (end-to-end and PostgreSQL tests included).
+# Two workers share the cores, so OpenMP threads that spin while they wait only slow the other.
 test: install
-	.venv/bin/python -m pytest -n 2 --dist loadgroup -q
+	OMP_WAIT_POLICY=passive .venv/bin/python -m pytest -n 2 --dist loadgroup -q
 
 test-fast: install
 	.venv/bin/python -m pytest -q -m "not slow and not e2e and not postgres"
