@@ -3,15 +3,20 @@
 The reference replays each user's offers through ``UserState.apply`` in time order and builds
 the rows of every eligible step with ``root_block`` and ``candidate_rows``, as the planner does
 at serving time; ``logged_transitions`` must give the same rows, bit for bit, for a frame in
-any row order, and link each offer to the same user's next one.
+any row order, and link each offer to the same user's next one. A catalog with
+``available_when`` rules on the context is among the cases: a step a user's context hides is
+never a candidate, offline or online.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.catalog import Catalog
 from features.offline import build_offline_features
 from features.spec import FeatureSpec, candidate_rows, root_block
 from features.state import UserState
@@ -32,7 +37,7 @@ def _replayed(frame: pd.DataFrame, catalog, spec: FeatureSpec):
         else:
             next_row[prev] = r
         context = {"channel": frame.channel[r], "device": frame.device[r]}
-        eligible = catalog.eligible_indices(state.accepted_mask)
+        eligible = catalog.eligible_indices(state.accepted_mask, catalog.available(context))
         roots[r] = (state.copy(), eligible, float(frame.ts[r]), context)
         outcome = "accepted" if frame.outcome[r] == "accepted" else "declined"
         state.apply(catalog, catalog.index[frame.step[r]], outcome, float(frame.ts[r]))
@@ -45,9 +50,20 @@ def _replayed(frame: pd.DataFrame, catalog, spec: FeatureSpec):
     return next_row, np.asarray(rows)[block.node], block.step, X
 
 
-@pytest.mark.parametrize("world", ["random:6", "random:9", "two_goals"])
+def _with_rules(name: str):
+    """The world with two of its warm-ups shown only to some contexts (``available_when``)."""
+    w = load_world(name)
+    warm = [i for i, st in enumerate(w.catalog.steps) if not st.is_goal][:2]
+    rules = [{"channel": ["email", "search"]}, {"device": {"not": ["mobile"]}}]
+    steps = list(w.catalog.steps)
+    for i, rule in zip(warm, rules, strict=True):
+        steps[i] = dataclasses.replace(steps[i], extra={**steps[i].extra, "available_when": rule})
+    return dataclasses.replace(w, catalog=Catalog(steps))
+
+
+@pytest.mark.parametrize("world", ["random:6", "random:9", "two_goals", "random:6+rules"])
 def test_candidate_rows_equal_the_online_fold(world: str) -> None:
-    w = load_world(world)
+    w = _with_rules("random:6") if world.endswith("+rules") else load_world(world)
     cat = w.catalog
     frame = pd.DataFrame(generate_log(w, 400, 3))
     frame["row"] = np.arange(1, len(frame) + 1)
@@ -62,6 +78,9 @@ def test_candidate_rows_equal_the_online_fold(world: str) -> None:
     half = len(tr) // 2  # built a slice at a time
     got = np.vstack([tr.rows(0, half), tr.rows(half, len(tr))])
     np.testing.assert_array_equal(got, X)
+    if cat.has_availability:  # the rules hid steps from some states: fewer candidates
+        plain = Catalog([dataclasses.replace(st, extra={}) for st in cat.steps])
+        assert len(tr) < len(logged_transitions(frame, plain, spec, off))
 
 
 def test_what_each_offer_won_is_its_goals_worth_when_accepted() -> None:
