@@ -17,15 +17,19 @@ PARALLEL_ROWS = 500_000
 
 def threads_for(n_rows: int, n_jobs: int | None) -> int:
     """LightGBM's ``num_threads`` for a fit or prediction over ``n_rows`` rows: ``n_jobs`` when
-    given, else one thread below ``PARALLEL_ROWS`` rows and every core above.
+    given (negative as in scikit-learn: -1 every core, -2 all but one), else one thread below
+    ``PARALLEL_ROWS`` rows and every core above.
 
     Small fits lose more to OpenMP's barriers than they gain from a second thread, and they lose
     it many times over when other processes share the cores: the value model makes dozens of
     small fits in a row, and with two threads each they stalled for minutes on a loaded CI
     machine."""
+    cores = max(1, os.cpu_count() or 1)
     if n_jobs is not None and n_jobs > 0:
         return int(n_jobs)
-    return 1 if n_rows < PARALLEL_ROWS else max(1, os.cpu_count() or 1)
+    if n_jobs is not None and n_jobs < 0:
+        return max(1, cores + 1 + int(n_jobs))
+    return 1 if n_rows < PARALLEL_ROWS else cores
 
 
 def tree_params(

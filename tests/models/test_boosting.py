@@ -21,7 +21,9 @@ from models.readiness import ReadinessModel
         (10, 3, 3),
         (PARALLEL_ROWS * 2, 1, 1),
         (10, 0, 1),
-        (10, -1, 1),
+        (PARALLEL_ROWS, 0, max(1, os.cpu_count() or 1)),
+        (10, -1, max(1, os.cpu_count() or 1)),
+        (10, -(os.cpu_count() or 1) - 5, 1),
     ],
 )
 def test_threads_follow_the_fits_size_unless_given(
