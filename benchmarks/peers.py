@@ -77,15 +77,16 @@ class PeerWalk:
 
     concurrency = 1
 
-    def __init__(self, world: World, choose: Chooser) -> None:
+    def __init__(self, world: World, chooser: Chooser) -> None:
         self.world = world
-        self.choose = choose
+        self.chooser = chooser
 
-    def _choose(self, state: UserState, u: SimUser) -> int | None:
+    def choose(self, state: UserState, u: SimUser) -> int | None:
+        """The peer's step for this user now (``walk_user``'s chooser)."""
         cat = self.world.catalog
         eligible = cat.eligible_indices(state.accepted_mask, cat.available(u.context))
-        return self.choose(state, eligible, u.ts, u.context) if eligible else None
+        return self.chooser(state, eligible, u.ts, u.context) if eligible else None
 
     def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
-        offers, invalid = walk_user(self.world, u, self._choose)
+        offers, invalid = walk_user(self.world, u, self.choose)
         return offers, invalid, 0, []

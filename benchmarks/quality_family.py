@@ -3,7 +3,9 @@
 Per world: one exploring log of the world's own incumbent, the planner's models and the peers
 fitted on it in process, then the same new simulated users walked by each policy. Reference
 values are exact (optimum, fixed baselines) or the type-blind reference by Monte Carlo on the
-same new users.
+same new users. Each walk is also scored decision by decision (``simulation.regret``): what the
+policy gave up per user against the exact values under the user's belief, a second measure of
+the same users with far less Monte Carlo noise than their conversion.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from benchmarks.peers import PeerWalk, conversion_model, greedy_value
 from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
+from simulation.regret import RegretMeter
 from simulation.rollout import InProcess, reference_table, run_users
-from simulation.simulate import generate_log
+from simulation.simulate import TypeBlindReference, generate_log
 from simulation.synthetic import bundle_from_frame
 from simulation.worlds import load_world
 
@@ -48,9 +51,18 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
         "conversion_model": PeerWalk(world, conversion_model(frame, cat, scorer, seed=seed)),
     }
     row: dict[str, Any] = {"world": name, "description": world.description}
+    reference = TypeBlindReference(world)
     for policy, walk in walks.items():
-        res = run_users(world, users, seed + 1000, walk, prefix="q")
-        row[policy] = {"value": res.conversion, "se": res.se, "invalid": res.invalid}
+        meter = RegretMeter(world, walk.choose, reference)  # the same walk, each decision scored
+        res = run_users(world, users, seed + 1000, meter, prefix="q")
+        regret, regret_se = meter.summary()
+        row[policy] = {
+            "value": res.conversion,
+            "se": res.se,
+            "invalid": res.invalid,
+            "regret": regret,
+            "regret_se": regret_se,
+        }
     # the type-blind reference walks the same users as the policies (common random numbers):
     # with independent users, its own Monte Carlo error (about 2.5% of its value at 2,000
     # users) went into every world's ratio
@@ -70,6 +82,26 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[policy] = {
             "to_type_blind": {"median": float(np.median(blind)), "p10": _p10(blind)},
             "to_optimum": {"median": float(np.median(opt)), "p10": _p10(opt)},
+        }
+        if all("regret" in r[policy] for r in rows):  # rows written before regret was kept
+            lost = np.array([r[policy]["regret"] / r["reference"]["type_blind"] for r in rows])
+            out[policy]["regret_to_type_blind"] = {
+                "mean": float(lost.mean()),
+                "median": float(np.median(lost)),
+                "p90": float(np.percentile(lost, 90)),
+            }
+    if all("regret" in r["planner"] for r in rows):
+        # per world, what each peer gives up beyond the planner: the paired, low-noise lead
+        out["planner"]["regret_lead_over"] = {
+            peer: float(
+                np.median(
+                    [
+                        (r[peer]["regret"] - r["planner"]["regret"]) / r["reference"]["type_blind"]
+                        for r in rows
+                    ]
+                )
+            )
+            for peer in POLICIES[1:]
         }
     margins = [
         (r["planner"]["value"] - max(r["reference"][k] for k in FIXED))

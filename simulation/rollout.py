@@ -24,7 +24,7 @@ from features.state import UserState
 from features.timeutil import iso_seconds
 from models.decide import Decider
 from models.policies import PolicyConfig
-from simulation.simulate import ExactSolver, Population, SimUser, TypeBlindReference
+from simulation.simulate import ExactSolver, Population, SimState, SimUser, TypeBlindReference
 from simulation.worlds import World, load_world
 from training.modelio import load_scorer
 
@@ -113,11 +113,18 @@ def run_users(
 
 
 def walk_user(
-    world: World, u: SimUser, choose: Callable[[UserState, SimUser], int | None]
+    world: World,
+    u: SimUser,
+    choose: Callable[[UserState, SimUser], int | None],
+    *,
+    observe: Callable[[SimState, int, str, float], None] | None = None,
 ) -> tuple[int, int]:
     """Walk one simulated user: ``choose`` sees only what a product would (the folded state,
     the user's context and clock) and names a step or None (offer nothing). Returns the
-    offers made and whether the walk ended on an ineligible step (counted, never simulated)."""
+    offers made and whether the walk ended on an ineligible step (counted, never simulated).
+
+    ``observe(state before, step, outcome, hours until the user came back)`` is told of every
+    offer the user answered and came back from (``simulation.regret`` tracks its belief so)."""
     catalog = world.catalog
     state = UserState()
     offers = 0
@@ -127,12 +134,16 @@ def walk_user(
             break
         if step not in catalog.eligible_indices(u.state[0], catalog.available(u.context)):
             return offers, 1
+        before = u.state
         outcome = u.respond(step)
         offers += 1
         state.apply(catalog, step, outcome, u.ts, u.context)
         if u.done:
             break
+        answered = u.ts
         u.advance_clock()
+        if observe is not None:
+            observe(before, step, outcome, (u.ts - answered) / 3600.0)
     return offers, 0
 
 
@@ -145,12 +156,13 @@ class InProcess:
         self.world = world
         self.decider = decider
 
-    def _choose(self, state: UserState, u: SimUser) -> int | None:
+    def choose(self, state: UserState, u: SimUser) -> int | None:
+        """The decider's step for this user now (``walk_user``'s chooser)."""
         res = self.decider.decide(u.user_id, state, now=u.ts, context=u.context)
         return None if res.step is None else self.world.catalog.index[res.step]
 
     def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
-        offers, invalid = walk_user(self.world, u, self._choose)
+        offers, invalid = walk_user(self.world, u, self.choose)
         return offers, invalid, 0, []
 
 
