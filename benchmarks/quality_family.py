@@ -24,7 +24,7 @@ from benchmarks.peers import PeerWalk, conversion_model, greedy_value
 from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
-from simulation.regret import RegretMeter
+from simulation.regret import RegretMeter, fixed_rule_choosers, paired_gap
 from simulation.rollout import InProcess, reference_table, run_users
 from simulation.simulate import TypeBlindReference, generate_log
 from simulation.synthetic import bundle_from_frame
@@ -52,6 +52,7 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
     }
     row: dict[str, Any] = {"world": name, "description": world.description}
     reference = TypeBlindReference(world)
+    meters = {}
     for policy, walk in walks.items():
         meter = RegretMeter(world, walk.choose, reference)  # the same walk, each decision scored
         res = run_users(world, users, seed + 1000, meter, prefix="q")
@@ -63,6 +64,14 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
             "regret": regret,
             "regret_se": regret_se,
         }
+        meters[policy] = meter
+    # the fixed rules on the same users: the planner against each, paired user by user
+    row["planner"]["regret_minus_fixed"] = {}
+    for rule, choose in fixed_rule_choosers(world, seed).items():
+        meter = RegretMeter(world, choose, reference)
+        run_users(world, users, seed + 1000, meter, prefix="q")
+        gap, gap_se = paired_gap(meters["planner"], meter)
+        row["planner"]["regret_minus_fixed"][rule] = {"mean": gap, "se": gap_se}
     # the type-blind reference walks the same users as the policies (common random numbers):
     # with independent users, its own Monte Carlo error (about 2.5% of its value at 2,000
     # users) went into every world's ratio
@@ -103,6 +112,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             )
             for peer in POLICIES[1:]
         }
+    if all("regret_minus_fixed" in r["planner"] for r in rows):
+        # the same question as the margins below, asked of the same users decision by decision:
+        # does the planner give up more than some fixed rule, beyond the pairing's own error?
+        out["planner"]["regret_above_a_fixed_rule_by_more_than_2se"] = int(
+            sum(
+                any(g["mean"] > 2 * g["se"] for g in r["planner"]["regret_minus_fixed"].values())
+                for r in rows
+            )
+        )
     margins = [
         (r["planner"]["value"] - max(r["reference"][k] for k in FIXED))
         / max(r["planner"]["se"], 1e-9)

@@ -17,11 +17,13 @@ the same sum), never negative, and tracks the conversion ratio across worlds; se
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 
 from features.state import UserState
+from models.baselines import big_ask_choice, ladder_choice
 from simulation.rollout import walk_user
 from simulation.simulate import SimState, SimUser, TypeBlindReference
 from simulation.worlds import World
@@ -88,3 +90,40 @@ class RegretMeter:
         if len(x) < 2:
             return float(x.mean()) if len(x) else 0.0, 0.0
         return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def fixed_rule_choosers(world: World, seed: int) -> dict[str, Choose]:
+    """The fixed baselines as walk choosers: ``ladder``, ``big_ask`` and ``random`` (uniform
+    over the eligible steps, its draws seeded by ``seed``, the user and the offer, so they never
+    touch the user's own random stream). Their exact values are known; walked through a
+    ``RegretMeter`` on a policy's users they give the paired comparison the exact values cannot:
+    the same users, decision by decision."""
+    catalog = world.catalog
+
+    def eligible(state: UserState, u: SimUser) -> list[int]:
+        return catalog.eligible_indices(state.accepted_mask, catalog.available(u.context))
+
+    def ladder(state: UserState, u: SimUser) -> int | None:
+        steps = eligible(state, u)
+        return ladder_choice(catalog, steps) if steps else None
+
+    def big_ask(state: UserState, u: SimUser) -> int | None:
+        steps = eligible(state, u)
+        return big_ask_choice(catalog, steps) if steps else None
+
+    def uniform(state: UserState, u: SimUser) -> int | None:
+        steps = eligible(state, u)
+        if not steps:
+            return None
+        rng = np.random.default_rng([seed, zlib.crc32(u.user_id.encode()), u.n_offers])
+        return steps[int(rng.integers(len(steps)))]
+
+    return {"ladder": ladder, "big_ask": big_ask, "random": uniform}
+
+
+def paired_gap(a: RegretMeter, b: RegretMeter) -> tuple[float, float]:
+    """Mean of ``a``'s regret minus ``b``'s over the same users, and its standard error."""
+    d = np.asarray(a.per_user, dtype=np.float64) - np.asarray(b.per_user, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0, 0.0
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
