@@ -25,7 +25,7 @@ from models.bundle import ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
 from simulation.regret import RegretMeter, fixed_rule_choosers, paired_gap
-from simulation.rollout import InProcess, reference_table, run_users
+from simulation.rollout import InProcess, Metered, reference_table, run_users
 from simulation.simulate import TypeBlindReference, generate_log
 from simulation.synthetic import bundle_from_frame
 from simulation.worlds import load_world
@@ -54,8 +54,8 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
     reference = TypeBlindReference(world)
     meters = {}
     for policy, walk in walks.items():
-        meter = RegretMeter(world, walk.choose, reference)  # the same walk, each decision scored
-        res = run_users(world, users, seed + 1000, meter, prefix="q")
+        meter = meters[policy] = RegretMeter(world, reference)  # each decision scored too
+        res = run_users(world, users, seed + 1000, Metered(world, walk.choose, meter), prefix="q")
         regret, regret_se = meter.summary()
         row[policy] = {
             "value": res.conversion,
@@ -64,12 +64,11 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
             "regret": regret,
             "regret_se": regret_se,
         }
-        meters[policy] = meter
     # the fixed rules on the same users: the planner against each, paired user by user
     row["planner"]["regret_minus_fixed"] = {}
     for rule, choose in fixed_rule_choosers(world, seed).items():
-        meter = RegretMeter(world, choose, reference)
-        run_users(world, users, seed + 1000, meter, prefix="q")
+        meter = RegretMeter(world, reference)
+        run_users(world, users, seed + 1000, Metered(world, choose, meter), prefix="q")
         gap, gap_se = paired_gap(meters["planner"], meter)
         row["planner"]["regret_minus_fixed"][rule] = {"mean": gap, "se": gap_se}
     # the type-blind reference walks the same users as the policies (common random numbers):

@@ -17,6 +17,7 @@ the same sum), never negative, and tracks the conversion ratio across worlds; se
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -24,7 +25,6 @@ import numpy as np
 
 from features.state import UserState
 from models.baselines import big_ask_choice, ladder_choice
-from simulation.rollout import walk_user
 from simulation.simulate import SimState, SimUser, TypeBlindReference
 from simulation.worlds import World
 
@@ -32,72 +32,81 @@ from simulation.worlds import World
 Choose = Callable[[UserState, SimUser], "int | None"]
 
 
+class UserRegret:
+    """One user's walk as the meter sees it: the belief over types and the regret so far.
+
+    A walker calls ``charge`` with each step it offers (before the user answers) and
+    ``observe`` once the user answered and came back."""
+
+    def __init__(self, meter: RegretMeter, u: SimUser) -> None:
+        self.meter = meter
+        self.user = u
+        self.available = meter.world.catalog.available(u.context)
+        self.belief = meter.reference.prior(u.context)
+        self.regret = 0.0
+        self.before: SimState = u.state  # the state the latest offer was made in
+
+    def charge(self, step: int) -> None:
+        """Add what offering ``step`` in the user's present state gives up (an ineligible step
+        is counted by the walker as invalid, not here)."""
+        u = self.user
+        eligible = self.meter.world.catalog.eligible_indices(u.state[0], self.available)
+        if step in eligible:
+            q = self.meter.belief_q(self.belief, u.state, eligible)
+            self.regret += float(q.max() - q[eligible.index(step)])
+
+    def observe(self, before: SimState, step: int, outcome: str, gap_hours: float) -> None:
+        self.belief = self.meter.reference.update(self.belief, before, step, outcome, gap_hours)
+
+
 class RegretMeter:
-    """A rollout step function (``run_users``) that walks each user with ``choose`` and keeps
-    the regret of every user's decisions in ``per_user`` (in goal-worth units, run order).
-    ``belief`` is the current user's posterior over the world's types."""
+    """The regret of every walked user, by user id (``per_user``, goal-worth units).
 
-    concurrency = 1  # the per-user list is appended in walk order
+    Walkers (``InProcess``, ``OverHttp``, the benchmarks' peers) take one as ``meter``: each
+    user's walk gets a ``UserRegret`` from ``start`` and hands it back to ``finish``. Walks may
+    run in threads (``OverHttp``): each has its own tracker, and ``finish`` takes a lock."""
 
-    def __init__(
-        self, world: World, choose: Choose, reference: TypeBlindReference | None = None
-    ) -> None:
+    def __init__(self, world: World, reference: TypeBlindReference | None = None) -> None:
         self.world = world
-        self.choose = choose
         self.reference = reference or TypeBlindReference(world)
-        self.per_user: list[float] = []
-        self.belief = np.asarray(world.weights, dtype=np.float64)
+        for t in world.types:  # solve up front: walks in threads then only read the levels
+            self.reference.solver.optimal_value_fn(t)
+        self.per_user: dict[str, float] = {}
+        self.walking: dict[str, UserRegret] = {}
+        self._lock = threading.Lock()
 
-    def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
-        ref = self.reference
-        catalog = self.world.catalog
-        available = catalog.available(u.context)
-        self.belief = ref.prior(u.context)
-        regret = 0.0
+    def start(self, u: SimUser) -> UserRegret:
+        tracker = UserRegret(self, u)
+        with self._lock:
+            self.walking[u.user_id] = tracker
+        return tracker
 
-        def charged(state: UserState, user: SimUser) -> int | None:
-            nonlocal regret
-            step = self.choose(state, user)
-            eligible = catalog.eligible_indices(user.state[0], available)
-            if step is not None and step in eligible:
-                q = self.belief_q(user.state, eligible)
-                regret += float(q.max() - q[eligible.index(step)])
-            return step
+    def finish(self, tracker: UserRegret) -> None:
+        with self._lock:
+            self.per_user[tracker.user.user_id] = tracker.regret
+            self.walking.pop(tracker.user.user_id, None)
 
-        def observe(before: SimState, step: int, outcome: str, gap_hours: float) -> None:
-            self.belief = ref.update(self.belief, before, step, outcome, gap_hours)
-
-        offers, invalid = walk_user(self.world, u, charged, observe=observe)
-        self.per_user.append(regret)
-        return offers, invalid, 0, []
-
-    def belief_q(self, state: SimState, eligible: list[int]) -> np.ndarray:
-        """Each eligible step's optimal Q in ``state``, averaged over the types by the current
-        user's ``belief``."""
-        ref = self.reference
-        belief = self.belief
+    def belief_q(self, belief: np.ndarray, state: SimState, eligible: list[int]) -> np.ndarray:
+        """Each eligible step's optimal Q in ``state``, averaged over the types by ``belief``."""
         q = np.zeros(len(eligible))
         for k, t in enumerate(self.world.types):
             if belief[k] < 1e-6:
                 continue
-            values = ref.solver.q_optimal(t, state)
+            values = self.reference.solver.q_optimal(t, state)
             q += belief[k] * np.array([values[s] for s in eligible])
         return q
 
     def summary(self) -> tuple[float, float]:
         """Mean regret per user and its standard error."""
-        x = np.asarray(self.per_user, dtype=np.float64)
-        if len(x) < 2:
-            return float(x.mean()) if len(x) else 0.0, 0.0
-        return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
+        return _mean_se(np.fromiter(self.per_user.values(), dtype=np.float64))
 
 
 def fixed_rule_choosers(world: World, seed: int) -> dict[str, Choose]:
     """The fixed baselines as walk choosers: ``ladder``, ``big_ask`` and ``random`` (uniform
     over the eligible steps, its draws seeded by ``seed``, the user and the offer, so they never
-    touch the user's own random stream). Their exact values are known; walked through a
-    ``RegretMeter`` on a policy's users they give the paired comparison the exact values cannot:
-    the same users, decision by decision."""
+    touch the user's own random stream). Their exact values are known; scored by a
+    ``RegretMeter`` on a policy's own users (``simulation.rollout.Metered``) they give the
+    paired comparison the exact values cannot: the same users, decision by decision."""
     catalog = world.catalog
 
     def eligible(state: UserState, u: SimUser) -> list[int]:
@@ -122,8 +131,13 @@ def fixed_rule_choosers(world: World, seed: int) -> dict[str, Choose]:
 
 
 def paired_gap(a: RegretMeter, b: RegretMeter) -> tuple[float, float]:
-    """Mean of ``a``'s regret minus ``b``'s over the same users, and its standard error."""
-    d = np.asarray(a.per_user, dtype=np.float64) - np.asarray(b.per_user, dtype=np.float64)
-    if len(d) < 2:
-        return float(d.mean()) if len(d) else 0.0, 0.0
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    """Mean of ``a``'s regret minus ``b``'s over the users both walked, and its standard
+    error."""
+    users = sorted(a.per_user.keys() & b.per_user.keys())
+    return _mean_se(np.array([a.per_user[k] - b.per_user[k] for k in users], dtype=np.float64))
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else 0.0), 0.0
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))

@@ -24,7 +24,8 @@ from features.state import UserState
 from features.timeutil import iso_seconds
 from models.decide import Decider
 from models.policies import PolicyConfig
-from simulation.simulate import ExactSolver, Population, SimState, SimUser, TypeBlindReference
+from simulation.regret import RegretMeter, UserRegret
+from simulation.simulate import ExactSolver, Population, SimUser, TypeBlindReference
 from simulation.worlds import World, load_world
 from training.modelio import load_scorer
 
@@ -117,14 +118,13 @@ def walk_user(
     u: SimUser,
     choose: Callable[[UserState, SimUser], int | None],
     *,
-    observe: Callable[[SimState, int, str, float], None] | None = None,
+    tracker: UserRegret | None = None,
 ) -> tuple[int, int]:
     """Walk one simulated user: ``choose`` sees only what a product would (the folded state,
     the user's context and clock) and names a step or None (offer nothing). Returns the
     offers made and whether the walk ended on an ineligible step (counted, never simulated).
-
-    ``observe(state before, step, outcome, hours until the user came back)`` is told of every
-    offer the user answered and came back from (``simulation.regret`` tracks its belief so)."""
+    A ``tracker`` (``simulation.regret``) is told of every offer and of every answer the user
+    came back from."""
     catalog = world.catalog
     state = UserState()
     offers = 0
@@ -134,17 +134,52 @@ def walk_user(
             break
         if step not in catalog.eligible_indices(u.state[0], catalog.available(u.context)):
             return offers, 1
-        before = u.state
-        outcome = u.respond(step)
+        outcome = _answer(u, step, tracker)
         offers += 1
         state.apply(catalog, step, outcome, u.ts, u.context)
         if u.done:
             break
-        answered = u.ts
-        u.advance_clock()
-        if observe is not None:
-            observe(before, step, outcome, (u.ts - answered) / 3600.0)
+        _next_visit(u, step, outcome, tracker)
     return offers, 0
+
+
+def _answer(u: SimUser, step: int, tracker: UserRegret | None) -> str:
+    """The user's answer to ``step``, charged to the tracker first."""
+    if tracker is not None:
+        tracker.charge(step)
+        tracker.before = u.state
+    return u.respond(step)
+
+
+def _next_visit(u: SimUser, step: int, outcome: str, tracker: UserRegret | None) -> None:
+    """Advance to the user's next visit; the tracker learns the answer and how long it took."""
+    answered = u.ts
+    u.advance_clock()
+    if tracker is not None:
+        tracker.observe(tracker.before, step, outcome, (u.ts - answered) / 3600.0)
+
+
+class Metered:
+    """A rollout step function (``run_users``) walking each user with ``choose`` (a decider's,
+    a peer's, a fixed rule's) and scoring every decision with ``meter``."""
+
+    concurrency = 1
+
+    def __init__(
+        self,
+        world: World,
+        choose: Callable[[UserState, SimUser], int | None],
+        meter: RegretMeter,
+    ) -> None:
+        self.world = world
+        self.choose = choose
+        self.meter = meter
+
+    def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
+        tracker = self.meter.start(u)
+        offers, invalid = walk_user(self.world, u, self.choose, tracker=tracker)
+        self.meter.finish(tracker)
+        return offers, invalid, 0, []
 
 
 class InProcess:
@@ -170,12 +205,19 @@ class OverHttp:
     """Walk one user through a live service: next-step, then the outcome, over HTTP."""
 
     def __init__(
-        self, world: World, base: str, *, api_key: str | None = None, concurrency: int = 8
+        self,
+        world: World,
+        base: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        meter: RegretMeter | None = None,
     ) -> None:
         import httpx
 
         self.world = world
         self.concurrency = concurrency
+        self.meter = meter
         headers = {"X-API-Key": api_key} if api_key else {}
         self.client = httpx.Client(
             base_url=base.rstrip("/"),
@@ -185,6 +227,13 @@ class OverHttp:
         )
 
     def __call__(self, u: SimUser) -> tuple[int, int, int, list[str]]:
+        tracker = None if self.meter is None else self.meter.start(u)
+        result = self._walk(u, tracker)
+        if tracker is not None:
+            self.meter.finish(tracker)
+        return result
+
+    def _walk(self, u: SimUser, tracker: UserRegret | None) -> tuple[int, int, int, list[str]]:
         catalog = self.world.catalog
         offers = invalid = errors = 0
         versions: list[str] = []
@@ -204,7 +253,7 @@ class OverHttp:
             ):
                 invalid += 1
                 break
-            outcome = u.respond(step)
+            outcome = _answer(u, step, tracker)
             offers += 1
             r = self.client.post(
                 "/v1/outcomes",
@@ -215,7 +264,7 @@ class OverHttp:
                 break
             if u.done:
                 break
-            u.advance_clock()
+            _next_visit(u, step, outcome, tracker)
         return offers, invalid, errors, versions
 
 
@@ -260,10 +309,13 @@ def rollout(
     concurrency: int = 8,
 ) -> dict[str, Any]:
     world = load_world(world_name)
+    # a world that shifts has no single exact solution to score decisions against
+    meter = RegretMeter(world) if world.shift is None else None
     if base is not None:
-        step_fn: Any = OverHttp(world, base, api_key=api_key, concurrency=concurrency)
+        step_fn: Any = OverHttp(world, base, api_key=api_key, concurrency=concurrency, meter=meter)
     elif decider is not None:
-        step_fn = InProcess(world, decider)
+        walker = InProcess(world, decider)
+        step_fn = walker if meter is None else Metered(world, walker.choose, meter)
     else:
         raise NextstepError("rollout needs --base URL or --policy P")
     res = run_users(world, users, seed, step_fn)
@@ -278,7 +330,17 @@ def rollout(
         "ratio_to_optimum": res.conversion / ref["optimum"] if ref["optimum"] else None,
         "ratio_to_type_blind": res.conversion / ref["type_blind"] if ref["type_blind"] else None,
         "margin_over_best_fixed_se": (res.conversion - best_fixed) / res.se if res.se else None,
+        "regret": _regret(meter, ref["type_blind"]),
     }
+
+
+def _regret(meter: RegretMeter | None, type_blind: float) -> dict[str, float] | None:
+    """The rollout's decision regret per user (``simulation.regret``), also as a share of the
+    type-blind reference's value."""
+    if meter is None:
+        return None
+    mean, se = meter.summary()
+    return {"mean": mean, "se": se, "to_type_blind": mean / type_blind if type_blind else None}
 
 
 def rollout_command(
@@ -327,5 +389,14 @@ def rollout_command(
         t.add_row("optimum after the shift", f"{ref['after_shift']['optimum']:.4f} (exact)", "")
     Console().print(t)
     print(f"offers {res['offers']}, invalid decisions {res['invalid']}, errors {res['errors']}")
+    if out["regret"] is not None:
+        reg = out["regret"]
+        share = (
+            "" if reg["to_type_blind"] is None else f" ({reg['to_type_blind']:.3f} of type-blind)"
+        )
+        print(
+            f"regret per user {reg['mean']:.4f} ± {reg['se']:.4f}{share}: what the decisions "
+            "gave up against the exact values under each user's belief"
+        )
     if json_out:
         json_out.write_text(json.dumps(out, indent=2), encoding="utf-8")

@@ -121,6 +121,8 @@ def rollout_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 
 def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Path) -> None:
+    from simulation.regret import RegretMeter, fixed_rule_choosers
+    from simulation.rollout import Metered, run_users
     from simulation.simulate import ExactSolver, TypeBlindReference
     from simulation.worlds import load_world
 
@@ -139,6 +141,14 @@ def test_rollout_command_in_process_agrees_with_the_exact_value(rollout_json: Pa
     # the type-blind reference walks the rollout's own users (common random numbers)
     paired, _ = TypeBlindReference(load_world("ladder")).monte_carlo(400, 3)
     assert out["reference"]["type_blind"] == paired
+    # and every decision scored (simulation.regret): the ladder rule's regret on these users
+    world = load_world("ladder")
+    meter = RegretMeter(world)
+    run_users(world, 400, 3, Metered(world, fixed_rule_choosers(world, 0)["ladder"], meter))
+    regret = out["regret"]
+    assert regret["mean"] == pytest.approx(meter.summary()[0]) and regret["mean"] > 0
+    assert regret["to_type_blind"] == pytest.approx(regret["mean"] / paired)
+    assert "regret per user" in r.output
 
 
 def test_rollout_command_needs_a_base_or_a_policy(rollout_json: Path) -> None:
