@@ -62,8 +62,9 @@ from models.decide import Decider
 from models.policies import PolicyConfig
 from models.policy_base import DecisionInput
 from models.registry import DEFAULT_MODEL_URI
-from simulation.rollout import InProcess, run_users
-from simulation.simulate import START, ExactSolver
+from simulation.regret import RegretMeter
+from simulation.rollout import InProcess, Metered, run_users
+from simulation.simulate import START, ExactSolver, TypeBlindReference
 from simulation.worlds import load_world
 from training import tracking
 from training.modelio import ModelNotFoundError, load_scorer
@@ -91,7 +92,7 @@ class PolicyResult:
     config: PolicyConfig
     accept_rate: OneStep
     conversion: Trajectory
-    simulated: dict[str, Any] | None = None  # conversion, se, method, users
+    simulated: dict[str, Any] | None = None  # conversion, se, method, users (+ regret, regret_se)
 
     def params(self) -> dict[str, Any]:
         c = self.config
@@ -127,6 +128,9 @@ class PolicyResult:
         if self.simulated is not None:
             out["conversion_simulated"] = self.simulated["conversion"]
             out["conversion_simulated_se"] = self.simulated["se"]
+            if "regret" in self.simulated:  # Monte Carlo only: an exact value needs none
+                out["regret_simulated"] = self.simulated["regret"]
+                out["regret_simulated_se"] = self.simulated["regret_se"]
         return out
 
 
@@ -336,6 +340,7 @@ def simulate_policies(
 ) -> tuple[dict[str, dict[str, Any]], float]:
     """``({name: {conversion, se, method, users}}, exact optimum)`` in ``world``."""
     solver = ExactSolver(world)
+    reference = TypeBlindReference(world, solver)
     weights = world.weights
     optimum = sum(
         w * solver.optimal_value_fn(t)(START) for t, w in zip(world.types, weights, strict=True)
@@ -357,12 +362,17 @@ def simulate_policies(
         if scorer is None:
             raise CompareError(f"--policies: {name!r} needs a model to be simulated")
         decider = Decider(world.catalog, config, scorer=scorer, seed=seed)
-        res = run_users(world, users, seed, InProcess(world, decider), prefix="c")
+        meter = RegretMeter(world, reference)  # every decision scored too (simulation.regret)
+        walk = Metered(world, InProcess(world, decider).choose, meter)
+        res = run_users(world, users, seed, walk, prefix="c")
+        regret, regret_se = meter.summary()
         out[name] = {
             "conversion": res.conversion,
             "se": res.se,
             "method": "monte_carlo",
             "users": users,
+            "regret": regret,
+            "regret_se": regret_se,
         }
     if progress is not None:
         progress(label, len(configs), len(configs))
@@ -507,6 +517,7 @@ def print_table(comp: Comparison, console: Any | None = None) -> None:
     if comp.world is not None:
         t.add_column(f"simulated in {comp.world}", justify="right")
         t.add_column("vs optimum", justify="right")
+        t.add_column("regret per user", justify="right")
     for name, r in comp.policies.items():
         a, c = r.accept_rate.headline, r.conversion.headline
         row = [name, f"{a.value:.3f} [{a.low:.3f}, {a.high:.3f}]"]
@@ -524,10 +535,11 @@ def print_table(comp: Comparison, console: Any | None = None) -> None:
             row.append(f"{s.get('conversion', math.nan):.3f}{se}")
             ratio = s.get("conversion", math.nan) / comp.optimum if comp.optimum else math.nan
             row.append(f"{ratio:.2f}")
+            row.append(f"{s['regret']:.4f} ± {s['regret_se']:.4f}" if "regret" in s else "")
         t.add_row(*row)
     if comp.world is not None and comp.optimum is not None:
         filler = [""] * (3 + int(comp.reward_model))
-        t.add_row("optimum (type-aware)", *filler, f"{comp.optimum:.3f} (exact)", "1.00")
+        t.add_row("optimum (type-aware)", *filler, f"{comp.optimum:.3f} (exact)", "1.00", "")
     console.print(t)
     notes = [
         f"logged: accept rate {comp.logged_accept_rate:.3f}, "

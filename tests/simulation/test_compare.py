@@ -296,9 +296,13 @@ def test_compare_with_a_world_reports_exact_and_simulated_values_next_to_the_opt
     greedy = comp.policies["greedy"].simulated
     assert greedy is not None and greedy["method"] == "monte_carlo" and greedy["users"] == 40
     assert 0.0 <= greedy["conversion"] <= 1.0 and greedy["se"] > 0
+    # its decisions scored as rollout scores them, on the same users (simulation.regret)
+    assert greedy["regret"] > 0 and 0 < greedy["regret_se"] < greedy["regret"]
+    assert "regret" not in comp.policies["ladder"].simulated  # exact: nothing to estimate
     assert comp.reward_model and "dr" in comp.policies["greedy"].accept_rate.estimates
     table = comp.table()
     assert {"conversion_simulated", "optimum", "accept_rate_dr"} <= set(table.columns)
+    assert table.set_index("policy").loc["greedy", "regret_simulated"] == greedy["regret"]
 
 
 def test_a_world_with_another_catalog_is_refused(sim: tuple[Path, Catalog, EventLog]) -> None:
