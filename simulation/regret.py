@@ -44,19 +44,24 @@ class UserRegret:
         self.available = meter.world.catalog.available(u.context)
         self.belief = meter.reference.prior(u.context)
         self.regret = 0.0
-        self.before: SimState = u.state  # the state the latest offer was made in
+        self.before: SimState = u.state  # the state the latest charged offer was made in
 
     def charge(self, step: int) -> None:
         """Add what offering ``step`` in the user's present state gives up (an ineligible step
-        is counted by the walker as invalid, not here)."""
+        is counted by the walker as invalid, not here), and keep that state for ``observe``."""
         u = self.user
+        self.before = u.state
         eligible = self.meter.world.catalog.eligible_indices(u.state[0], self.available)
         if step in eligible:
             q = self.meter.belief_q(self.belief, u.state, eligible)
             self.regret += float(q.max() - q[eligible.index(step)])
 
-    def observe(self, before: SimState, step: int, outcome: str, gap_hours: float) -> None:
-        self.belief = self.meter.reference.update(self.belief, before, step, outcome, gap_hours)
+    def observe(self, step: int, outcome: str, gap_hours: float) -> None:
+        """The user answered ``step`` (offered in the state ``charge`` kept) and came back
+        ``gap_hours`` later: update the belief as the type-blind reference does."""
+        self.belief = self.meter.reference.update(
+            self.belief, self.before, step, outcome, gap_hours
+        )
 
 
 class RegretMeter:

@@ -147,7 +147,6 @@ def _answer(u: SimUser, step: int, tracker: UserRegret | None) -> str:
     """The user's answer to ``step``, charged to the tracker first."""
     if tracker is not None:
         tracker.charge(step)
-        tracker.before = u.state
     return u.respond(step)
 
 
@@ -156,7 +155,7 @@ def _next_visit(u: SimUser, step: int, outcome: str, tracker: UserRegret | None)
     answered = u.ts
     u.advance_clock()
     if tracker is not None:
-        tracker.observe(tracker.before, step, outcome, (u.ts - answered) / 3600.0)
+        tracker.observe(step, outcome, (u.ts - answered) / 3600.0)
 
 
 class Metered:
