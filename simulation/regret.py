@@ -67,9 +67,10 @@ class UserRegret:
 class RegretMeter:
     """The regret of every walked user, by user id (``per_user``, goal-worth units).
 
-    Walkers (``InProcess``, ``OverHttp``, the benchmarks' peers) take one as ``meter``: each
-    user's walk gets a ``UserRegret`` from ``start`` and hands it back to ``finish``. Walks may
-    run in threads (``OverHttp``): each has its own tracker, and ``finish`` takes a lock."""
+    A walker (``simulation.rollout.OverHttp`` given ``meter=``, or ``Metered`` around any
+    chooser: a decider's, a peer's, a fixed rule's) gets a ``UserRegret`` for each user's walk
+    from ``start`` and hands it back to ``finish``. Walks may run in threads (``OverHttp``):
+    each has its own tracker, and ``finish`` takes a lock."""
 
     def __init__(self, world: World, reference: TypeBlindReference | None = None) -> None:
         self.world = world
