@@ -91,35 +91,32 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "to_type_blind": {"median": float(np.median(blind)), "p10": _p10(blind)},
             "to_optimum": {"median": float(np.median(opt)), "p10": _p10(opt)},
         }
-        if all("regret" in r[policy] for r in rows):  # rows written before regret was kept
-            lost = np.array([r[policy]["regret"] / r["reference"]["type_blind"] for r in rows])
-            out[policy]["regret_to_type_blind"] = {
-                "mean": float(lost.mean()),
-                "median": float(np.median(lost)),
-                "p90": float(np.percentile(lost, 90)),
-            }
-    if all("regret" in r["planner"] for r in rows):
-        # per world, what each peer gives up beyond the planner: the paired, low-noise lead
-        out["planner"]["regret_lead_over"] = {
-            peer: float(
-                np.median(
-                    [
-                        (r[peer]["regret"] - r["planner"]["regret"]) / r["reference"]["type_blind"]
-                        for r in rows
-                    ]
-                )
-            )
-            for peer in POLICIES[1:]
+        lost = np.array([r[policy]["regret"] / r["reference"]["type_blind"] for r in rows])
+        out[policy]["regret_to_type_blind"] = {
+            "mean": float(lost.mean()),
+            "median": float(np.median(lost)),
+            "p90": float(np.percentile(lost, 90)),
         }
-    if all("regret_minus_fixed" in r["planner"] for r in rows):
-        # the same question as the margins below, asked of the same users decision by decision:
-        # does the planner give up more than some fixed rule, beyond the pairing's own error?
-        out["planner"]["regret_above_a_fixed_rule_by_more_than_2se"] = int(
-            sum(
-                any(g["mean"] > 2 * g["se"] for g in r["planner"]["regret_minus_fixed"].values())
-                for r in rows
+    # per world, what each peer gives up beyond the planner: the paired, low-noise lead
+    out["planner"]["regret_lead_over"] = {
+        peer: float(
+            np.median(
+                [
+                    (r[peer]["regret"] - r["planner"]["regret"]) / r["reference"]["type_blind"]
+                    for r in rows
+                ]
             )
         )
+        for peer in POLICIES[1:]
+    }
+    # the same question as the margins below, asked of the same users decision by decision:
+    # does the planner give up more than some fixed rule, beyond the pairing's own error?
+    out["planner"]["regret_above_a_fixed_rule_by_more_than_2se"] = int(
+        sum(
+            any(g["mean"] > 2 * g["se"] for g in r["planner"]["regret_minus_fixed"].values())
+            for r in rows
+        )
+    )
     margins = [
         (r["planner"]["value"] - max(r["reference"][k] for k in FIXED))
         / max(r["planner"]["se"], 1e-9)
