@@ -74,7 +74,7 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
     # the type-blind reference walks the same users as the policies (common random numbers):
     # with independent users, its own Monte Carlo error (about 2.5% of its value at 2,000
     # users) went into every world's ratio
-    ref = reference_table(world, users, seed, blind_seed=seed + 1000)
+    ref = reference_table(world, users, seed, blind_seed=seed + 1000, solver=reference.solver)
     row["reference"] = {k: ref[k] for k in ("optimum", "type_blind", "type_blind_se", *FIXED)}
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row

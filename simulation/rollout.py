@@ -268,7 +268,12 @@ class OverHttp:
 
 
 def reference_table(
-    world: World, users: int, seed: int, *, blind_seed: int | None = None
+    world: World,
+    users: int,
+    seed: int,
+    *,
+    blind_seed: int | None = None,
+    solver: ExactSolver | None = None,
 ) -> dict[str, Any]:
     """Exact optimum and baselines, plus the type-blind reference by Monte Carlo.
 
@@ -278,16 +283,23 @@ def reference_table(
     and not which users each side happened to draw.
 
     For a world with a shift these are the references of the world its first users meet, and
-    ``after_shift`` holds the same table for the world after the shift."""
+    ``after_shift`` holds the same table for the world after the shift.
+
+    ``solver``: the world's ``ExactSolver`` when the caller already solved it (a world without
+    a shift; a ``RegretMeter``'s), so the programme is not solved twice."""
     blind = seed + 1_000_003 if blind_seed is None else blind_seed
-    out = _references(world.before_shift(), users, blind)
+    if solver is not None and (world.shift is not None or solver.world is not world):
+        raise NextstepError("reference_table: solver must be this stationary world's")
+    out = _references(world.before_shift(), users, blind, solver)
     if world.shift is not None:
         out["after_shift"] = _references(world.after_shift(), users, blind)
     return out
 
 
-def _references(world: World, users: int, blind_seed: int) -> dict[str, Any]:
-    solver = ExactSolver(world)
+def _references(
+    world: World, users: int, blind_seed: int, solver: ExactSolver | None = None
+) -> dict[str, Any]:
+    solver = solver or ExactSolver(world)
     table = solver.table()
     blind, blind_se = TypeBlindReference(world, solver).monte_carlo(users, blind_seed)
     out = {name: row["overall"] for name, row in table.items()}
@@ -320,7 +332,8 @@ def rollout(
     res = run_users(world, users, seed, step_fn)
     # the type-blind reference walks (the first 4,000 of) these very users: the ratio then
     # measures the policy, not which users each side happened to draw
-    ref = reference_table(world, min(users, 4000), seed, blind_seed=seed)
+    solver = None if meter is None else meter.reference.solver
+    ref = reference_table(world, min(users, 4000), seed, blind_seed=seed, solver=solver)
     best_fixed = max(ref[k] for k in ("ladder", "big_ask", "random"))
     return {
         "world": world.name,

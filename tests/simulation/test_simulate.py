@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from features.errors import NextstepError
 from simulation.rollout import reference_table
 from simulation.simulate import (
     FIXED_POLICIES,
@@ -179,3 +180,14 @@ def test_type_blind_reference_can_walk_the_rollouts_own_users() -> None:
     assert paired == TypeBlindReference(world).monte_carlo(400, 77)[0]
     assert own == TypeBlindReference(world).monte_carlo(400, 5 + 1_000_003)[0]
     assert paired != own
+
+
+def test_reference_table_reuses_a_solver_of_the_same_world_only() -> None:
+    """A caller that solved the world (a regret meter) hands its solver over: same table."""
+    world = load_world("random:3")
+    solver = ExactSolver(world)
+    assert reference_table(world, 200, 5, solver=solver) == reference_table(world, 200, 5)
+    with pytest.raises(NextstepError, match="stationary world"):
+        reference_table(load_world("random:4"), 200, 5, solver=solver)
+    with pytest.raises(NextstepError, match="stationary world"):
+        reference_table(load_world("ladder_shift"), 200, 5, solver=solver)
