@@ -12,7 +12,7 @@ back | accept): they are binary outcome models over the same feature rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,36 @@ from models.bundle import ModelBundle
 from models.calibration import EPS, TIE_BREAK, calibrated
 from models.fitted_q import FittedQ
 
-__all__ = ["EPS", "TIE_BREAK", "LogisticBaseline", "ReadinessModel", "fit_bundle"]
+__all__ = [
+    "EPS",
+    "READINESS_MONOTONE",
+    "TIE_BREAK",
+    "LogisticBaseline",
+    "ReadinessModel",
+    "fit_bundle",
+    "readiness_monotone",
+]
+
+# The direction readiness may move along a state feature, everything else held equal: the
+# micro-commitment premise itself. Accepts in a row build momentum and value delivered makes the
+# next ask easier; declines in a row build resistance, and so does a jump in effort past the
+# largest step accepted. The log alone cannot teach the trees these directions where the
+# incumbent seldom went (a big ask after a run of accepts, a warm-up after three declines), and
+# those are the states a look-ahead plans through. Constrained, the planner gave up 0.0032 less
+# of the type-blind reference per user (decision regret, SE 0.0015, paired over 119 worlds of
+# ``random:0..119``), and readiness's log loss on new users fell by 0.0007 (SE 0.0003, 20 worlds).
+READINESS_MONOTONE: Mapping[str, int] = {
+    "cons_accepts": 1,
+    "value_received": 1,
+    "cons_declines": -1,
+    "effort_gap": -1,
+}
+
+
+def readiness_monotone(names: Sequence[str]) -> tuple[int, ...]:
+    """LightGBM's ``monotone_constraints`` for feature columns ``names``: the direction of
+    ``READINESS_MONOTONE`` for its features, 0 (free) for every other column."""
+    return tuple(READINESS_MONOTONE.get(n, 0) for n in names)
 
 
 class ReadinessModel(ClassifierMixin, BaseEstimator):
@@ -71,6 +100,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         categorical_features: tuple[int, ...] | None = None,
         calibration_fraction: float = 0.2,
         step_feature: int | None = None,
+        monotone_constraints: tuple[int, ...] | None = None,
         random_state: int = 0,
         n_jobs: int | None = None,
     ) -> None:
@@ -82,6 +112,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         self.categorical_features = categorical_features
         self.calibration_fraction = calibration_fraction
         self.step_feature = step_feature
+        self.monotone_constraints = monotone_constraints
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -194,7 +225,18 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
         large log a level seen in a few dozen rows (a new course whose first offers came in
         early) can otherwise carry those rows' rate to every later offer of it; levels with a
         real share of the log keep their effect. Categories of up to four values are split one
-        against the rest and do not use it."""
+        against the rest and do not use it.
+
+        ``monotone_constraints`` (one direction per column, as LightGBM's) use LightGBM's
+        ``intermediate`` method: it constrains a split only by the leaves it can reach, so it
+        costs the trees less fit than ``basic``, and unlike ``advanced`` (LightGBM 4.6) its
+        trees were never seen to break a constraint."""
+        mono = self.monotone_constraints
+        constrained = (
+            {"monotone_constraints": list(mono), "monotone_constraints_method": "intermediate"}
+            if mono and any(mono)
+            else {}
+        )
         return {
             **tree_params(
                 "binary",
@@ -208,6 +250,7 @@ class ReadinessModel(ClassifierMixin, BaseEstimator):
             "min_data_per_group": 20,
             "cat_smooth": 10.0,
             "cat_l2": max(10.0, n_fit / 1000.0),
+            **constrained,
         }
 
     def fit_calibration(self, raw: np.ndarray | None, y: np.ndarray | None) -> None:
@@ -368,7 +411,8 @@ def fit_bundle(
     the learner's windows it did, and the planner then gave up on users who would have come
     back), so these two models calibrate on a random slice.
 
-    * readiness: every offer, label = accepted;
+    * readiness: every offer, label = accepted, monotone in the features of
+      ``READINESS_MONOTONE`` (``params={"monotone_constraints": None}`` lifts it);
     * drop: declined or dropped offers, label = the user is gone: dropped, or no later event
       (a user who declines their last offer of a horizon, or simply never returns, is as lost
       to the planner as one who said "stop": counting only explicit drops made every look-ahead
@@ -386,7 +430,10 @@ def fit_bundle(
         "n_jobs": n_jobs,
         **(params or {}),
     }
-    readiness = ReadinessModel(**kw).fit(X, accepted.astype(int), ts=ts, users=users)
+    mono = kw.pop("monotone_constraints", readiness_monotone(spec.names))
+    readiness = ReadinessModel(**kw, monotone_constraints=mono).fit(
+        X, accepted.astype(int), ts=ts, users=users
+    )
     no = ~accepted
     gone = dropped | ~came_back
     drop = _fit_optional(X[no], gone[no], kw)

@@ -72,7 +72,7 @@ from features.timeutil import iso_seconds
 from models.bundle import ModelBundle, ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
-from models.readiness import LogisticBaseline, ReadinessModel
+from models.readiness import LogisticBaseline, ReadinessModel, readiness_monotone
 from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.pipeline import (
@@ -974,7 +974,10 @@ def fit_and_evaluate_dask(
     say("dask: fitting LightGBM readiness, drop and come-back models (lightgbm.dask)")
     cats = tuple(spec.categorical_indices)
     kw = {"categorical_features": cats, "random_state": seed, "n_jobs": 1, **(params or {})}
-    readiness = fit_readiness_dask(client, feats, train, "accepted", spec, kw)
+    mono = kw.pop("monotone_constraints", readiness_monotone(spec.names))
+    readiness = fit_readiness_dask(
+        client, feats, train, "accepted", spec, {**kw, "monotone_constraints": mono}
+    )
     if readiness is None:  # not reached: both outcomes were checked above
         raise NextstepError("the readiness model could not be fitted on the training rows")
     opt = {**kw}

@@ -17,7 +17,13 @@ from evaluation import evaluate as ev
 from features.events import validate_frame
 from features.offline import build_offline_features
 from features.spec import FeatureSpec
-from models.readiness import LogisticBaseline, ReadinessModel
+from models.readiness import (
+    READINESS_MONOTONE,
+    LogisticBaseline,
+    ReadinessModel,
+    fit_bundle,
+    readiness_monotone,
+)
 from simulation.simulate import generate_log
 from simulation.worlds import load_world
 
@@ -168,3 +174,34 @@ def test_a_category_level_seen_in_a_few_rows_of_a_large_log_is_shrunk():
         assert p[[0, 2, 4, 6]].min() > p[[1, 3, 5, 7]].max() + 0.03
     assert ReadinessModel().lightgbm_params(60_000)["cat_l2"] == 60.0
     assert ReadinessModel().lightgbm_params(5_000)["cat_l2"] == 10.0  # LightGBM's default
+
+
+def test_fit_bundle_keeps_readiness_monotone_in_the_commitment_features():
+    """Along every feature of ``READINESS_MONOTONE`` the served readiness (trees and isotonic
+    map) moves only the documented way, on rows of a real simulated log; the drop and come-back
+    models are left free, and ``params`` can lift the constraint."""
+    world = load_world("random:7")
+    frame = pd.DataFrame(generate_log(world, 1500, 3))
+    log = validate_frame(frame, world.catalog, source="sim-3")
+    spec = FeatureSpec.from_frame(log.frame, log.context_columns)
+    F = build_offline_features(log.frame, world.catalog, spec)
+    is_goal = world.catalog.arrays["is_goal"][F.step_index] > 0
+    args = (F.X, F.accepted, F.dropped, F.came_back, is_goal, spec)
+    bundle = fit_bundle(*args, typical_gap_hours=24.0, n_jobs=1)
+    assert bundle.readiness.monotone_constraints == readiness_monotone(spec.names)
+    assert bundle.drop.monotone_constraints is None and bundle.back.monotone_constraints is None
+    rows = F.X[:: max(1, len(F.X) // 300)]
+    for name, sign in READINESS_MONOTONE.items():
+        col = spec.names.index(name)
+        grid = np.linspace(0.0, np.nanmax(F.X[:, col]) + 1.0, 6)
+        probs = []
+        for v in grid:
+            X = rows.copy()
+            X[:, col] = v
+            probs.append(bundle.readiness.predict_proba(X)[:, 1])
+        steps = np.diff(np.array(probs), axis=0) * sign
+        assert (steps >= -1e-12).all(), name
+    free = fit_bundle(
+        *args, typical_gap_hours=24.0, n_jobs=1, params={"monotone_constraints": None}
+    )
+    assert "monotone_constraints" not in free.readiness.booster_.params
