@@ -12,11 +12,10 @@ iteration over the logged transitions), a candidate's value is the mean of the t
 model's (``value_weight``). The walks cannot see a best path of another shape (in a funnel where
 accumulated value makes the goal easier, a climb through the steps that deliver value), and
 fitted Q, which needs no path shape, extrapolates wherever the incumbent's log is thin; they
-err in different places. With the default tolerance and discount the mean converts 0.008 of
-the type-blind reference more than the tree alone on ``random:0..29`` (SE 0.004, paired by
-world), and 0.028 (SE 0.007), 0.010 (SE 0.007), 0.019 (SE 0.011) and 0.021 (SE 0.011) more
-on ``random:30..59``, ``random:60..89``, ``random:90..119`` and ``random:120..149``; fitted Q
-alone, taken greedily, gained 0.001 (SE 0.008) on the first family.
+err in different places. With the default tolerance and discount the mean converts 0.006 of
+the type-blind reference more than the tree alone on ``random:0..29`` (SE 0.002, paired by
+world), and 0.024 (SE 0.006), 0.013 (SE 0.007), 0.019 (SE 0.008) and 0.013 (SE 0.007) more
+on ``random:30..59``, ``random:60..89``, ``random:90..119`` and ``random:120..149``.
 Among steps within ``relative_tolerance`` of the best (3% of its value by default), the one with
 the least effort wins: when asking for less costs (almost) nothing, ask for less. The tolerance
 is relative because values differ in scale from funnel to funnel and shrink late in a user's
