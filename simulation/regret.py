@@ -78,19 +78,14 @@ class RegretMeter:
         for t in world.types:  # solve up front: walks in threads then only read the levels
             self.reference.solver.optimal_value_fn(t)
         self.per_user: dict[str, float] = {}
-        self.walking: dict[str, UserRegret] = {}
         self._lock = threading.Lock()
 
     def start(self, u: SimUser) -> UserRegret:
-        tracker = UserRegret(self, u)
-        with self._lock:
-            self.walking[u.user_id] = tracker
-        return tracker
+        return UserRegret(self, u)
 
     def finish(self, tracker: UserRegret) -> None:
         with self._lock:
             self.per_user[tracker.user.user_id] = tracker.regret
-            self.walking.pop(tracker.user.user_id, None)
 
     def belief_q(self, belief: np.ndarray, state: SimState, eligible: list[int]) -> np.ndarray:
         """Each eligible step's optimal Q in ``state``, averaged over the types by ``belief``."""

@@ -19,10 +19,18 @@ def test_the_type_blind_reference_gives_up_nothing_and_walks_its_own_users() -> 
     """The meter's belief is the reference's: a chooser that acts on it is the reference."""
     world = load_world("eager")
     ref = TypeBlindReference(world)
-    meter = RegretMeter(world, ref)
+
+    class Watching(RegretMeter):
+        """Keeps the tracker of the user being walked (``Metered`` walks one at a time)."""
+
+        def start(self, u):
+            self.current = super().start(u)
+            return self.current
+
+    meter = Watching(world, ref)
 
     def reference(state, u):
-        return ref.choose(meter.walking[u.user_id].belief, u.state)
+        return ref.choose(meter.current.belief, u.state)
 
     res = run_users(world, USERS, 5, Metered(world, reference, meter))
     assert len(meter.per_user) == USERS
