@@ -76,6 +76,7 @@ from models.readiness import LogisticBaseline, ReadinessModel, readiness_monoton
 from training.context_reference import context_reference
 from training.holdout import Holdout, check_sides
 from training.pipeline import (
+    DEFAULT_READINESS,
     HOLDOUT_ARTIFACT_ROWS,
     TrainingOutcome,
     catalog_hash,
@@ -1178,7 +1179,7 @@ def train_on_dask(
     holdout: Any = None,
     step_feature: bool = True,
     progress: Progress | None = None,
-    readiness_model: str = "auto",
+    readiness_model: str = DEFAULT_READINESS,
 ) -> tuple[Any, dict[str, int]]:
     """``nextstep train --dask``: ``(TrainResult, skipped rows per reason)``."""
     say = progress or (lambda _msg: None)

@@ -6,8 +6,9 @@ Two situations deserve a word before anyone serves the model:
 * too little data: fewer than ``MIN_ROWS`` offers or ``MIN_USERS`` users, where the time-based
   holdout holds a handful of users and its metrics are noise;
 * the logistic-regression baseline has a lower holdout log loss than LightGBM: the tree model
-  is overfitting (or the data carry little signal). The bundle then serves the baseline
-  (``training.pipeline.serve_better_readiness``); the warning says so.
+  is overfitting (or the data carry little signal). The bundle still serves LightGBM unless
+  ``--readiness-model`` says otherwise (``training.pipeline.DEFAULT_READINESS`` says why); the
+  warning says which one it serves.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ WARNINGS_TAG = "nextstep.warnings"
 def training_warnings(
     metrics: Mapping[str, Mapping[str, float]],
     fingerprint: Mapping[str, Any],
-    served: str = "logistic",
+    served: str = "lightgbm",
 ) -> list[str]:
     """The warnings for one training result (empty when nothing is suspect)."""
     out = []
@@ -44,9 +45,10 @@ def training_warnings(
             f"the logistic baseline beats LightGBM on the holdout (log loss {logreg:.3f} vs "
             f"{lgbm:.3f}): "
             + (
-                "the bundle serves the logistic model; "
+                "the bundle serves the logistic model as --readiness-model asked; "
                 if served == "logistic"
-                else "the bundle serves LightGBM as --readiness-model asked; "
+                else "the bundle serves LightGBM all the same (a lower log loss does not make "
+                "the planner decide better; --readiness-model auto serves the baseline then); "
             )
             + "LightGBM overfits or the data carry little non-linear signal (get more data, "
             "or fewer, shallower trees)"

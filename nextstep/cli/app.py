@@ -198,10 +198,11 @@ def train(
     readiness_model: Annotated[
         str,
         typer.Option(
-            help="Readiness model the bundle serves: 'auto' (the logistic baseline when its "
-            "holdout log loss is lower than LightGBM's), 'lightgbm' or 'logistic'."
+            help="Readiness model the bundle serves: 'lightgbm' (default), 'logistic', or "
+            "'auto' (the logistic baseline when its holdout log loss is lower than LightGBM's; "
+            "the planner often decides worse with it)."
         ),
-    ] = "auto",
+    ] = "lightgbm",
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from nextstep.cli.commands import train_command  # start-up: imported when the command runs
@@ -510,7 +511,7 @@ def learn(
     readiness_model: Annotated[
         str,
         typer.Option(
-            help="As train --readiness-model (auto, lightgbm or logistic); LightGBM by default."
+            help="As train --readiness-model (lightgbm, logistic or auto); LightGBM by default."
         ),
     ] = "lightgbm",
 ) -> None:

@@ -37,7 +37,14 @@ from service.heap import frozen_heap
 from training.dask_train import predict_on_dask, recommend_on_dask, train_on_dask
 from training.holdout import Holdout
 from training.modelio import load_scorer
-from training.pipeline import STEP_FEATURE, Progress, TrainResult, check_readiness_choice, train_log
+from training.pipeline import (
+    DEFAULT_READINESS,
+    STEP_FEATURE,
+    Progress,
+    TrainResult,
+    check_readiness_choice,
+    train_log,
+)
 from training.predict import check_output, predict_frame, write_table
 from training.recommend import MODEL_POLICIES, recommend_frame, user_candidates
 from training.train_warnings import record_warnings, training_warnings
@@ -58,7 +65,7 @@ def train_command(
     holdout_fraction: float | None = None,
     holdout_from: str | None = None,
     step_feature: bool = STEP_FEATURE,
-    readiness_model: str = "auto",
+    readiness_model: str = DEFAULT_READINESS,
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -251,8 +258,8 @@ def _print_summary(result: TrainResult) -> None:
     console.print(f"run {result.run_id}, registered model nextstep version {result.version}")
     if result.readiness_model != "lightgbm":
         console.print(
-            f"readiness model served: {result.readiness_model} (lower holdout log loss than "
-            "LightGBM)"
+            f"readiness model served: {result.readiness_model}, as --readiness-model asked "
+            "(LightGBM by default)"
         )
     alias = f" (alias {', '.join(result.aliases)})" if result.aliases else ""
     console.print(f"promotion: {result.decision}{alias}: {result.reason}")

@@ -1,4 +1,5 @@
-"""The logistic readiness model the bundle serves when it beats LightGBM (``models.linear``).
+"""The logistic readiness model a bundle serves when asked (``--readiness-model logistic|auto``,
+``models.linear``).
 
 Its numbers must be the fitted scikit-learn pipeline's (missing values, unseen categories and
 all), survive the serving artifact bit for bit, and plug into the scorer and the planner, whose

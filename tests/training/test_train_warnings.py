@@ -1,5 +1,6 @@
 """``nextstep train`` says so when the result is suspect: too little data, or a logistic baseline
-that beats LightGBM on the holdout (printed and tagged on the MLflow run)."""
+that beats LightGBM on the holdout (printed and tagged on the MLflow run), and which readiness
+model the bundle serves then."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def test_too_little_data(rows: int, users: int) -> None:
 def test_a_better_logistic_baseline_is_named_with_both_log_losses() -> None:
     (w,) = training_warnings(_metrics(0.590, 0.551), ENOUGH)
     assert "logistic baseline beats LightGBM" in w and "0.551 vs 0.590" in w
+    assert "serves LightGBM all the same" in w
+    (w,) = training_warnings(_metrics(0.590, 0.551), ENOUGH, served="logistic")
+    assert "serves the logistic model as --readiness-model asked" in w
 
 
 def test_missing_metrics_are_not_a_warning() -> None:
@@ -69,12 +73,12 @@ def test_train_on_seven_rows_warns_and_tags_the_run(
 
 
 @pytest.mark.slow
-def test_a_better_logistic_baseline_is_what_the_bundle_serves(
+def test_auto_serves_a_better_logistic_baseline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a small log LightGBM overfits: the registered model's readiness is then the logistic
-    baseline, recorded on the run, the version and the bundle, and loaded by the service's
-    model loader with the baseline's holdout numbers."""
+    """On a small log LightGBM overfits: with ``--readiness-model auto`` the registered model's
+    readiness is then the logistic baseline, recorded on the run, the version and the bundle,
+    and loaded by the service's model loader with the baseline's holdout numbers."""
     import numpy as np
 
     from features.catalog import load_catalog
@@ -90,7 +94,9 @@ def test_a_better_logistic_baseline_is_what_the_bundle_serves(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "data"
     write_simulation(load_world("ladder"), 80, 3, data)
-    result = train_command(events=data / "events.csv", catalog=data / "catalog.yaml")
+    result = train_command(
+        events=data / "events.csv", catalog=data / "catalog.yaml", readiness_model="auto"
+    )
     lgbm, logreg = result.metrics["lgbm"]["logloss"], result.metrics["logreg"]["logloss"]
     assert logreg < lgbm  # the premise: on 80 users the baseline wins
     assert result.readiness_model == "logistic"
@@ -109,7 +115,7 @@ def test_a_better_logistic_baseline_is_what_the_bundle_serves(
 
 
 def test_a_better_lightgbm_keeps_serving_lightgbm() -> None:
-    """``serve_better_readiness`` swaps only on a strictly lower baseline log loss."""
+    """``auto`` swaps only on a strictly lower baseline log loss; ``lightgbm`` never does."""
     import numpy as np
 
     from features.spec import FeatureSpec
@@ -141,19 +147,22 @@ def test_a_better_lightgbm_keeps_serving_lightgbm() -> None:
             example=None,  # type: ignore[arg-type]
         )
 
-    assert serve_better_readiness(outcome(0.50, 0.50)) == "lgbm" and bundle.readiness is tree
-    assert serve_better_readiness(outcome(0.50, 0.49)) == "logreg"
+    assert serve_better_readiness(outcome(0.50, 0.49), "lightgbm") == "lgbm"
+    assert serve_better_readiness(outcome(0.50, 0.50), "auto") == "lgbm"
+    assert bundle.readiness is tree
+    assert serve_better_readiness(outcome(0.50, 0.49), "auto") == "logreg"
     np.testing.assert_allclose(
         bundle.readiness.positive_proba(X), baseline.predict_proba(X)[:, 1], atol=1e-12
     )
 
 
 @pytest.mark.slow
-def test_readiness_model_option_keeps_lightgbm_and_says_so(
+def test_train_serves_lightgbm_by_default_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``--readiness-model lightgbm`` serves the trees even where the baseline wins, and the
-    warning says which model the bundle serves; a wrong value is an input error (exit 2)."""
+    """By default ``train`` serves the trees even where the baseline has the lower log loss,
+    and the warning says which model the bundle serves; a wrong ``--readiness-model`` is an
+    input error (exit 2)."""
     from typer.testing import CliRunner
 
     from models.linear import is_linear
@@ -168,10 +177,10 @@ def test_readiness_model_option_keeps_lightgbm_and_says_so(
     data = tmp_path / "data"
     write_simulation(load_world("ladder"), 80, 3, data)
     args = {"events": data / "events.csv", "catalog": data / "catalog.yaml"}
-    result = train_command(**args, readiness_model="lightgbm")
+    result = train_command(**args)
     assert result.readiness_model == "lightgbm"
     assert result.metrics["logreg"]["logloss"] < result.metrics["lgbm"]["logloss"]
-    assert "serves LightGBM as --readiness-model asked" in " ".join(capsys.readouterr().err.split())
+    assert "serves LightGBM all the same" in " ".join(capsys.readouterr().err.split())
     bundle, _ = load_model_bundle(f"models:/nextstep/{result.version}")
     assert not is_linear(bundle.readiness)
     bad = CliRunner().invoke(
