@@ -42,9 +42,11 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cat
 
 
-def _serve(env: Path, tmp_path: Path, users: int, outcomes: bool) -> dict[str, int]:
-    """Decisions by the ladder policy (and their outcomes, alternately accepted/declined);
-    returns how many of each the store was given."""
+def _serve(
+    env: Path, tmp_path: Path, users: int, outcomes: bool, agreeable: range = range(0)
+) -> dict[str, int]:
+    """Decisions by the ladder policy (and their outcomes: alternately accepted/declined, all
+    accepted for the users in ``agreeable``); returns how many of each the store was given."""
     url = f"sqlite:///{tmp_path / 'home' / 'service.db'}"
     settings = Settings(home=tmp_path / "home", catalog=env, database_url=url, policy="ladder")
     counts = {"decisions": 0, "outcomes": 0}
@@ -57,7 +59,8 @@ def _serve(env: Path, tmp_path: Path, users: int, outcomes: bool) -> dict[str, i
                     break
                 counts["decisions"] += 1
                 if outcomes:
-                    result = "accepted" if (i + k) % 2 == 0 else "declined"
+                    yes = i in agreeable or (i + k) % 2 == 0
+                    result = "accepted" if yes else "declined"
                     r = client.post(
                         "/v1/outcomes",
                         json={"decision_id": d["decision_id"], "outcome": result},
@@ -208,13 +211,14 @@ def test_rollout_takes_the_client_key_from_the_environment_only(
 @pytest.mark.slow
 def test_retrain_refused_by_the_gate_keeps_the_champion(env: Path, tmp_path: Path) -> None:
     """A candidate the log-loss gate refuses leaves the champion serving, and the command
-    says so with exit 1 (a refused promotion). The candidate here learns from the last few
-    users only (``--since``), so on the same holdout it is worse than the champion."""
+    says so with exit 1 (a refused promotion). The candidate learns from the last 14 users
+    only (``--since``), most of whom accept everything (users 66-73), while its holdout, the
+    latest users, answers as the champion learned: on that holdout it is worse."""
     from datetime import UTC, datetime
 
     from training import tracking
 
-    _serve(env, tmp_path, users=80, outcomes=True)
+    _serve(env, tmp_path, users=80, outcomes=True, agreeable=range(66, 74))
     first = _cli("retrain", "--catalog", str(env))
     assert first.exit_code == 0, first.output
     assert "promoted to champion" in first.output
