@@ -200,7 +200,7 @@ def train(
         typer.Option(
             help="Readiness model the bundle serves: 'lightgbm' (default), 'logistic', or "
             "'auto' (the logistic baseline when its holdout log loss is lower than LightGBM's; "
-            "the planner often decides worse with it)."
+            "the planner can decide much worse with it)."
         ),
     ] = "lightgbm",
 ) -> None:
