@@ -60,7 +60,13 @@ from service.store import Store
 from service.tables import decisions, outcomes
 from training import tracking
 from training.holdout import users_with
-from training.pipeline import check_readiness_choice, fingerprint, fit_and_evaluate, log_training
+from training.pipeline import (
+    DEFAULT_READINESS,
+    check_readiness_choice,
+    fingerprint,
+    fit_and_evaluate,
+    log_training,
+)
 
 log = logging.getLogger("nextstep.learner")
 
@@ -108,11 +114,10 @@ class LearnerConfig:
     backoff_cap: float = 3600.0
     lease_ttl: float = 600.0
     seed: int = 0
-    # as ``nextstep train --readiness-model``, but LightGBM by default: unattended, the loop
-    # serves the model whose planner was measured across random worlds (the logistic one, which
-    # often wins a small window's log loss, decides worse in the tail and made the loop's
-    # recovery after a shift fail; docs/design.md, ``nextstep learn``)
-    readiness_model: str = "lightgbm"
+    # as ``nextstep train --readiness-model``, with its default (``DEFAULT_READINESS``): the
+    # logistic model often wins a small window's log loss, decides worse in the tail and made
+    # the loop's recovery after a shift fail (docs/design.md, ``nextstep learn``)
+    readiness_model: str = DEFAULT_READINESS
 
     @classmethod
     def from_options(
@@ -128,7 +133,7 @@ class LearnerConfig:
         backoff_cap: str = "1h",
         lease_ttl: str = "10m",
         seed: int = 0,
-        readiness_model: str = "lightgbm",
+        readiness_model: str = DEFAULT_READINESS,
     ) -> LearnerConfig:
         if min_outcomes is not None and min_outcomes < 1:
             raise LearnerError(f"--min-outcomes must be >= 1, got {min_outcomes}")
