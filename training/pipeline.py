@@ -458,7 +458,7 @@ def log_training(
     exp_id = tracking.experiment_id(experiment)
     served = serve_better_readiness(out, readiness_model)
     if served == "logreg":
-        say("the logistic baseline has the lower holdout log loss: the bundle serves it")
+        say(f"the bundle serves the logistic baseline (--readiness-model {readiness_model})")
     lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's
     with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id

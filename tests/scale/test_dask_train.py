@@ -28,9 +28,11 @@ from nextstep.cli.app import app
 from nextstep.cli.commands import train_command
 from simulation.simulate import write_simulation
 from simulation.worlds import load_world
-from training.pipeline import SERVED_TAG, features_for, fingerprint
+from training.pipeline import SERVED_NAMES, SERVED_TAG, features_for, fingerprint
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dask")]
+
+METRICS_OF = {name: key for key, name in SERVED_NAMES.items()}  # "logistic" -> "logreg"
 
 USERS = 3000
 PARTS = 4
@@ -138,7 +140,7 @@ def test_dask_training_matches_the_single_machine_run(home, data, trained):
     h2 = client.download_artifacts(two.info.run_id, "data/holdout.parquet", str(dl / "2"))
     pd.testing.assert_frame_equal(pd.read_parquet(h1), pd.read_parquet(h2))
     assert two.data.tags["nextstep.promotion"] == "not_requested"
-    served = {"lightgbm": "lgbm", "logistic": "logreg"}[v2.tags["readiness_model"]]
+    served = METRICS_OF[v2.tags["readiness_model"]]
     assert v2.tags["holdout_auc"] == f"{m2[f'{served}_auc']:.6f}"  # the served model's
 
     from training.modelio import load_model_bundle
@@ -178,7 +180,7 @@ def test_dask_run_is_reproducible_and_gated(home, data, trained, cluster):
     # the champion (v1, single machine) scored on the workers = scored on one machine, by the
     # readiness model v1 serves (whichever its tag names)
     v1 = client.get_run(client.get_model_version("nextstep", "1").run_id)
-    served = {"lightgbm": "lgbm", "logistic": "logreg"}[v1.data.tags[SERVED_TAG]]
+    served = METRICS_OF[v1.data.tags[SERVED_TAG]]
     assert r3.champion_logloss == pytest.approx(v1.data.metrics[f"{served}_logloss"], rel=1e-9)
 
 
