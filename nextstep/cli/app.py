@@ -203,6 +203,14 @@ def train(
             "the planner can decide much worse with it)."
         ),
     ] = "lightgbm",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="After the holdout has measured the models, fit the served ones again on every "
+            "row, holdout included. The champion then has seen the next run's holdout, so the "
+            "gate favours it; for one-off fits, not for retraining on overlapping logs."
+        ),
+    ] = False,
 ) -> None:
     """Build features, fit and evaluate the models, log to MLflow and register a version."""
     from nextstep.cli.commands import train_command  # start-up: imported when the command runs
@@ -222,6 +230,7 @@ def train(
         holdout_from=holdout_from,
         step_feature=step_feature,
         readiness_model=readiness_model,
+        refit=refit,
     )
     _exit_if_refused(result.decision)
 

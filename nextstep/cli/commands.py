@@ -66,6 +66,7 @@ def train_command(
     holdout_from: str | None = None,
     step_feature: bool = STEP_FEATURE,
     readiness_model: str = DEFAULT_READINESS,
+    refit: bool = False,
 ) -> TrainResult:
     """CLI entry point (``nextstep train``); ``dask`` (``local`` or a scheduler address) trains
     on a Dask cluster instead (``training.dask_train``), logging the same run."""
@@ -73,6 +74,8 @@ def train_command(
         raise NextstepError("--tolerance must be a finite number >= 0")
     if policy_gate and dask:
         raise NextstepError("--policy-gate is not available with --dask yet")
+    if refit and dask:
+        raise NextstepError("--refit is not available with --dask")
     check_readiness_choice(readiness_model)
     split = Holdout.of(holdout_by, holdout_fraction, holdout_from)
     console = Console(stderr=True)
@@ -108,6 +111,7 @@ def train_command(
                 progress=say,
                 policy_gate=policy_gate,
                 readiness_model=readiness_model,
+                refit=refit,
             )
             skipped = log.skipped
     if skipped:
