@@ -1,7 +1,7 @@
 """A model bundle trained straight on a simulated log, without MLflow.
 
 Tests, notebooks and benchmarks need "a real model for this world" in seconds; this is the one
-place that wires simulator → point-in-time features → ``fit_bundle`` for them.
+place that wires simulator → point-in-time features → the models ``train`` fits for them.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import Catalog
-from features.offline import build_offline_features, typical_gap_hours
+from features.offline import build_offline_features
 from features.spec import FeatureSpec
-from features.transitions import goal_worth_earned, logged_transitions
 from models.bundle import ModelBundle
-from models.readiness import fit_bundle
 from simulation.simulate import generate_log
 from simulation.worlds import World
+from training.pipeline import fit_on_every_row
 
 
 def simulated_bundle(
@@ -47,25 +46,8 @@ def bundle_from_frame(
     params: Mapping[str, Any] | None = None,
     n_jobs: int | None = None,
 ) -> ModelBundle:
-    """Fit the three outcome models on an event frame (a validated log's ``frame``) as ``nextstep
-    train`` fits them on its training rows: the log's median return gap, each offer's time and
-    user (so readiness backtests its calibration slice), no holdout and no MLflow."""
+    """Fit the outcome models and the value model on every row of an event frame (a validated
+    log's ``frame``) as ``nextstep train --refit`` serves them: no holdout and no MLflow."""
     spec = FeatureSpec.from_frame(frame, list(context_columns))
     off = build_offline_features(frame, catalog, spec)
-    is_goal = catalog.arrays["is_goal"][off.step_index] > 0
-    return fit_bundle(
-        off.X,
-        off.accepted,
-        off.dropped,
-        off.came_back,
-        is_goal,
-        spec,
-        typical_gap_hours=typical_gap_hours(frame),
-        seed=seed,
-        params=params,
-        n_jobs=n_jobs,
-        ts=off.ts,
-        users=pd.factorize(frame["user_id"])[0],
-        transitions=logged_transitions(frame, catalog, spec, off),
-        earned=goal_worth_earned(catalog, off),
-    )
+    return fit_on_every_row(frame, catalog, spec, off, seed=seed, params=params, n_jobs=n_jobs)

@@ -305,21 +305,7 @@ def refit_on_every_row(
     champion has been fitted on most of it whenever the logs overlap (``retrain``, the learning
     loop's sliding windows), so its log loss there is in-sample and candidates lose the gate.
     """
-    bundle = fit_bundle(
-        np.ascontiguousarray(F.X),
-        F.accepted,
-        F.dropped,
-        F.came_back,
-        catalog.arrays["is_goal"][F.step_index] > 0,
-        spec,
-        typical_gap_hours=typical_gap_hours(frame),
-        seed=seed,
-        params=params,
-        ts=F.ts,
-        users=pd.factorize(frame["user_id"])[0],
-        transitions=logged_transitions(frame, catalog, spec, F),
-        earned=goal_worth_earned(catalog, F),
-    )
+    bundle = fit_on_every_row(frame, catalog, spec, F, seed=seed, params=params)
     reference = context_reference(F.X, spec)
     if reference:
         bundle.meta[DRIFT_META_KEY] = reference
@@ -329,6 +315,38 @@ def refit_on_every_row(
         ).fit(F.X, F.accepted.astype(int))
         bundle.readiness = LinearReadiness.from_baseline(baseline)
     return bundle
+
+
+def fit_on_every_row(
+    frame: pd.DataFrame,
+    catalog: Catalog,
+    spec: FeatureSpec,
+    F: OfflineFeatures,
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    n_jobs: int | None = None,
+) -> ModelBundle:
+    """``fit_bundle`` on every row of a validated event frame whose features are ``F``: the
+    log's median return gap, each offer's time and user (so readiness backtests its calibration
+    slice) and the value model's transitions. ``train --refit`` serves it; the simulator's
+    bundles (``simulation.synthetic``) are it, so a benchmark measures what ``train`` fits."""
+    return fit_bundle(
+        np.ascontiguousarray(F.X),
+        F.accepted,
+        F.dropped,
+        F.came_back,
+        catalog.arrays["is_goal"][F.step_index] > 0,
+        spec,
+        typical_gap_hours=typical_gap_hours(frame),
+        seed=seed,
+        params=params,
+        n_jobs=n_jobs,
+        ts=F.ts,
+        users=pd.factorize(frame["user_id"])[0],
+        transitions=logged_transitions(frame, catalog, spec, F),
+        earned=goal_worth_earned(catalog, F),
+    )
 
 
 SERVED_TAG = "nextstep.readiness_model"
