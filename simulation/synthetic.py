@@ -47,7 +47,8 @@ def bundle_from_frame(
     n_jobs: int | None = None,
 ) -> ModelBundle:
     """Fit the outcome models and the value model on every row of an event frame (a validated
-    log's ``frame``) as ``nextstep train --refit`` serves them: no holdout and no MLflow."""
+    log's ``frame``) as ``nextstep train --refit`` fits them, no holdout and no MLflow. The
+    layout is learned from every row and has no step-id feature (``train``'s default adds it)."""
     spec = FeatureSpec.from_frame(frame, list(context_columns))
     off = build_offline_features(frame, catalog, spec)
     return fit_on_every_row(frame, catalog, spec, off, seed=seed, params=params, n_jobs=n_jobs)

@@ -331,8 +331,8 @@ def fit_on_every_row(
 ) -> ModelBundle:
     """``fit_bundle`` on every row of a validated event frame whose features are ``F``: the
     log's median return gap, each offer's time and user (so readiness backtests its calibration
-    slice) and the value model's transitions. ``train --refit`` serves it; the simulator's
-    bundles (``simulation.synthetic``) are it, so a benchmark measures what ``train`` fits."""
+    slice) and the value model's transitions. ``train --refit`` serves it, on the training rows'
+    layout; the simulator's bundles (``simulation.synthetic``) are it on a layout of their own."""
     return fit_bundle(
         np.ascontiguousarray(F.X),
         F.accepted,
