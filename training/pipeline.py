@@ -12,8 +12,9 @@ Choices, so they are written down once:
 * **The registered model is the evaluated model** unless ``--refit`` asks otherwise. It is
   fitted on the training rows only; the numbers in the run describe exactly the artifact that
   may be promoted, and a champion never has seen the next run's holdout. ``--refit`` fits the
-  served models again on every row once measured (``refit_on_every_row``): the planner decides
-  better with them, but a later gate then scores that champion on rows it was fitted on.
+  served models again on every row once measured (``refit_on_every_row``): in the built-in
+  worlds the planner decides better with them (on the random family no better than noise), but
+  a later gate then scores that champion on rows it was fitted on.
 * **Promotion gate** (``--promote``): with no champion the new version always becomes
   ``champion``. Otherwise the current champion's bundle is loaded and scored on *this run's*
   holdout; the new version is promoted when its holdout log loss is at most the champion's plus
@@ -159,8 +160,9 @@ class TrainingOutcome:
     holdout_info: dict[str, Any] = field(
         default_factory=lambda: {"strategy": "time", "fraction": HOLDOUT_FRACTION}
     )
-    # the served models fitted again on every row, holdout included (``refit_on_every_row``);
-    # None: the engine serves the models fitted on the training rows (the Dask engine)
+    # fits the served models again on every row, holdout included (``refit_on_every_row``),
+    # given the readiness model served; None: the models fitted on the training rows are served.
+    # Set only when asked: it keeps the log's whole feature matrix alive until the run is logged
     refit: Callable[[str], ModelBundle] | None = None
 
     @property
@@ -181,9 +183,11 @@ def fit_and_evaluate(
     params: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     step_feature: bool = STEP_FEATURE,
+    refit: bool = False,
 ) -> TrainingOutcome:
     """Features, holdout split, the bundle (LightGBM) and the logistic baseline, both scored on
-    the holdout. No MLflow: usable from notebooks, tests and other commands."""
+    the holdout. No MLflow: usable from notebooks, tests and other commands. With ``refit`` the
+    outcome can fit the served models again on every row (``TrainingOutcome.refit``)."""
     say = progress or (lambda _msg: None)
     frame = log.frame
     seconds: dict[str, float] = {}
@@ -254,8 +258,10 @@ def fit_and_evaluate(
     model_params = {
         k: v for k, v in bundle.readiness.get_params().items() if k not in ("categorical_features",)
     }
-    refit = functools.partial(
-        refit_on_every_row, frame, catalog, spec, F, seed=seed, params=fit_params
+    refit_all = (
+        functools.partial(refit_on_every_row, frame, catalog, spec, F, seed=seed, params=fit_params)
+        if refit
+        else None
     )
     finite_rows = np.flatnonzero(np.isfinite(X_ho).all(axis=1))
     pick = finite_rows[:5] if len(finite_rows) >= 5 else np.arange(min(5, len(X_ho)))
@@ -274,7 +280,7 @@ def fit_and_evaluate(
         example=example,
         seconds=seconds,
         holdout_info=split.describe(cut),
-        refit=refit,
+        refit=refit_all,
     )
 
 
@@ -490,6 +496,7 @@ def train_log(
         params=params,
         progress=say,
         step_feature=step_feature,
+        refit=refit,
     )
     return log_training(
         out,
@@ -504,7 +511,6 @@ def train_log(
         progress=say,
         policy_gate=policy_gate,
         readiness_model=readiness_model,
-        refit=refit,
     )
 
 
@@ -523,7 +529,6 @@ def log_training(
     progress: Progress | None = None,
     policy_gate: bool = False,
     readiness_model: str = DEFAULT_READINESS,
-    refit: bool = False,
 ) -> TrainResult:
     """Log one MLflow run for a fitted ``out``, register a version and apply the gate.
 
@@ -549,8 +554,7 @@ def log_training(
     lgbm = out.metrics[served]  # the served readiness model's holdout metrics: the gate's
     with mlflow.start_run(experiment_id=exp_id) as run, tempfile.TemporaryDirectory() as tmp:
         run_id = run.info.run_id
-        refit = refit and out.refit is not None
-        mlflow.log_params(_run_params(out, fp, seed, tolerance, promote, engine, refit))
+        mlflow.log_params(_run_params(out, fp, seed, tolerance, promote, engine))
         mlflow.set_tags(
             {
                 "nextstep.kind": "train",
@@ -582,7 +586,7 @@ def log_training(
         rec = None if isinstance(evaluation, str) else evaluation.recommendation
         recommended = None if rec is None else rec.policy
         bundle = out.bundle
-        if refit and out.refit is not None:
+        if out.refit is not None:
             say("refitting the served models on every row, holdout included")
             t_refit = time.perf_counter()
             bundle = out.refit(served)
@@ -722,7 +726,6 @@ def _run_params(
     tolerance: float,
     promote: bool,
     engine: str = "local",
-    refit: bool = False,
 ) -> dict[str, Any]:
     return {
         **{f"model_{k}": v for k, v in out.params.items()},
@@ -734,7 +737,7 @@ def _run_params(
         "train_rows": out.train_rows,
         "holdout_rows": out.holdout_rows,
         # the rows the served models were fitted on: every row when refitted after the holdout
-        "served_rows": len(out.holdout) if refit else out.train_rows,
+        "served_rows": len(out.holdout) if out.refit is not None else out.train_rows,
         "holdout_fraction": out.holdout_info["fraction"],
         "holdout_strategy": _STRATEGY_PARAM[out.holdout_info["strategy"]],
         "holdout_from": out.holdout_info.get("from") or "-",
