@@ -207,39 +207,28 @@ def fit_and_evaluate(
     y_tr = F.accepted[tr]
     if y_tr.min() == y_tr.max():
         raise NextstepError("the training rows have only one outcome; readiness needs both")
-    is_goal = catalog.arrays["is_goal"][F.step_index] > 0  # any catalog size
-    gap = typical_gap_hours(frame, tr)
     seconds["features"] = time.perf_counter() - t
 
     fit_params = {**(params or {})}
     t = time.perf_counter()
     say("fitting LightGBM readiness, drop and come-back models and the value model")
-    X_tr = np.ascontiguousarray(F.X[tr])
-    bundle = fit_bundle(
-        X_tr,
-        F.accepted[tr],
-        F.dropped[tr],
-        F.came_back[tr],
-        is_goal[tr],
+    F_tr = F.subset(tr)
+    # the value of offers backs up along the training rows' own users (features.transitions)
+    bundle = fit_on_every_row(
+        train_frame,
+        catalog,
         spec,
-        typical_gap_hours=gap,
+        F_tr,
         seed=seed,
         params=fit_params,
-        ts=F.ts[tr],
         users=pd.factorize(frame["user_id"])[0][tr],
-        # the value of offers backs up along the training rows' own users (features.transitions)
-        transitions=logged_transitions(train_frame, catalog, spec, F.subset(tr)),
-        earned=goal_worth_earned(catalog, F)[tr],
     )
+    gap = bundle.typical_gap_hours
     seconds["fit_lgbm"] = time.perf_counter() - t
-    reference = context_reference(X_tr, spec)  # what the service's drift watch compares with
-    if reference:
-        bundle.meta[DRIFT_META_KEY] = reference
+    _store_drift_reference(bundle, F_tr.X, spec)
     t = time.perf_counter()
     say("fitting the logistic-regression baseline")
-    baseline = LogisticBaseline(
-        categorical_features=tuple(spec.categorical_indices), random_state=seed
-    ).fit(X_tr, y_tr.astype(int))
+    baseline = _logistic_baseline(F_tr.X, y_tr, spec, seed)
     seconds["fit_logreg"] = time.perf_counter() - t
 
     say("evaluating on the holdout")
@@ -314,15 +303,26 @@ def refit_on_every_row(
     loop's sliding windows), so its log loss there is in-sample and candidates lose the gate.
     """
     bundle = fit_on_every_row(frame, catalog, spec, F, seed=seed, params=params)
-    reference = context_reference(F.X, spec)
-    if reference:
-        bundle.meta[DRIFT_META_KEY] = reference
+    _store_drift_reference(bundle, F.X, spec)
     if served == "logreg":
-        baseline = LogisticBaseline(
-            categorical_features=tuple(spec.categorical_indices), random_state=seed
-        ).fit(F.X, F.accepted.astype(int))
+        baseline = _logistic_baseline(F.X, F.accepted, spec, seed)
         bundle.readiness = LinearReadiness.from_baseline(baseline)
     return bundle
+
+
+def _logistic_baseline(
+    X: np.ndarray, accepted: np.ndarray, spec: FeatureSpec, seed: int
+) -> LogisticBaseline:
+    return LogisticBaseline(
+        categorical_features=tuple(spec.categorical_indices), random_state=seed
+    ).fit(X, accepted.astype(int))
+
+
+def _store_drift_reference(bundle: ModelBundle, X: np.ndarray, spec: FeatureSpec) -> None:
+    """What the service's drift watch compares live contexts with: the fitted rows' contexts."""
+    reference = context_reference(X, spec)
+    if reference:
+        bundle.meta[DRIFT_META_KEY] = reference
 
 
 def fit_on_every_row(
@@ -334,11 +334,14 @@ def fit_on_every_row(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     n_jobs: int | None = None,
+    users: np.ndarray | None = None,
 ) -> ModelBundle:
     """``fit_bundle`` on every row of a validated event frame whose features are ``F``: the
-    log's median return gap, each offer's time and user (so readiness backtests its calibration
-    slice) and the value model's transitions. ``train --refit`` serves it, on the training rows'
-    layout; the simulator's bundles (``simulation.synthetic``) are it on a layout of their own."""
+    frame's median return gap, each offer's time and user (so readiness backtests its
+    calibration slice) and the value model's transitions along the frame's own users.
+    ``fit_and_evaluate`` fits it on the training rows, ``train --refit`` on the whole log, the
+    simulator (``simulation.synthetic``) on a log and a layout of its own. ``users``: each row's
+    user code (default: the frame's own)."""
     return fit_bundle(
         np.ascontiguousarray(F.X),
         F.accepted,
@@ -351,7 +354,7 @@ def fit_on_every_row(
         params=params,
         n_jobs=n_jobs,
         ts=F.ts,
-        users=pd.factorize(frame["user_id"])[0],
+        users=pd.factorize(frame["user_id"])[0] if users is None else users,
         transitions=logged_transitions(frame, catalog, spec, F),
         earned=goal_worth_earned(catalog, F),
     )
