@@ -29,6 +29,12 @@ candidate's holdout, whom the candidate never trained on), with two pieces of ev
     refused then would never promote on a small or little-explored log. In that case (b)
     *abstains*: the decision rests on (a), and the reason and the run's ``ope_status`` tag say so.
 
+A champion made by ``nextstep train --refit`` was fitted on every offer of its log, which
+overlaps this window: (a) then scores both models only on the held-out offers newer than its
+data, and refuses when too few remain (``training.pipeline.fair_rows``); (b) still walks all
+the held-out users, where such a champion's planner is valued partly in-sample, which errs
+towards keeping it.
+
 The candidate is promoted only when (a) passes and (b) passes or abstains. With no champion the
 candidate is promoted. A champion that cannot be loaded or scored by this code is replaced (the
 same rule as ``nextstep train --promote``), and the reason says why.
@@ -51,7 +57,7 @@ from features.errors import InputError
 from models.bundle import ModelBundle, ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
-from training.pipeline import score_bundle
+from training.pipeline import fair_rows, score_bundle
 
 POLICY = "planner"
 N_BOOT = 200
@@ -98,8 +104,8 @@ def gate_candidate(
     ``frame`` is the window's validated event frame and ``holdout`` its held-out offers (bool per
     row); ``held_out_users`` the whole histories of the users with held-out offers.
     """
-    y, p, _ = score_bundle(candidate, frame, catalog, holdout)
-    cand_ll = ev.log_loss(y, p)
+    y_c, p_c, _ = score_bundle(candidate, frame, catalog, holdout)
+    cand_ll = ev.log_loss(y_c, p_c)
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return GateResult(True, "no champion yet: the candidate becomes champion", None, cand_ll)
@@ -110,11 +116,19 @@ def gate_candidate(
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
         reason = f"champion v{version} cannot be scored by this code ({problem}); replaced"
         return GateResult(True, reason, version, cand_ll)
+    # a `train --refit` champion is scored only on the offers newer than its data
+    fair = fair_rows(champion, version, y, frame["ts"].to_numpy(dtype=np.float64)[holdout])
+    if fair.unfair is not None:
+        return GateResult(False, fair.unfair, version, cand_ll)
+    scope = f"on {int(holdout.sum())} held-out offers"
+    if fair.rows is not None:
+        scope, fresh = fair.scope, fair.rows
+        cand_ll, y, p = ev.log_loss(y_c[fresh], p_c[fresh]), y[fresh], p[fresh]
     champ_ll = ev.log_loss(y, p)
     ll_ok = cand_ll <= champ_ll + margin
     ll_reason = (
         f"log loss {cand_ll:.5f} {'<=' if ll_ok else '>'} champion v{version} {champ_ll:.5f} "
-        f"+ margin {margin:g} on {int(holdout.sum())} held-out offers"
+        f"+ margin {margin:g} {scope}"
     )
     result = GateResult(ll_ok, ll_reason, version, cand_ll, champ_ll)
     _ope_check(result, candidate, champion, held_out_users, catalog, margin, seed)

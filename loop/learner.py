@@ -62,6 +62,7 @@ from training import tracking
 from training.holdout import users_with
 from training.pipeline import (
     DEFAULT_READINESS,
+    ChampionScore,
     check_readiness_choice,
     fingerprint,
     fit_and_evaluate,
@@ -344,7 +345,7 @@ class Learner:
             fp,
             self.catalog,
             holdout_events=lambda: held,
-            score_champion=lambda: (None, None, None),  # not called: promote=False
+            score_champion=lambda _candidate: ChampionScore(None),  # not called: promote=False
             promote=False,
             seed=self.config.seed,
             readiness_model=self.config.readiness_model,

@@ -7,7 +7,8 @@ after it are scored, their earlier events are history) and the catalog (run arti
 ``data/holdout.parquet``, ``data/catalog.yaml``), so V
 and the current champion are scored on exactly the same rows, from the raw events, each with its
 own feature layout. V is promoted when ``logloss(V) <= logloss(champion) + margin``. With no
-champion, V is promoted.
+champion, V is promoted. Bundles made by ``train --refit`` were fitted on their own holdout:
+see ``_holdout_gate``.
 
 ``--evidence online``: from the service's store (``loop.report``), the candidate arm (the
 arm whose decisions carry model version V) against the control arm (the arm serving the current
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.evaluate import log_loss
 from features.catalog import load_catalog
 from features.errors import NextstepError
@@ -43,7 +46,7 @@ from models.bundle import ModelScorer
 from simulation.compare import compare_log
 from training import tracking
 from training.modelio import load_model_bundle
-from training.pipeline import GateDecision, gate, score_bundle
+from training.pipeline import REFIT_UNTIL, GateDecision, fair_rows, gate, score_bundle
 
 
 class PromotionError(NextstepError):
@@ -70,8 +73,7 @@ def promote_version(version: str, margin: float = 0.0) -> GateDecision:
     if champion is None:
         decision = GateDecision(True, "no champion yet: this version becomes champion")
     else:
-        cand_ll, champ_ll = _holdout_loglosses(client, mv, version, champion)
-        decision = gate(cand_ll, champ_ll, margin, champion)
+        decision = _holdout_gate(client, mv, version, champion, margin)
     if decision.promote:
         tracking.set_alias(tracking.CHAMPION, version)
         if tracking.alias_version(tracking.CHALLENGER) == version:
@@ -85,8 +87,13 @@ def promote_version(version: str, margin: float = 0.0) -> GateDecision:
     return decision
 
 
-def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Log loss of the candidate and of the champion on the candidate's run holdout."""
+def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> GateDecision:  # type: ignore[no-untyped-def]
+    """The log-loss gate for ``version`` against the champion on the candidate's run holdout.
+
+    A ``--refit`` bundle was fitted on the holdout it would be scored on, so such a candidate
+    is represented by its run's own holdout log loss (that of the model fitted without those
+    rows), and a refitted champion is scored only on the offers newer than its data
+    (``training.pipeline.fair_rows``), which needs the candidate rescored on them."""
     import mlflow.artifacts
 
     if not mv.run_id:
@@ -108,20 +115,48 @@ def _holdout_loglosses(client, mv, version: str, champion: str) -> tuple[float, 
         catalog = load_catalog(local / "catalog.yaml")
         log = load_events(local / "holdout.parquet", catalog)
         rows = _held_out_rows(log.frame, local / "holdout.json")
-    out = []
+    ts = log.frame["ts"].to_numpy(dtype=np.float64)
+    ts = ts if rows is None else ts[rows]
+    scored = []
     for v in (version, champion):
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
         y, p, _stage = score_bundle(bundle, log.frame, catalog, rows)
-        out.append(log_loss(y, p))
-    return out[0], out[1]
+        scored.append((bundle, y, p))
+    (cand, y, p_cand), (champ, _, p_champ) = scored
+    fair = fair_rows(champ, champion, y, ts)
+    refitted = REFIT_UNTIL in cand.meta
+    if fair.unfair is not None:
+        return GateDecision(False, fair.unfair, champion)
+    if fair.rows is not None:
+        if refitted:  # each model was fitted on some of these offers: none is left to compare
+            return GateDecision(
+                False,
+                f"version {version} was refitted on its own holdout (train --refit) and "
+                f"{fair.seen}: no held-out offer is left "
+                "that neither was fitted on",
+                champion,
+            )
+        fresh = fair.rows
+        cand_ll, champ_ll = log_loss(y[fresh], p_cand[fresh]), log_loss(y[fresh], p_champ[fresh])
+        return gate(cand_ll, champ_ll, margin, champion, fair.scope)
+    if not refitted:
+        return gate(log_loss(y, p_cand), log_loss(y, p_champ), margin, champion)
+    recorded = mv.tags.get("holdout_logloss")
+    if recorded is None:
+        raise PromotionError(
+            f"version {version} was refitted on its own holdout (train --refit) and its run "
+            "recorded no holdout log loss of the model fitted without it"
+        )
+    return gate(float(recorded), log_loss(y, p_champ), margin, champion, _RECORDED)
+
+
+_RECORDED = "on the same holdout (the candidate's number is its run's: it was refitted on it)"
 
 
 def _held_out_rows(frame: Any, split_file: Path) -> Any:
     """With a calendar cut the artifact holds the held-out offers' history too: score only the
     offers at or after the cut. Runs without ``holdout.json`` hold whole held-out users."""
     import json
-
-    import numpy as np
 
     if not split_file.exists():
         return None

@@ -78,6 +78,7 @@ from training.holdout import Holdout, check_sides
 from training.pipeline import (
     DEFAULT_READINESS,
     HOLDOUT_ARTIFACT_ROWS,
+    ChampionScore,
     TrainingOutcome,
     catalog_hash,
     features_for,
@@ -1137,31 +1138,33 @@ def holdout_events_dask(dlog: DaskLog, split: Split, cap: int) -> pd.DataFrame:
 
 @on_cluster
 def champion_on_holdout_dask(
-    dlog: DaskLog, catalog: Catalog, split: Split
-) -> tuple[str | None, float | None, str | None]:
+    dlog: DaskLog, catalog: Catalog, split: Split, candidate: ModelBundle
+) -> ChampionScore:
     """``training.pipeline.champion_on_holdout`` with the holdout scored on the workers."""
 
-    def score(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
+    def score(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scored = dlog.frames.map_partitions(
-            _score_holdout_with, bundle, catalog, split, meta={"y": np.int64, "p": np.float64}
+            _score_holdout_with, bundle, catalog, split, meta=_SCORED_META
         ).compute()
-        return scored["y"].to_numpy(), scored["p"].to_numpy()
+        return scored["y"].to_numpy(), scored["p"].to_numpy(), scored["ts"].to_numpy()
 
-    return score_champion(score)
+    return score_champion(score, candidate)
+
+
+_SCORED_META = {"y": np.int64, "p": np.float64, "ts": np.float64}
 
 
 def _score_holdout_with(
     frame: pd.DataFrame, bundle: ModelBundle, catalog: Catalog, split: Split
 ) -> pd.DataFrame:
     """The held-out offers of one partition scored with their users' whole history."""
-    if frame.empty:
-        return pd.DataFrame({"y": np.empty(0, np.int64), "p": np.empty(0)})
-    ho = _holdout_rows(frame, split)
+    ho = _holdout_rows(frame, split) if not frame.empty else np.zeros(0, dtype=bool)
     if not ho.any():
-        return pd.DataFrame({"y": np.empty(0, np.int64), "p": np.empty(0)})
+        return pd.DataFrame({k: np.empty(0, t) for k, t in _SCORED_META.items()})
     F = features_for(frame, catalog, bundle.spec)
     p = bundle.readiness.positive_proba(np.ascontiguousarray(F.X[ho]))
-    return pd.DataFrame({"y": F.accepted[ho].astype(np.int64), "p": p})
+    ts = frame["ts"].to_numpy(dtype=np.float64)[ho]
+    return pd.DataFrame({"y": F.accepted[ho].astype(np.int64), "p": p, "ts": ts})
 
 
 def train_on_dask(
@@ -1208,7 +1211,9 @@ def train_on_dask(
             fp,
             catalog,
             holdout_events=lambda: holdout_events_dask(dlog, split, HOLDOUT_ARTIFACT_ROWS),
-            score_champion=lambda: champion_on_holdout_dask(dlog, catalog, split),
+            score_champion=lambda candidate: champion_on_holdout_dask(
+                dlog, catalog, split, candidate
+            ),
             experiment=experiment,
             promote=promote,
             tolerance=tolerance,

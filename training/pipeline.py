@@ -13,15 +13,18 @@ Choices, so they are written down once:
   fitted on the training rows only; the numbers in the run describe exactly the artifact that
   may be promoted, and a champion never has seen the next run's holdout. ``--refit`` fits the
   served models again on every row once measured (``refit_on_every_row``): in the built-in
-  worlds the planner decides better with them (on the random family no better than noise), but
-  a later gate then scores that champion on rows it was fitted on.
+  worlds the planner decides better with them (on the random family no better than noise).
+  Such a champion has been fitted on most of a later run's holdout, so gates score it only on
+  the held-out offers newer than its data (``fair_rows``).
 * **Promotion gate** (``--promote``): with no champion the new version always becomes
   ``champion``. Otherwise the current champion's bundle is loaded and scored on *this run's*
   holdout; the new version is promoted when its holdout log loss is at most the champion's plus
   ``tolerance``, else it gets alias ``challenger``. The decision and the reason are run tags
   (``nextstep.promotion``, ``nextstep.promotion_reason``), printed, and tags on the version.
-  Caveat: if the champion was trained on a log containing these holdout users, its number is
-  optimistic, which errs on the side of keeping the champion.
+  A ``--refit`` champion is scored only on the held-out offers newer than its data, the
+  candidate on the same ones (``score_champion``). Caveat: with ``--holdout-by arrival`` a
+  plain champion trained on a log containing these holdout users has an optimistic number,
+  which errs on the side of keeping the champion.
 * **Simulator truth.** A column ``true_p_accept`` (from ``generate_log(with_truth=True)``) is
   never a feature (nor ``user_type`` next to it); it is scored as the reference model ``truth``,
   the best any model could do.
@@ -55,7 +58,7 @@ from features.errors import NextstepError
 from features.events import EventLog, write_events
 from features.offline import OfflineFeatures, build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
-from features.timeutil import iso_seconds
+from features.timeutil import iso_seconds, parse_ts
 from features.transitions import goal_worth_earned, logged_transitions
 from models.bundle import ModelBundle, ModelScorer, value_model
 from models.event_scoring import readiness_of_events
@@ -298,9 +301,9 @@ def refit_on_every_row(
     the honest estimate for this one; the layout (``spec``) stays the training rows', so those
     numbers, the signature and this model read the same columns.
 
-    Not the default: a later run's gate scores the champion on that run's holdout, and a refitted
-    champion has been fitted on most of it whenever the logs overlap (``retrain``, the learning
-    loop's sliding windows), so its log loss there is in-sample and candidates lose the gate.
+    The bundle's meta records ``REFIT_UNTIL`` (the log's newest offer): a refitted champion has
+    been fitted on most of a later run's holdout whenever the logs overlap (``retrain``, the
+    learning loop's sliding windows), so gates score it only on newer offers (``fair_rows``).
     """
     bundle = fit_on_every_row(frame, catalog, spec, F, seed=seed, params=params)
     _store_drift_reference(bundle, F.X, spec)
@@ -402,6 +405,10 @@ def serve_better_readiness(out: TrainingOutcome, choice: str) -> str:
 
 
 # -- promotion gate -------------------------------------------------------------------------------
+REFIT_UNTIL = "refit_until"  # bundle meta: the newest offer a ``--refit`` bundle was fitted on
+MIN_FRESH_OFFERS = 200  # held-out offers a refitted champion never saw, for a fair gate
+
+
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
@@ -410,11 +417,30 @@ class GateDecision:
     champion_logloss: float | None = None
 
 
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion on this run's holdout (``score_champion``).
+
+    ``version`` is None when there is no champion; ``problem`` says why it could not be scored.
+    When the champion was refitted on offers of this holdout (``train --refit``), both models
+    are scored on the held-out offers newer than its data only: ``candidate_logloss`` is then the
+    candidate's log loss on those rows and ``scope`` names them; ``unfair`` says why no fair
+    comparison is possible (too few such offers)."""
+
+    version: str | None
+    logloss: float | None = None
+    problem: str | None = None
+    candidate_logloss: float | None = None
+    scope: str = "on the same holdout"
+    unfair: str | None = None
+
+
 def gate(
     candidate_logloss: float,
     champion_logloss: float | None,
     tolerance: float,
     champion_version: str | None,
+    scope: str = "on the same holdout",
 ) -> GateDecision:
     """Log-loss gate: promote when candidate <= champion + tolerance (lower is better)."""
     if champion_version is None or champion_logloss is None:
@@ -423,33 +449,91 @@ def gate(
     rel = "<=" if ok else ">"
     reason = (
         f"holdout log loss {candidate_logloss:.5f} {rel} champion v{champion_version} "
-        f"{champion_logloss:.5f} + tolerance {tolerance:g} on the same holdout"
+        f"{champion_logloss:.5f} + tolerance {tolerance:g} {scope}"
     )
     return GateDecision(ok, reason, champion_version, champion_logloss)
 
 
 def champion_on_holdout(
-    frame: pd.DataFrame, catalog: Catalog, holdout: np.ndarray
-) -> tuple[str | None, float | None, str | None]:
-    """``(version, log loss on these holdout rows, problem)`` of the current champion;
-    ``(None, None, None)`` when there is none; ``problem`` when it exists but cannot be scored."""
-    return score_champion(lambda bundle: score_bundle(bundle, frame, catalog, holdout)[:2])
+    frame: pd.DataFrame, catalog: Catalog, holdout: np.ndarray, candidate: ModelBundle
+) -> ChampionScore:
+    """The current champion scored on these holdout rows of a validated frame, against the
+    ``candidate`` where the champion was refitted on some of them (``score_champion``)."""
+    ts = frame["ts"].to_numpy(dtype=np.float64)[holdout]
+    return score_champion(
+        lambda bundle: (*score_bundle(bundle, frame, catalog, holdout)[:2], ts), candidate
+    )
 
 
 def score_champion(
-    score: Callable[[ModelBundle], tuple[np.ndarray, np.ndarray]],
-) -> tuple[str | None, float | None, str | None]:
+    score: Callable[[ModelBundle], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    candidate: ModelBundle,
+) -> ChampionScore:
     """``champion_on_holdout`` for a holdout wherever it lives: ``score(bundle)`` returns the
-    held-out outcomes and the bundle's probabilities (the Dask engine scores on its workers)."""
+    held-out outcomes, the bundle's probabilities and the offers' times, always in the same row
+    order (the Dask engine scores on its workers).
+
+    A champion fitted on the training rows of an earlier log never saw this run's holdout as
+    long as the holdout is newer, which ``--holdout-by time`` (the default) makes it. A
+    ``--refit`` champion was fitted on every row of its log, so where the logs overlap
+    (``retrain``, the learning loop's sliding windows) its log loss on this holdout would be
+    in-sample and candidates would lose. Such a champion is therefore compared only on the
+    held-out offers newer than its data, with the ``candidate`` (the bundle fitted on this
+    run's training rows) scored on the same rows; with fewer than ``MIN_FRESH_OFFERS`` of them,
+    or only one outcome among them, no fair comparison exists and the candidate is refused."""
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
-        return None, None, None
+        return ChampionScore(None)
     try:
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
-        y, p = score(bundle)
+        y, p, ts = score(bundle)
     except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
-        return version, None, f"{type(exc).__name__}: {str(exc)[:200]}"
-    return version, ev.log_loss(y, p), None
+        return ChampionScore(version, problem=f"{type(exc).__name__}: {str(exc)[:200]}")
+    fair = fair_rows(bundle, version, y, ts)
+    if fair.rows is None and fair.unfair is None:
+        return ChampionScore(version, ev.log_loss(y, p))
+    if fair.rows is None:
+        return ChampionScore(version, unfair=fair.unfair)
+    y_c, p_c, _ = score(candidate)
+    fresh = fair.rows
+    return ChampionScore(
+        version,
+        ev.log_loss(y[fresh], p[fresh]),
+        candidate_logloss=ev.log_loss(y_c[fresh], p_c[fresh]),
+        scope=fair.scope,
+    )
+
+
+@dataclass(frozen=True)
+class FairRows:
+    """Which held-out offers a champion can fairly be scored on (``fair_rows``): ``rows`` None
+    and ``unfair`` None means all of them."""
+
+    rows: np.ndarray | None = None
+    unfair: str | None = None
+    scope: str = "on the same holdout"
+    seen: str = ""  # what the champion was fitted on, when it matters
+
+
+def fair_rows(champion: ModelBundle, version: str, y: np.ndarray, ts: np.ndarray) -> FairRows:
+    """The held-out offers (outcomes ``y`` at times ``ts``) newer than the data a ``--refit``
+    champion was fitted on; all of them when it was not refitted or saw none of them; none, with
+    the reason, when fewer than ``MIN_FRESH_OFFERS`` remain or they hold only one outcome."""
+    until = champion.meta.get(REFIT_UNTIL)
+    if until is None or not len(ts) or ts.min() > parse_ts(until):
+        return FairRows()
+    fresh = ts > parse_ts(until)
+    n = int(fresh.sum())
+    seen = f"champion v{version} was refitted on every offer up to {until}"
+    if n < MIN_FRESH_OFFERS or len(np.unique(y[fresh])) < 2:
+        return FairRows(
+            unfair=(
+                f"{seen}: only {n} of this holdout's {len(y)} offers are newer, and a fair "
+                f"comparison needs {MIN_FRESH_OFFERS} with both outcomes; the champion stays"
+            )
+        )
+    scope = f"on the {n} of {len(y)} held-out offers newer than its data ({seen})"
+    return FairRows(fresh, scope=scope, seen=seen)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -506,7 +590,9 @@ def train_log(
         fp,
         catalog,
         holdout_events=lambda: log.frame.loc[users_with(log.frame, out.holdout)],
-        score_champion=lambda: champion_on_holdout(log.frame, catalog, out.holdout),
+        score_champion=lambda candidate: champion_on_holdout(
+            log.frame, catalog, out.holdout, candidate
+        ),
         experiment=experiment,
         promote=promote,
         tolerance=tolerance,
@@ -523,7 +609,7 @@ def log_training(
     catalog: Catalog,
     *,
     holdout_events: Callable[[], pd.DataFrame],
-    score_champion: Callable[[], tuple[str | None, float | None, str | None]],
+    score_champion: Callable[[ModelBundle], ChampionScore],
     experiment: str = "nextstep-train",
     promote: bool = False,
     tolerance: float = 0.0,
@@ -539,7 +625,8 @@ def log_training(
     exactly the same run; only where the data lives differs: ``holdout_events()`` returns the
     validated events of the users with held-out offers, their whole history (for the run's
     ``data/holdout.parquet``; ``data/holdout.json`` says which of them are held out) and
-    ``score_champion()`` scores the current champion on this run's holdout (the contract of
+    ``score_champion(candidate)`` scores the current champion on this run's holdout, against the
+    candidate fitted on this run's training rows where that must be rescored (the contract of
     ``champion_on_holdout``).
 
     The candidate policies are valued on the holdout users by trajectory OPE
@@ -593,6 +680,7 @@ def log_training(
             say("refitting the served models on every row, holdout included")
             t_refit = time.perf_counter()
             bundle = out.refit(served)
+            bundle.meta[REFIT_UNTIL] = fp["ts_max"]  # what a later gate must not score it on
             mlflow.log_metric("seconds_refit", time.perf_counter() - t_refit)
         if rec is not None and rec.trusted:  # what the service serves unless configured
             bundle.meta[policy_eval.META_KEY] = rec.policy
@@ -614,16 +702,21 @@ def log_training(
         decision, reason, champ_ll, aliases = "not_requested", "--promote not given", None, []
         if promote:
             say("promotion gate: scoring the champion on this holdout")
-            champ_version, champ_ll, problem = score_champion()
-            if problem is not None:
+            champ = score_champion(out.bundle)
+            champ_version, champ_ll = champ.version, champ.logloss
+            if champ.problem is not None:
                 g = GateDecision(
                     True,
                     f"current champion v{champ_version} cannot be scored by this code "
-                    f"({problem}); the new version replaces it",
+                    f"({champ.problem}); the new version replaces it",
                     champ_version,
                 )
+            elif champ.unfair is not None:
+                g = GateDecision(False, champ.unfair, champ_version)
             else:
-                g = gate(lgbm["logloss"], champ_ll, tolerance, champ_version)
+                own = champ.candidate_logloss
+                ll = lgbm["logloss"] if own is None else own
+                g = gate(ll, champ_ll, tolerance, champ_version, champ.scope)
             if policy_gate and g.promote and champ_version is not None:
                 g = _gate_policy(g, evaluation, held_out, catalog, out, seed)
             alias = tracking.CHAMPION if g.promote else tracking.CHALLENGER
