@@ -31,9 +31,8 @@ candidate's holdout, whom the candidate never trained on), with two pieces of ev
 
 A champion made by ``nextstep train --refit`` was fitted on every offer of its log, which
 overlaps this window: (a) then scores both models only on the held-out offers newer than its
-data, and refuses when too few remain (``training.pipeline.fair_rows``); (b) still walks all
-the held-out users, where such a champion's planner is valued partly in-sample, which errs
-towards keeping it.
+data, and refuses when too few remain; (b) walks only the held-out users who arrived after its
+data, and abstains when there are none (``training.refit_scope``).
 
 The candidate is promoted only when (a) passes and (b) passes or abstains. With no champion the
 candidate is promoted. A champion that cannot be loaded or scored by this code is replaced (the
@@ -57,7 +56,8 @@ from features.errors import InputError
 from models.bundle import ModelBundle, ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
-from training.pipeline import fair_rows, score_bundle
+from training.pipeline import score_bundle
+from training.refit_scope import fair_rows, unseen_users
 
 POLICY = "planner"
 N_BOOT = 200
@@ -117,7 +117,7 @@ def gate_candidate(
         reason = f"champion v{version} cannot be scored by this code ({problem}); replaced"
         return GateResult(True, reason, version, cand_ll)
     # a `train --refit` champion is scored only on the offers newer than its data
-    fair = fair_rows(champion, version, y, frame["ts"].to_numpy(dtype=np.float64)[holdout])
+    fair = fair_rows(champion.meta, version, y, frame["ts"].to_numpy(dtype=np.float64)[holdout])
     if fair.unfair is not None:
         return GateResult(False, fair.unfair, version, cand_ll)
     scope = f"on {int(holdout.sum())} held-out offers"
@@ -131,7 +131,13 @@ def gate_candidate(
         f"+ margin {margin:g} {scope}"
     )
     result = GateResult(ll_ok, ll_reason, version, cand_ll, champ_ll)
-    _ope_check(result, candidate, champion, held_out_users, catalog, margin, seed)
+    unseen = unseen_users(champion.meta, held_out_users)  # a refitted champion: new users only
+    if unseen is not None and unseen.empty:
+        result.ope_status = f"abstained: no held-out user arrived after {fair.seen or version}"
+        result.reason += f"; OPE {result.ope_status}"
+    else:
+        users = held_out_users if unseen is None else unseen
+        _ope_check(result, candidate, champion, users, catalog, margin, seed)
     result.promote = ll_ok and result.ope_status != "refused"
     return result
 

@@ -46,7 +46,8 @@ from models.bundle import ModelScorer
 from simulation.compare import compare_log
 from training import tracking
 from training.modelio import load_model_bundle
-from training.pipeline import REFIT_UNTIL, GateDecision, fair_rows, gate, score_bundle
+from training.pipeline import GateDecision, gate, score_bundle
+from training.refit_scope import REFIT_UNTIL, fair_rows
 
 
 class PromotionError(NextstepError):
@@ -93,7 +94,7 @@ def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> Gat
     A ``--refit`` bundle was fitted on the holdout it would be scored on, so such a candidate
     is represented by its run's own holdout log loss (that of the model fitted without those
     rows), and a refitted champion is scored only on the offers newer than its data
-    (``training.pipeline.fair_rows``), which needs the candidate rescored on them."""
+    (``training.refit_scope``), which needs the candidate rescored on them."""
     import mlflow.artifacts
 
     if not mv.run_id:
@@ -123,7 +124,7 @@ def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> Gat
         y, p, _stage = score_bundle(bundle, log.frame, catalog, rows)
         scored.append((bundle, y, p))
     (cand, y, p_cand), (champ, _, p_champ) = scored
-    fair = fair_rows(champ, champion, y, ts)
+    fair = fair_rows(champ.meta, champion, y, ts)
     refitted = REFIT_UNTIL in cand.meta
     if fair.unfair is not None:
         return GateDecision(False, fair.unfair, champion)

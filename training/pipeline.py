@@ -15,7 +15,7 @@ Choices, so they are written down once:
   served models again on every row once measured (``refit_on_every_row``): in the built-in
   worlds the planner decides better with them (on the random family no better than noise).
   Such a champion has been fitted on most of a later run's holdout, so gates score it only on
-  the held-out offers newer than its data (``fair_rows``).
+  the held-out offers newer than its data (``training.refit_scope``).
 * **Promotion gate** (``--promote``): with no champion the new version always becomes
   ``champion``. Otherwise the current champion's bundle is loaded and scored on *this run's*
   holdout; the new version is promoted when its holdout log loss is at most the champion's plus
@@ -58,7 +58,7 @@ from features.errors import NextstepError
 from features.events import EventLog, write_events
 from features.offline import OfflineFeatures, build_offline_features, typical_gap_hours
 from features.spec import FeatureSpec
-from features.timeutil import iso_seconds, parse_ts
+from features.timeutil import iso_seconds
 from features.transitions import goal_worth_earned, logged_transitions
 from models.bundle import ModelBundle, ModelScorer, value_model
 from models.event_scoring import readiness_of_events
@@ -70,6 +70,7 @@ from training.context_reference import context_reference
 from training.holdout import HOLDOUT_FRACTION, Holdout, arrival_mask, users_with
 from training.modelio import load_model_bundle
 from training.pyfunc_signature import events_example, events_signature
+from training.refit_scope import REFIT_UNTIL, fair_rows
 from training.truth import TRUTH_COLUMN, feature_context_columns
 
 # The step_id feature (features.spec), on unless ``--no-step-feature``: on held-out data it
@@ -303,7 +304,8 @@ def refit_on_every_row(
 
     The bundle's meta records ``REFIT_UNTIL`` (the log's newest offer): a refitted champion has
     been fitted on most of a later run's holdout whenever the logs overlap (``retrain``, the
-    learning loop's sliding windows), so gates score it only on newer offers (``fair_rows``).
+    learning loop's sliding windows), so gates score it only on newer offers
+    (``training.refit_scope``).
     """
     bundle = fit_on_every_row(frame, catalog, spec, F, seed=seed, params=params)
     _store_drift_reference(bundle, F.X, spec)
@@ -405,10 +407,6 @@ def serve_better_readiness(out: TrainingOutcome, choice: str) -> str:
 
 
 # -- promotion gate -------------------------------------------------------------------------------
-REFIT_UNTIL = "refit_until"  # bundle meta: the newest offer a ``--refit`` bundle was fitted on
-MIN_FRESH_OFFERS = 200  # held-out offers a refitted champion never saw, for a fair gate
-
-
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
@@ -479,8 +477,8 @@ def score_champion(
     (``retrain``, the learning loop's sliding windows) its log loss on this holdout would be
     in-sample and candidates would lose. Such a champion is therefore compared only on the
     held-out offers newer than its data, with the ``candidate`` (the bundle fitted on this
-    run's training rows) scored on the same rows; with fewer than ``MIN_FRESH_OFFERS`` of them,
-    or only one outcome among them, no fair comparison exists and the candidate is refused."""
+    run's training rows) scored on the same rows; with too few of them, or only one outcome among
+    them, no fair comparison exists and the candidate is refused (``training.refit_scope``)."""
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return ChampionScore(None)
@@ -489,7 +487,7 @@ def score_champion(
         y, p, ts = score(bundle)
     except Exception as exc:  # unloadable or incompatible champion: say so, do not crash
         return ChampionScore(version, problem=f"{type(exc).__name__}: {str(exc)[:200]}")
-    fair = fair_rows(bundle, version, y, ts)
+    fair = fair_rows(bundle.meta, version, y, ts)
     if fair.rows is None and fair.unfair is None:
         return ChampionScore(version, ev.log_loss(y, p))
     if fair.rows is None:
@@ -502,38 +500,6 @@ def score_champion(
         candidate_logloss=ev.log_loss(y_c[fresh], p_c[fresh]),
         scope=fair.scope,
     )
-
-
-@dataclass(frozen=True)
-class FairRows:
-    """Which held-out offers a champion can fairly be scored on (``fair_rows``): ``rows`` None
-    and ``unfair`` None means all of them."""
-
-    rows: np.ndarray | None = None
-    unfair: str | None = None
-    scope: str = "on the same holdout"
-    seen: str = ""  # what the champion was fitted on, when it matters
-
-
-def fair_rows(champion: ModelBundle, version: str, y: np.ndarray, ts: np.ndarray) -> FairRows:
-    """The held-out offers (outcomes ``y`` at times ``ts``) newer than the data a ``--refit``
-    champion was fitted on; all of them when it was not refitted or saw none of them; none, with
-    the reason, when fewer than ``MIN_FRESH_OFFERS`` remain or they hold only one outcome."""
-    until = champion.meta.get(REFIT_UNTIL)
-    if until is None or not len(ts) or ts.min() > parse_ts(until):
-        return FairRows()
-    fresh = ts > parse_ts(until)
-    n = int(fresh.sum())
-    seen = f"champion v{version} was refitted on every offer up to {until}"
-    if n < MIN_FRESH_OFFERS or len(np.unique(y[fresh])) < 2:
-        return FairRows(
-            unfair=(
-                f"{seen}: only {n} of this holdout's {len(y)} offers are newer, and a fair "
-                f"comparison needs {MIN_FRESH_OFFERS} with both outcomes; the champion stays"
-            )
-        )
-    scope = f"on the {n} of {len(y)} held-out offers newer than its data ({seen})"
-    return FairRows(fresh, scope=scope, seen=seen)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -804,9 +770,19 @@ def _gate_policy(
     """The log-loss gate's decision, refused when the OPE gate refuses."""
     if isinstance(evaluation, str):
         return GateDecision(False, f"{g.reason}; {evaluation}", g.champion_version)
-    version, _policy, champ, problem = policy_eval.champion_policy_value(
+    version, _policy, champ, problem, users = policy_eval.champion_policy_value(
         holdout, catalog, context_columns=out.spec.context_columns, seed=seed
     )
+    if problem is None and users is not None:  # a refitted champion: value both on new users
+        evaluation = policy_eval.try_evaluate(
+            users,
+            catalog,
+            ModelScorer(out.bundle, catalog),
+            context_columns=out.spec.context_columns,
+            seed=seed,
+        )
+        if isinstance(evaluation, str):
+            problem = f"the candidate cannot be valued on the users it saw no data of: {evaluation}"
     if problem is not None:
         reason = f"policy gate: champion v{version} cannot be valued ({problem})"
         return GateDecision(True, f"{g.reason}; {reason}", g.champion_version, g.champion_logloss)

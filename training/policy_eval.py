@@ -22,6 +22,7 @@ from features.errors import InputError
 from models.bundle import ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
+from training.refit_scope import REFIT_UNTIL, unseen_users
 
 N_BOOT = 200
 META_KEY = "recommended_policy"  # in the bundle meta and as a model-version tag
@@ -141,18 +142,27 @@ def plot(evaluation: PolicyEvaluation, path: Path) -> Path:
 
 def champion_policy_value(
     frame: pd.DataFrame, catalog: Catalog, *, context_columns: Sequence[str], seed: int = 0
-) -> tuple[str | None, str | None, Trajectory | None, str | None]:
-    """``(version, policy, estimate, problem)`` of the current champion served with its
-    recommended policy (``planner`` when it records none), valued on these holdout users."""
+) -> tuple[str | None, str | None, Trajectory | None, str | None, pd.DataFrame | None]:
+    """``(version, policy, estimate, problem, users)`` of the current champion served with its
+    recommended policy (``planner`` when it records none), valued on these holdout users.
+
+    A ``train --refit`` champion was fitted on the start of these users' histories wherever the
+    logs overlap, so it is valued only on the users who arrived after its data
+    (``training.refit_scope.unseen_users``); ``users`` is then their events, for the candidate
+    to be valued on the same walks, and None otherwise."""
 
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
-        return None, None, None, None
+        return None, None, None, None, None
+    users = None
     try:
         bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
         policy = str(bundle.meta.get(META_KEY) or "planner")
+        users = unseen_users(bundle.meta, frame)
+        if users is not None and users.empty:
+            return version, policy, None, f"no held-out user arrived after {_seen(bundle)}", users
         ev = evaluate_candidates(
-            frame,
+            frame if users is None else users,
             catalog,
             ModelScorer(bundle, catalog),
             context_columns=context_columns,
@@ -160,8 +170,12 @@ def champion_policy_value(
             seed=seed,
         )
     except Exception as exc:  # unloadable champion, or a log without propensities
-        return version, None, None, f"{type(exc).__name__}: {str(exc)[:200]}"
-    return version, policy, ev.results[policy], None
+        return version, None, None, f"{type(exc).__name__}: {str(exc)[:200]}", users
+    return version, policy, ev.results[policy], None, users
+
+
+def _seen(bundle: Any) -> str:
+    return f"the data it was refitted on (up to {bundle.meta[REFIT_UNTIL]})"
 
 
 def policy_gate(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,13 +21,14 @@ from simulation.worlds import load_world
 from training import tracking
 from training.holdout import Holdout
 from training.modelio import load_model_bundle
-from training.pipeline import MIN_FRESH_OFFERS, REFIT_UNTIL, fair_rows, score_bundle
+from training.pipeline import score_bundle
+from training.refit_scope import MIN_FRESH_OFFERS, REFIT_UNTIL, fair_rows, unseen_users
 
 UNTIL = "2025-03-01T00:00:00Z"
 
 
-def _champion(until: str | None) -> SimpleNamespace:
-    return SimpleNamespace(meta={} if until is None else {REFIT_UNTIL: until})
+def _champion(until: str | None) -> dict[str, str]:
+    return {} if until is None else {REFIT_UNTIL: until}
 
 
 def test_a_champion_fitted_without_these_offers_is_scored_on_all_of_them() -> None:
@@ -60,6 +60,18 @@ def test_too_few_unseen_offers_leave_no_fair_comparison(n_newer: int, outcomes: 
     assert fair.rows is None
     assert fair.unfair is not None
     assert f"only {n_newer} of this holdout's {300 + n_newer} offers are newer" in fair.unfair
+
+
+def test_only_users_who_arrived_after_a_refitted_champions_data_are_unseen() -> None:
+    base = parse_ts(UNTIL)
+    events = pd.DataFrame(
+        {
+            "user_id": ["old", "old", "straddles", "straddles", "new", "new"],
+            "ts": [base - 10, base - 5, base - 1, base + 1, base + 1, base + 2],
+        }
+    )
+    assert unseen_users(_champion(None), events) is None
+    assert unseen_users(_champion(UNTIL), events)["user_id"].tolist() == ["new", "new"]
 
 
 def _later_log(first: Path, second: Path, out: Path) -> Path:
@@ -115,6 +127,15 @@ def test_train_and_promote_gate_a_refitted_champion_fairly(
 
     assert not later.promoted  # the champion saw 600 users up to the cut, the candidate fewer
 
+    # the learner's gate: log loss on the newer offers, the planner's value on the new users
+    train_rows = frame.loc[~holdout]
+    candidate_bundle = bundle_from_frame(train_rows, catalog, (), params={"n_estimators": 20})
+    held = frame.loc[frame["user_id"].isin(frame.loc[holdout, "user_id"])]
+    result = gate_candidate(candidate_bundle, frame, holdout, held, catalog, margin=0.0)
+    assert "held-out offers newer than its data" in result.reason
+    new_users = held.loc[held["user_id"].str.startswith("later_"), "user_id"].nunique()
+    assert result.ope is not None and result.ope.users == new_users < held["user_id"].nunique()
+
     # a refitted candidate was fitted on its own holdout: against a refitted champion no
     # offer is left that neither saw; against a plain one, `promote` takes its run's number
     candidate = train_command(events=events, catalog=cat_path, refit=True)
@@ -125,6 +146,14 @@ def test_train_and_promote_gate_a_refitted_champion_fairly(
     decision = promote_version(candidate.version)
     assert "the candidate's number is its run's" in decision.reason
     assert f"holdout log loss {candidate.metrics['lgbm']['logloss']:.5f}" in decision.reason
+
+    # with the refitted champion back, train --policy-gate values both planners on the new
+    # users too (it runs once log loss passes, which the tolerance makes sure of)
+    tracking.set_alias(tracking.CHAMPION, champion.version)
+    gated = train_command(
+        events=events, catalog=cat_path, promote=True, policy_gate=True, tolerance=0.1
+    )
+    assert "policy gate:" in gated.reason and "cannot be valued" not in gated.reason
 
 
 @pytest.mark.slow
