@@ -741,13 +741,7 @@ def _evaluate_policies(
     the reason instead when the log cannot be evaluated (no propensities)."""
     import mlflow
 
-    evaluation = policy_eval.try_evaluate(
-        holdout,
-        catalog,
-        ModelScorer(out.bundle, catalog),
-        context_columns=out.spec.context_columns,
-        seed=seed,
-    )
+    evaluation = _candidate_values(out, holdout, catalog, seed)
     if isinstance(evaluation, str):
         mlflow.set_tag("nextstep.policy_evaluation", evaluation[:500])
         return evaluation
@@ -757,6 +751,15 @@ def _evaluate_policies(
     mlflow.log_artifacts(str(folder), artifact_path="policies")
     mlflow.log_metrics(ev.finite(evaluation.metrics()))
     return evaluation
+
+
+def _candidate_values(
+    out: TrainingOutcome, users: pd.DataFrame, catalog: Catalog, seed: int
+) -> policy_eval.PolicyEvaluation | str:
+    """The candidate policies on the fitted models, valued on these users' walks."""
+    scorer = ModelScorer(out.bundle, catalog)
+    context = out.spec.context_columns
+    return policy_eval.try_evaluate(users, catalog, scorer, context_columns=context, seed=seed)
 
 
 def _gate_policy(
@@ -774,15 +777,9 @@ def _gate_policy(
         holdout, catalog, context_columns=out.spec.context_columns, seed=seed
     )
     if problem is None and users is not None:  # a refitted champion: value both on new users
-        evaluation = policy_eval.try_evaluate(
-            users,
-            catalog,
-            ModelScorer(out.bundle, catalog),
-            context_columns=out.spec.context_columns,
-            seed=seed,
-        )
+        evaluation = _candidate_values(out, users, catalog, seed)
         if isinstance(evaluation, str):
-            problem = f"the candidate cannot be valued on the users it saw no data of: {evaluation}"
+            problem = f"the candidate cannot be valued on the users new to it: {evaluation}"
     if problem is not None:
         reason = f"policy gate: champion v{version} cannot be valued ({problem})"
         return GateDecision(True, f"{g.reason}; {reason}", g.champion_version, g.champion_logloss)
