@@ -14,10 +14,12 @@ train-serve-rollout path over HTTP; in every world the planner and its peers
 (``benchmarks.peers``) are also fitted in process on the same log and walked with the same new
 users. The summary gives, per policy, the median and worst decile of the ratio to the
 type-blind reference and to the optimum, and the worst five worlds; the rows go to
-``benchmarks/quality_family.json`` and a plot of the ratio distribution beside it.
+``benchmarks/quality_family.json`` and a plot of the ratio distribution beside it. In process
+the models are fitted on every row without the step-id feature; ``--fit served`` fits them
+exactly as ``nextstep train`` does (``benchmarks/quality_family_served.json`` holds that run).
 
     .venv/bin/python -m benchmarks.quality [--worlds ladder,eager,two_goals] [--users 2000]
-    .venv/bin/python -m benchmarks.quality --family 30 [--http-worlds 5]
+    .venv/bin/python -m benchmarks.quality --family 30 [--http-worlds 5] [--fit served]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.quality_family import run_family
+from benchmarks.quality_family import FITS, run_family
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = str(ROOT / ".venv" / "bin" / "nextstep")
@@ -170,11 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--fit",
+        choices=FITS,
+        default="every-row",
+        help="family: the models fitted on every row, or as `nextstep train` fits them",
+    )
     args = ap.parse_args(argv)
     if args.family:
         out = args.out or ROOT / "benchmarks" / "quality_family.json"
         seeds = range(args.first, args.first + args.family)
-        return run_family(seeds, args.train_users, args.users, args.http_worlds, out, run_world)
+        return run_family(
+            seeds, args.train_users, args.users, args.http_worlds, out, run_world, args.fit
+        )
     args.out = args.out or ROOT / "benchmarks" / "quality.json"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

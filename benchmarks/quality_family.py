@@ -1,7 +1,7 @@
 """The planner over the random world family, beside its peers (``benchmarks.quality --family``).
 
 Per world: one exploring log of the world's own incumbent, the planner's models and the peers
-fitted on it in process, then the same new simulated users walked by each policy. Reference
+fitted on it in process (``--fit``: on every row, or exactly as ``nextstep train`` fits them), then the same new simulated users walked by each policy. Reference
 values are exact (optimum, fixed baselines) or the type-blind reference by Monte Carlo on the
 same new users. Each walk is also scored decision by decision (``simulation.regret``): what the
 policy gave up per user against the exact values under the user's belief, a second measure of
@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.peers import PeerWalk, conversion_model, greedy_value
-from models.bundle import ModelScorer
+from features.catalog import Catalog
+from features.events import EventLog
+from models.bundle import ModelBundle, ModelScorer
 from models.decide import Decider
 from models.policies import PolicyConfig
 from simulation.regret import RegretMeter, fixed_rule_choosers, paired_gap
@@ -29,12 +31,27 @@ from simulation.rollout import InProcess, Metered, reference_table, run_users
 from simulation.simulate import TypeBlindReference, generate_log
 from simulation.synthetic import bundle_from_frame
 from simulation.worlds import load_world
+from training.pipeline import fit_and_evaluate
 
 POLICIES = ("planner", "bandit", "greedy_value", "conversion_model")
 FIXED = ("ladder", "big_ask", "random")
 
 
-def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
+FITS = ("every-row", "served")
+CONTEXT = ["channel", "device"]
+
+
+def fitted_bundle(frame: pd.DataFrame, catalog: Catalog, seed: int, fit: str) -> ModelBundle:
+    """The planner's models on a world's log. ``every-row``: every row, no step-id feature
+    (``simulation.synthetic``), the fit the stored family figures use. ``served``: exactly as
+    ``nextstep train`` fits the bundle it registers (the newest fifth held out, the step-id
+    feature, seed 0), so the figures describe what a user is served."""
+    if fit == "served":
+        return fit_and_evaluate(EventLog(frame, "simulated", CONTEXT), catalog, seed=0).bundle
+    return bundle_from_frame(frame, catalog, CONTEXT, seed=seed, n_jobs=1)
+
+
+def one_world(seed: int, train_users: int, users: int, fit: str = "every-row") -> dict[str, Any]:
     """Every policy's value in world ``random:seed``, with the references."""
     t0 = time.perf_counter()
     name = f"random:{seed}"
@@ -42,8 +59,7 @@ def one_world(seed: int, train_users: int, users: int) -> dict[str, Any]:
     cat = world.catalog
     frame = pd.DataFrame(generate_log(world, train_users, seed))
     frame["row"] = np.arange(1, len(frame) + 1)
-    bundle = bundle_from_frame(frame, cat, ["channel", "device"], seed=seed, n_jobs=1)
-    scorer = ModelScorer(bundle, cat)
+    scorer = ModelScorer(fitted_bundle(frame, cat, seed, fit), cat)
     walks = {
         "planner": InProcess(world, Decider(cat, PolicyConfig("planner"), scorer=scorer)),
         "bandit": InProcess(world, Decider(cat, PolicyConfig("greedy"), scorer=scorer)),
@@ -155,10 +171,11 @@ def run_family(
     http_worlds: int,
     out: Path,
     run_world: Callable[[str, int, int, int, Path], dict],
+    fit: str = "every-row",
 ) -> int:
     rows = []
     for k, seed in enumerate(seeds):
-        row = one_world(seed, train_users, users)
+        row = one_world(seed, train_users, users, fit)
         if k < http_worlds:  # the served planner, trained and asked like a user would
             with tempfile.TemporaryDirectory() as tmp:
                 served = run_world(f"random:{seed}", train_users, users, seed, Path(tmp))
