@@ -133,7 +133,8 @@ def gate_candidate(
     result = GateResult(ll_ok, ll_reason, version, cand_ll, champ_ll)
     unseen = unseen_users(champion.meta, held_out_users)  # a refitted champion: new users only
     if unseen is not None and unseen.empty:
-        result.ope_status = f"abstained: no held-out user arrived after {fair.seen or version}"
+        seen = f"the data champion v{version} was refitted on"
+        result.ope_status = f"abstained: no held-out user arrived after {seen}"
         result.reason += f"; OPE {result.ope_status}"
     else:
         users = held_out_users if unseen is None else unseen
