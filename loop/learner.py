@@ -119,6 +119,10 @@ class LearnerConfig:
     # logistic model often wins a small window's log loss, decides worse in the tail and made
     # the loop's recovery after a shift fail (docs/design.md, ``nextstep learn``)
     readiness_model: str = DEFAULT_READINESS
+    # as ``nextstep train --refit``: the version registered is fitted again on the whole window
+    # once the holdout has measured it; the gate still scores the fit without the holdout, and
+    # a refitted champion is judged on newer offers only (``training.refit_scope``)
+    refit: bool = False
 
     @classmethod
     def from_options(
@@ -135,6 +139,7 @@ class LearnerConfig:
         lease_ttl: str = "10m",
         seed: int = 0,
         readiness_model: str = DEFAULT_READINESS,
+        refit: bool = False,
     ) -> LearnerConfig:
         if min_outcomes is not None and min_outcomes < 1:
             raise LearnerError(f"--min-outcomes must be >= 1, got {min_outcomes}")
@@ -155,6 +160,7 @@ class LearnerConfig:
             lease_ttl=parse_duration(lease_ttl, "--lease-ttl"),
             seed=seed,
             readiness_model=readiness_model,
+            refit=refit,
         )
         if cfg.backoff_cap < cfg.backoff:
             raise LearnerError("--backoff-cap must be at least --backoff")
@@ -338,7 +344,7 @@ class Learner:
                 f"no outcomes in the window {iso_seconds(start)} .. {iso_seconds(newest)}"
             )
         fp = fingerprint(log_, self.catalog)
-        out = fit_and_evaluate(log_, self.catalog, seed=self.config.seed)
+        out = fit_and_evaluate(log_, self.catalog, seed=self.config.seed, refit=self.config.refit)
         held = frame.loc[users_with(frame, out.holdout)]
         trained = log_training(
             out,

@@ -523,6 +523,14 @@ def learn(
             help="As train --readiness-model (lightgbm, logistic or auto); LightGBM by default."
         ),
     ] = "lightgbm",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="As train --refit: register the models fitted again on the whole window once "
+            "the holdout has measured them.",
+        ),
+    ] = False,
 ) -> None:
     """Retrain, gate and promote on a schedule: the loop without a person in it."""
     from loop.learner import LearnerConfig, learn_command  # start-up
@@ -537,6 +545,7 @@ def learn(
         backoff=backoff,
         backoff_cap=backoff_cap,
         readiness_model=readiness_model,
+        refit=refit,
     )
     code = learn_command(catalog, config, once=once)
     if code:

@@ -474,3 +474,36 @@ def test_the_unattended_loop_keeps_lightgbm_readiness_unless_told() -> None:
     ``--readiness-model`` reaches the config."""
     assert LearnerConfig.from_options().readiness_model == "lightgbm"
     assert LearnerConfig.from_options(readiness_model="auto").readiness_model == "auto"
+
+
+@pytest.mark.slow
+def test_a_refitting_loop_judges_its_champion_on_newer_offers_only(
+    home: dict[str, Any], sims: dict[str, Path]
+) -> None:
+    """``learn --refit`` registers the window's refit; the next cycle's window overlaps it, and
+    with too few offers newer than its data the champion stays, saying why."""
+    from training.modelio import load_model_bundle
+    from training.refit_scope import REFIT_UNTIL
+
+    fill_store(home["url"], sims["a"], sims["catalog"])
+    learner = Learner(sims["catalog"], _config(refit=True, window="400d"), url=home["url"])
+    try:
+        first = learner.run_cycle()
+        assert first.status == "promoted", first.reason
+        bundle, _ = load_model_bundle(f"models:/nextstep/{first.version}")
+        assert bundle.meta[REFIT_UNTIL] == bundle.meta["data"]["ts_max"]
+        assert bundle.base_rates["accept"] > 0  # fitted, registered and loadable
+
+        fill_store(home["url"], sims["small"], sims["catalog"], prefix="s", shift=90 * DAY)
+        second = learner.run_cycle()
+        assert second.status == "refused", second.reason
+        assert f"champion v{first.version} was refitted on every offer up to" in second.reason
+        assert "offers are newer, and a fair comparison needs 200" in second.reason
+        assert _champion() == first.version
+    finally:
+        learner.close()
+
+
+def test_learn_refit_reaches_the_config() -> None:
+    assert not LearnerConfig.from_options().refit
+    assert LearnerConfig.from_options(refit=True).refit
