@@ -318,3 +318,12 @@ def _mlflow_environment_restored() -> Iterator[None]:
         if k not in before:
             del os.environ[k]
     os.environ.update(before)
+
+
+@pytest.fixture
+def nextstep_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throwaway ``NEXTSTEP_HOME``: its own SQLite MLflow registry, nothing from the shell."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("NEXTSTEP_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home

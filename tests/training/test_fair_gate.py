@@ -87,13 +87,11 @@ def _later_log(first: Path, second: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_train_and_promote_gate_a_refitted_champion_fairly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nextstep_home: Path
 ) -> None:
     """A refitted champion saw every offer of its log: a candidate from the same log has no
     unseen offer to be compared on, and one from a later log is compared on the newer offers
     only, where the champion's log loss is out-of-sample."""
-    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     world = load_world("ladder")
     write_simulation(world, 600, 5, tmp_path / "a")
     write_simulation(world, 100, 6, tmp_path / "b")
@@ -158,12 +156,10 @@ def test_train_and_promote_gate_a_refitted_champion_fairly(
 
 @pytest.mark.slow
 def test_the_learner_gate_does_not_score_a_refitted_champion_in_sample(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nextstep_home: Path
 ) -> None:
     """The learning loop's window overlaps the log a refitted champion saw: its gate refuses
     rather than compare log losses the champion earned on its own training offers."""
-    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_simulation(load_world("ladder"), 400, 5, tmp_path)
     paths = {"events": tmp_path / "events.csv", "catalog": tmp_path / "catalog.yaml"}
     champion = train_command(**paths, refit=True, promote=True)

@@ -16,11 +16,7 @@ from training.modelio import load_model_bundle
 
 
 @pytest.mark.slow
-def test_the_served_fit_is_the_bundle_train_registers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_the_served_fit_is_the_bundle_train_registers(tmp_path: Path, nextstep_home: Path) -> None:
     world = load_world("random:3")
     write_simulation(world, 600, 3, tmp_path / "data")
     trained = train_command(
