@@ -18,11 +18,7 @@ from training.pipeline import holdout_mask
 
 
 @pytest.mark.slow
-def test_train_promote_exits_1_when_the_gate_refuses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_train_promote_exits_1_when_the_gate_refuses(tmp_path: Path, nextstep_home: Path) -> None:
     write_simulation(load_world("ladder"), 1500, 1, tmp_path)
     catalog = load_catalog(tmp_path / "catalog.yaml")
     frame = load_events(tmp_path / "events.csv", catalog).frame

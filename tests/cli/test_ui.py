@@ -10,11 +10,7 @@ from features.errors import NextstepError
 from nextstep.cli.ui import ui_args
 
 
-def test_ui_serves_the_store_under_nextstep_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NEXTSTEP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_ui_serves_the_store_under_nextstep_home(tmp_path: Path, nextstep_home: Path) -> None:
     args = ui_args("127.0.0.1", 5055)
     assert args[1:4] == ["-m", "mlflow", "server"]
     store = args[args.index("--backend-store-uri") + 1]
