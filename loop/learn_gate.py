@@ -104,14 +104,14 @@ def gate_candidate(
     ``frame`` is the window's validated event frame and ``holdout`` its held-out offers (bool per
     row); ``held_out_users`` the whole histories of the users with held-out offers.
     """
-    y_c, p_c, _ = score_bundle(candidate, frame, catalog, holdout)
-    cand_ll = ev.log_loss(y_c, p_c)
+    y, p_c, _ = score_bundle(candidate, frame, catalog, holdout)
+    cand_ll = ev.log_loss(y, p_c)
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return GateResult(True, "no champion yet: the candidate becomes champion", None, cand_ll)
     try:
         champion, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
-        y, p, _ = score_bundle(champion, frame, catalog, holdout)
+        p = score_bundle(champion, frame, catalog, holdout)[1]
     except Exception as exc:  # unloadable or incompatible champion: replace it, say why
         problem = f"{type(exc).__name__}: {str(exc)[:200]}"
         reason = f"champion v{version} cannot be scored by this code ({problem}); replaced"
@@ -120,11 +120,8 @@ def gate_candidate(
     fair = fair_rows(champion.meta, version, y, frame["ts"].to_numpy(dtype=np.float64)[holdout])
     if fair.unfair is not None:
         return GateResult(False, fair.unfair, version, cand_ll)
-    scope = f"on {int(holdout.sum())} held-out offers"
-    if fair.rows is not None:
-        scope, fresh = fair.scope, fair.rows
-        cand_ll, y, p = ev.log_loss(y_c[fresh], p_c[fresh]), y[fresh], p[fresh]
-    champ_ll = ev.log_loss(y, p)
+    scope = f"on {int(holdout.sum())} held-out offers" if fair.rows is None else fair.scope
+    cand_ll, champ_ll = fair.log_losses(y, p_c, p)
     ll_ok = cand_ll <= champ_ll + margin
     ll_reason = (
         f"log loss {cand_ll:.5f} {'<=' if ll_ok else '>'} champion v{version} {champ_ll:.5f} "

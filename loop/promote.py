@@ -137,11 +137,9 @@ def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> Gat
                 "that neither was fitted on",
                 champion,
             )
-        fresh = fair.rows
-        cand_ll, champ_ll = log_loss(y[fresh], p_cand[fresh]), log_loss(y[fresh], p_champ[fresh])
-        return gate(cand_ll, champ_ll, margin, champion, fair.scope)
+        return gate(*fair.log_losses(y, p_cand, p_champ), margin, champion, fair.scope)
     if not refitted:
-        return gate(log_loss(y, p_cand), log_loss(y, p_champ), margin, champion)
+        return gate(*fair.log_losses(y, p_cand, p_champ), margin, champion)
     recorded = mv.tags.get("holdout_logloss")
     if recorded is None:
         raise PromotionError(

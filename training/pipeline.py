@@ -492,14 +492,8 @@ def score_champion(
         return ChampionScore(version, ev.log_loss(y, p))
     if fair.rows is None:
         return ChampionScore(version, unfair=fair.unfair)
-    y_c, p_c, _ = score(candidate)
-    fresh = fair.rows
-    return ChampionScore(
-        version,
-        ev.log_loss(y[fresh], p[fresh]),
-        candidate_logloss=ev.log_loss(y_c[fresh], p_c[fresh]),
-        scope=fair.scope,
-    )
+    cand_ll, champ_ll = fair.log_losses(y, score(candidate)[1], p)
+    return ChampionScore(version, champ_ll, candidate_logloss=cand_ll, scope=fair.scope)
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evaluation.evaluate import log_loss
 from features.timeutil import parse_ts
 
 REFIT_UNTIL = "refit_until"  # bundle meta: the newest offer a ``--refit`` bundle was fitted on
@@ -34,6 +35,14 @@ class FairRows:
     unfair: str | None = None
     scope: str = "on the same holdout"
     seen: str = ""  # what the champion was fitted on, when it matters
+
+    def log_losses(
+        self, y: np.ndarray, p_candidate: np.ndarray, p_champion: np.ndarray
+    ) -> tuple[float, float]:
+        """The candidate's and the champion's log loss on these rows (all, when ``rows`` is
+        None): the one comparison every gate makes."""
+        rows = slice(None) if self.rows is None else self.rows
+        return log_loss(y[rows], p_candidate[rows]), log_loss(y[rows], p_champion[rows])
 
 
 def fair_rows(meta: Mapping[str, Any], version: str, y: np.ndarray, ts: np.ndarray) -> FairRows:
