@@ -57,7 +57,7 @@ from models.bundle import ModelBundle, ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
 from training.pipeline import score_bundle
-from training.refit_scope import fair_rows, unseen_users
+from training.refit_scope import fair_rows, no_unseen_users, unseen_users
 
 POLICY = "planner"
 N_BOOT = 200
@@ -130,8 +130,7 @@ def gate_candidate(
     result = GateResult(ll_ok, ll_reason, version, cand_ll, champ_ll)
     unseen = unseen_users(champion.meta, held_out_users)  # a refitted champion: new users only
     if unseen is not None and unseen.empty:
-        seen = f"the data champion v{version} was refitted on"
-        result.ope_status = f"abstained: no held-out user arrived after {seen}"
+        result.ope_status = f"abstained: {no_unseen_users(champion.meta, version)}"
         result.reason += f"; OPE {result.ope_status}"
     else:
         users = held_out_users if unseen is None else unseen

@@ -22,7 +22,7 @@ from features.errors import InputError
 from models.bundle import ModelScorer
 from training import tracking
 from training.modelio import load_model_bundle
-from training.refit_scope import REFIT_UNTIL, unseen_users
+from training.refit_scope import no_unseen_users, unseen_users
 
 N_BOOT = 200
 META_KEY = "recommended_policy"  # in the bundle meta and as a model-version tag
@@ -160,7 +160,7 @@ def champion_policy_value(
         policy = str(bundle.meta.get(META_KEY) or "planner")
         users = unseen_users(bundle.meta, frame)
         if users is not None and users.empty:
-            return version, policy, None, f"no held-out user arrived after {_seen(bundle)}", users
+            return version, policy, None, no_unseen_users(bundle.meta, version), users
         ev = evaluate_candidates(
             frame if users is None else users,
             catalog,
@@ -172,10 +172,6 @@ def champion_policy_value(
     except Exception as exc:  # unloadable champion, or a log without propensities
         return version, None, None, f"{type(exc).__name__}: {str(exc)[:200]}", users
     return version, policy, ev.results[policy], None, users
-
-
-def _seen(bundle: Any) -> str:
-    return f"the data it was refitted on (up to {bundle.meta[REFIT_UNTIL]})"
 
 
 def policy_gate(

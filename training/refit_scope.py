@@ -67,6 +67,15 @@ def fair_rows(meta: Mapping[str, Any], version: str, y: np.ndarray, ts: np.ndarr
     return FairRows(fresh, scope=scope, seen=seen)
 
 
+def no_unseen_users(meta: Mapping[str, Any], version: str) -> str:
+    """Why a refitted champion's planner cannot be valued when ``unseen_users`` is empty: the
+    one sentence the learner's gate and ``train --policy-gate`` abstain with."""
+    return (
+        f"no held-out user arrived after the data champion v{version} was refitted on "
+        f"(up to {meta[REFIT_UNTIL]})"
+    )
+
+
 def unseen_users(meta: Mapping[str, Any], events: pd.DataFrame) -> pd.DataFrame | None:
     """The events of the users whose first event is newer than the data a champion with bundle
     meta ``meta`` was refitted on (a validated frame: numeric ``ts``); None when it was not

@@ -22,7 +22,13 @@ from training import tracking
 from training.holdout import Holdout
 from training.modelio import load_model_bundle
 from training.pipeline import score_bundle
-from training.refit_scope import MIN_FRESH_OFFERS, REFIT_UNTIL, fair_rows, unseen_users
+from training.refit_scope import (
+    MIN_FRESH_OFFERS,
+    REFIT_UNTIL,
+    fair_rows,
+    no_unseen_users,
+    unseen_users,
+)
 
 UNTIL = "2025-03-01T00:00:00Z"
 
@@ -72,6 +78,10 @@ def test_only_users_who_arrived_after_a_refitted_champions_data_are_unseen() -> 
     )
     assert unseen_users(_champion(None), events) is None
     assert unseen_users(_champion(UNTIL), events)["user_id"].tolist() == ["new", "new"]
+    only_old = events[events["user_id"] == "old"]
+    assert unseen_users(_champion(UNTIL), only_old).empty
+    reason = no_unseen_users(_champion(UNTIL), "4")
+    assert "champion v4" in reason and UNTIL in reason
 
 
 def _later_log(first: Path, second: Path, out: Path) -> Path:
