@@ -118,28 +118,22 @@ def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> Gat
         rows = _held_out_rows(log.frame, local / "holdout.json")
     ts = log.frame["ts"].to_numpy(dtype=np.float64)
     ts = ts if rows is None else ts[rows]
-    scored = []
-    for v in (version, champion):
-        bundle, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{v}")
-        y, p, _stage = score_bundle(bundle, log.frame, catalog, rows)
-        scored.append((bundle, y, p))
-    (cand, y, p_cand), (champ, _, p_champ) = scored
+    champ, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{champion}")
+    y, p_champ, _stage = score_bundle(champ, log.frame, catalog, rows)
+    cand, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
     fair = fair_rows(champ.meta, champion, y, ts)
-    refitted = REFIT_UNTIL in cand.meta
     if fair.unfair is not None:
         return GateDecision(False, fair.unfair, champion)
-    if fair.rows is not None:
-        if refitted:  # each model was fitted on some of these offers: none is left to compare
-            return GateDecision(
-                False,
-                f"version {version} was refitted on its own holdout (train --refit) and "
-                f"{fair.seen}: no held-out offer is left "
-                "that neither was fitted on",
-                champion,
-            )
+    if REFIT_UNTIL not in cand.meta:  # fitted without this holdout: score it on the fair rows
+        _, p_cand, _stage = score_bundle(cand, log.frame, catalog, rows)
         return gate(*fair.log_losses(y, p_cand, p_champ), margin, champion, fair.scope)
-    if not refitted:
-        return gate(*fair.log_losses(y, p_cand, p_champ), margin, champion)
+    if fair.rows is not None:  # each model was fitted on some of these offers: none is left
+        return GateDecision(
+            False,
+            f"version {version} was refitted on its own holdout (train --refit) and "
+            f"{fair.seen}: no held-out offer is left that neither was fitted on",
+            champion,
+        )
     recorded = mv.tags.get("holdout_logloss")
     if recorded is None:
         raise PromotionError(
