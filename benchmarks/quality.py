@@ -16,7 +16,8 @@ users. The summary gives, per policy, the median and worst decile of the ratio t
 type-blind reference and to the optimum, and the worst five worlds; the rows go to
 ``benchmarks/quality_family.json`` and a plot of the ratio distribution beside it. In process
 the models are fitted on every row without the step-id feature; ``--fit served`` fits them
-exactly as ``nextstep train`` does (``benchmarks/quality_family_served.json`` holds that run).
+exactly as ``nextstep train`` does (``benchmarks/quality_family_served.json`` holds that run for
+``random:0..29``, ``benchmarks/quality_family_served_F_L.json`` for ``--first F``).
 
     .venv/bin/python -m benchmarks.quality [--worlds ladder,eager,two_goals] [--users 2000]
     .venv/bin/python -m benchmarks.quality --family 30 [--http-worlds 5] [--fit served]
