@@ -1,11 +1,12 @@
 """The planner over the random world family, beside its peers (``benchmarks.quality --family``).
 
 Per world: one exploring log of the world's own incumbent, the planner's models and the peers
-fitted on it in process (``--fit``: on every row, or exactly as ``nextstep train`` fits them), then the same new simulated users walked by each policy. Reference
-values are exact (optimum, fixed baselines) or the type-blind reference by Monte Carlo on the
-same new users. Each walk is also scored decision by decision (``simulation.regret``): what the
-policy gave up per user against the exact values under the user's belief, a second measure of
-the same users with far less Monte Carlo noise than their conversion.
+fitted on it in process (``--fit``: on every row, or exactly as ``nextstep train`` fits them),
+then the same new simulated users walked by each policy. Reference values are exact (optimum,
+fixed baselines) or the type-blind reference by Monte Carlo on the same new users. Each walk is
+also scored decision by decision (``simulation.regret``): what the policy gave up per user
+against the exact values under the user's belief, a second measure of the same users with far
+less Monte Carlo noise than their conversion.
 """
 
 from __future__ import annotations

@@ -120,10 +120,10 @@ def _holdout_gate(client, mv, version: str, champion: str, margin: float) -> Gat
     ts = ts if rows is None else ts[rows]
     champ, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{champion}")
     y, p_champ, _stage = score_bundle(champ, log.frame, catalog, rows)
-    cand, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
     fair = fair_rows(champ.meta, champion, y, ts)
     if fair.unfair is not None:
         return GateDecision(False, fair.unfair, champion)
+    cand, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
     if REFIT_UNTIL not in cand.meta:  # fitted without this holdout: score it on the fair rows
         _, p_cand, _stage = score_bundle(cand, log.frame, catalog, rows)
         return gate(*fair.log_losses(y, p_cand, p_champ), margin, champion, fair.scope)
