@@ -54,10 +54,8 @@ from evaluation.trajectory_ope import Difference, difference, overlap
 from features.catalog import Catalog
 from features.errors import InputError
 from models.bundle import ModelBundle, ModelScorer
-from training import tracking
-from training.modelio import load_model_bundle
-from training.pipeline import score_bundle
-from training.refit_scope import fair_rows, no_unseen_users, unseen_users
+from training.pipeline import score_bundle, score_champion
+from training.refit_scope import no_unseen_users, unseen_users
 
 POLICY = "planner"
 N_BOOT = 200
@@ -106,22 +104,26 @@ def gate_candidate(
     """
     y, p_c, _ = score_bundle(candidate, frame, catalog, holdout)
     cand_ll = ev.log_loss(y, p_c)
-    version = tracking.alias_version(tracking.CHAMPION)
+    ts = frame["ts"].to_numpy(dtype=np.float64)[holdout]
+    champ = score_champion(
+        lambda bundle: (y, score_bundle(bundle, frame, catalog, holdout)[1], ts),
+        candidate,
+        candidate_p=p_c,
+    )
+    version = champ.version
     if version is None:
         return GateResult(True, "no champion yet: the candidate becomes champion", None, cand_ll)
-    try:
-        champion, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{version}")
-        p = score_bundle(champion, frame, catalog, holdout)[1]
-    except Exception as exc:  # unloadable or incompatible champion: replace it, say why
-        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
-        reason = f"champion v{version} cannot be scored by this code ({problem}); replaced"
+    if champ.problem is not None:  # unloadable or incompatible champion: replace it, say why
+        reason = f"champion v{version} cannot be scored by this code ({champ.problem}); replaced"
         return GateResult(True, reason, version, cand_ll)
     # a `train --refit` champion is scored only on the offers newer than its data
-    fair = fair_rows(champion.meta, version, y, frame["ts"].to_numpy(dtype=np.float64)[holdout])
-    if fair.unfair is not None:
-        return GateResult(False, fair.unfair, version, cand_ll)
-    scope = f"on {int(holdout.sum())} held-out offers" if fair.rows is None else fair.scope
-    cand_ll, champ_ll = fair.log_losses(y, p_c, p)
+    if champ.unfair is not None:
+        return GateResult(False, champ.unfair, version, cand_ll)
+    champion, champ_ll = champ.bundle, champ.logloss
+    assert champion is not None and champ_ll is not None  # scored: score_champion kept both
+    scope = f"on {int(holdout.sum())} held-out offers"
+    if champ.candidate_logloss is not None:  # only the offers newer than the champion's data
+        cand_ll, scope = champ.candidate_logloss, champ.scope
     ll_ok = cand_ll <= champ_ll + margin
     ll_reason = (
         f"log loss {cand_ll:.5f} {'<=' if ll_ok else '>'} champion v{version} {champ_ll:.5f} "

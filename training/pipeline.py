@@ -431,6 +431,7 @@ class ChampionScore:
     candidate_logloss: float | None = None
     scope: str = "on the same holdout"
     unfair: str | None = None
+    bundle: ModelBundle | None = field(default=None, repr=False, compare=False)  # when loaded
 
 
 def gate(
@@ -466,6 +467,8 @@ def champion_on_holdout(
 def score_champion(
     score: Callable[[ModelBundle], tuple[np.ndarray, np.ndarray, np.ndarray]],
     candidate: ModelBundle,
+    *,
+    candidate_p: np.ndarray | None = None,
 ) -> ChampionScore:
     """``champion_on_holdout`` for a holdout wherever it lives: ``score(bundle)`` returns the
     held-out outcomes, the bundle's probabilities and the offers' times, always in the same row
@@ -478,7 +481,11 @@ def score_champion(
     in-sample and candidates would lose. Such a champion is therefore compared only on the
     held-out offers newer than its data, with the ``candidate`` (the bundle fitted on this
     run's training rows) scored on the same rows; with too few of them, or only one outcome among
-    them, no fair comparison exists and the candidate is refused (``training.refit_scope``)."""
+    them, no fair comparison exists and the candidate is refused (``training.refit_scope``).
+
+    ``candidate_p``: the candidate's probabilities on the holdout, in ``score``'s row order,
+    when the caller has them (the learner's gate), so the candidate is not scored twice. The
+    loaded champion is kept in ``bundle`` for callers that walk it too (the learner's OPE)."""
     version = tracking.alias_version(tracking.CHAMPION)
     if version is None:
         return ChampionScore(None)
@@ -489,11 +496,14 @@ def score_champion(
         return ChampionScore(version, problem=f"{type(exc).__name__}: {str(exc)[:200]}")
     fair = fair_rows(bundle.meta, version, y, ts)
     if fair.rows is None and fair.unfair is None:
-        return ChampionScore(version, ev.log_loss(y, p))
+        return ChampionScore(version, ev.log_loss(y, p), bundle=bundle)
     if fair.rows is None:
-        return ChampionScore(version, unfair=fair.unfair)
-    cand_ll, champ_ll = fair.log_losses(y, score(candidate)[1], p)
-    return ChampionScore(version, champ_ll, candidate_logloss=cand_ll, scope=fair.scope)
+        return ChampionScore(version, unfair=fair.unfair, bundle=bundle)
+    p_c = score(candidate)[1] if candidate_p is None else candidate_p
+    cand_ll, champ_ll = fair.log_losses(y, p_c, p)
+    return ChampionScore(
+        version, champ_ll, candidate_logloss=cand_ll, scope=fair.scope, bundle=bundle
+    )
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -181,3 +181,29 @@ def test_the_learner_gate_does_not_score_a_refitted_champion_in_sample(
     assert not result.promote
     assert f"champion v{champion.version} was refitted on every offer up to" in result.reason
     assert f"only 0 of this holdout's {int(holdout.sum())} offers are newer" in result.reason
+
+
+@pytest.mark.slow
+def test_the_learner_gate_scores_a_champion_fitted_apart_on_the_whole_holdout(
+    tmp_path: Path, nextstep_home: Path
+) -> None:
+    """Without a champion the candidate is promoted; against a champion fitted on other offers
+    both are scored on every held-out offer, and the champion's own model ties with it."""
+    write_simulation(load_world("ladder"), 400, 5, tmp_path)
+    paths = {"events": tmp_path / "events.csv", "catalog": tmp_path / "catalog.yaml"}
+    catalog = load_catalog(paths["catalog"])
+    frame = load_events(paths["events"], catalog).frame
+    holdout = Holdout().mask(frame)
+    candidate = bundle_from_frame(frame.loc[~holdout], catalog, (), params={"n_estimators": 20})
+    first = gate_candidate(candidate, frame, holdout, frame, catalog, margin=0.0)
+    assert first.promote and first.champion_version is None
+    assert first.reason == "no champion yet: the candidate becomes champion"
+
+    champion = train_command(**paths, promote=True)
+    own, _ = load_model_bundle(f"models:/{tracking.MODEL_NAME}/{champion.version}")
+    same = gate_candidate(own, frame, holdout, frame, catalog, margin=0.0)
+    y, p, _ = score_bundle(own, frame, catalog, holdout)
+    assert same.champion_version == champion.version
+    assert same.candidate_logloss == same.champion_logloss == pytest.approx(log_loss(y, p))
+    assert f"on {int(holdout.sum())} held-out offers" in same.reason
+    assert same.ope_status != "not run"  # the champion bundle reached the OPE check
