@@ -218,7 +218,8 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         )
     s = pd.DataFrame(sel)
     out.append(
-        f"selection over {len(s)} worlds: within 2 SE of the best {s['within_2se_of_best'].mean():.3f}; "
+        f"selection over {len(s)} worlds: "
+        f"within 2 SE of the best {s['within_2se_of_best'].mean():.3f}; "
         f"never below best fixed by > 2 SE: {bool(s['not_below_fixed_2se'].all())} "
         f"({int((~s['not_below_fixed_2se']).sum())} worlds); mean regret {s['regret'].mean():.4f}; "
         f"recommended {s['recommended'].value_counts().to_dict()}; "

@@ -202,7 +202,6 @@ def run_family(
     worst = sorted(rows, key=lambda r: r["planner"]["value"] / r["reference"]["type_blind"])[:5]
     print("worst five (planner / type-blind):")
     for r in worst:
-        print(
-            f"  {r['world']}: {r['planner']['value'] / r['reference']['type_blind']:.3f}  {r['description']}"
-        )
+        ratio = r["planner"]["value"] / r["reference"]["type_blind"]
+        print(f"  {r['world']}: {ratio:.3f}  {r['description']}")
     return 0

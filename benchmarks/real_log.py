@@ -43,7 +43,7 @@ from features.catalog import Catalog
 from features.events import EventLog, validate_frame
 from models.readiness import LogisticBaseline
 from training.holdout import Holdout
-from training.pipeline import fit_and_evaluate
+from training.pipeline import TrainingOutcome, features_for, fit_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = {"CMA": "guide", "TMA": "build", "Exam": "convert"}
@@ -172,9 +172,7 @@ def run(folder: Path, holdout_from: str, seed: int = 0) -> dict[str, dict[str, f
     return summary
 
 
-def _matrix(log: EventLog, catalog: Catalog, out) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    from training.pipeline import features_for
-
+def _matrix(log: EventLog, catalog: Catalog, out: TrainingOutcome) -> tuple[np.ndarray, np.ndarray]:
     F = features_for(log.frame, catalog, out.spec)
     return F.X, F.accepted.astype(int)
 

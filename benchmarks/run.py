@@ -4,7 +4,8 @@ Absolute numbers on a shared 2-core machine are noise; ratios against a baseline
 to them are not. Sections (select with ``--only``):
 
 * ``service``  – next-step throughput and p50/p99 at 16 connections (wrk, users with histories,
-  real model and SQLite store) against a bare FastAPI app parsing the same body; p99 at 1 connection.
+  real model and SQLite store) against a bare FastAPI app parsing the same body; p99 at 1
+  connection.
 * ``history``  – next-step throughput and p99 at 16 connections for users with long histories
   (a hundred answered offers each) against users with two, in the same run: the decision reads
   one folded state row, so the ratio should stay near 1.
@@ -13,7 +14,8 @@ to them are not. Sections (select with ``--only``):
 * ``batch``    – ``next-step:batch`` decisions/s against single calls; ``recommend`` users/s.
 * ``features`` – point-in-time features for N events against a plain pandas per-user group-by.
 * ``train``    – fitting the bundle on 1M offers against one plain LightGBM fit.
-* ``ope``      – 1M rows x 200 bootstrap resamples (all estimators) against one naive resample loop.
+* ``ope``      – 1M rows x 200 bootstrap resamples (all estimators) against one naive resample
+  loop.
 * ``startup``  – ``nextstep serve`` to ``/readyz`` 200 against the bare app; ``nextstep --help``
   against ``python -c pass``.
 
